@@ -1,0 +1,932 @@
+//! The datacenter side of the replication protocol, as a deterministic state machine.
+//!
+//! No sockets, no disk, no clock: inputs are `handle_*(now_ms, ..)` calls, outputs are taken
+//! with [`DatacenterCore::poll_effects`]. The driver must write every `persist` entry of a
+//! batch before it sends any message of the same batch (raft-rs style: "persist these, then
+//! send these"); the datacenter's own disk is a cache, the devices hold the truth, so the
+//! driver need not flush before sending.
+//!
+//! Rules (each enforced here, each tested below):
+//! - Apply (C2): an op is processed once per `(session, device, seq)`; a retry is answered from
+//!   the watermark in the digest. Rejected ops are recorded too, so a retry at another
+//!   datacenter is not applied either.
+//! - Every change bumps this datacenter's slot of the version vector, reseals the digest and
+//!   pushes it to every connected participant (C3, C5: nobody waits for a device unless the
+//!   durability mode is edge-ack, and even then only the "committed" report waits).
+//! - Restore (C3, C4): an uploaded digest is adopted only if it opens with a region key, the
+//!   uploader is one of its participants, and it is newer than what the datacenter has. Older
+//!   copies are answered with the newer one; a live copy never replaces a tombstone;
+//!   concurrent versions are reported as divergence and never silently merged.
+//! - Restore barrier: a session this datacenter restored (from a device or from its own,
+//!   possibly stale, disk) takes no ops until every other participant has connected and
+//!   uploaded, or `restore_grace_ms` passed. Ops that arrive meanwhile are parked (bounded),
+//!   not refused. Without it, a device could continue an older copy while its partner is
+//!   still on the way with a newer one, and the partner's committed ops would diverge.
+//! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
+//! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
+//!   hitting one is a typed rejection, never a panic.
+
+use crate::app::{AppRejection, Application};
+use crate::dedup::{DedupEntry, Seen};
+use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
+use crate::ids::{DatacenterId, DeviceId, Role, SessionId};
+use crate::keyring::Keyring;
+use crate::version::{VersionOrder, VersionVector};
+use crate::wire::{
+    OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadResult,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// When a server-side change (dispatch) counts as committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Committed as soon as the datacenter applied it; devices get it asynchronously.
+    Async,
+    /// Committed once this many participants acknowledged persisting it (1 or 2).
+    EdgeAck(u8),
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "async" {
+            return Ok(Durability::Async);
+        }
+        match s.strip_prefix("edge-ack:").map(str::parse::<u8>) {
+            Some(Ok(k @ 1..=2)) => Ok(Durability::EdgeAck(k)),
+            _ => Err(format!(
+                "durability must be 'async' or 'edge-ack:K' with K 1 or 2, not '{s}'"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Async => f.write_str("async"),
+            Durability::EdgeAck(k) => write!(f, "edge-ack:{k}"),
+        }
+    }
+}
+
+/// Tunables of the datacenter core.
+#[derive(Clone, Debug)]
+pub struct DcConfig {
+    pub dc: DatacenterId,
+    pub durability: Durability,
+    /// How long a restored session waits for its other participants before taking ops.
+    pub restore_grace_ms: u64,
+    /// Most sessions (active and tombstoned) held at once.
+    pub max_sessions: usize,
+    /// Most ops parked per session behind a restore barrier.
+    pub max_parked_per_session: usize,
+}
+
+impl DcConfig {
+    pub fn new(dc: DatacenterId) -> Self {
+        Self {
+            dc,
+            durability: Durability::Async,
+            restore_grace_ms: 3_000,
+            max_sessions: 1_000_000,
+            max_parked_per_session: 128,
+        }
+    }
+}
+
+/// Everything the driver must do after a batch of inputs, in this order.
+#[derive(Debug)]
+pub struct Effects<A: Application> {
+    /// Write these digests to the datacenter's store (key: session).
+    pub persist: Vec<(SessionId, SealedDigest)>,
+    /// Then send these messages.
+    pub send: Vec<(DeviceId, ServerMsg<A>)>,
+    /// Things worth counting or logging.
+    pub events: Vec<DcEvent>,
+}
+
+impl<A: Application> Default for Effects<A> {
+    fn default() -> Self {
+        Self {
+            persist: Vec::new(),
+            send: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<A: Application> Effects<A> {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty() && self.send.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Notable things that happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DcEvent {
+    Created(SessionId),
+    Restored { session: SessionId, from: DeviceId },
+    UploadRefused {
+        session: SessionId,
+        from: DeviceId,
+        reason: String,
+    },
+    Diverged { session: SessionId, from: DeviceId },
+    Dispatched { session: SessionId, driver: DeviceId },
+    ServerChangeCommitted {
+        session: SessionId,
+        version: VersionVector,
+    },
+    Finished(SessionId),
+    BarrierReleased { session: SessionId, timed_out: bool },
+}
+
+/// Counters, for logs, tests and the harness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DcStats {
+    pub ops_applied: u64,
+    pub ops_rejected: u64,
+    pub ops_duplicate: u64,
+    pub ops_parked: u64,
+    pub sessions_created: u64,
+    pub sessions_restored: u64,
+    pub uploads_stale: u64,
+    pub uploads_refused: u64,
+    pub uploads_diverged: u64,
+    pub dispatched: u64,
+    pub server_changes_committed: u64,
+    pub barriers_timed_out: u64,
+}
+
+struct Pending {
+    version: VersionVector,
+    acks: Vec<DeviceId>,
+}
+
+struct Barrier<A: Application> {
+    awaiting: Vec<DeviceId>,
+    deadline_ms: u64,
+    parked: VecDeque<(DeviceId, u64, A::Op)>,
+}
+
+struct Entry<A: Application> {
+    header: DigestHeader,
+    body: DigestBody<A::State>,
+    sealed: SealedDigest,
+    pending: Option<Pending>,
+    barrier: Option<Barrier<A>>,
+}
+
+struct Conn {
+    available: bool,
+}
+
+/// The datacenter's replication state machine (see the module docs).
+pub struct DatacenterCore<A: Application> {
+    cfg: DcConfig,
+    keyring: Keyring,
+    sessions: HashMap<SessionId, Entry<A>>,
+    /// Active (non-tombstoned) sessions per participant.
+    by_device: HashMap<DeviceId, Vec<SessionId>>,
+    connected: HashMap<DeviceId, Conn>,
+    /// Drivers offered for dispatch (validated lazily when popped).
+    pool: VecDeque<DeviceId>,
+    in_pool: HashSet<DeviceId>,
+    /// Sessions waiting for a driver (validated lazily when popped).
+    waiting: VecDeque<SessionId>,
+    effects: Effects<A>,
+    stats: DcStats,
+}
+
+impl<A: Application> DatacenterCore<A> {
+    pub fn new(cfg: DcConfig, keyring: Keyring) -> Self {
+        Self {
+            cfg,
+            keyring,
+            sessions: HashMap::new(),
+            by_device: HashMap::new(),
+            connected: HashMap::new(),
+            pool: VecDeque::new(),
+            in_pool: HashSet::new(),
+            waiting: VecDeque::new(),
+            effects: Effects::default(),
+            stats: DcStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &DcConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &DcStats {
+        &self.stats
+    }
+
+    /// Replace the keyring (rotation without restart).
+    pub fn set_keyring(&mut self, keyring: Keyring) {
+        self.keyring = keyring;
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Take the effects produced so far.
+    pub fn poll_effects(&mut self) -> Effects<A> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Number of sessions held (active and tombstoned).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn active_session_count(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|e| !e.header.tombstone)
+            .count()
+    }
+
+    /// Header and state of a session, if held.
+    pub fn session(&self, id: SessionId) -> Option<(&DigestHeader, &A::State)> {
+        self.sessions.get(&id).map(|e| (&e.header, &e.body.state))
+    }
+
+    /// The dedup watermark of one participant of a session.
+    pub fn watermark(&self, id: SessionId, device: DeviceId) -> Option<DedupEntry> {
+        let e = self.sessions.get(&id)?;
+        e.body.dedup.iter().find(|d| d.device == device).copied()
+    }
+
+    /// All sessions: id, header and state.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &DigestHeader, &A::State)> {
+        self.sessions
+            .iter()
+            .map(|(id, e)| (*id, &e.header, &e.body.state))
+    }
+
+    /// A digest from this datacenter's own store, at startup. It may be stale (failback), so
+    /// the session sits behind a restore barrier until its participants have reported in.
+    pub fn load_persisted(&mut self, now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
+        let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
+        let header = sealed.header.clone();
+        let awaiting: Vec<DeviceId> = header.participants().collect();
+        self.insert(now_ms, header, body, sealed, awaiting);
+        Ok(())
+    }
+
+    fn insert(
+        &mut self,
+        now_ms: u64,
+        header: DigestHeader,
+        body: DigestBody<A::State>,
+        sealed: SealedDigest,
+        awaiting: Vec<DeviceId>,
+    ) {
+        let id = header.session;
+        let active = !header.tombstone;
+        let barrier = (active && !awaiting.is_empty()).then(|| Barrier {
+            awaiting,
+            deadline_ms: now_ms.saturating_add(self.cfg.restore_grace_ms),
+            parked: VecDeque::new(),
+        });
+        if active {
+            for d in header.participants() {
+                let list = self.by_device.entry(d).or_default();
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+            }
+            if A::needs_assignee(&body.state) {
+                self.waiting.push_back(id);
+            }
+        }
+        if let Some(old) = self.sessions.insert(
+            id,
+            Entry {
+                header,
+                body,
+                sealed,
+                pending: None,
+                barrier,
+            },
+        ) {
+            // Participants can only be added (dispatch), never removed, so the index needs
+            // no clean-up for the replaced copy, except when the new copy is a tombstone.
+            if !active {
+                for d in old.header.participants() {
+                    self.unindex(d, id);
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, device: DeviceId, session: SessionId) {
+        if let Some(list) = self.by_device.get_mut(&device) {
+            list.retain(|s| *s != session);
+            if list.is_empty() {
+                self.by_device.remove(&device);
+            }
+        }
+    }
+
+    fn update_for(entry: &Entry<A>, device: DeviceId) -> SessionUpdate<A> {
+        SessionUpdate {
+            digest: entry.sealed.clone(),
+            view: entry.body.state.clone(),
+            your_last_seq: entry
+                .body
+                .dedup
+                .iter()
+                .find(|d| d.device == device)
+                .map(|d| d.last_seq)
+                .unwrap_or(0),
+            committed: entry.pending.is_none(),
+        }
+    }
+
+    fn push_to_participants(&mut self, session: SessionId, except: Option<DeviceId>) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        for d in entry.header.participants() {
+            if Some(d) != except && self.connected.contains_key(&d) {
+                let update = Self::update_for(entry, d);
+                self.effects.send.push((d, ServerMsg::Push { update }));
+            }
+        }
+    }
+
+    /// Apply a change to a session: bump the version, reseal, persist. On any error nothing
+    /// changed.
+    fn change(
+        &mut self,
+        session: SessionId,
+        f: impl FnOnce(&mut DigestHeader, &mut DigestBody<A::State>),
+    ) -> Result<(), AppRejection> {
+        let dc = self.cfg.dc;
+        let entry = self
+            .sessions
+            .get_mut(&session)
+            .ok_or_else(|| AppRejection::InvalidOp("no such session".into()))?;
+        let mut header = entry.header.clone();
+        let mut body = entry.body.clone();
+        f(&mut header, &mut body);
+        header
+            .version
+            .bump(dc)
+            .map_err(|e| AppRejection::InvalidOp(e.to_string()))?;
+        header.tombstone = A::is_finished(&body.state);
+        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body)
+            .map_err(|e| AppRejection::InvalidOp(format!("cannot seal the new state: {e}")))?;
+        let finished = header.tombstone && !entry.header.tombstone;
+        entry.header = header;
+        entry.body = body;
+        entry.sealed = sealed.clone();
+        self.effects.persist.push((session, sealed));
+        if finished {
+            let participants: Vec<DeviceId> = entry.header.participants().collect();
+            entry.pending = None;
+            entry.barrier = None;
+            for d in participants {
+                self.unindex(d, session);
+            }
+            self.effects.events.push(DcEvent::Finished(session));
+        }
+        Ok(())
+    }
+
+    /// A device connected and uploaded every digest it holds (its `Hello` and any `Upload`
+    /// frames). Answers `Welcome`, pushes whatever the device is missing or has stale, and
+    /// releases restore barriers that were waiting for it.
+    pub fn handle_connect(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        available: bool,
+        digests: Vec<SealedDigest>,
+    ) {
+        self.connected.insert(device, Conn { available });
+        let mut results = Vec::with_capacity(digests.len());
+        let mut presented = HashSet::new();
+        for sealed in digests {
+            let session = sealed.header.session;
+            presented.insert(session);
+            let outcome = self.upload_one(now_ms, device, sealed);
+            if matches!(
+                outcome,
+                UploadOutcome::Stale | UploadOutcome::Diverged | UploadOutcome::Tombstoned
+            ) {
+                if let Some(entry) = self.sessions.get(&session) {
+                    let update = Self::update_for(entry, device);
+                    self.effects.send.push((device, ServerMsg::Push { update }));
+                }
+            }
+            results.push(UploadResult { session, outcome });
+        }
+        self.effects.send.push((
+            device,
+            ServerMsg::Welcome {
+                dc: self.cfg.dc,
+                results,
+            },
+        ));
+        // Sessions the device takes part in but did not present (a reinstalled app): re-sync.
+        let mine: Vec<SessionId> = self.by_device.get(&device).cloned().unwrap_or_default();
+        for session in mine {
+            if !presented.contains(&session) {
+                if let Some(entry) = self.sessions.get(&session) {
+                    let update = Self::update_for(entry, device);
+                    self.effects.send.push((device, ServerMsg::Push { update }));
+                }
+            }
+            self.heard_from(now_ms, session, device);
+        }
+        if available {
+            self.offer_driver(device);
+        }
+        self.dispatch(now_ms);
+    }
+
+    fn upload_one(&mut self, now_ms: u64, device: DeviceId, sealed: SealedDigest) -> UploadOutcome {
+        let session = sealed.header.session;
+        let refuse = |this: &mut Self, reason: String| {
+            this.stats.uploads_refused += 1;
+            this.effects.events.push(DcEvent::UploadRefused {
+                session,
+                from: device,
+                reason: reason.clone(),
+            });
+            UploadOutcome::Refused(reason)
+        };
+        // Authenticate before trusting anything in the header.
+        let body: DigestBody<A::State> = match sealed.open(&self.keyring) {
+            Ok(b) => b,
+            Err(e) => return refuse(self, e.to_string()),
+        };
+        if sealed.header.role_of(device).is_none() {
+            return refuse(self, "uploader is not a participant of the session".into());
+        }
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            if self.sessions.len() >= self.cfg.max_sessions {
+                return refuse(self, "datacenter session limit reached".into());
+            }
+            let header = sealed.header.clone();
+            let connected = &self.connected;
+            let awaiting: Vec<DeviceId> = header
+                .participants()
+                .filter(|d| *d != device && !connected.contains_key(d))
+                .collect();
+            self.insert(now_ms, header, body, sealed, awaiting);
+            self.stats.sessions_restored += 1;
+            self.effects
+                .events
+                .push(DcEvent::Restored { session, from: device });
+            return UploadOutcome::Restored;
+        };
+        match sealed.header.version.compare(&entry.header.version) {
+            VersionOrder::Equal => UploadOutcome::Current,
+            _ if entry.header.tombstone => UploadOutcome::Tombstoned,
+            VersionOrder::Older => {
+                self.stats.uploads_stale += 1;
+                UploadOutcome::Stale
+            }
+            VersionOrder::Concurrent => {
+                self.stats.uploads_diverged += 1;
+                self.effects
+                    .events
+                    .push(DcEvent::Diverged { session, from: device });
+                UploadOutcome::Diverged
+            }
+            VersionOrder::Newer => {
+                let was_tombstone = sealed.header.tombstone;
+                let old_participants: Vec<DeviceId> = entry.header.participants().collect();
+                entry.header = sealed.header.clone();
+                entry.body = body;
+                entry.sealed = sealed.clone();
+                entry.pending = None;
+                self.effects.persist.push((session, sealed));
+                if was_tombstone {
+                    if let Some(e) = self.sessions.get_mut(&session) {
+                        e.barrier = None;
+                    }
+                    for d in old_participants {
+                        self.unindex(d, session);
+                    }
+                } else if let Some(e) = self.sessions.get(&session) {
+                    for d in e.header.participants().collect::<Vec<_>>() {
+                        let list = self.by_device.entry(d).or_default();
+                        if !list.contains(&session) {
+                            list.push(session);
+                        }
+                    }
+                }
+                self.stats.sessions_restored += 1;
+                self.effects
+                    .events
+                    .push(DcEvent::Restored { session, from: device });
+                self.push_to_participants(session, Some(device));
+                UploadOutcome::Restored
+            }
+        }
+    }
+
+    /// `device` has reported in for `session`; release the barrier if nobody else is awaited.
+    fn heard_from(&mut self, now_ms: u64, session: SessionId, device: DeviceId) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let release = match entry.barrier.as_mut() {
+            Some(b) => {
+                b.awaiting.retain(|d| *d != device);
+                b.awaiting.is_empty()
+            }
+            None => false,
+        };
+        if release {
+            self.release_barrier(now_ms, session, false);
+        }
+    }
+
+    fn release_barrier(&mut self, now_ms: u64, session: SessionId, timed_out: bool) {
+        let Some(barrier) = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|e| e.barrier.take())
+        else {
+            return;
+        };
+        if timed_out {
+            self.stats.barriers_timed_out += 1;
+        }
+        self.effects
+            .events
+            .push(DcEvent::BarrierReleased { session, timed_out });
+        for (device, seq, op) in barrier.parked {
+            self.handle_submit(now_ms, device, session, seq, op);
+        }
+    }
+
+    /// A device's connection closed.
+    pub fn handle_disconnect(&mut self, device: DeviceId) {
+        self.connected.remove(&device);
+        self.in_pool.remove(&device);
+    }
+
+    /// A driver offers itself for dispatch, or withdraws.
+    pub fn handle_set_available(&mut self, now_ms: u64, device: DeviceId, available: bool) {
+        if let Some(c) = self.connected.get_mut(&device) {
+            c.available = available;
+        }
+        if available {
+            self.offer_driver(device);
+            self.dispatch(now_ms);
+        } else {
+            self.in_pool.remove(&device);
+        }
+    }
+
+    fn offer_driver(&mut self, device: DeviceId) {
+        if self.in_pool.insert(device) {
+            self.pool.push_back(device);
+        }
+    }
+
+    fn is_busy(&self, device: DeviceId) -> bool {
+        self.by_device.get(&device).is_some_and(|list| {
+            list.iter().any(|s| {
+                self.sessions
+                    .get(s)
+                    .is_some_and(|e| e.header.driver == Some(device))
+            })
+        })
+    }
+
+    /// Advance time: release barriers whose grace ran out, then dispatch.
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.barrier.as_ref().is_some_and(|b| now_ms >= b.deadline_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for session in expired {
+            self.release_barrier(now_ms, session, true);
+        }
+        self.dispatch(now_ms);
+    }
+
+    /// Assign available drivers to sessions that need one (the server-side change).
+    fn dispatch(&mut self, now_ms: u64) {
+        let mut deferred = Vec::new();
+        while let Some(session) = self.waiting.pop_front() {
+            let Some(entry) = self.sessions.get(&session) else {
+                continue;
+            };
+            if entry.header.tombstone || !A::needs_assignee(&entry.body.state) {
+                continue;
+            }
+            if entry.barrier.is_some() {
+                // A device may still bring a copy where a driver was already assigned.
+                deferred.push(session);
+                continue;
+            }
+            let Some(driver) = self.next_driver(entry.header.rider) else {
+                self.waiting.push_front(session);
+                break;
+            };
+            let result = self.change(session, |h, b| {
+                if A::assign(&mut b.state, now_ms).is_ok() {
+                    h.driver = Some(driver);
+                }
+            });
+            if let Err(e) = result {
+                // Sealing failed: leave the driver in the pool, drop the session from the queue.
+                self.effects.events.push(DcEvent::UploadRefused {
+                    session,
+                    from: driver,
+                    reason: format!("dispatch failed: {e}"),
+                });
+                self.offer_driver(driver);
+                continue;
+            }
+            self.by_device.entry(driver).or_default().push(session);
+            if let Some(entry) = self.sessions.get_mut(&session) {
+                if let Durability::EdgeAck(_) = self.cfg.durability {
+                    entry.pending = Some(Pending {
+                        version: entry.header.version.clone(),
+                        acks: Vec::new(),
+                    });
+                }
+            }
+            self.stats.dispatched += 1;
+            self.effects
+                .events
+                .push(DcEvent::Dispatched { session, driver });
+            if self.cfg.durability == Durability::Async {
+                self.stats.server_changes_committed += 1;
+            }
+            self.push_to_participants(session, None);
+        }
+        self.waiting.extend(deferred);
+    }
+
+    fn next_driver(&mut self, rider: DeviceId) -> Option<DeviceId> {
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some(d) = self.pool.pop_front() {
+            if !self.in_pool.contains(&d) {
+                continue;
+            }
+            let ok = d != rider
+                && self.connected.get(&d).is_some_and(|c| c.available)
+                && !self.is_busy(d);
+            if ok {
+                self.in_pool.remove(&d);
+                found = Some(d);
+                break;
+            }
+            if self.connected.get(&d).is_some_and(|c| c.available) && d != rider {
+                // Busy now; keep it offered for when its trip ends.
+                skipped.push(d);
+            } else {
+                self.in_pool.remove(&d);
+            }
+        }
+        for d in skipped.into_iter().rev() {
+            self.pool.push_front(d);
+        }
+        found
+    }
+
+    /// A device persisted a version of a session (edge-ack durability).
+    pub fn handle_ack(&mut self, device: DeviceId, session: SessionId, version: VersionVector) {
+        let Durability::EdgeAck(k) = self.cfg.durability else {
+            return;
+        };
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if entry.header.role_of(device).is_none() {
+            return;
+        }
+        let Some(p) = entry.pending.as_mut() else {
+            return;
+        };
+        if version.covers(&p.version) && !p.acks.contains(&device) {
+            p.acks.push(device);
+        }
+        if p.acks.len() >= usize::from(k) {
+            let version = p.version.clone();
+            entry.pending = None;
+            self.stats.server_changes_committed += 1;
+            self.effects.events.push(DcEvent::ServerChangeCommitted {
+                session,
+                version: version.clone(),
+            });
+            let participants: Vec<DeviceId> = entry.header.participants().collect();
+            for d in participants {
+                if self.connected.contains_key(&d) {
+                    self.effects.send.push((
+                        d,
+                        ServerMsg::Committed {
+                            session,
+                            version: version.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn reply(
+        &mut self,
+        device: DeviceId,
+        session: SessionId,
+        seq: u64,
+        outcome: OpOutcome,
+        with_update: bool,
+    ) {
+        let update = if with_update {
+            self.sessions
+                .get(&session)
+                .map(|e| Self::update_for(e, device))
+        } else {
+            None
+        };
+        self.effects.send.push((
+            device,
+            ServerMsg::OpResult {
+                session,
+                seq,
+                outcome,
+                update,
+            },
+        ));
+    }
+
+    /// An op from `device` (authenticated by the driver) with stable id `(session, device,
+    /// seq)`.
+    pub fn handle_submit(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        session: SessionId,
+        seq: u64,
+        op: A::Op,
+    ) {
+        let reject = |this: &mut Self, r: OpRejection, with_update: bool| {
+            this.stats.ops_rejected += 1;
+            this.reply(device, session, seq, OpOutcome::Rejected(r), with_update);
+        };
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            if !(A::is_create(&op) && seq == 1) {
+                return reject(self, OpRejection::UnknownSession, false);
+            }
+            if self.sessions.len() >= self.cfg.max_sessions {
+                return reject(self, OpRejection::Overloaded, false);
+            }
+            return self.create(now_ms, device, session, op);
+        };
+        let Some(role) = entry.header.role_of(device) else {
+            return reject(self, OpRejection::NotParticipant, false);
+        };
+        // Behind a restore barrier, park first: the watermark may still be about to move
+        // forward with a partner's newer copy, so neither dedup nor gap checks are final yet.
+        if let Some(b) = entry.barrier.as_mut() {
+            if now_ms < b.deadline_ms {
+                if b.parked.len() >= self.cfg.max_parked_per_session {
+                    return reject(self, OpRejection::Overloaded, false);
+                }
+                b.parked.push_back((device, seq, op));
+                self.stats.ops_parked += 1;
+                return;
+            }
+            self.release_barrier(now_ms, session, true);
+            // Parked ops went first; this one follows in order.
+            return self.handle_submit(now_ms, device, session, seq, op);
+        }
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return reject(self, OpRejection::UnknownSession, false);
+        };
+        let mark = entry
+            .body
+            .dedup
+            .iter()
+            .find(|d| d.device == device)
+            .copied()
+            .unwrap_or_else(|| DedupEntry::new(device));
+        match mark.check(seq) {
+            Seen::Duplicate { applied } => {
+                self.stats.ops_duplicate += 1;
+                return self.reply(device, session, seq, OpOutcome::Duplicate { applied }, true);
+            }
+            Seen::Forgotten => {
+                self.stats.ops_duplicate += 1;
+                return self.reply(device, session, seq, OpOutcome::AlreadyProcessed, true);
+            }
+            Seen::Gap { expected } => {
+                return reject(self, OpRejection::OutOfOrder { expected }, true);
+            }
+            Seen::Next => {}
+        }
+        if entry.header.tombstone {
+            return reject(self, OpRejection::SessionFinished, true);
+        }
+        let mut app_result = Ok(());
+        let changed = self.change(session, |_, body| {
+            let mut state = body.state.clone();
+            app_result = A::apply(&mut state, role, &op, now_ms);
+            let applied = app_result.is_ok();
+            if applied {
+                body.state = state;
+            }
+            match body.dedup.iter_mut().find(|d| d.device == device) {
+                Some(d) => d.record(applied),
+                None => {
+                    let mut d = DedupEntry::new(device);
+                    d.record(applied);
+                    body.dedup.push(d);
+                }
+            }
+        });
+        let outcome = match (changed, app_result) {
+            (Err(e), _) => return reject(self, OpRejection::App(e), true),
+            (Ok(()), Ok(())) => {
+                self.stats.ops_applied += 1;
+                OpOutcome::Applied
+            }
+            (Ok(()), Err(e)) => {
+                self.stats.ops_rejected += 1;
+                OpOutcome::Rejected(OpRejection::App(e))
+            }
+        };
+        self.reply(device, session, seq, outcome, true);
+        self.push_to_participants(session, Some(device));
+        if let Some(e) = self.sessions.get(&session) {
+            if e.header.tombstone {
+                if let Some(driver) = e.header.driver {
+                    // The driver is free again if it still wants work.
+                    if self.connected.get(&driver).is_some_and(|c| c.available) {
+                        self.offer_driver(driver);
+                    }
+                }
+            }
+        }
+    }
+
+    fn create(&mut self, now_ms: u64, device: DeviceId, session: SessionId, op: A::Op) {
+        let state = match A::create(&op, now_ms) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.ops_rejected += 1;
+                return self.reply(
+                    device,
+                    session,
+                    1,
+                    OpOutcome::Rejected(OpRejection::App(e)),
+                    false,
+                );
+            }
+        };
+        let mut mark = DedupEntry::new(device);
+        mark.record(true);
+        let mut version = VersionVector::new();
+        if let Err(e) = version.bump(self.cfg.dc) {
+            let r = OpRejection::App(AppRejection::InvalidOp(e.to_string()));
+            return self.reply(device, session, 1, OpOutcome::Rejected(r), false);
+        }
+        let header = DigestHeader {
+            session,
+            version,
+            rider: device,
+            driver: None,
+            tombstone: A::is_finished(&state),
+        };
+        let body = DigestBody {
+            state,
+            dedup: vec![mark],
+        };
+        let sealed = match SealedDigest::seal(&self.keyring, header.clone(), &body) {
+            Ok(s) => s,
+            Err(e) => {
+                let r = OpRejection::App(AppRejection::InvalidOp(e.to_string()));
+                return self.reply(device, session, 1, OpOutcome::Rejected(r), false);
+            }
+        };
+        self.effects.persist.push((session, sealed.clone()));
+        self.insert(now_ms, header, body, sealed, Vec::new());
+        self.stats.sessions_created += 1;
+        self.stats.ops_applied += 1;
+        self.effects.events.push(DcEvent::Created(session));
+        self.reply(device, session, 1, OpOutcome::Applied, true);
+        self.dispatch(now_ms);
+    }
+
+    /// The role of a device in a session held here.
+    pub fn role_of(&self, session: SessionId, device: DeviceId) -> Option<Role> {
+        self.sessions.get(&session)?.header.role_of(device)
+    }
+}

@@ -1,0 +1,110 @@
+//! Exactly-once bookkeeping that travels inside the sealed digest (C2).
+//!
+//! Each device submits ops to a session in order, with `seq` 1, 2, 3, ... The datacenter
+//! keeps, per participant, the highest `seq` it has processed and the outcome (applied or
+//! rejected) of the last [`DEDUP_WINDOW`] of them as a bitmask. That is 16 bytes per device,
+//! whatever the trip length, and it is enough because a device never has more than
+//! [`DEDUP_WINDOW`] ops in flight (the edge client's outbox bound).
+//!
+//! Invariants:
+//! - `seq <= last_seq` is a duplicate: never applied again; its outcome is answered from the
+//!   window, or as [`Seen::Forgotten`] if it is older than the window.
+//! - `seq == last_seq + 1` is the next op: it is processed and recorded.
+//! - `seq > last_seq + 1` is a gap: refused without recording anything.
+
+use crate::ids::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// How many recent outcomes each device's watermark remembers; also the most ops one device
+/// may have in flight per session.
+pub const DEDUP_WINDOW: u64 = 64;
+
+/// Per-device watermark of processed ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub device: DeviceId,
+    pub last_seq: u64,
+    /// Bit `i` is the outcome of `last_seq - i`: 1 applied, 0 rejected.
+    pub applied_bits: u64,
+}
+
+/// What the watermark says about an incoming `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Not processed yet and next in line.
+    Next,
+    /// Already processed: it was applied (true) or rejected (false).
+    Duplicate { applied: bool },
+    /// Already processed, too long ago to remember the outcome.
+    Forgotten,
+    /// An earlier op has not been processed yet.
+    Gap { expected: u64 },
+}
+
+impl DedupEntry {
+    pub fn new(device: DeviceId) -> Self {
+        Self {
+            device,
+            last_seq: 0,
+            applied_bits: 0,
+        }
+    }
+
+    pub fn check(&self, seq: u64) -> Seen {
+        if seq == 0 {
+            return Seen::Gap {
+                expected: self.last_seq.saturating_add(1),
+            };
+        }
+        if seq <= self.last_seq {
+            let age = self.last_seq - seq;
+            if age >= DEDUP_WINDOW {
+                return Seen::Forgotten;
+            }
+            return Seen::Duplicate {
+                applied: (self.applied_bits >> age) & 1 == 1,
+            };
+        }
+        if seq == self.last_seq.saturating_add(1) {
+            Seen::Next
+        } else {
+            Seen::Gap {
+                expected: self.last_seq.saturating_add(1),
+            }
+        }
+    }
+
+    /// Record the outcome of the next op (the caller checked [`Seen::Next`]).
+    pub fn record(&mut self, applied: bool) {
+        self.last_seq = self.last_seq.saturating_add(1);
+        self.applied_bits = (self.applied_bits << 1) | u64::from(applied);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retried_op_is_answered_from_the_window_not_reapplied() {
+        let mut d = DedupEntry::new(DeviceId(7));
+        assert_eq!(d.check(1), Seen::Next);
+        d.record(true);
+        assert_eq!(d.check(2), Seen::Next);
+        d.record(false);
+        assert_eq!(d.check(1), Seen::Duplicate { applied: true });
+        assert_eq!(d.check(2), Seen::Duplicate { applied: false });
+        assert_eq!(d.check(4), Seen::Gap { expected: 3 });
+        assert_eq!(d.check(0), Seen::Gap { expected: 3 });
+    }
+
+    #[test]
+    fn outcomes_older_than_the_window_are_forgotten_not_reapplied() {
+        let mut d = DedupEntry::new(DeviceId(1));
+        for _ in 0..(DEDUP_WINDOW + 5) {
+            d.record(true);
+        }
+        assert_eq!(d.check(1), Seen::Forgotten);
+        assert_eq!(d.check(6), Seen::Duplicate { applied: true });
+    }
+}

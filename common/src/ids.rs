@@ -1,0 +1,77 @@
+//! Identifiers shared by datacenters and edge devices.
+//!
+//! Invariants:
+//! - A [`SessionId`] is chosen by the device that creates the session (random 64 bits) so a
+//!   retried create is recognisably the same session at any datacenter.
+//! - An [`OpId`] is `(session, device, seq)`; `seq` starts at 1 and grows by exactly one per op
+//!   a device submits to a session. Op ids never change across retries, reconnects or
+//!   failovers, which is what makes exactly-once (C2) checkable from a tiny per-device
+//!   watermark in the digest (see [`crate::dedup`]).
+//! - The device id a datacenter acts on always comes from the authenticated connection, never
+//!   from a message body.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One session (a trip, in the built-in model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// One edge device (a phone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceId(pub u64);
+
+/// One datacenter of a region. Each datacenter owns one slot of every version vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DatacenterId(pub u16);
+
+/// Stable identity of an op: the session it targets, the device that submitted it, and that
+/// device's sequence number within the session (1, 2, 3, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OpId {
+    pub session: SessionId,
+    pub device: DeviceId,
+    pub seq: u64,
+}
+
+/// The part a device plays in a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Creates the session (requests a trip).
+    Rider,
+    /// Assigned to the session by the datacenter (dispatch).
+    Driver,
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "d{}", self.0)
+    }
+}
+
+impl fmt::Display for DatacenterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dc{}", self.0)
+    }
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}#{}", self.session, self.device, self.seq)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Rider => f.write_str("rider"),
+            Role::Driver => f.write_str("driver"),
+        }
+    }
+}

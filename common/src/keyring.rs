@@ -1,0 +1,292 @@
+//! Keys held only by the datacenters of a region: sealing keys with ids (so keys can rotate,
+//! S14) and the device-credential key.
+//!
+//! File format (text, one item per line, `#` comments; written with mode 0600):
+//! ```text
+//! lifeboat-keyring v1
+//! auth <64 hex>
+//! key 1 <64 hex>
+//! key 2 <64 hex> active
+//! ```
+//!
+//! Invariants: exactly one key is active (new seals use it); every listed key can open
+//! digests sealed with it; key ids are unique. Device credentials are
+//! `HMAC-SHA256(auth, "lifeboat-device-v1" || device_id)`, so any datacenter of the region
+//! verifies a device without a shared database.
+
+use crate::ids::DeviceId;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Identifies a sealing key.
+pub type KeyId = u32;
+
+/// A device credential: proves to any datacenter of the region that the holder is `device`.
+pub type DeviceToken = [u8; 32];
+
+const HEADER: &str = "lifeboat-keyring v1";
+const TOKEN_CONTEXT: &[u8] = b"lifeboat-device-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("keyring {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("keyring line {line}: {msg}")]
+    Parse { line: usize, msg: String },
+    #[error("keyring has no active key")]
+    NoActiveKey,
+    #[error("keyring has no auth key")]
+    NoAuthKey,
+    #[error("key id {0} is listed twice")]
+    DuplicateKey(KeyId),
+    #[error("key id {0} is not in the keyring")]
+    UnknownKey(KeyId),
+    #[error("key id {0} is active; activate another key before retiring it")]
+    RetireActive(KeyId),
+}
+
+/// The region's keys.
+#[derive(Clone)]
+pub struct Keyring {
+    active: KeyId,
+    keys: BTreeMap<KeyId, [u8; 32]>,
+    auth: [u8; 32],
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Keyring")
+            .field("active", &self.active)
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::rng().fill_bytes(&mut k);
+    k
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn from_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Keyring {
+    /// A fresh keyring with one active key (id 1) and a fresh auth key.
+    pub fn generate() -> Self {
+        let mut keys = BTreeMap::new();
+        keys.insert(1, random_key());
+        Self {
+            active: 1,
+            keys,
+            auth: random_key(),
+        }
+    }
+
+    pub fn active_key_id(&self) -> KeyId {
+        self.active
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    pub(crate) fn key(&self, id: KeyId) -> Option<&[u8; 32]> {
+        self.keys.get(&id)
+    }
+
+    /// Add a new key (next id) and make it active; older keys stay open-only.
+    pub fn rotate(&mut self) -> KeyId {
+        let id = self.keys.keys().next_back().map(|k| k + 1).unwrap_or(1);
+        self.keys.insert(id, random_key());
+        self.active = id;
+        id
+    }
+
+    /// Drop an open-only key. Digests sealed with it can no longer be opened.
+    pub fn retire(&mut self, id: KeyId) -> Result<(), KeyringError> {
+        if id == self.active {
+            return Err(KeyringError::RetireActive(id));
+        }
+        self.keys
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(KeyringError::UnknownKey(id))
+    }
+
+    /// The credential for a device.
+    pub fn device_token(&self, device: DeviceId) -> DeviceToken {
+        let mut mac = self.mac();
+        mac.update(&device.0.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Constant-time check of a device credential.
+    pub fn verify_device(&self, device: DeviceId, token: &[u8]) -> bool {
+        let mut mac = self.mac();
+        mac.update(&device.0.to_be_bytes());
+        mac.verify_slice(token).is_ok()
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.auth)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(TOKEN_CONTEXT);
+        mac
+    }
+
+    /// Text form (see the module docs).
+    pub fn to_text(&self) -> String {
+        let mut s = format!("{HEADER}\nauth {}\n", to_hex(&self.auth));
+        for (id, k) in &self.keys {
+            let active = if *id == self.active { " active" } else { "" };
+            let _ = writeln!(s, "key {id} {}{active}", to_hex(k));
+        }
+        s
+    }
+
+    pub fn parse(text: &str) -> Result<Self, KeyringError> {
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        match lines.next() {
+            Some((_, HEADER)) => {}
+            other => {
+                return Err(KeyringError::Parse {
+                    line: other.map(|(line, _)| line).unwrap_or(1),
+                    msg: format!("expected '{HEADER}'"),
+                })
+            }
+        }
+        let (mut auth, mut active, mut keys) = (None, None, BTreeMap::new());
+        for (line, l) in lines {
+            let bad = |msg: &str| KeyringError::Parse {
+                line,
+                msg: msg.to_string(),
+            };
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            match parts.as_slice() {
+                ["auth", hex] => auth = Some(from_hex32(hex).ok_or_else(|| bad("bad auth key"))?),
+                ["key", id, hex, rest @ ..] => {
+                    let id: KeyId = id.parse().map_err(|_| bad("bad key id"))?;
+                    let key = from_hex32(hex).ok_or_else(|| bad("key must be 64 hex digits"))?;
+                    if keys.insert(id, key).is_some() {
+                        return Err(KeyringError::DuplicateKey(id));
+                    }
+                    match rest {
+                        [] => {}
+                        ["active"] => {
+                            if active.replace(id).is_some() {
+                                return Err(bad("more than one active key"));
+                            }
+                        }
+                        _ => return Err(bad("expected 'key <id> <hex> [active]'")),
+                    }
+                }
+                _ => return Err(bad("unknown line")),
+            }
+        }
+        Ok(Self {
+            active: active.ok_or(KeyringError::NoActiveKey)?,
+            keys,
+            auth: auth.ok_or(KeyringError::NoAuthKey)?,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Write the keyring with owner-only permissions (atomically: temp file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let io = |source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp).map_err(io)?;
+            f.write_all(self.to_text().as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_round_trips_through_text() {
+        let mut k = Keyring::generate();
+        k.rotate();
+        let back = Keyring::parse(&k.to_text()).unwrap();
+        assert_eq!(back.active_key_id(), 2);
+        assert_eq!(back.key_ids().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(back.device_token(DeviceId(9)), k.device_token(DeviceId(9)));
+    }
+
+    #[test]
+    fn forged_device_token_is_refused() {
+        let k = Keyring::generate();
+        let token = k.device_token(DeviceId(1));
+        assert!(k.verify_device(DeviceId(1), &token));
+        assert!(!k.verify_device(DeviceId(2), &token));
+        assert!(!Keyring::generate().verify_device(DeviceId(1), &token));
+    }
+
+    #[test]
+    fn broken_keyring_files_give_typed_errors() {
+        assert!(matches!(
+            Keyring::parse("nope"),
+            Err(KeyringError::Parse { .. })
+        ));
+        let no_active = format!("{HEADER}\nauth {}\nkey 1 {}\n", "00".repeat(32), "11".repeat(32));
+        assert!(matches!(
+            Keyring::parse(&no_active),
+            Err(KeyringError::NoActiveKey)
+        ));
+        let mut k = Keyring::generate();
+        assert!(matches!(k.retire(1), Err(KeyringError::RetireActive(1))));
+    }
+}

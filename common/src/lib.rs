@@ -1,0 +1,33 @@
+//! # lifeboat-common: the replication core
+//!
+//! Everything Lifeboat decides lives here, with no sockets, no disk and no clock reads, so it
+//! can be tested deterministically:
+//!
+//! - [`ids`]: session, device, datacenter and op identifiers;
+//! - [`version`]: version vectors that order a session's states and detect divergence;
+//! - [`dedup`]: the per-device watermark that makes every op apply exactly once (C2);
+//! - [`app`] and [`trip`]: the application behind a session, and the built-in trip model;
+//! - [`keyring`] and [`digest`]: the region's keys and the sealed digest devices store (C4);
+//! - [`wire`]: wire messages and the bounded frame codec (C6);
+//! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
+//! - [`edge`]: the device-side state machine (outbox, held digests, replay).
+//!
+//! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
+//! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`].
+
+pub mod app;
+pub mod datacenter;
+pub mod dedup;
+pub mod digest;
+pub mod edge;
+pub mod frame_io;
+pub mod ids;
+pub mod keyring;
+pub mod trip;
+pub mod version;
+pub mod wire;
+
+pub use app::{AppRejection, Application};
+pub use ids::{DatacenterId, DeviceId, OpId, Role, SessionId};
+pub use trip::{GeoPoint, Trip, TripOp, TripPhase, TripState};
+pub use version::{VersionOrder, VersionVector};

@@ -1,0 +1,297 @@
+//! Wire messages and the frame codec.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of bincode (standard
+//! config). Invariants, all checked on decode and each a typed [`CodecError`]:
+//! - the length is at most [`MAX_FRAME_BYTES`] (checked before any allocation);
+//! - bincode decodes with an explicit byte limit, so a hostile length inside a frame (a
+//!   "vector of 2^60 items") is refused instead of allocated;
+//! - the whole frame must be consumed: trailing bytes are an error, not ignored.
+//!
+//! One QUIC bidirectional stream per connection carries [`ClientMsg`] up and [`ServerMsg`]
+//! down. The device id is never in a message after `Hello`: the datacenter takes it from the
+//! authenticated connection.
+
+use crate::app::{AppRejection, Application};
+use crate::digest::SealedDigest;
+use crate::ids::{DatacenterId, DeviceId, SessionId};
+use crate::keyring::DeviceToken;
+use crate::version::VersionVector;
+use bincode::config::{BigEndian, Configuration, Limit, Varint};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Largest frame either side sends or accepts (C6).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Most digests in one `Hello` or `Upload` frame.
+pub const MAX_DIGESTS_PER_FRAME: usize = 64;
+/// Length prefix size.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+type Config = Configuration<BigEndian, Varint, Limit<MAX_FRAME_BYTES>>;
+
+fn config() -> Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_variable_int_encoding()
+        .with_limit::<MAX_FRAME_BYTES>()
+}
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    #[error("could not encode: {0}")]
+    Encode(String),
+}
+
+/// Encode a value with the wire configuration.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decode a value that must use every byte of `bytes`, refusing inputs over `max` bytes.
+pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
+    let max = max.min(MAX_FRAME_BYTES);
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+/// Encode a message as a length-prefixed frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let body = encode(msg)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Validate a length prefix before reading the body.
+pub fn frame_len(prefix: [u8; FRAME_HEADER_BYTES]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    Ok(len)
+}
+
+/// Device to datacenter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum ClientMsg<A: Application> {
+    /// First frame of every connection: who the device is, and the digests it holds.
+    Hello {
+        device: DeviceId,
+        token: DeviceToken,
+        /// A driver ready for dispatch.
+        available: bool,
+        digests: Vec<SealedDigest>,
+        /// More digests follow in `Upload` frames before the datacenter answers `Welcome`.
+        more: bool,
+    },
+    /// Further held digests after `Hello` (when there were more than fit one frame).
+    Upload {
+        digests: Vec<SealedDigest>,
+        more: bool,
+    },
+    /// An op, with its stable id `(session, this device, seq)`.
+    Submit {
+        session: SessionId,
+        seq: u64,
+        op: A::Op,
+    },
+    /// The device persisted this version of the session (edge-ack durability).
+    Ack {
+        session: SessionId,
+        version: VersionVector,
+    },
+    /// A driver became available (or not) for dispatch.
+    SetAvailable { available: bool },
+}
+
+/// What the datacenter decided about one uploaded digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadOutcome {
+    /// The datacenter did not have this session, or had an older copy: it adopted the upload.
+    Restored,
+    /// The datacenter already had exactly this version.
+    Current,
+    /// The datacenter holds a newer version; it is pushed to the device.
+    Stale,
+    /// The session is finished at the datacenter; an older live copy cannot revive it (C3).
+    Tombstoned,
+    /// Neither version dominates: the histories diverged (S13). The datacenter keeps its own
+    /// and pushes it; the device surfaces the conflict to the application.
+    Diverged,
+    /// The digest was refused (C4): not a participant, failed authentication, unknown key.
+    Refused(String),
+}
+
+/// Per-digest result of the connect upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub session: SessionId,
+    pub outcome: UploadOutcome,
+}
+
+/// Why an op was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpRejection {
+    #[error("rejected by the application: {0}")]
+    App(AppRejection),
+    #[error("the datacenter does not know this session (yet)")]
+    UnknownSession,
+    #[error("this device is not a participant of the session")]
+    NotParticipant,
+    #[error("the session is finished")]
+    SessionFinished,
+    #[error("an earlier op is missing; expected seq {expected}")]
+    OutOfOrder { expected: u64 },
+    #[error("the datacenter is busy; retry")]
+    Overloaded,
+}
+
+impl OpRejection {
+    /// The device should keep the op and retry later (nothing was recorded).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, OpRejection::UnknownSession | OpRejection::Overloaded)
+    }
+}
+
+/// The outcome of one submitted op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    Applied,
+    Rejected(OpRejection),
+    /// A retry of an op already processed (C2): it was applied (or rejected) before and is
+    /// not applied again.
+    Duplicate { applied: bool },
+    /// A retry of an op processed so long ago that its outcome is no longer remembered.
+    AlreadyProcessed,
+}
+
+/// A new copy of a session for a device to persist.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SessionUpdate<A: Application> {
+    pub digest: SealedDigest,
+    /// The application state in clear, for the app to show (the digest is opaque to it).
+    pub view: A::State,
+    /// The highest op seq of this device the datacenter has processed for the session.
+    pub your_last_seq: u64,
+    /// False while a server-side change waits for edge acknowledgements (edge-ack mode).
+    pub committed: bool,
+}
+
+/// Datacenter to device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum ServerMsg<A: Application> {
+    /// The connect upload is processed; ops may flow.
+    Welcome {
+        dc: DatacenterId,
+        results: Vec<UploadResult>,
+    },
+    /// The answer to a `Submit`.
+    OpResult {
+        session: SessionId,
+        seq: u64,
+        outcome: OpOutcome,
+        update: Option<SessionUpdate<A>>,
+    },
+    /// The session changed (another participant's op, dispatch, restore).
+    Push { update: SessionUpdate<A> },
+    /// A server-side change reached its edge-ack quorum.
+    Committed {
+        session: SessionId,
+        version: VersionVector,
+    },
+    /// A protocol error; the datacenter closes the connection after it.
+    Error { error: ProtocolError },
+}
+
+/// Connection-level errors the datacenter reports before closing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("first frame must be Hello")]
+    ExpectedHello,
+    #[error("device credential refused")]
+    BadCredential,
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    #[error("replaced by a newer connection of the same device")]
+    Replaced,
+    #[error("datacenter shutting down")]
+    ShuttingDown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trip::{Trip, TripOp};
+
+    #[test]
+    fn frame_round_trips() {
+        let msg: ClientMsg<Trip> = ClientMsg::Submit {
+            session: SessionId(1),
+            seq: 3,
+            op: TripOp::Arrived,
+        };
+        let frame = encode_frame(&msg).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        let back: ClientMsg<Trip> = decode_exact(&frame[4..], MAX_FRAME_BYTES).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocation() {
+        assert!(matches!(
+            frame_len(u32::MAX.to_be_bytes()),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_vector_claim_is_refused_not_allocated() {
+        // Variant 1 (Upload) followed by a varint length of u64::MAX digests.
+        let hostile = [1u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let r = decode_exact::<ClientMsg<Trip>>(&hostile, MAX_FRAME_BYTES);
+        assert!(matches!(r, Err(CodecError::Malformed(_))), "{r:?}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&ClientMsg::<Trip>::SetAvailable { available: true }).unwrap();
+        bytes.push(0);
+        assert_eq!(
+            decode_exact::<ClientMsg<Trip>>(&bytes, MAX_FRAME_BYTES),
+            Err(CodecError::TrailingBytes(1))
+        );
+    }
+}

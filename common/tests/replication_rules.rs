@@ -1,0 +1,577 @@
+//! Deterministic scenario tests of the replication core: two datacenter cores and several
+//! edge cores wired by in-memory message passing (no sockets, no clock). Every random choice
+//! comes from a seed that failing assertions print.
+
+use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
+use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
+use lifeboat_common::keyring::Keyring;
+use lifeboat_common::wire::{ClientMsg, ServerMsg, UploadOutcome};
+use lifeboat_common::{
+    DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripPhase, VersionOrder,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+const P: GeoPoint = GeoPoint {
+    lat_e6: 52_520_000,
+    lon_e6: 13_405_000,
+};
+const Q: GeoPoint = GeoPoint {
+    lat_e6: 52_521_000,
+    lon_e6: 13_406_000,
+};
+
+struct Region {
+    keyring: Keyring,
+    dcs: Vec<Option<DatacenterCore<Trip>>>,
+    edges: HashMap<DeviceId, EdgeCore<Trip>>,
+    link: HashMap<DeviceId, usize>,
+    /// Replies the network loses (S3): (device, session, seq).
+    drop_replies_to: Vec<(DeviceId, SessionId, u64)>,
+    commits: Vec<(OpId, Result<Commit, SubmitError>)>,
+    events: Vec<(DeviceId, EdgeEvent<Trip>)>,
+    now: u64,
+    durability: Durability,
+}
+
+impl Region {
+    fn new(n_dcs: u16, durability: Durability) -> Self {
+        let keyring = Keyring::generate();
+        let mut r = Region {
+            keyring,
+            dcs: Vec::new(),
+            edges: HashMap::new(),
+            link: HashMap::new(),
+            drop_replies_to: Vec::new(),
+            commits: Vec::new(),
+            events: Vec::new(),
+            now: 1_000,
+            durability,
+        };
+        for i in 0..n_dcs {
+            r.dcs.push(Some(r.new_dc(i)));
+        }
+        r
+    }
+
+    fn new_dc(&self, i: u16) -> DatacenterCore<Trip> {
+        let mut cfg = DcConfig::new(DatacenterId(i + 1));
+        cfg.durability = self.durability;
+        cfg.restore_grace_ms = 2_000;
+        DatacenterCore::new(cfg, self.keyring.clone())
+    }
+
+    fn dc(&self, i: usize) -> &DatacenterCore<Trip> {
+        self.dcs[i].as_ref().expect("datacenter is up")
+    }
+
+    fn add_device(&mut self, id: u64) -> DeviceId {
+        let d = DeviceId(id);
+        self.edges.insert(d, EdgeCore::new(d, EdgeLimits::default()));
+        d
+    }
+
+    fn connect(&mut self, d: DeviceId, dc: usize, available: bool) {
+        let token = self.keyring.device_token(d);
+        let hello = self.edges[&d].hello(token, available);
+        self.link.insert(d, dc);
+        let mut digests = Vec::new();
+        for m in hello {
+            match m {
+                ClientMsg::Hello { digests: ds, .. } | ClientMsg::Upload { digests: ds, .. } => {
+                    digests.extend(ds)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let now = self.now;
+        self.dcs[dc]
+            .as_mut()
+            .expect("up")
+            .handle_connect(now, d, available, digests);
+        self.pump();
+    }
+
+    /// Kill a datacenter: its state is gone, its devices are disconnected.
+    fn kill(&mut self, dc: usize) {
+        self.dcs[dc] = None;
+        let gone: Vec<DeviceId> = self
+            .link
+            .iter()
+            .filter(|(_, l)| **l == dc)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in gone {
+            self.link.remove(&d);
+            if let Some(e) = self.edges.get_mut(&d) {
+                e.on_disconnect();
+            }
+        }
+    }
+
+    fn submit(&mut self, d: DeviceId, s: SessionId, op: TripOp) -> OpId {
+        let id = self
+            .edges
+            .get_mut(&d)
+            .expect("device")
+            .submit(s, op)
+            .expect("submit accepted locally");
+        self.pump();
+        id
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now += ms;
+        let now = self.now;
+        for dc in self.dcs.iter_mut().flatten() {
+            dc.handle_tick(now);
+        }
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut quiet = true;
+            for i in 0..self.dcs.len() {
+                let Some(dc) = self.dcs[i].as_mut() else {
+                    continue;
+                };
+                let fx = dc.poll_effects();
+                for (to, msg) in fx.send {
+                    if self.link.get(&to) != Some(&i) {
+                        continue;
+                    }
+                    quiet = false;
+                    let edge = self.edges.get_mut(&to).expect("device");
+                    match msg {
+                        ServerMsg::Welcome { dc, results } => edge.on_welcome(dc, results),
+                        ServerMsg::OpResult {
+                            session,
+                            seq,
+                            outcome,
+                            update,
+                        } => {
+                            if let Some(pos) = self
+                                .drop_replies_to
+                                .iter()
+                                .position(|x| *x == (to, session, seq))
+                            {
+                                self.drop_replies_to.remove(pos);
+                                continue;
+                            }
+                            edge.on_op_result(session, seq, outcome, update)
+                        }
+                        ServerMsg::Push { update } => edge.on_push(update),
+                        ServerMsg::Committed { session, version } => {
+                            edge.on_committed(session, version)
+                        }
+                        ServerMsg::Error { error } => panic!("protocol error {error}"),
+                    }
+                }
+            }
+            let now = self.now;
+            for (d, edge) in self.edges.iter_mut() {
+                let fx = edge.poll_effects();
+                self.commits.extend(fx.resolved);
+                self.events.extend(fx.events.into_iter().map(|e| (*d, e)));
+                let Some(&l) = self.link.get(d) else {
+                    continue;
+                };
+                let Some(dc) = self.dcs[l].as_mut() else {
+                    continue;
+                };
+                for msg in fx.send {
+                    quiet = false;
+                    match msg {
+                        ClientMsg::Submit { session, seq, op } => {
+                            dc.handle_submit(now, *d, session, seq, op)
+                        }
+                        ClientMsg::Ack { session, version } => dc.handle_ack(*d, session, version),
+                        ClientMsg::SetAvailable { available } => {
+                            dc.handle_set_available(now, *d, available)
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("message pump did not settle");
+    }
+
+    fn committed(&self, id: OpId) -> bool {
+        self.commits
+            .iter()
+            .any(|(i, r)| *i == id && r.is_ok())
+    }
+
+    fn phase(&self, dc: usize, s: SessionId) -> Option<TripPhase> {
+        self.dc(dc).session(s).map(|(_, st)| st.phase)
+    }
+
+    /// Rider requests, dispatch assigns the driver, driver arrives and starts.
+    fn trip_on_the_road(&mut self, rider: DeviceId, driver: DeviceId, dc: usize) -> SessionId {
+        let s = SessionId(rider.0 * 1000 + driver.0);
+        self.connect(driver, dc, true);
+        self.connect(rider, dc, false);
+        self.submit(
+            rider,
+            s,
+            TripOp::Request {
+                pickup: P,
+                dropoff: Q,
+            },
+        );
+        assert_eq!(self.phase(dc, s), Some(TripPhase::Assigned));
+        self.submit(driver, s, TripOp::Arrived);
+        self.submit(driver, s, TripOp::StartTrip);
+        assert_eq!(self.phase(dc, s), Some(TripPhase::OnTrip));
+        s
+    }
+}
+
+#[test]
+fn trip_runs_to_completion_and_leaves_a_tombstone() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    r.now += 60_000;
+    r.submit(driver, s, TripOp::Location { at: Q });
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(h.tombstone);
+    assert!(st.fare_cents.is_some());
+    // Both phones hold the tombstone.
+    for d in [rider, driver] {
+        assert!(r.edges[&d].held(s).unwrap().digest.header.tombstone);
+    }
+}
+
+#[test]
+fn s1_backup_restores_every_session_from_the_edges() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(r.committed(loc));
+    let before = r.dc(0).session(s).unwrap().1.clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    let (_, after) = r.dc(1).session(s).expect("restored at the backup");
+    assert_eq!(*after, before);
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    assert_eq!(r.phase(1, s), Some(TripPhase::Completed));
+}
+
+#[test]
+fn s3_reply_lost_then_failover_applies_the_op_exactly_once() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The location op is applied at the primary and pushed to the rider, but the reply to
+    // the driver is lost; then the primary dies.
+    r.drop_replies_to.push((driver, s, 3));
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(!r.committed(loc));
+    assert_eq!(r.dc(0).session(s).unwrap().1.location_updates, 1);
+    r.kill(0);
+    // The driver reaches the backup first; its own copy lacks the op. The restore barrier
+    // parks its replay until the rider (whose copy has the op) reports in.
+    r.connect(driver, 1, false);
+    assert!(!r.committed(loc), "op must wait for the partner's newer copy");
+    r.connect(rider, 1, false);
+    assert!(r.committed(loc));
+    let st = r.dc(1).session(s).unwrap().1;
+    assert_eq!(st.location_updates, 1, "applied exactly once");
+    let dup = r
+        .commits
+        .iter()
+        .find(|(i, _)| *i == loc)
+        .and_then(|(_, c)| c.as_ref().ok())
+        .map(|c| c.duplicate);
+    assert_eq!(dup, Some(true));
+}
+
+#[test]
+fn s3_reply_lost_and_no_copy_anywhere_applies_once_at_the_backup() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    r.drop_replies_to.push((driver, s, 3));
+    // The rider is offline, so the push is lost too.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.tick(2_500); // the rider never shows up; the barrier times out
+    assert!(r.committed(loc));
+    assert_eq!(r.dc(1).session(s).unwrap().1.location_updates, 1);
+}
+
+#[test]
+fn s2_failback_to_a_stale_primary_never_rolls_back() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The primary's disk as it was at the kill.
+    let stale = r.dc(0).session(s).unwrap().0.clone();
+    let keyring = r.keyring.clone();
+    let stale_digest = r.edges[&driver].held(s).unwrap().digest.clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    for _ in 0..3 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let newer = r.dc(1).session(s).unwrap().0.version.clone();
+    // The primary comes back with its old disk; devices fail back to it.
+    let mut primary = r.new_dc(0);
+    primary.load_persisted(r.now, stale_digest).unwrap();
+    assert_eq!(primary.session(s).unwrap().0.version, stale.version);
+    r.dcs[0] = Some(primary);
+    let _ = keyring;
+    r.kill(1);
+    r.connect(rider, 0, false);
+    r.connect(driver, 0, false);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert_eq!(h.version.compare(&newer), VersionOrder::Equal);
+    assert_eq!(st.location_updates, 3);
+}
+
+#[test]
+fn s10_finished_trip_is_never_revived_by_an_older_digest() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let live = r.edges[&rider].held(s).unwrap().digest.clone();
+    r.submit(driver, s, TripOp::Complete);
+    r.kill(0);
+    r.connect(driver, 1, false); // restores the tombstone
+    assert!(r.dc(1).session(s).unwrap().0.tombstone);
+    // The rider's phone somehow still has the live copy (a restored backup of the app).
+    let dc = r.dcs[1].as_mut().unwrap();
+    dc.handle_connect(r.now, rider, false, vec![live]);
+    let fx = dc.poll_effects();
+    let welcome = fx
+        .send
+        .iter()
+        .find_map(|(_, m)| match m {
+            ServerMsg::Welcome { results, .. } => Some(results.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
+    assert!(r.dc(1).session(s).unwrap().0.tombstone);
+}
+
+#[test]
+fn s12_both_datacenters_lost_everything_comes_back_from_the_edges() {
+    let mut r = Region::new(2, Durability::Async);
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        let (rider, driver) = (r.add_device(10 + i), r.add_device(100 + i));
+        sessions.push((r.trip_on_the_road(rider, driver, 0), rider, driver));
+    }
+    let truth: Vec<_> = sessions
+        .iter()
+        .map(|(s, _, _)| r.dc(0).session(*s).unwrap().1.clone())
+        .collect();
+    r.kill(0);
+    r.kill(1);
+    r.dcs[0] = Some(r.new_dc(0));
+    r.dcs[1] = Some(r.new_dc(1));
+    for (_, rider, driver) in &sessions {
+        r.connect(*rider, 1, false);
+        r.connect(*driver, 1, false);
+    }
+    for ((s, _, _), want) in sessions.iter().zip(truth) {
+        assert_eq!(r.dc(1).session(*s).unwrap().1, &want);
+    }
+}
+
+#[test]
+fn s6_reinstalled_device_is_resynced_from_its_partner() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    r.kill(0);
+    r.add_device(2); // the driver's app was reinstalled: empty store
+    r.connect(rider, 1, false);
+    r.connect(driver, 1, false);
+    let held = r.edges[&driver].held(s).expect("driver re-synced");
+    assert_eq!(held.last_seq, 2, "the driver learns which seqs it already used");
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    assert_eq!(r.phase(1, s), Some(TripPhase::Completed));
+}
+
+#[test]
+fn forged_digest_of_another_session_is_refused() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver, mallory) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let stolen = r.edges[&rider].held(s).unwrap().digest.clone();
+    let mut tampered = stolen.clone();
+    tampered.header.rider = mallory;
+    let dc = r.dcs[0].as_mut().unwrap();
+    dc.handle_connect(r.now, mallory, false, vec![stolen, tampered]);
+    let fx = dc.poll_effects();
+    let results = fx
+        .send
+        .iter()
+        .find_map(|(_, m)| match m {
+            ServerMsg::Welcome { results, .. } => Some(results.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(results
+        .iter()
+        .all(|x| matches!(x.outcome, UploadOutcome::Refused(_))));
+    assert_eq!(r.dc(0).stats().uploads_refused, 2);
+}
+
+#[test]
+fn edge_ack_reports_dispatch_committed_only_after_the_quorum_persisted_it() {
+    let mut r = Region::new(1, Durability::EdgeAck(2));
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    r.connect(driver, 0, true);
+    // The rider is connected but its acks are lost: only the driver's counts.
+    r.connect(rider, 0, false);
+    let s = SessionId(77);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert_eq!(r.dc(0).stats().dispatched, 1);
+    assert_eq!(r.dc(0).stats().server_changes_committed, 1);
+    let committed_events = r
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, EdgeEvent::ServerChangeCommitted { .. }))
+        .count();
+    assert_eq!(committed_events, 2, "both participants are told");
+}
+
+/// Random traffic, random primary kills and failovers: every op a device was told is
+/// committed is present exactly once at the surviving datacenter.
+#[test]
+fn random_failovers_lose_nothing_and_apply_nothing_twice() {
+    let base: u64 = std::env::var("LIFEBOAT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xC0FFEE);
+    for seed in base..base + 40 {
+        run_random(seed);
+    }
+}
+
+fn run_random(seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut r = Region::new(2, Durability::Async);
+    let mut live = 0usize;
+    let pairs: Vec<(DeviceId, DeviceId)> = (0..4)
+        .map(|i| (r.add_device(10 + i), r.add_device(100 + i)))
+        .collect();
+    let mut sessions = Vec::new();
+    for (rider, driver) in &pairs {
+        sessions.push(r.trip_on_the_road(*rider, *driver, live));
+    }
+    let mut expected_locations: HashMap<SessionId, u32> = HashMap::new();
+    let mut pending: Vec<(SessionId, OpId)> = Vec::new();
+    for step in 0..60 {
+        let i = rng.random_range(0..pairs.len());
+        let (rider, driver) = pairs[i];
+        let s = sessions[i];
+        if rng.random_bool(0.3) {
+            let seq = r.edges[&driver].held(s).map(|h| h.next_seq).unwrap_or(1);
+            r.drop_replies_to.push((driver, s, seq));
+        }
+        let id = r.submit(driver, s, TripOp::Location { at: Q });
+        pending.push((s, id));
+        if rng.random_bool(0.08) {
+            // Fail over: the live datacenter dies with its disk; the other starts empty.
+            r.kill(live);
+            live = 1 - live;
+            r.dcs[live] = Some(r.new_dc(live as u16));
+            let mut order: Vec<DeviceId> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+            for k in (1..order.len()).rev() {
+                order.swap(k, rng.random_range(0..=k));
+            }
+            for d in order {
+                r.connect(d, live, false);
+            }
+            r.tick(2_500);
+        }
+        // A device that lost a reply learns the outcome on its next reconnect.
+        if step % 10 == 9 {
+            for (rider2, driver2) in &pairs {
+                r.kill_link(*rider2);
+                r.kill_link(*driver2);
+                r.connect(*rider2, live, false);
+                r.connect(*driver2, live, false);
+            }
+        }
+        let _ = rider;
+    }
+    // The network heals: final reconnect of everyone, nothing lost in transit.
+    r.drop_replies_to.clear();
+    for (rider, driver) in &pairs {
+        r.kill_link(*rider);
+        r.kill_link(*driver);
+        r.connect(*rider, live, false);
+        r.connect(*driver, live, false);
+    }
+    let unresolved: Vec<_> = pending.iter().filter(|(_, id)| !r.committed(*id)).collect();
+    assert!(
+        unresolved.is_empty(),
+        "seed {seed}: ops never committed: {unresolved:?}; results: {:?}; errors: {:?}",
+        unresolved
+            .iter()
+            .map(|(_, id)| r.commits.iter().find(|(i, _)| i == id))
+            .collect::<Vec<_>>(),
+        r.commits.iter().filter(|(_, c)| c.is_err()).collect::<Vec<_>>()
+    );
+    for (s, id) in &pending {
+        if r.committed(*id) {
+            *expected_locations.entry(*s).or_default() += 1;
+        }
+    }
+    for s in &sessions {
+        let got = r.dc(live).session(*s).map(|(_, st)| st.location_updates);
+        let want = expected_locations.get(s).copied().unwrap_or(0);
+        assert_eq!(
+            got,
+            Some(want),
+            "seed {seed}: session {s}: committed {want} location ops, datacenter applied {got:?} \
+             (replay with LIFEBOAT_SEED={seed})"
+        );
+    }
+    assert!(
+        pending.iter().all(|(_, id)| r.committed(*id)),
+        "seed {seed}: every op eventually commits"
+    );
+}
+
+impl Region {
+    fn kill_link(&mut self, d: DeviceId) {
+        if let Some(l) = self.link.remove(&d) {
+            if let Some(dc) = self.dcs[l].as_mut() {
+                dc.handle_disconnect(d);
+            }
+        }
+        if let Some(e) = self.edges.get_mut(&d) {
+            e.on_disconnect();
+        }
+    }
+}
