@@ -32,9 +32,7 @@ use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
 use crate::ids::{DatacenterId, DeviceId, Role, SessionId};
 use crate::keyring::Keyring;
 use crate::version::{VersionOrder, VersionVector};
-use crate::wire::{
-    OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadResult,
-};
+use crate::wire::{OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadResult};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// When a server-side change (dispatch) counts as committed.
@@ -126,24 +124,36 @@ impl<A: Application> Effects<A> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DcEvent {
     Created(SessionId),
-    Restored { session: SessionId, from: DeviceId },
+    Restored {
+        session: SessionId,
+        from: DeviceId,
+    },
     UploadRefused {
         session: SessionId,
         from: DeviceId,
         reason: String,
     },
-    Diverged { session: SessionId, from: DeviceId },
-    Dispatched { session: SessionId, driver: DeviceId },
+    Diverged {
+        session: SessionId,
+        from: DeviceId,
+    },
+    Dispatched {
+        session: SessionId,
+        driver: DeviceId,
+    },
     ServerChangeCommitted {
         session: SessionId,
         version: VersionVector,
     },
     Finished(SessionId),
-    BarrierReleased { session: SessionId, timed_out: bool },
+    BarrierReleased {
+        session: SessionId,
+        timed_out: bool,
+    },
 }
 
 /// Counters, for logs, tests and the harness.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DcStats {
     pub ops_applied: u64,
     pub ops_rejected: u64,
@@ -479,11 +489,13 @@ impl<A: Application> DatacenterCore<A> {
                 .participants()
                 .filter(|d| *d != device && !connected.contains_key(d))
                 .collect();
+            self.effects.persist.push((session, sealed.clone()));
             self.insert(now_ms, header, body, sealed, awaiting);
             self.stats.sessions_restored += 1;
-            self.effects
-                .events
-                .push(DcEvent::Restored { session, from: device });
+            self.effects.events.push(DcEvent::Restored {
+                session,
+                from: device,
+            });
             return UploadOutcome::Restored;
         };
         match sealed.header.version.compare(&entry.header.version) {
@@ -495,9 +507,10 @@ impl<A: Application> DatacenterCore<A> {
             }
             VersionOrder::Concurrent => {
                 self.stats.uploads_diverged += 1;
-                self.effects
-                    .events
-                    .push(DcEvent::Diverged { session, from: device });
+                self.effects.events.push(DcEvent::Diverged {
+                    session,
+                    from: device,
+                });
                 UploadOutcome::Diverged
             }
             VersionOrder::Newer => {
@@ -524,9 +537,10 @@ impl<A: Application> DatacenterCore<A> {
                     }
                 }
                 self.stats.sessions_restored += 1;
-                self.effects
-                    .events
-                    .push(DcEvent::Restored { session, from: device });
+                self.effects.events.push(DcEvent::Restored {
+                    session,
+                    from: device,
+                });
                 self.push_to_participants(session, Some(device));
                 UploadOutcome::Restored
             }

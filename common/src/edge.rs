@@ -122,8 +122,14 @@ pub enum EdgeEvent<A: Application> {
         replaced: Option<A::State>,
     },
     /// The datacenter refused a digest this device uploaded.
-    UploadRefused { session: SessionId, reason: String },
-    OpRejected { op: OpId, reason: SubmitError },
+    UploadRefused {
+        session: SessionId,
+        reason: String,
+    },
+    OpRejected {
+        op: OpId,
+        reason: SubmitError,
+    },
 }
 
 /// Outputs of a batch of inputs, in the order the driver must carry them out.
@@ -496,11 +502,11 @@ impl<A: Application> EdgeCore<A> {
                 version,
                 duplicate: true,
             }),
-            OpOutcome::Duplicate { applied: false } => Err(SubmitError::Rejected(
-                OpRejection::App(AppRejection::InvalidOp(
-                    "rejected on an earlier attempt".into(),
-                )),
-            )),
+            OpOutcome::Duplicate { applied: false } => {
+                Err(SubmitError::Rejected(OpRejection::App(
+                    AppRejection::InvalidOp("rejected on an earlier attempt".into()),
+                )))
+            }
             // An earlier op of ours has not reached the datacenter yet (it was refused as
             // retryable, or is still on its way): resend in order rather than give up.
             OpOutcome::Rejected(OpRejection::OutOfOrder { expected })

@@ -281,7 +281,11 @@ mod tests {
             Keyring::parse("nope"),
             Err(KeyringError::Parse { .. })
         ));
-        let no_active = format!("{HEADER}\nauth {}\nkey 1 {}\n", "00".repeat(32), "11".repeat(32));
+        let no_active = format!(
+            "{HEADER}\nauth {}\nkey 1 {}\n",
+            "00".repeat(32),
+            "11".repeat(32)
+        );
         assert!(matches!(
             Keyring::parse(&no_active),
             Err(KeyringError::NoActiveKey)

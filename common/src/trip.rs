@@ -283,7 +283,13 @@ mod tests {
         Trip::apply(&mut s, Role::Driver, &TripOp::StartTrip, 0).unwrap();
         let before = s.clone();
         let err = Trip::apply(&mut s, Role::Rider, &TripOp::Complete, 0).unwrap_err();
-        assert!(matches!(err, AppRejection::WrongRole { role: Role::Rider, .. }));
+        assert!(matches!(
+            err,
+            AppRejection::WrongRole {
+                role: Role::Rider,
+                ..
+            }
+        ));
         assert_eq!(s, before, "a rejected op must not change the state");
     }
 

@@ -94,7 +94,10 @@ impl VersionVector {
     /// Total number of changes in this history: strictly grows along dominance, so it is a
     /// handy scalar for display and for "never decreases" checks.
     pub fn total(&self) -> u64 {
-        self.entries.iter().map(|(_, c)| *c).fold(0u64, u64::saturating_add)
+        self.entries
+            .iter()
+            .map(|(_, c)| *c)
+            .fold(0u64, u64::saturating_add)
     }
 
     pub fn is_empty(&self) -> bool {

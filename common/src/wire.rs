@@ -188,7 +188,9 @@ pub enum OpOutcome {
     Rejected(OpRejection),
     /// A retry of an op already processed (C2): it was applied (or rejected) before and is
     /// not applied again.
-    Duplicate { applied: bool },
+    Duplicate {
+        applied: bool,
+    },
     /// A retry of an op processed so long ago that its outcome is no longer remembered.
     AlreadyProcessed,
 }

@@ -33,6 +33,8 @@ struct Region {
     events: Vec<(DeviceId, EdgeEvent<Trip>)>,
     now: u64,
     durability: Durability,
+    /// Sessions each datacenter asked its store to write.
+    persisted: Vec<std::collections::HashSet<SessionId>>,
 }
 
 impl Region {
@@ -48,6 +50,7 @@ impl Region {
             events: Vec::new(),
             now: 1_000,
             durability,
+            persisted: vec![Default::default(); n_dcs as usize],
         };
         for i in 0..n_dcs {
             r.dcs.push(Some(r.new_dc(i)));
@@ -68,7 +71,8 @@ impl Region {
 
     fn add_device(&mut self, id: u64) -> DeviceId {
         let d = DeviceId(id);
-        self.edges.insert(d, EdgeCore::new(d, EdgeLimits::default()));
+        self.edges
+            .insert(d, EdgeCore::new(d, EdgeLimits::default()));
         d
     }
 
@@ -138,6 +142,7 @@ impl Region {
                     continue;
                 };
                 let fx = dc.poll_effects();
+                self.persisted[i].extend(fx.persist.iter().map(|(s, _)| *s));
                 for (to, msg) in fx.send {
                     if self.link.get(&to) != Some(&i) {
                         continue;
@@ -203,9 +208,7 @@ impl Region {
     }
 
     fn committed(&self, id: OpId) -> bool {
-        self.commits
-            .iter()
-            .any(|(i, r)| *i == id && r.is_ok())
+        self.commits.iter().any(|(i, r)| *i == id && r.is_ok())
     }
 
     fn phase(&self, dc: usize, s: SessionId) -> Option<TripPhase> {
@@ -264,6 +267,10 @@ fn s1_backup_restores_every_session_from_the_edges() {
     r.connect(rider, 1, false);
     let (_, after) = r.dc(1).session(s).expect("restored at the backup");
     assert_eq!(*after, before);
+    assert!(
+        r.persisted[1].contains(&s),
+        "the backup keeps what it restored on its own disk too"
+    );
     let done = r.submit(driver, s, TripOp::Complete);
     assert!(r.committed(done));
     assert_eq!(r.phase(1, s), Some(TripPhase::Completed));
@@ -284,7 +291,10 @@ fn s3_reply_lost_then_failover_applies_the_op_exactly_once() {
     // The driver reaches the backup first; its own copy lacks the op. The restore barrier
     // parks its replay until the rider (whose copy has the op) reports in.
     r.connect(driver, 1, false);
-    assert!(!r.committed(loc), "op must wait for the partner's newer copy");
+    assert!(
+        !r.committed(loc),
+        "op must wait for the partner's newer copy"
+    );
     r.connect(rider, 1, false);
     assert!(r.committed(loc));
     let st = r.dc(1).session(s).unwrap().1;
@@ -406,7 +416,10 @@ fn s6_reinstalled_device_is_resynced_from_its_partner() {
     r.connect(rider, 1, false);
     r.connect(driver, 1, false);
     let held = r.edges[&driver].held(s).expect("driver re-synced");
-    assert_eq!(held.last_seq, 2, "the driver learns which seqs it already used");
+    assert_eq!(
+        held.last_seq, 2,
+        "the driver learns which seqs it already used"
+    );
     let done = r.submit(driver, s, TripOp::Complete);
     assert!(r.committed(done));
     assert_eq!(r.phase(1, s), Some(TripPhase::Completed));
@@ -540,7 +553,10 @@ fn run_random(seed: u64) {
             .iter()
             .map(|(_, id)| r.commits.iter().find(|(i, _)| i == id))
             .collect::<Vec<_>>(),
-        r.commits.iter().filter(|(_, c)| c.is_err()).collect::<Vec<_>>()
+        r.commits
+            .iter()
+            .filter(|(_, c)| c.is_err())
+            .collect::<Vec<_>>()
     );
     for (s, id) in &pending {
         if r.committed(*id) {

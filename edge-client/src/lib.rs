@@ -1,1 +1,40 @@
+//! # lifeboat-edge: the embeddable edge client
+//!
+//! Keeps a sealed copy of every session the device takes part in, so a datacenter can be
+//! lost without losing a trip. Embed it in a mobile or desktop app:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lifeboat_edge::EdgeError> {
+//! use lifeboat_edge::{EdgeClient, EdgeConfig, StoreLocation};
+//! use lifeboat_common::{DeviceId, GeoPoint};
+//! let cfg = EdgeConfig::new(
+//!     DeviceId(42),
+//!     [0u8; 32], // the credential from `lifeboat-server credential --device 42`
+//!     vec!["127.0.0.1:4433".parse().unwrap(), "127.0.0.1:4434".parse().unwrap()],
+//!     std::fs::read("lifeboat-region/ca.pem")?,
+//!     StoreLocation::Path("device-42".into()),
+//! );
+//! let client = EdgeClient::start(cfg).await?;
+//! let here = GeoPoint { lat_e6: 52_520_000, lon_e6: 13_405_000 };
+//! let (trip, commit) = client.request_trip(here, here).await?;
+//! println!("trip {trip} committed at version {}", commit.version);
+//! # Ok(()) }
+//! ```
+//!
+//! Apps that do not run tokio use [`BlockingEdgeClient`], which owns its runtime.
+//! The replication rules live in [`lifeboat_common::edge::EdgeCore`]; this crate is the
+//! driver: QUIC (quinn), the sled store, failure detection and reconnects.
 
+pub mod blocking;
+pub mod client;
+pub mod config;
+pub mod store;
+
+pub use blocking::BlockingEdgeClient;
+pub use client::{
+    client_config, client_endpoint, ClientEvent, ClientStatsSnapshot, EdgeClient, EdgeError,
+    SessionSnapshot,
+};
+pub use config::EdgeConfig;
+pub use lifeboat_common::edge::{Commit, SubmitError};
+pub use store::StoreLocation;

@@ -1,1 +1,15 @@
+//! # lifeboat-server: the datacenter
+//!
+//! A thin driver around [`lifeboat_common::datacenter::DatacenterCore`]: QUIC (quinn, rustls
+//! with ring) in front, a sled store behind, one actor owning the core. See
+//! [`service`] for the task layout and its invariants, [`store`] for what is on disk and
+//! [`region`] for the keys and certificates shared by the datacenters of a region.
 
+pub mod cli;
+pub mod crash;
+pub mod process;
+pub mod region;
+pub mod service;
+pub mod store;
+
+pub use service::{Server, ServerConfig, ServerError, Status};

@@ -1,1 +1,6 @@
-fn main(){}
+//! `lifeboat-server`: run a Lifeboat datacenter, or manage its region directory.
+//! `lifeboat-server --help` explains every subcommand and flag.
+
+fn main() -> anyhow::Result<()> {
+    lifeboat_server::cli::run(std::env::args_os())
+}

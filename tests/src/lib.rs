@@ -1,1 +1,224 @@
+//! Fixtures for Lifeboat's end-to-end tests: a region directory, real `lifeboat-server`
+//! processes on loopback, and real edge clients with sled stores on disk.
+//!
+//! Everything lives in one temporary directory per test; every wait is bounded.
 
+use anyhow::{bail, Context};
+use lifeboat_common::keyring::Keyring;
+use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripPhase};
+use lifeboat_edge::{EdgeClient, EdgeConfig, SessionSnapshot, StoreLocation};
+use lifeboat_server::process::{find_server_binary, free_udp_port, wipe, DcProcess, DcSpawn};
+use lifeboat_server::region::Region;
+use lifeboat_server::service::{read_store, StoredSession};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use lifeboat_server::process;
+
+/// The `lifeboat-server` binary, built on first use if cargo has not built it yet.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = find_server_binary() {
+            return Ok(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "lifeboat-server",
+                "--bin",
+                "lifeboat-server",
+            ])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err("building lifeboat-server failed".into());
+        }
+        find_server_binary().ok_or_else(|| "lifeboat-server binary not found after build".into())
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// Test settings: fast failure detection so tests stay short.
+pub const TEST_IDLE_MS: u64 = 1_500;
+pub const TEST_KEEPALIVE_MS: u64 = 300;
+
+/// A region with `n` datacenters on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub region_dir: PathBuf,
+    pub keyring: Keyring,
+    pub ca_pem: Vec<u8>,
+    pub specs: Vec<DcSpawn>,
+    pub dcs: Vec<Option<DcProcess>>,
+}
+
+impl Cluster {
+    /// Create the region and the datacenter specs (not started).
+    pub fn new(n: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let region_dir = dir.path().join("region");
+        Region::init(&region_dir)?;
+        let keyring = Keyring::load(&Region::keyring_path(&region_dir))?;
+        let ca_pem = std::fs::read(Region::ca_path(&region_dir))?;
+        let program = server_binary()?;
+        let mut specs = Vec::new();
+        for i in 1..=n {
+            let port = free_udp_port()?;
+            specs.push(DcSpawn {
+                program: program.clone(),
+                prefix_args: Vec::new(),
+                dc: i,
+                listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                data_dir: dir.path().join(format!("dc{i}")),
+                region_dir: region_dir.clone(),
+                extra_args: ["--idle-timeout-ms", "5000", "--restore-grace-ms", "2000"]
+                    .iter()
+                    .chain(extra_args.iter())
+                    .map(|s| s.to_string())
+                    .collect(),
+                env: vec![("RUST_LOG".into(), "info".into())],
+                log_file: dir.path().join(format!("dc{i}.log")),
+            });
+        }
+        let dcs = specs.iter().map(|_| None).collect();
+        Ok(Self {
+            dir,
+            region_dir,
+            keyring,
+            ca_pem,
+            specs,
+            dcs,
+        })
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.specs.iter().map(|s| s.listen).collect()
+    }
+
+    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = DcProcess::spawn(self.specs[i].clone())
+            .with_context(|| format!("starting dc{}", i + 1))?;
+        self.dcs[i] = Some(p);
+        Ok(())
+    }
+
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut spec = self.specs[i].clone();
+        spec.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.dcs[i] = Some(DcProcess::spawn(spec)?);
+        Ok(())
+    }
+
+    /// SIGKILL; with `lose_disk`, its data directory is deleted too.
+    pub fn kill(&mut self, i: usize, lose_disk: bool) -> anyhow::Result<()> {
+        if let Some(p) = self.dcs[i].take() {
+            p.kill()?;
+        }
+        if lose_disk {
+            wipe(&self.specs[i].data_dir)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (clean, flushed) and read back every session in its store.
+    pub fn stop_and_read(&mut self, i: usize) -> anyhow::Result<Vec<StoredSession>> {
+        if let Some(p) = self.dcs[i].take() {
+            p.terminate()?;
+        }
+        Ok(read_store(&self.specs[i].data_dir, &self.keyring)?)
+    }
+
+    pub fn process(&mut self, i: usize) -> Option<&mut DcProcess> {
+        self.dcs[i].as_mut()
+    }
+
+    pub fn device_store(&self, id: u64) -> PathBuf {
+        self.dir.path().join("devices").join(id.to_string())
+    }
+
+    /// Start an edge client with its own sled store on disk.
+    pub async fn device(&self, id: u64, available: bool) -> anyhow::Result<EdgeClient> {
+        self.device_with(id, available, self.addrs()).await
+    }
+
+    pub async fn device_with(
+        &self,
+        id: u64,
+        available: bool,
+        datacenters: Vec<SocketAddr>,
+    ) -> anyhow::Result<EdgeClient> {
+        let d = DeviceId(id);
+        let mut cfg = EdgeConfig::new(
+            d,
+            self.keyring.device_token(d),
+            datacenters,
+            self.ca_pem.clone(),
+            StoreLocation::Path(self.device_store(id)),
+        );
+        cfg.keep_alive = Duration::from_millis(TEST_KEEPALIVE_MS);
+        cfg.idle_timeout = Duration::from_millis(TEST_IDLE_MS);
+        cfg.connect_timeout = Duration::from_millis(1_500);
+        cfg.available = available;
+        Ok(EdgeClient::start(cfg).await?)
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.specs[i].log_file).unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub const PICKUP: GeoPoint = GeoPoint {
+    lat_e6: 52_520_000,
+    lon_e6: 13_405_000,
+};
+
+/// A point `step` small steps north of the pickup (about 11 m each).
+pub fn route_point(step: u32) -> GeoPoint {
+    GeoPoint {
+        lat_e6: PICKUP.lat_e6 + (step as i32) * 100,
+        lon_e6: PICKUP.lon_e6,
+    }
+}
+
+/// Wait (bounded) until the device holds a session in one of `phases`.
+pub async fn wait_for_session(
+    client: &EdgeClient,
+    timeout: Duration,
+    pred: impl Fn(&SessionSnapshot) -> bool,
+) -> anyhow::Result<SessionSnapshot> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(s) = client.sessions().await?.into_iter().find(|s| pred(s)) {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!(
+        "device {} did not see the expected session within {timeout:?}",
+        client.device()
+    )
+}
+
+/// The assigned, unfinished trip a driver holds.
+pub async fn wait_for_assignment(
+    driver: &EdgeClient,
+    timeout: Duration,
+) -> anyhow::Result<SessionId> {
+    let s = wait_for_session(driver, timeout, |s| {
+        !s.finished && s.view.phase == TripPhase::Assigned
+    })
+    .await?;
+    Ok(s.session)
+}

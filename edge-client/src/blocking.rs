@@ -1,0 +1,55 @@
+//! A client for apps that do not run tokio: it owns a small runtime (one worker thread).
+
+use crate::client::{ClientEvent, EdgeClient, EdgeError, SessionSnapshot};
+use crate::config::EdgeConfig;
+use lifeboat_common::edge::Commit;
+use lifeboat_common::{GeoPoint, SessionId, TripOp};
+use tokio::sync::broadcast;
+
+/// Blocking facade over [`EdgeClient`]; every call returns a `Result`, none panics.
+pub struct BlockingEdgeClient {
+    rt: tokio::runtime::Runtime,
+    inner: EdgeClient,
+}
+
+impl BlockingEdgeClient {
+    pub fn start(cfg: EdgeConfig) -> Result<Self, EdgeError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lifeboat-edge")
+            .enable_all()
+            .build()
+            .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let inner = rt.block_on(EdgeClient::start(cfg))?;
+        Ok(Self { rt, inner })
+    }
+
+    pub fn submit(&self, session: SessionId, op: TripOp) -> Result<Commit, EdgeError> {
+        self.rt.block_on(self.inner.submit(session, op))
+    }
+
+    pub fn request_trip(
+        &self,
+        pickup: GeoPoint,
+        dropoff: GeoPoint,
+    ) -> Result<(SessionId, Commit), EdgeError> {
+        self.rt.block_on(self.inner.request_trip(pickup, dropoff))
+    }
+
+    pub fn set_available(&self, available: bool) -> Result<(), EdgeError> {
+        self.rt.block_on(self.inner.set_available(available))
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionSnapshot>, EdgeError> {
+        self.rt.block_on(self.inner.sessions())
+    }
+
+    /// Events; poll with `try_recv` or `blocking_recv`.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.subscribe()
+    }
+
+    pub fn shutdown(self) {
+        self.rt.block_on(self.inner.shutdown());
+    }
+}

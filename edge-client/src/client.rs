@@ -1,0 +1,689 @@
+//! The embeddable edge client: a thin tokio/quinn driver around [`EdgeCore`].
+//!
+//! One actor task per client owns the core, the store and the connection. The app talks to
+//! it through a bounded command queue and hears back through a bounded event broadcast.
+//!
+//! Connection life: connect to the preferred datacenter, send `Hello` with every held digest
+//! (and `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then
+//! serve. QUIC keep-alives and the idle timeout detect a dead datacenter; the client then
+//! moves to the next datacenter in the list (the one that just failed goes last), with a
+//! bounded exponential backoff after a full round of failures. Ops submitted while
+//! disconnected wait in the outbox (bounded) and go out after the next `Welcome`.
+//!
+//! Invariants: effects are carried out in the core's order (store writes, flush, then sends,
+//! then the app hears of commits); a store failure stops the client rather than report an op
+//! committed that is not on disk (C1); no API call panics.
+
+use crate::config::EdgeConfig;
+use crate::store::{EdgeStore, StoreError};
+use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
+use lifeboat_common::frame_io::read_frame;
+use lifeboat_common::wire::{encode_frame, ClientMsg, ServerMsg};
+use lifeboat_common::{
+    DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripState, VersionVector,
+};
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Capacity of the app's command queue.
+const COMMAND_QUEUE: usize = 256;
+/// Capacity of the event broadcast; a receiver that falls further behind loses events
+/// (and is told so by `RecvError::Lagged`).
+const EVENT_QUEUE: usize = 1024;
+/// Frames buffered from the connection reader.
+const FRAME_QUEUE: usize = 256;
+
+/// What the app hears.
+#[derive(Clone, Debug)]
+pub enum ClientEvent {
+    /// Connected and the connect upload was processed.
+    Connected { dc: DatacenterId, addr: SocketAddr },
+    /// A connection attempt failed.
+    ConnectFailed { addr: SocketAddr, reason: String },
+    /// The connection to a datacenter was lost.
+    Disconnected { addr: SocketAddr, reason: String },
+    /// The client lost its datacenter and is looking for another.
+    FailoverStarted { from: SocketAddr },
+    /// The client is connected again; `stalled_ms` is how long it had none.
+    FailoverFinished {
+        dc: DatacenterId,
+        addr: SocketAddr,
+        stalled_ms: u64,
+    },
+    /// Something happened to a session (update, conflict, rejection).
+    Session(EdgeEvent<Trip>),
+    /// An op was answered (also for ops submitted before a restart of the app).
+    OpResolved {
+        op: OpId,
+        result: Result<Commit, SubmitError>,
+    },
+    /// The device store failed; the client stopped.
+    StoreFailed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("no datacenter configured")]
+    NoDatacenters,
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("the client has stopped")]
+    Closed,
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// A session as the device holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSnapshot {
+    pub session: SessionId,
+    pub version: VersionVector,
+    pub view: TripState,
+    pub finished: bool,
+    pub committed: bool,
+    /// Sealed digest size in bytes.
+    pub digest_bytes: usize,
+}
+
+/// Counters of one client.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub connects: AtomicU64,
+    pub ops_committed: AtomicU64,
+    /// The datacenter currently serving this client (0: none).
+    pub connected_dc: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStatsSnapshot {
+    /// UDP bytes sent, QUIC overhead included (connections that ended, plus the live one
+    /// as of its last update).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub connects: u64,
+    pub ops_committed: u64,
+}
+
+type Done = oneshot::Sender<Result<Commit, SubmitError>>;
+
+enum Command {
+    Submit {
+        session: SessionId,
+        op: TripOp,
+        accepted: oneshot::Sender<Result<OpId, EdgeError>>,
+        done: Option<Done>,
+    },
+    SetAvailable(bool),
+    Sessions(oneshot::Sender<Vec<SessionSnapshot>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to a running client. Cheap to clone.
+#[derive(Clone)]
+pub struct EdgeClient {
+    device: DeviceId,
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<ClientEvent>,
+    stats: Arc<ClientStats>,
+}
+
+/// Build the QUIC client configuration for a region CA.
+pub fn client_config(
+    ca_pem: &[u8],
+    keep_alive: Duration,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, EdgeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| EdgeError::Tls(format!("CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| EdgeError::Tls(format!("CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(EdgeError::Tls("no CA certificate in the given PEM".into()));
+    }
+    let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
+        .map_err(|e| EdgeError::Tls(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(keep_alive));
+    let idle = quinn::IdleTimeout::try_from(idle_timeout)
+        .map_err(|e| EdgeError::Tls(format!("idle timeout: {e}")))?;
+    transport.max_idle_timeout(Some(idle));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// A client endpoint (UDP socket) suitable for the given datacenter addresses.
+pub fn client_endpoint(datacenters: &[SocketAddr]) -> Result<quinn::Endpoint, EdgeError> {
+    let bind: SocketAddr = match datacenters.first() {
+        Some(SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        _ => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+    };
+    Ok(quinn::Endpoint::client(bind)?)
+}
+
+impl EdgeClient {
+    /// Open the store, load it, and start the client on the current tokio runtime.
+    pub async fn start(cfg: EdgeConfig) -> Result<EdgeClient, EdgeError> {
+        if cfg.datacenters.is_empty() {
+            return Err(EdgeError::NoDatacenters);
+        }
+        let client_cfg = match &cfg.client_config {
+            Some(c) => c.clone(),
+            None => Arc::new(client_config(
+                &cfg.ca_pem,
+                cfg.keep_alive,
+                cfg.idle_timeout,
+            )?),
+        };
+        let endpoint = match &cfg.endpoint {
+            Some(e) => e.clone(),
+            None => client_endpoint(&cfg.datacenters)?,
+        };
+        let store = EdgeStore::open(&cfg.store, cfg.device)?;
+        let loaded = store.load()?;
+        let mut core = EdgeCore::new(cfg.device, cfg.limits.clone());
+        for (s, h) in loaded.sessions {
+            core.load_session(s, h);
+        }
+        for (id, op) in loaded.ops {
+            core.load_op(id, op);
+        }
+        if loaded.unreadable > 0 {
+            tracing::warn!(device = %cfg.device, unreadable = loaded.unreadable, "device store has unreadable records; left on disk, not loaded");
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let stats = Arc::new(ClientStats::default());
+        let actor = Actor {
+            available: cfg.available,
+            cfg,
+            core,
+            store,
+            waiters: HashMap::new(),
+            events: events.clone(),
+            stats: stats.clone(),
+            endpoint,
+            client_cfg,
+            cmd_rx,
+            stopped: false,
+        };
+        let device = actor.cfg.device;
+        tokio::spawn(actor.run());
+        Ok(EdgeClient {
+            device,
+            cmd: cmd_tx,
+            events,
+            stats,
+        })
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events.subscribe()
+    }
+
+    /// Queue an op; returns its stable id once it is durably queued on the device, and a
+    /// receiver that resolves when it is committed (or refused).
+    pub async fn enqueue(
+        &self,
+        session: SessionId,
+        op: TripOp,
+    ) -> Result<(OpId, oneshot::Receiver<Result<Commit, SubmitError>>), EdgeError> {
+        let (accepted, accepted_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Submit {
+                session,
+                op,
+                accepted,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| EdgeError::Closed)?;
+        let id = accepted_rx.await.map_err(|_| EdgeError::Closed)??;
+        Ok((id, done_rx))
+    }
+
+    /// Submit an op and wait until it is committed: applied by a datacenter and the digest
+    /// that covers it persisted (flushed) on this device.
+    pub async fn submit(&self, session: SessionId, op: TripOp) -> Result<Commit, EdgeError> {
+        let (_, done) = self.enqueue(session, op).await?;
+        Ok(done.await.map_err(|_| EdgeError::Closed)??)
+    }
+
+    /// Rider: request a trip (a new session with a fresh random id).
+    pub async fn request_trip(
+        &self,
+        pickup: GeoPoint,
+        dropoff: GeoPoint,
+    ) -> Result<(SessionId, Commit), EdgeError> {
+        let session = SessionId(rand::rng().random::<u64>() | 1);
+        let commit = self
+            .submit(session, TripOp::Request { pickup, dropoff })
+            .await?;
+        Ok((session, commit))
+    }
+
+    /// Driver: offer (or withdraw) this device for dispatch.
+    pub async fn set_available(&self, available: bool) -> Result<(), EdgeError> {
+        self.cmd
+            .send(Command::SetAvailable(available))
+            .await
+            .map_err(|_| EdgeError::Closed)
+    }
+
+    /// The sessions this device holds.
+    pub async fn sessions(&self) -> Result<Vec<SessionSnapshot>, EdgeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Sessions(tx))
+            .await
+            .map_err(|_| EdgeError::Closed)?;
+        rx.await.map_err(|_| EdgeError::Closed)
+    }
+
+    pub fn stats(&self) -> ClientStatsSnapshot {
+        ClientStatsSnapshot {
+            bytes_up: self.stats.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.stats.bytes_down.load(Ordering::Relaxed),
+            connects: self.stats.connects.load(Ordering::Relaxed),
+            ops_committed: self.stats.ops_committed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The datacenter currently serving this client, if connected (after `Welcome`).
+    pub fn connected_dc(&self) -> Option<DatacenterId> {
+        match self.stats.connected_dc.load(Ordering::Relaxed) {
+            0 => None,
+            n => u16::try_from(n).ok().map(DatacenterId),
+        }
+    }
+
+    /// Wait (at most `timeout`) until connected; returns the datacenter.
+    pub async fn wait_connected(&self, timeout: Duration) -> Option<DatacenterId> {
+        let start = Instant::now();
+        loop {
+            if let Some(dc) = self.connected_dc() {
+                return Some(dc);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop the client: close the connection; the store stays as it is on disk.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Actor {
+    cfg: EdgeConfig,
+    core: EdgeCore<Trip>,
+    store: EdgeStore,
+    waiters: HashMap<OpId, Done>,
+    events: broadcast::Sender<ClientEvent>,
+    stats: Arc<ClientStats>,
+    endpoint: quinn::Endpoint,
+    client_cfg: Arc<quinn::ClientConfig>,
+    cmd_rx: mpsc::Receiver<Command>,
+    available: bool,
+    stopped: bool,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+fn snapshot(s: SessionId, h: &HeldSession<Trip>) -> SessionSnapshot {
+    SessionSnapshot {
+        session: s,
+        version: h.digest.header.version.clone(),
+        view: h.view.clone(),
+        finished: h.digest.header.tombstone,
+        committed: h.committed,
+        digest_bytes: h.digest.encoded_len(),
+    }
+}
+
+impl Actor {
+    fn emit(&self, e: ClientEvent) {
+        let _ = self.events.send(e);
+    }
+
+    async fn run(mut self) {
+        let n = self.cfg.datacenters.len();
+        let mut idx = 0usize;
+        let mut backoff = self.cfg.backoff_min;
+        let mut failures_in_round = 0usize;
+        let mut lost_at: Option<Instant> = None;
+        while !self.stopped {
+            let addr = self.cfg.datacenters[idx % n];
+            match self.connect(addr).await {
+                Ok(Some(conn)) => {
+                    backoff = self.cfg.backoff_min;
+                    failures_in_round = 0;
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    let reason = self.serve(&conn, addr, &mut lost_at).await;
+                    let s = conn.stats();
+                    self.stats
+                        .bytes_up
+                        .fetch_add(s.udp_tx.bytes, Ordering::Relaxed);
+                    self.stats
+                        .bytes_down
+                        .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
+                    conn.close(0u32.into(), b"bye");
+                    self.stats.connected_dc.store(0, Ordering::Relaxed);
+                    self.core.on_disconnect();
+                    if self.stopped {
+                        break;
+                    }
+                    self.emit(ClientEvent::Disconnected {
+                        addr,
+                        reason: reason.clone(),
+                    });
+                    self.emit(ClientEvent::FailoverStarted { from: addr });
+                    lost_at.get_or_insert_with(Instant::now);
+                    // The datacenter that just failed goes to the back of the line.
+                    idx = (idx + 1) % n;
+                }
+                Ok(None) => break, // shut down while connecting
+                Err(reason) => {
+                    self.emit(ClientEvent::ConnectFailed { addr, reason });
+                    idx = (idx + 1) % n;
+                    failures_in_round += 1;
+                    if failures_in_round >= n {
+                        failures_in_round = 0;
+                        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                        let wait = backoff + Duration::from_millis(jitter);
+                        if !self.idle_for(wait).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(self.cfg.backoff_max);
+                    }
+                }
+            }
+        }
+        self.stopped = true;
+    }
+
+    /// Serve commands while waiting; false if the client was shut down.
+    async fn idle_for(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                cmd = self.cmd_rx.recv() => {
+                    if let Step::Stop = self.command(cmd, None).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connect, serving commands meanwhile. `Ok(None)`: shut down while connecting.
+    async fn connect(&mut self, addr: SocketAddr) -> Result<Option<quinn::Connection>, String> {
+        let connecting = self
+            .endpoint
+            .connect_with((*self.client_cfg).clone(), addr, &self.cfg.server_name)
+            .map_err(|e| e.to_string())?;
+        let attempt = tokio::time::timeout(self.cfg.connect_timeout, connecting);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                r = &mut attempt => {
+                    return match r {
+                        Ok(Ok(conn)) => Ok(Some(conn)),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("connect timed out".into()),
+                    };
+                }
+                cmd = self.cmd_rx.recv() => {
+                    if let Step::Stop = self.command(cmd, None).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one connection until it fails; returns why.
+    async fn serve(
+        &mut self,
+        conn: &quinn::Connection,
+        addr: SocketAddr,
+        lost_at: &mut Option<Instant>,
+    ) -> String {
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        let (frame_tx, mut frame_rx) =
+            mpsc::channel::<Result<ServerMsg<Trip>, String>>(FRAME_QUEUE);
+        let reader = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                let r = read_frame::<ServerMsg<Trip>, _>(&mut recv, &mut buf).await;
+                let item = match r {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err("datacenter closed the stream".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let stop = item.is_err();
+                if frame_tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut hello = Vec::new();
+        for m in self.core.hello(self.cfg.token, self.available) {
+            match encode_frame(&m) {
+                Ok(f) => hello.extend_from_slice(&f),
+                Err(e) => return format!("encoding hello: {e}"),
+            }
+        }
+        if let Err(e) = send.write_all(&hello).await {
+            reader.abort();
+            return e.to_string();
+        }
+        let welcome_deadline = tokio::time::sleep(self.cfg.connect_timeout * 2);
+        tokio::pin!(welcome_deadline);
+        let mut welcomed = false;
+        let mut retry = tokio::time::interval(self.cfg.retry_interval);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reason = loop {
+            let step = tokio::select! {
+                _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
+                frame = frame_rx.recv() => match frame {
+                    Some(Ok(msg)) => {
+                        if let ServerMsg::Welcome { dc, .. } = &msg {
+                            welcomed = true;
+                            let dc = *dc;
+                            self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
+                            self.emit(ClientEvent::Connected { dc, addr });
+                            if let Some(t) = lost_at.take() {
+                                self.emit(ClientEvent::FailoverFinished {
+                                    dc,
+                                    addr,
+                                    stalled_ms: t.elapsed().as_millis() as u64,
+                                });
+                            }
+                        }
+                        if let ServerMsg::Error { error } = &msg {
+                            break format!("datacenter error: {error}");
+                        }
+                        self.on_message(msg);
+                        Step::Continue
+                    }
+                    Some(Err(e)) => break e,
+                    None => break "connection reader ended".to_string(),
+                },
+                cmd = self.cmd_rx.recv() => self.command(cmd, Some(&mut send)).await,
+                _ = retry.tick(), if welcomed && self.core.has_unsent() => {
+                    self.core.send_unsent();
+                    Step::Continue
+                }
+            };
+            if let Step::Stop = step {
+                break "client shut down".to_string();
+            }
+            if let Err(e) = self.apply(Some(&mut send)).await {
+                break e;
+            }
+            if self.stopped {
+                break "client stopped".to_string();
+            }
+        };
+        reader.abort();
+        reason
+    }
+
+    fn on_message(&mut self, msg: ServerMsg<Trip>) {
+        match msg {
+            ServerMsg::Welcome { dc, results } => self.core.on_welcome(dc, results),
+            ServerMsg::OpResult {
+                session,
+                seq,
+                outcome,
+                update,
+            } => self.core.on_op_result(session, seq, outcome, update),
+            ServerMsg::Push { update } => self.core.on_push(update),
+            ServerMsg::Committed { session, version } => self.core.on_committed(session, version),
+            ServerMsg::Error { .. } => {}
+        }
+    }
+
+    async fn command(
+        &mut self,
+        cmd: Option<Command>,
+        send: Option<&mut quinn::SendStream>,
+    ) -> Step {
+        let Some(cmd) = cmd else {
+            // Every handle is gone: nobody can hear from us any more.
+            self.stopped = true;
+            return Step::Stop;
+        };
+        match cmd {
+            Command::Submit {
+                session,
+                op,
+                accepted,
+                done,
+            } => match self.core.submit(session, op) {
+                Ok(id) => {
+                    if let Some(done) = done {
+                        self.waiters.insert(id, done);
+                    }
+                    // The op must be on disk before it is acknowledged or sent.
+                    if let Err(e) = self.apply(send).await {
+                        tracing::debug!(error = %e, "send failed after submit; will replay");
+                    }
+                    let _ = accepted.send(if self.stopped {
+                        Err(EdgeError::Closed)
+                    } else {
+                        Ok(id)
+                    });
+                }
+                Err(e) => {
+                    let _ = accepted.send(Err(e.into()));
+                }
+            },
+            Command::SetAvailable(a) => {
+                self.available = a;
+                if self.core.connected_to().is_some() {
+                    if let Some(send) = send {
+                        if let Ok(f) =
+                            encode_frame(&ClientMsg::<Trip>::SetAvailable { available: a })
+                        {
+                            let _ = send.write_all(&f).await;
+                        }
+                    }
+                }
+            }
+            Command::Sessions(reply) => {
+                let list = self.core.sessions().map(|(s, h)| snapshot(*s, h)).collect();
+                let _ = reply.send(list);
+            }
+            Command::Shutdown(reply) => {
+                self.stopped = true;
+                let _ = reply.send(());
+                return Step::Stop;
+            }
+        }
+        Step::Continue
+    }
+
+    /// Carry out the core's effects in order. Errors: a send failure (connection lost) is
+    /// returned; a store failure stops the client.
+    async fn apply(&mut self, send: Option<&mut quinn::SendStream>) -> Result<(), String> {
+        let fx: EdgeEffects<Trip> = self.core.poll_effects();
+        if !fx.writes.is_empty() || fx.flush {
+            let r = match self.store.apply(&fx.writes) {
+                Ok(()) if fx.flush => self.store.flush().await,
+                other => other,
+            };
+            if let Err(e) = r {
+                // C1: never report an op committed that is not on disk. Stop instead.
+                tracing::error!(device = %self.cfg.device, error = %e, "device store failed; stopping the client");
+                self.emit(ClientEvent::StoreFailed(e.to_string()));
+                self.stopped = true;
+                self.waiters.clear();
+                return Err(format!("store failed: {e}"));
+            }
+        }
+        let mut out = Vec::new();
+        for m in &fx.send {
+            if let Ok(f) = encode_frame(m) {
+                out.extend_from_slice(&f);
+            }
+        }
+        for (id, result) in fx.resolved {
+            if result.is_ok() {
+                self.stats.ops_committed.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.send(result.clone());
+            }
+            self.emit(ClientEvent::OpResolved { op: id, result });
+        }
+        for e in fx.events {
+            self.emit(ClientEvent::Session(e));
+        }
+        if !out.is_empty() {
+            if let Some(send) = send {
+                send.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! Edge client configuration.
+
+use crate::store::StoreLocation;
+use lifeboat_common::edge::EdgeLimits;
+use lifeboat_common::keyring::DeviceToken;
+use lifeboat_common::DeviceId;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything an embedded client needs.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    pub device: DeviceId,
+    /// The credential issued for this device (`lifeboat-server credential`).
+    pub token: DeviceToken,
+    /// Datacenters in order of preference: the first is the primary.
+    pub datacenters: Vec<SocketAddr>,
+    /// TLS name the datacenters' certificate carries.
+    pub server_name: String,
+    /// The region CA (PEM) the device trusts.
+    pub ca_pem: Vec<u8>,
+    pub store: StoreLocation,
+    /// QUIC keep-alive: lower detects failures sooner, higher saves battery.
+    pub keep_alive: Duration,
+    /// A datacenter silent this long is considered dead (failure detection).
+    pub idle_timeout: Duration,
+    /// Give up on one connection attempt after this long.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff bounds.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How often ops the datacenter could not take yet are retried.
+    pub retry_interval: Duration,
+    /// A driver offering itself for dispatch.
+    pub available: bool,
+    pub limits: EdgeLimits,
+    /// Share one QUIC endpoint (UDP socket) between many clients of one process.
+    pub endpoint: Option<quinn::Endpoint>,
+    /// Share one prepared QUIC client configuration between many clients.
+    pub client_config: Option<Arc<quinn::ClientConfig>>,
+}
+
+impl EdgeConfig {
+    /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
+    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s.
+    pub fn new(
+        device: DeviceId,
+        token: DeviceToken,
+        datacenters: Vec<SocketAddr>,
+        ca_pem: Vec<u8>,
+        store: StoreLocation,
+    ) -> Self {
+        Self {
+            device,
+            token,
+            datacenters,
+            server_name: "localhost".into(),
+            ca_pem,
+            store,
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(3_000),
+            connect_timeout: Duration::from_millis(2_000),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(2_000),
+            retry_interval: Duration::from_millis(250),
+            available: false,
+            limits: EdgeLimits::default(),
+            endpoint: None,
+            client_config: None,
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The `lifeboat-server` command line, as a library function so that other programs (the
+//! simulation harness) can run the very same datacenter in a child process of their own.
+
+use crate::region::Region;
+use crate::{Server, ServerConfig};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lifeboat_common::datacenter::Durability;
+use lifeboat_common::keyring::Keyring;
+use lifeboat_common::{DatacenterId, DeviceId};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat-server",
+    version,
+    about = "A Lifeboat datacenter: holds active sessions and seals a digest of every change to the session's edge devices.",
+    long_about = "A Lifeboat datacenter. Devices connect over QUIC, upload the sealed digests they hold \
+                  (restoring any session this datacenter lacks), submit ops, and receive a new sealed \
+                  digest on every change. Run two with the same --region directory and different \
+                  --dc ids to get a primary and a backup."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a datacenter.
+    Serve(ServeArgs),
+    /// Create a region directory (keyring, CA, server certificate) and print its paths.
+    Init {
+        /// Region directory to create.
+        #[arg(long, default_value = "lifeboat-region")]
+        region: PathBuf,
+    },
+    /// Print the credential (hex) a device needs to connect to this region.
+    Credential {
+        #[arg(long, default_value = "lifeboat-region")]
+        region: PathBuf,
+        /// Device id (a number).
+        #[arg(long)]
+        device: u64,
+    },
+    /// Manage the sealing keys of a region (S14: rotate without downtime).
+    Keys {
+        #[arg(long, default_value = "lifeboat-region")]
+        region: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// List key ids and which one is active.
+    List,
+    /// Add a new key and make it active; older keys still open digests.
+    Rotate,
+    /// Remove an old key: digests sealed with it can no longer be opened.
+    Retire { id: u32 },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Datacenter id: each datacenter of a region needs its own (1, 2, ...).
+    #[arg(long, default_value_t = 1)]
+    dc: u16,
+    /// UDP address to listen on (QUIC). Port 0 picks a free port; the chosen address is printed.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// Directory of this datacenter's sled store.
+    #[arg(long, default_value = "lifeboat-dc1")]
+    data_dir: PathBuf,
+    /// Region directory (keyring, CA, certificate), shared by the region's datacenters.
+    /// Created on first run if missing.
+    #[arg(long, default_value = "lifeboat-region")]
+    region: PathBuf,
+    /// Refuse to start if the region directory is missing instead of creating it.
+    #[arg(long)]
+    no_create_region: bool,
+    /// When a server-side change (dispatch) counts as committed: `async` (default: the
+    /// business path never waits) or `edge-ack:K` (once K participants persisted it).
+    #[arg(long, default_value = "async")]
+    durability: Durability,
+    /// How long a restored session waits for its other participant before taking ops (ms).
+    #[arg(long, default_value_t = 3_000)]
+    restore_grace_ms: u64,
+    /// Close connections idle for this long (ms).
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
+    /// Time allowed for the QUIC handshake and the connect upload (ms).
+    #[arg(long, default_value_t = 5_000)]
+    handshake_timeout_ms: u64,
+    /// sled page cache (bytes).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    cache_bytes: u64,
+    /// Most simultaneous device connections.
+    #[arg(long, default_value_t = 50_000)]
+    max_connections: usize,
+    /// Most sessions (active and tombstoned) held.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_sessions: usize,
+    /// Messages queued per connection before it counts as a slow consumer and is closed.
+    #[arg(long, default_value_t = 1024)]
+    conn_queue: usize,
+    /// Write a JSON status snapshot to this file every 500 ms.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
+    let path = Region::keyring_path(&region);
+    let mut k = Keyring::load(&path)?;
+    match action {
+        KeysAction::List => {}
+        KeysAction::Rotate => {
+            let id = k.rotate();
+            k.save(&path)?;
+            println!("new active key {id}; restart or signal the datacenters to pick it up");
+        }
+        KeysAction::Retire { id } => {
+            k.retire(id)?;
+            k.save(&path)?;
+            println!("retired key {id}");
+        }
+    }
+    for id in k.key_ids() {
+        let active = if id == k.active_key_id() {
+            " (active)"
+        } else {
+            ""
+        };
+        println!("key {id}{active}");
+    }
+    Ok(())
+}
+
+/// Run the command line with these arguments (the first is the program name).
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+    match cli.cmd {
+        Cmd::Init { region } => {
+            Region::init(&region)
+                .with_context(|| format!("creating region {}", region.display()))?;
+            println!("region created in {}", region.display());
+            println!("  keyring     {}", Region::keyring_path(&region).display());
+            println!("  devices trust {}", Region::ca_path(&region).display());
+            Ok(())
+        }
+        Cmd::Credential { region, device } => {
+            let k = Keyring::load(&Region::keyring_path(&region))?;
+            let token = k.device_token(DeviceId(device));
+            println!(
+                "{}",
+                token.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            Ok(())
+        }
+        Cmd::Keys { region, action } => keyring_cmd(region, action),
+        Cmd::Serve(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(serve(a))
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServerConfig::new(DatacenterId(a.dc), a.listen, a.data_dir, a.region);
+    cfg.create_region = !a.no_create_region;
+    cfg.durability = a.durability;
+    cfg.restore_grace_ms = a.restore_grace_ms;
+    cfg.idle_timeout_ms = a.idle_timeout_ms;
+    cfg.handshake_timeout_ms = a.handshake_timeout_ms;
+    cfg.cache_bytes = a.cache_bytes;
+    cfg.max_connections = a.max_connections;
+    cfg.max_sessions = a.max_sessions;
+    cfg.conn_queue = a.conn_queue;
+    cfg.stats_file = a.stats_file;
+    let region_dir = cfg.region_dir.clone();
+    let data_dir = cfg.data_dir.clone();
+    let server = Server::start(cfg.clone()).await?;
+    if server.region_created {
+        eprintln!(
+            "created region {} (keyring, CA {}); devices trust the CA",
+            region_dir.display(),
+            Region::ca_path(&region_dir).display()
+        );
+    }
+    if let Some(aside) = &server.moved_aside {
+        eprintln!("WARNING: unreadable store moved to {}", aside.display());
+    }
+    // Tests and the harness wait for this exact line.
+    println!(
+        "lifeboat-server dc{} listening on {} (store {}, {} sessions loaded, durability {})",
+        cfg.dc.0,
+        server.local_addr,
+        data_dir.display(),
+        server.loaded_sessions,
+        cfg.durability
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.shutdown().await;
+    eprintln!("lifeboat-server dc{} stopped cleanly", cfg.dc.0);
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! The running datacenter: a thin tokio/quinn driver around [`DatacenterCore`].
+//!
+//! Tasks:
+//! - one accept loop;
+//! - per connection, a reader (handshake, `Hello` + uploads, then frames into the core
+//!   queue) and a writer (frames out of a bounded per-connection queue);
+//! - one core actor that owns the [`DatacenterCore`] and the store: it takes inputs in
+//!   batches, and for each batch persists first, then sends (see the core's contract).
+//!
+//! Invariants: every queue is bounded (core input queue, per-connection output queue); a
+//! connection whose output queue is full is a slow consumer and is closed, never buffered
+//! without bound; the device id comes only from the verified `Hello` credential; a second
+//! connection of the same device replaces the first.
+
+use crate::crash::CrashPoint;
+use crate::region::{Region, RegionError};
+use crate::store::{DcStore, StoreError};
+use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcStats, Durability};
+use lifeboat_common::digest::SealedDigest;
+use lifeboat_common::frame_io::{read_frame, FrameReadError};
+use lifeboat_common::wire::{
+    encode_frame, ClientMsg, OpOutcome, ProtocolError, ServerMsg, MAX_DIGESTS_PER_FRAME,
+};
+use lifeboat_common::{DatacenterId, DeviceId, Trip};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+type Core = DatacenterCore<Trip>;
+type Msg = ServerMsg<Trip>;
+
+/// Everything a datacenter needs to run.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub dc: DatacenterId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub region_dir: PathBuf,
+    /// Create the region directory if it is missing (local use).
+    pub create_region: bool,
+    pub durability: Durability,
+    pub restore_grace_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub cache_bytes: u64,
+    pub max_connections: usize,
+    /// Most upload frames after `Hello` (so at most this many + 1 times 64 digests).
+    pub max_upload_frames: usize,
+    pub conn_queue: usize,
+    pub core_queue: usize,
+    pub max_sessions: usize,
+    /// Write a JSON status snapshot here every 500 ms.
+    pub stats_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    pub fn new(
+        dc: DatacenterId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        region_dir: PathBuf,
+    ) -> Self {
+        Self {
+            dc,
+            listen,
+            data_dir,
+            region_dir,
+            create_region: true,
+            durability: Durability::Async,
+            restore_grace_ms: 3_000,
+            idle_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            cache_bytes: 64 * 1024 * 1024,
+            max_connections: 50_000,
+            max_upload_frames: 16,
+            conn_queue: 1024,
+            core_queue: 65_536,
+            max_sessions: 1_000_000,
+            stats_file: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Counters kept by the driver (the core keeps its own).
+#[derive(Default)]
+struct DriverCounters {
+    connections: AtomicUsize,
+    refused_connections: AtomicU64,
+    bad_credentials: AtomicU64,
+    bad_frames: AtomicU64,
+    slow_consumers: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// A status snapshot (also written to `stats_file`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub dc: u16,
+    pub listen: String,
+    pub sessions: usize,
+    pub active_sessions: usize,
+    pub connections: usize,
+    pub refused_connections: u64,
+    pub bad_credentials: u64,
+    pub bad_frames: u64,
+    pub slow_consumers: u64,
+    pub store_errors: u64,
+    pub core: DcStats,
+}
+
+enum Input {
+    Connect {
+        conn_id: u64,
+        device: DeviceId,
+        available: bool,
+        digests: Vec<SealedDigest>,
+        tx: mpsc::Sender<Msg>,
+    },
+    Frame {
+        device: DeviceId,
+        msg: ClientMsg<Trip>,
+    },
+    Disconnect {
+        conn_id: u64,
+        device: DeviceId,
+    },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A started datacenter.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub moved_aside: Option<PathBuf>,
+    pub loaded_sessions: usize,
+    pub region_created: bool,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Open the store, load it into the core, bind and start serving.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
+        let opened = DcStore::open(&cfg.data_dir, cfg.cache_bytes)?;
+        let store = opened.store;
+        let mut dc_cfg = DcConfig::new(cfg.dc);
+        dc_cfg.durability = cfg.durability;
+        dc_cfg.restore_grace_ms = cfg.restore_grace_ms;
+        dc_cfg.max_sessions = cfg.max_sessions;
+        let mut core = Core::new(dc_cfg, region.keyring.clone());
+        let now = now_ms();
+        let mut loaded = 0;
+        for item in store.load_all() {
+            match item.map(|d| core.load_persisted(now, d).map_err(|e| e.to_string())) {
+                Ok(Ok(())) => loaded += 1,
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "skipping an unreadable stored digest")
+                }
+            }
+        }
+
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                Duration::from_millis(cfg.idle_timeout_ms)
+                    .try_into()
+                    .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+            ))
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let mut server_cfg = quinn::ServerConfig::with_single_cert(
+            region.cert_chain.clone(),
+            region.key.clone_key(),
+        )?;
+        server_cfg.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen).map_err(|source| {
+            ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            }
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+
+        let counters = Arc::new(DriverCounters::default());
+        let (core_tx, core_rx) = mpsc::channel(cfg.core_queue);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let actor = Actor {
+            core,
+            store,
+            conns: HashMap::new(),
+            crash: CrashPoint::from_env(),
+            applied_seen: 0,
+            counters: counters.clone(),
+            stats_file: cfg.stats_file.clone(),
+            listen: local_addr,
+        };
+        let keyring = Arc::new(region.keyring);
+        let done = tokio::spawn(serve(
+            cfg,
+            endpoint,
+            actor,
+            core_tx,
+            core_rx,
+            shutdown_rx,
+            keyring,
+            counters,
+        ));
+        Ok(Server {
+            local_addr,
+            moved_aside: opened.moved_aside,
+            loaded_sessions: loaded,
+            region_created,
+            shutdown: Some(shutdown_tx),
+            done,
+        })
+    }
+
+    /// Stop accepting, close connections, flush the store.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// Wait until the server stops by itself (it does not, unless its task fails).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.done).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    cfg: ServerConfig,
+    endpoint: quinn::Endpoint,
+    mut actor: Actor,
+    core_tx: mpsc::Sender<Input>,
+    mut core_rx: mpsc::Receiver<Input>,
+    mut shutdown_rx: oneshot::Receiver<()>,
+    keyring: Arc<lifeboat_common::keyring::Keyring>,
+    counters: Arc<DriverCounters>,
+) {
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let accept = {
+        let endpoint = endpoint.clone();
+        let cfg = cfg.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                if counters.connections.load(Ordering::Relaxed) >= cfg.max_connections {
+                    counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
+                let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
+                let ctx = ConnCtx {
+                    conn_id,
+                    core_tx: core_tx.clone(),
+                    keyring: keyring.clone(),
+                    counters: counters.clone(),
+                    handshake: Duration::from_millis(cfg.handshake_timeout_ms),
+                    max_upload_frames: cfg.max_upload_frames,
+                    conn_queue: cfg.conn_queue,
+                };
+                tokio::spawn(async move {
+                    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = handle_conn(incoming, &ctx).await {
+                        tracing::debug!(conn = ctx.conn_id, error = %e, "connection ended");
+                    }
+                    ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_every = tokio::time::interval(Duration::from_millis(500));
+    status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown_rx => break,
+            input = core_rx.recv() => {
+                let Some(input) = input else { break };
+                let now = now_ms();
+                actor.handle(now, input);
+                // Batch whatever else is queued: one persist, then the sends.
+                for _ in 0..512 {
+                    match core_rx.try_recv() {
+                        Ok(input) => actor.handle(now, input),
+                        Err(_) => break,
+                    }
+                }
+                actor.flush_effects().await;
+            }
+            _ = tick.tick() => {
+                actor.core.handle_tick(now_ms());
+                actor.flush_effects().await;
+            }
+            _ = status_every.tick() => actor.write_status(),
+        }
+    }
+    tracing::info!(dc = %cfg.dc, "shutting down");
+    for (_, (_, tx)) in actor.conns.drain() {
+        let _ = tx.try_send(ServerMsg::Error {
+            error: ProtocolError::ShuttingDown,
+        });
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    accept.abort();
+    if let Err(e) = actor.store.flush() {
+        tracing::error!(error = %e, "store flush at shutdown failed");
+    }
+    actor.write_status();
+    endpoint.wait_idle().await;
+}
+
+struct Actor {
+    core: Core,
+    store: DcStore,
+    conns: HashMap<DeviceId, (u64, mpsc::Sender<Msg>)>,
+    crash: Option<CrashPoint>,
+    applied_seen: u64,
+    counters: Arc<DriverCounters>,
+    stats_file: Option<PathBuf>,
+    listen: SocketAddr,
+}
+
+impl Actor {
+    fn handle(&mut self, now: u64, input: Input) {
+        match input {
+            Input::Connect {
+                conn_id,
+                device,
+                available,
+                digests,
+                tx,
+            } => {
+                if let Some((_, old)) = self.conns.insert(device, (conn_id, tx)) {
+                    let _ = old.try_send(ServerMsg::Error {
+                        error: ProtocolError::Replaced,
+                    });
+                }
+                self.core.handle_connect(now, device, available, digests);
+            }
+            Input::Frame { device, msg } => match msg {
+                ClientMsg::Submit { session, seq, op } => {
+                    self.core.handle_submit(now, device, session, seq, op)
+                }
+                ClientMsg::Ack { session, version } => {
+                    self.core.handle_ack(device, session, version)
+                }
+                ClientMsg::SetAvailable { available } => {
+                    self.core.handle_set_available(now, device, available)
+                }
+                ClientMsg::Hello { .. } | ClientMsg::Upload { .. } => {}
+            },
+            Input::Disconnect { conn_id, device } => {
+                if self
+                    .conns
+                    .get(&device)
+                    .is_some_and(|(id, _)| *id == conn_id)
+                {
+                    self.conns.remove(&device);
+                    self.core.handle_disconnect(device);
+                }
+            }
+        }
+    }
+
+    async fn flush_effects(&mut self) {
+        let fx = self.core.poll_effects();
+        if fx.is_empty() {
+            return;
+        }
+        let applied_in_batch = fx
+            .send
+            .iter()
+            .filter(|(_, m)| {
+                matches!(
+                    m,
+                    ServerMsg::OpResult {
+                        outcome: OpOutcome::Applied,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        let crash_now = self.crash.filter(|c| {
+            applied_in_batch > 0
+                && self.applied_seen < c.nth()
+                && self.applied_seen + applied_in_batch >= c.nth()
+        });
+        self.applied_seen += applied_in_batch;
+        match crash_now {
+            Some(CrashPoint::AfterApplyBeforeReply(_)) => {
+                let _ = self.store.persist(&fx.persist);
+                let _ = self.store.flush();
+                eprintln!("CRASH POINT after-apply-before-reply reached: aborting");
+                std::process::abort();
+            }
+            Some(CrashPoint::AfterReplyBeforePersist(_)) => {
+                self.send_all(fx.send);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                eprintln!("CRASH POINT after-reply-before-persist reached: aborting");
+                std::process::abort();
+            }
+            None => {}
+        }
+        if !fx.persist.is_empty() {
+            if let Err(e) = self.store.persist(&fx.persist) {
+                // The devices still hold every digest; keep serving, but say it loudly.
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "store write failed");
+            }
+        }
+        self.send_all(fx.send);
+        for e in fx.events {
+            tracing::debug!(event = ?e, "core event");
+        }
+    }
+
+    fn send_all(&mut self, sends: Vec<(DeviceId, Msg)>) {
+        for (device, msg) in sends {
+            let Some((_, tx)) = self.conns.get(&device) else {
+                continue;
+            };
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%device, "slow consumer: output queue full, closing its connection");
+                    self.conns.remove(&device);
+                    self.core.handle_disconnect(device);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.conns.remove(&device);
+                    self.core.handle_disconnect(device);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let c = &self.counters;
+        Status {
+            dc: self.core.config().dc.0,
+            listen: self.listen.to_string(),
+            sessions: self.core.session_count(),
+            active_sessions: self.core.active_session_count(),
+            connections: self.conns.len(),
+            refused_connections: c.refused_connections.load(Ordering::Relaxed),
+            bad_credentials: c.bad_credentials.load(Ordering::Relaxed),
+            bad_frames: c.bad_frames.load(Ordering::Relaxed),
+            slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+            core: self.core.stats().clone(),
+        }
+    }
+
+    fn write_status(&self) {
+        let Some(path) = &self.stats_file else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let ok = serde_json::to_vec(&self.status())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = ok {
+            tracing::warn!(error = %e, path = %path.display(), "could not write the status file");
+        }
+    }
+}
+
+struct ConnCtx {
+    conn_id: u64,
+    core_tx: mpsc::Sender<Input>,
+    keyring: Arc<lifeboat_common::keyring::Keyring>,
+    counters: Arc<DriverCounters>,
+    handshake: Duration,
+    max_upload_frames: usize,
+    conn_queue: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameReadError),
+    #[error("protocol: {0}")]
+    Protocol(ProtocolError),
+    #[error("datacenter core stopped")]
+    CoreGone,
+}
+
+async fn refuse(
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+    error: ProtocolError,
+) -> ConnError {
+    if let Ok(frame) = encode_frame(&ServerMsg::<Trip>::Error {
+        error: error.clone(),
+    }) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), send.write_all(&frame)).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    }
+    conn.close(1u32.into(), error.to_string().as_bytes());
+    ConnError::Protocol(error)
+}
+
+async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), ConnError> {
+    let conn = tokio::time::timeout(ctx.handshake, incoming)
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    let mut buf = Vec::new();
+    // The whole connect upload must arrive within the handshake timeout (slowloris).
+    let hello = tokio::time::timeout(ctx.handshake, async {
+        let first: Option<ClientMsg<Trip>> = read_frame(&mut recv, &mut buf).await?;
+        let Some(ClientMsg::Hello {
+            device,
+            token,
+            available,
+            mut digests,
+            mut more,
+        }) = first
+        else {
+            return Ok::<_, FrameReadError>(Err(ProtocolError::ExpectedHello));
+        };
+        if !ctx.keyring.verify_device(device, &token) {
+            return Ok(Err(ProtocolError::BadCredential));
+        }
+        let mut frames = 0;
+        while more {
+            frames += 1;
+            if frames > ctx.max_upload_frames {
+                return Ok(Err(ProtocolError::Limit(format!(
+                    "more than {} upload frames ({} digests)",
+                    ctx.max_upload_frames,
+                    (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME
+                ))));
+            }
+            match read_frame::<ClientMsg<Trip>, _>(&mut recv, &mut buf).await? {
+                Some(ClientMsg::Upload {
+                    digests: more_digests,
+                    more: m,
+                }) => {
+                    if more_digests.len() > MAX_DIGESTS_PER_FRAME {
+                        return Ok(Err(ProtocolError::Limit(
+                            "too many digests in one frame".into(),
+                        )));
+                    }
+                    digests.extend(more_digests);
+                    more = m;
+                }
+                _ => return Ok(Err(ProtocolError::ExpectedHello)),
+            }
+        }
+        if digests.len() > (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME {
+            return Ok(Err(ProtocolError::Limit("too many digests".into())));
+        }
+        Ok(Ok((device, available, digests)))
+    })
+    .await;
+    let (device, available, digests) = match hello {
+        Err(_) => {
+            return Err(refuse(
+                &mut send,
+                &conn,
+                ProtocolError::Limit("connect upload too slow".into()),
+            )
+            .await)
+        }
+        Ok(Err(e)) => {
+            ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            let err = ProtocolError::BadFrame(e.to_string());
+            return Err(refuse(&mut send, &conn, err).await);
+        }
+        Ok(Ok(Err(e))) => {
+            if e == ProtocolError::BadCredential {
+                ctx.counters.bad_credentials.fetch_add(1, Ordering::Relaxed);
+            } else {
+                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(refuse(&mut send, &conn, e).await);
+        }
+        Ok(Ok(Ok(h))) => h,
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(ctx.conn_queue);
+    ctx.core_tx
+        .send(Input::Connect {
+            conn_id: ctx.conn_id,
+            device,
+            available,
+            digests,
+            tx,
+        })
+        .await
+        .map_err(|_| ConnError::CoreGone)?;
+
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let last = matches!(msg, ServerMsg::Error { .. });
+            let Ok(frame) = encode_frame(&msg) else {
+                continue;
+            };
+            if send.write_all(&frame).await.is_err() {
+                break;
+            }
+            if last {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+                break;
+            }
+        }
+        writer_conn.close(0u32.into(), b"closed");
+    });
+
+    let result = loop {
+        match read_frame::<ClientMsg<Trip>, _>(&mut recv, &mut buf).await {
+            Ok(Some(
+                msg @ (ClientMsg::Submit { .. }
+                | ClientMsg::Ack { .. }
+                | ClientMsg::SetAvailable { .. }),
+            )) => {
+                if ctx
+                    .core_tx
+                    .send(Input::Frame { device, msg })
+                    .await
+                    .is_err()
+                {
+                    break Err(ConnError::CoreGone);
+                }
+            }
+            Ok(Some(_)) => {
+                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                break Err(ConnError::Protocol(ProtocolError::BadFrame(
+                    "Hello/Upload after connect".into(),
+                )));
+            }
+            Ok(None) => break Ok(()),
+            Err(FrameReadError::Codec(e)) => {
+                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                break Err(ConnError::Protocol(ProtocolError::BadFrame(e.to_string())));
+            }
+            Err(e) => break Err(e.into()),
+        }
+    };
+    if let Err(ConnError::Protocol(e)) = &result {
+        // The close reason carries the typed error's text to the device.
+        conn.close(1u32.into(), e.to_string().as_bytes());
+    }
+    let _ = ctx
+        .core_tx
+        .send(Input::Disconnect {
+            conn_id: ctx.conn_id,
+            device,
+        })
+        .await;
+    writer.abort();
+    result
+}
+
+/// A session as read back from a datacenter's store.
+pub type StoredSession = (
+    lifeboat_common::digest::DigestHeader,
+    lifeboat_common::digest::DigestBody<lifeboat_common::TripState>,
+);
+
+/// What tests and the harness read back from a datacenter's store after it stopped: every
+/// digest that opens with the region keyring.
+pub fn read_store(
+    data_dir: &std::path::Path,
+    keyring: &lifeboat_common::keyring::Keyring,
+) -> Result<Vec<StoredSession>, ServerError> {
+    let opened = DcStore::open(data_dir, 8 * 1024 * 1024)?;
+    Ok(opened
+        .store
+        .load_all()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.open(keyring).ok().map(|body| (d.header, body)))
+        .collect())
+}

@@ -1,0 +1,123 @@
+//! The datacenter's own store: sealed digests in sled, keyed by session.
+//!
+//! The store is a cache of what the devices hold, so writes are not flushed before replies
+//! (sled flushes in the background every `flush_every_ms`); a digest lost from here comes
+//! back from a device (S4). Digests are stored sealed, so a stolen disk reveals nothing.
+//!
+//! A store that cannot be opened (corrupt after a crash) is moved aside, loudly, and the
+//! datacenter starts empty: the devices hold the truth.
+
+use lifeboat_common::digest::{SealedDigest, MAX_DIGEST_BYTES};
+use lifeboat_common::wire::{decode_exact, encode, CodecError};
+use lifeboat_common::SessionId;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("could not move the unreadable store {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store write: {0}")]
+    Write(#[from] sled::Error),
+    #[error("store encode: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// The sled-backed digest store.
+pub struct DcStore {
+    db: sled::Db,
+    sessions: sled::Tree,
+}
+
+/// What opening found.
+pub struct Opened {
+    pub store: DcStore,
+    /// Where an unreadable store was moved to, if it was.
+    pub moved_aside: Option<PathBuf>,
+}
+
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(Some(200))
+        .open()
+}
+
+impl DcStore {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Opened, StoreError> {
+        let (db, moved_aside) = match open_db(dir, cache_bytes) {
+            Ok(db) => (db, None),
+            Err(e) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = dir.with_extension(format!("corrupt-{stamp}"));
+                tracing::error!(
+                    store = %dir.display(),
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "STORE UNREADABLE: moving it aside and starting empty; sessions will be restored from the devices"
+                );
+                std::fs::rename(dir, &aside).map_err(|source| StoreError::MoveAside {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                let db = open_db(dir, cache_bytes).map_err(|source| StoreError::Sled {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                (db, Some(aside))
+            }
+        };
+        let sessions = db
+            .open_tree("sessions")
+            .map_err(|source| StoreError::Sled {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Opened {
+            store: DcStore { db, sessions },
+            moved_aside,
+        })
+    }
+
+    /// Every stored digest; undecodable entries are reported, not fatal.
+    pub fn load_all(&self) -> Vec<Result<SealedDigest, String>> {
+        self.sessions
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv.map_err(|e| e.to_string())?;
+                decode_exact::<SealedDigest>(&v, MAX_DIGEST_BYTES + 256).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Write a batch of digests atomically.
+    pub fn persist(&self, batch: &[(SessionId, SealedDigest)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (session, digest) in batch {
+            b.insert(&session.0.to_be_bytes(), encode(digest)?);
+        }
+        self.sessions.apply_batch(b)?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}

@@ -1,0 +1,393 @@
+//! End-to-end failover scenarios from the catalogue (S1, S2, S3, S4, S10, S12): real
+//! `lifeboat-server` processes on loopback killed with real signals, real edge clients with
+//! sled stores on disk, real QUIC. Each test checks the surviving datacenter's own store
+//! against the devices' ledger of what they were told was committed.
+
+use anyhow::{ensure, Context};
+use lifeboat_common::{SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_edge::EdgeClient;
+use lifeboat_server::service::StoredSession;
+use lifeboat_tests::{route_point, wait_for_assignment, wait_for_session, Cluster, PICKUP};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What a driver's device was told was committed for its trip.
+#[derive(Debug, Clone)]
+struct TripLedger {
+    session: SessionId,
+    locations_committed: u32,
+    completed: bool,
+    /// The newest version any commit reported.
+    last_version: VersionVector,
+}
+
+/// Drive one assigned trip: arrive, start, `steps` location updates, complete.
+async fn drive(
+    driver: EdgeClient,
+    steps: u32,
+    progress: Arc<AtomicU64>,
+    pause: Duration,
+) -> anyhow::Result<TripLedger> {
+    let session = wait_for_assignment(&driver, WAIT).await?;
+    let mut ledger = TripLedger {
+        session,
+        locations_committed: 0,
+        completed: false,
+        last_version: VersionVector::new(),
+    };
+    for op in [TripOp::Arrived, TripOp::StartTrip] {
+        let c = driver.submit(session, op).await.context("arrive/start")?;
+        ledger.last_version = c.version;
+    }
+    for k in 1..=steps {
+        let c = driver
+            .submit(session, TripOp::Location { at: route_point(k) })
+            .await
+            .with_context(|| format!("location {k} of {session}"))?;
+        ledger.locations_committed += 1;
+        ledger.last_version = c.version;
+        progress.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(pause).await;
+    }
+    let c = driver
+        .submit(session, TripOp::Complete)
+        .await
+        .context("complete")?;
+    ledger.last_version = c.version;
+    ledger.completed = true;
+    Ok(ledger)
+}
+
+async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while progress.load(Ordering::Relaxed) < at_least {
+        ensure!(
+            start.elapsed() < WAIT,
+            "traffic did not reach {at_least} ops"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Every trip in the ledger is in the store, exactly as committed, never older.
+fn check_against_store(ledgers: &[TripLedger], stored: &[StoredSession]) -> anyhow::Result<()> {
+    let by_id: HashMap<SessionId, &StoredSession> =
+        stored.iter().map(|s| (s.0.session, s)).collect();
+    for l in ledgers {
+        let (header, body) = by_id
+            .get(&l.session)
+            .with_context(|| format!("trip {} lost: not in the surviving store", l.session))?;
+        ensure!(
+            body.state.location_updates == l.locations_committed,
+            "trip {}: {} location ops committed on the device, {} applied at the datacenter",
+            l.session,
+            l.locations_committed,
+            body.state.location_updates
+        );
+        ensure!(
+            header.version.covers(&l.last_version),
+            "trip {}: datacenter version {} is older than committed {}",
+            l.session,
+            header.version,
+            l.last_version
+        );
+        if l.completed {
+            ensure!(
+                header.tombstone,
+                "trip {} completed but not tombstoned",
+                l.session
+            );
+            ensure!(body.state.phase == TripPhase::Completed);
+            ensure!(body.state.fare_cents.is_some());
+        }
+    }
+    Ok(())
+}
+
+struct Fleet {
+    riders: Vec<EdgeClient>,
+    drivers: Vec<EdgeClient>,
+}
+
+async fn fleet(c: &Cluster, pairs: u64) -> anyhow::Result<Fleet> {
+    let mut drivers = Vec::new();
+    for i in 0..pairs {
+        drivers.push(c.device(1000 + i, true).await?);
+    }
+    // Drivers connect first so that dispatch has someone to assign.
+    for d in &drivers {
+        ensure!(
+            d.wait_connected(Duration::from_secs(10)).await.is_some(),
+            "driver {} did not connect",
+            d.device()
+        );
+    }
+    let mut riders = Vec::new();
+    for i in 0..pairs {
+        riders.push(c.device(1 + i, false).await?);
+    }
+    Ok(Fleet { riders, drivers })
+}
+
+/// Riders request; drivers drive; `kill` runs once `kill_after` location ops committed.
+async fn run_trips(
+    f: &Fleet,
+    steps: u32,
+    kill_after: u64,
+    kill: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<TripLedger>> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut rider_tasks = Vec::new();
+    for r in &f.riders {
+        let r = r.clone();
+        rider_tasks.push(tokio::spawn(async move {
+            r.request_trip(PICKUP, route_point(50)).await
+        }));
+    }
+    let mut driver_tasks = Vec::new();
+    for d in &f.drivers {
+        driver_tasks.push(tokio::spawn(drive(
+            d.clone(),
+            steps,
+            progress.clone(),
+            Duration::from_millis(15),
+        )));
+    }
+    wait_progress(&progress, kill_after).await?;
+    kill()?;
+    let mut ledgers = Vec::new();
+    for t in driver_tasks {
+        ledgers.push(t.await??);
+    }
+    for t in rider_tasks {
+        t.await??;
+    }
+    Ok(ledgers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_primary_killed_mid_traffic_with_disk_lost_backup_restores_every_trip(
+) -> anyhow::Result<()> {
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let f = fleet(&c, 6).await?;
+    let c = std::sync::Mutex::new(c);
+    let ledgers = run_trips(&f, 25, 6 * 8, || {
+        c.lock().map_err(|_| anyhow::anyhow!("lock"))?.kill(0, true)
+    })
+    .await?;
+    let mut c = c.into_inner().map_err(|_| anyhow::anyhow!("lock"))?;
+    // Every rider sees its trip finished, from its own store.
+    for r in &f.riders {
+        wait_for_session(r, WAIT, |s| s.finished).await?;
+    }
+    let stored = c.stop_and_read(1)?;
+    check_against_store(&ledgers, &stored)?;
+    ensure!(ledgers.len() == 6 && ledgers.iter().all(|l| l.completed));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_both_datacenters_restart_with_empty_disks_everything_comes_back() -> anyhow::Result<()>
+{
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let f = fleet(&c, 4).await?;
+    let c = std::sync::Mutex::new(c);
+    let ledgers = run_trips(&f, 20, 4 * 6, || {
+        let mut c = c.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        c.kill(0, true)?;
+        c.kill(1, true)?;
+        // Both come back empty after a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        c.start(0)?;
+        c.start(1)
+    })
+    .await?;
+    let mut c = c.into_inner().map_err(|_| anyhow::anyhow!("lock"))?;
+    let mut stored = c.stop_and_read(0)?;
+    stored.extend(c.stop_and_read(1)?);
+    // Devices may have landed on either datacenter; keep the newest copy of each session.
+    let mut newest: HashMap<SessionId, StoredSession> = HashMap::new();
+    for s in stored {
+        match newest.get(&s.0.session) {
+            Some(old) if old.0.version.covers(&s.0.version) => {}
+            _ => {
+                newest.insert(s.0.session, s);
+            }
+        }
+    }
+    let stored: Vec<StoredSession> = newest.into_values().collect();
+    check_against_store(&ledgers, &stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_failback_to_the_primary_on_its_old_disk_never_rolls_back() -> anyhow::Result<()> {
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let f = fleet(&c, 4).await?;
+    let c = Arc::new(std::sync::Mutex::new(c));
+    let progress = Arc::new(AtomicU64::new(0));
+    for r in &f.riders {
+        r.request_trip(PICKUP, route_point(50)).await?;
+    }
+    let mut tasks = Vec::new();
+    for d in &f.drivers {
+        tasks.push(tokio::spawn(drive(
+            d.clone(),
+            40,
+            progress.clone(),
+            Duration::from_millis(25),
+        )));
+    }
+    wait_progress(&progress, 4 * 8).await?;
+    // Primary dies, disk kept. Traffic moves to the backup and goes on.
+    c.lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .kill(0, false)?;
+    let at_kill = progress.load(Ordering::Relaxed);
+    wait_progress(&progress, at_kill + 4 * 10).await?;
+    // The primary comes back on its stale disk; the backup dies: devices fail back.
+    {
+        let mut c = c.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        c.start(0)?;
+        c.kill(1, true)?;
+    }
+    let mut ledgers = Vec::new();
+    for t in tasks {
+        ledgers.push(t.await??);
+    }
+    let stored = c
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .stop_and_read(0)?;
+    check_against_store(&ledgers, &stored)
+}
+
+/// One trip through one datacenter that crashes at an exact point, then recovery.
+async fn crash_point_scenario(point: &str, lose_disk: bool, single_dc: bool) -> anyhow::Result<()> {
+    let mut c = Cluster::new(2, &[])?;
+    c.start_with_env(0, &[("LIFEBOAT_CRASH_POINT", point)])?;
+    if !single_dc {
+        c.start(1)?;
+    }
+    let addrs = if single_dc {
+        vec![c.addrs()[0]]
+    } else {
+        c.addrs()
+    };
+    let driver = c.device_with(1000, true, addrs.clone()).await?;
+    ensure!(driver
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .is_some());
+    let rider = c.device_with(1, false, addrs).await?;
+    // The watcher restarts (or replaces) the crashed datacenter.
+    let c = Arc::new(std::sync::Mutex::new(c));
+    let watcher = {
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let exited = {
+                let mut guard = c.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                let p = guard.process(0).context("dc1 running")?;
+                // Poll without holding the process forever: bounded wait.
+                p.wait_exit(Duration::from_secs(60))
+            };
+            ensure!(exited.is_some(), "the crash point was never reached");
+            let mut guard = c.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            guard.kill(0, lose_disk)?;
+            if single_dc {
+                guard.start(0)?; // restarted without the crash point, on its disk
+            }
+            Ok(())
+        })
+    };
+    let (session, _) = rider.request_trip(PICKUP, route_point(50)).await?;
+    let ledger = drive(
+        driver.clone(),
+        12,
+        Arc::new(AtomicU64::new(0)),
+        Duration::from_millis(10),
+    )
+    .await?;
+    ensure!(ledger.session == session);
+    watcher.await??;
+    wait_for_session(&rider, WAIT, |s| s.finished).await?;
+    let survivor = if single_dc { 0 } else { 1 };
+    let stored = c
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .stop_and_read(survivor)?;
+    check_against_store(&[ledger], &stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_killed_after_apply_before_reply_the_retry_at_the_backup_applies_once(
+) -> anyhow::Result<()> {
+    // The 6th applied op (a location update) is applied and persisted, then the process
+    // dies before any reply or push leaves; its disk is lost.
+    crash_point_scenario("after-apply-before-reply:6", true, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_killed_after_reply_before_persist_the_state_comes_back_from_the_edge(
+) -> anyhow::Result<()> {
+    // The 6th applied op's reply reaches the device but the digest is never written; the
+    // datacenter restarts on its own (stale) disk and gets the state back from the devices.
+    crash_point_scenario("after-reply-before-persist:6", false, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_finished_trip_is_not_revived_by_an_older_digest_after_failover() -> anyhow::Result<()>
+{
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let driver = c.device(1000, true).await?;
+    ensure!(driver
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .is_some());
+    let rider = c.device(1, false).await?;
+    let (session, _) = rider.request_trip(PICKUP, route_point(50)).await?;
+    let s = wait_for_assignment(&driver, WAIT).await?;
+    ensure!(s == session);
+    driver.submit(s, TripOp::Arrived).await?;
+    driver.submit(s, TripOp::StartTrip).await?;
+    // The rider's phone goes away holding a live copy of the trip.
+    wait_for_session(&rider, WAIT, |x| x.view.phase == TripPhase::OnTrip).await?;
+    rider.shutdown().await;
+    drop(rider);
+    driver
+        .submit(s, TripOp::Location { at: route_point(1) })
+        .await?;
+    let done = driver.submit(s, TripOp::Complete).await?;
+    // The primary dies with its disk; the driver restores the tombstone at the backup.
+    c.kill(0, true)?;
+    wait_for_session(&driver, WAIT, |x| x.finished).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The rider comes back with its old live digest and uploads it to the backup.
+    let rider = c.device(1, false).await?;
+    let back = wait_for_session(&rider, WAIT, |x| x.session == s && x.finished).await?;
+    ensure!(
+        back.view.phase == TripPhase::Completed,
+        "the rider learns the trip is over"
+    );
+    let stored = c.stop_and_read(1)?;
+    let (h, body) = stored
+        .iter()
+        .find(|x| x.0.session == s)
+        .context("tombstone at the backup")?;
+    ensure!(h.tombstone, "the old live digest revived the trip");
+    ensure!(h.version.covers(&done.version));
+    ensure!(body.state.phase == TripPhase::Completed);
+    Ok(())
+}
