@@ -37,4 +37,4 @@ pub use client::{
 };
 pub use config::EdgeConfig;
 pub use lifeboat_common::edge::{Commit, SubmitError};
-pub use store::StoreLocation;
+pub use store::{SharedDb, StoreLocation};

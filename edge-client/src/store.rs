@@ -12,6 +12,8 @@ use lifeboat_common::edge::{HeldSession, StoreWrite};
 use lifeboat_common::wire::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
 use lifeboat_common::{DeviceId, OpId, SessionId, Trip, TripOp};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Where a device keeps its store.
 #[derive(Clone)]
@@ -19,7 +21,63 @@ pub enum StoreLocation {
     /// A sled database of its own in this directory.
     Path(PathBuf),
     /// Trees named after `name` inside a shared sled database.
-    Shared { db: sled::Db, name: String },
+    Shared { db: SharedDb, name: String },
+}
+
+/// A sled database shared by many devices of one process, with group commit: concurrent
+/// flush requests are served by one `fsync` that covers all of them.
+#[derive(Clone)]
+pub struct SharedDb {
+    db: sled::Db,
+    group: Arc<GroupFlush>,
+}
+
+#[derive(Default)]
+struct GroupFlush {
+    lock: tokio::sync::Mutex<()>,
+    requested: AtomicU64,
+    flushed: AtomicU64,
+}
+
+impl SharedDb {
+    pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Self {
+            db,
+            group: Arc::default(),
+        })
+    }
+
+    /// Make every write that happened before this call durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        // Writes before this ticket are covered by any flush that starts after it.
+        let ticket = self.group.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.group.lock.lock().await;
+        if self.group.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(()); // someone else's flush started after our ticket
+        }
+        let covers = self.group.requested.load(Ordering::SeqCst);
+        self.db.flush_async().await?;
+        self.group.flushed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Delete one device's trees (an app reinstall wipes its store). The device's client
+    /// must be shut down first.
+    pub fn wipe_device(&self, name: &str) -> Result<(), StoreError> {
+        for tree in ["sessions", "outbox"] {
+            self.db.drop_tree(format!("{name}/{tree}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for StoreLocation {
@@ -49,6 +107,7 @@ pub struct Loaded {
 
 pub struct EdgeStore {
     db: sled::Db,
+    shared: Option<SharedDb>,
     sessions: sled::Tree,
     outbox: sled::Tree,
     device: DeviceId,
@@ -63,21 +122,25 @@ fn op_key(op: OpId) -> [u8; 16] {
 
 impl EdgeStore {
     pub fn open(location: &StoreLocation, device: DeviceId) -> Result<Self, StoreError> {
-        let (db, prefix) = match location {
+        let (db, shared, prefix) = match location {
             StoreLocation::Path(p) => (
                 sled::Config::new()
                     .path(p)
                     .cache_capacity(1024 * 1024)
                     .flush_every_ms(None)
                     .open()?,
+                None,
                 String::new(),
             ),
-            StoreLocation::Shared { db, name } => (db.clone(), format!("{name}/")),
+            StoreLocation::Shared { db, name } => {
+                (db.db.clone(), Some(db.clone()), format!("{name}/"))
+            }
         };
         let sessions = db.open_tree(format!("{prefix}sessions"))?;
         let outbox = db.open_tree(format!("{prefix}outbox"))?;
         Ok(Self {
             db,
+            shared,
             sessions,
             outbox,
             device,
@@ -143,8 +206,13 @@ impl EdgeStore {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        match &self.shared {
+            Some(shared) => shared.flush().await,
+            None => {
+                self.db.flush_async().await?;
+                Ok(())
+            }
+        }
     }
 
     /// Bytes of the store on disk (sled's own estimate).

@@ -15,7 +15,7 @@
 use crate::crash::CrashPoint;
 use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError};
-use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcStats, Durability};
+use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::{read_frame, FrameReadError};
 use lifeboat_common::wire::{
@@ -446,7 +446,17 @@ impl Actor {
         }
         self.send_all(fx.send);
         for e in fx.events {
-            tracing::debug!(event = ?e, "core event");
+            match e {
+                // One line per server-side change, so that a harness can tell, after a kill,
+                // which dispatches never reached a device (S5).
+                DcEvent::Dispatched { session, driver } => tracing::debug!(
+                    target: "lifeboat::dispatch",
+                    session = session.0,
+                    driver = driver.0,
+                    "dispatched"
+                ),
+                other => tracing::debug!(event = ?other, "core event"),
+            }
         }
     }
 

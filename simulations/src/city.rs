@@ -1,0 +1,613 @@
+//! The city: riders and drivers as real `lifeboat-edge` clients over QUIC, each keeping its
+//! own ledger of what it submitted and what it was told was committed.
+//!
+//! Workload (all random choices from a per-device `SmallRng` seeded from the run seed, so
+//! the same seed gives the same workload): riders request trips spread over the request
+//! window; dispatch (server side) assigns an available driver; the driver drives to the
+//! pickup, arrives, starts, reports its position every ~1 s for 10-30 updates, and
+//! completes; some riders cancel while they wait.
+//!
+//! Devices are sharded over a few QUIC endpoints and sled databases (group-committed
+//! flushes), so that thousands of devices fit one process; each device still has its own
+//! trees, its own connection and its own flushes before anything is reported committed.
+
+use lifeboat_common::edge::{EdgeEvent, EdgeLimits};
+use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_edge::{
+    client_config, client_endpoint, ClientEvent, EdgeClient, EdgeConfig, SharedDb, StoreLocation,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Workload settings.
+#[derive(Clone, Debug)]
+pub struct CityConfig {
+    pub trips: usize,
+    pub drivers: usize,
+    pub seed: u64,
+    /// Riders request within this window from the start.
+    pub request_window: Duration,
+    pub location_interval: Duration,
+    pub locations_per_trip: (u32, u32),
+    pub cancel_probability: f64,
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+    pub shards: usize,
+    /// Bound on one op's wait for its commit.
+    pub op_timeout: Duration,
+}
+
+/// What kind of op a ledger entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum OpKind {
+    Request,
+    Arrived,
+    Start,
+    Location,
+    Complete,
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Committed {
+        version: VersionVector,
+        duplicate: bool,
+    },
+    Rejected(String),
+    /// No answer within the op timeout (or the run ended first).
+    Unresolved,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    pub session: SessionId,
+    pub kind: OpKind,
+    pub submitted_ms: u64,
+    pub resolved_ms: u64,
+    pub outcome: Outcome,
+}
+
+/// Device-level fault planned by the scenario.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DeviceFault {
+    None,
+    /// Offline (client shut down) from..to, in ms since the start; same store after.
+    Offline {
+        from_ms: u64,
+        to_ms: u64,
+    },
+    /// Store wiped (app reinstalled) at this time.
+    Reinstall {
+        at_ms: u64,
+    },
+}
+
+/// Everything one device recorded.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceLog {
+    pub device: u64,
+    pub is_driver: bool,
+    pub ops: Vec<OpRecord>,
+    pub disconnects_ms: Vec<u64>,
+    /// (time, datacenter) of each connect after a failover.
+    pub failovers_ms: Vec<(u64, u16)>,
+    /// When the device first held each session in the Assigned phase (or later).
+    pub assigned_seen: Vec<(SessionId, u64)>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub reinstalled: bool,
+    pub offline: bool,
+    /// Sessions held at the end, with their sealed digest size.
+    pub held_at_end: Vec<(SessionId, usize)>,
+}
+
+/// State shared by the whole run.
+pub struct Shared {
+    pub start: Instant,
+    pub stop: AtomicBool,
+    pub kill_ms: AtomicU64,
+    pub ops_committed: AtomicU64,
+    pub trips_active: AtomicI64,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            stop: AtomicBool::new(false),
+            kill_ms: AtomicU64::new(u64::MAX),
+            ops_committed: AtomicU64::new(0),
+            trips_active: AtomicI64::new(0),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// One simulated device: its configuration (to restart it) and live connection state.
+pub struct Device {
+    pub id: DeviceId,
+    pub cfg: EdgeConfig,
+    pub store_name: String,
+    pub db: SharedDb,
+    /// Datacenter the device is connected to (0: none), kept by its event task.
+    pub connected_dc: Arc<AtomicU16>,
+}
+
+/// The whole population.
+pub struct City {
+    pub drivers: Vec<Arc<Device>>,
+    pub riders: Vec<Arc<Device>>,
+}
+
+const CITY_CENTER: GeoPoint = GeoPoint {
+    lat_e6: 52_520_000,
+    lon_e6: 13_405_000,
+};
+
+fn random_point(rng: &mut SmallRng) -> GeoPoint {
+    GeoPoint {
+        lat_e6: CITY_CENTER.lat_e6 + rng.random_range(-40_000..40_000),
+        lon_e6: CITY_CENTER.lon_e6 + rng.random_range(-60_000..60_000),
+    }
+}
+
+impl City {
+    /// Build the devices (not started).
+    pub fn build(
+        cfg: &CityConfig,
+        dir: &Path,
+        datacenters: Vec<SocketAddr>,
+        keyring: &lifeboat_common::keyring::Keyring,
+        ca_pem: &[u8],
+    ) -> anyhow::Result<Self> {
+        let shards = cfg.shards.max(1);
+        let qcfg = Arc::new(client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?);
+        let mut endpoints = Vec::new();
+        let mut dbs = Vec::new();
+        for k in 0..shards {
+            endpoints.push(client_endpoint(&datacenters)?);
+            dbs.push(SharedDb::open(
+                &dir.join(format!("devices-{k}")),
+                16 * 1024 * 1024,
+            )?);
+        }
+        let make = |id: u64, available: bool| {
+            let k = (id as usize) % shards;
+            let d = DeviceId(id);
+            let name = format!("device-{id}");
+            let mut c = EdgeConfig::new(
+                d,
+                keyring.device_token(d),
+                datacenters.clone(),
+                ca_pem.to_vec(),
+                StoreLocation::Shared {
+                    db: dbs[k].clone(),
+                    name: name.clone(),
+                },
+            );
+            c.keep_alive = cfg.keep_alive;
+            c.idle_timeout = cfg.idle_timeout;
+            c.available = available;
+            c.endpoint = Some(endpoints[k].clone());
+            c.client_config = Some(qcfg.clone());
+            c.limits = EdgeLimits::default();
+            Arc::new(Device {
+                id: d,
+                cfg: c,
+                store_name: name,
+                db: dbs[k].clone(),
+                connected_dc: Arc::new(AtomicU16::new(0)),
+            })
+        };
+        let drivers = (0..cfg.drivers as u64)
+            .map(|i| make(1_000_000 + i, true))
+            .collect();
+        let riders = (0..cfg.trips as u64).map(|i| make(1 + i, false)).collect();
+        Ok(Self { drivers, riders })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Device>> {
+        self.drivers.iter().chain(self.riders.iter())
+    }
+
+    /// Devices connected to each datacenter (index 0 = dc1).
+    pub fn connected_per_dc(&self, n: usize) -> Vec<usize> {
+        let mut out = vec![0; n];
+        for d in self.all() {
+            let dc = d.connected_dc.load(Ordering::Relaxed) as usize;
+            if dc >= 1 && dc <= n {
+                out[dc - 1] += 1;
+            }
+        }
+        out
+    }
+}
+
+/// A started client plus the channel its event task feeds with newly assigned sessions.
+struct Live {
+    client: EdgeClient,
+    assigned: mpsc::Receiver<SessionId>,
+}
+
+async fn start_device(
+    dev: &Arc<Device>,
+    shared: &Arc<Shared>,
+    log: &Arc<Mutex<DeviceLog>>,
+) -> anyhow::Result<Live> {
+    let client = EdgeClient::start(dev.cfg.clone()).await?;
+    let mut events = client.subscribe();
+    let (tx, rx) = mpsc::channel(16);
+    let connected = dev.connected_dc.clone();
+    let shared = shared.clone();
+    let log = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let e = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let now = shared.now_ms();
+            match e {
+                ClientEvent::Connected { dc, .. } => connected.store(dc.0, Ordering::Relaxed),
+                ClientEvent::Disconnected { .. } => {
+                    connected.store(0, Ordering::Relaxed);
+                    if let Ok(mut l) = log.lock() {
+                        l.disconnects_ms.push(now);
+                    }
+                }
+                ClientEvent::FailoverFinished { dc, .. } => {
+                    if let Ok(mut l) = log.lock() {
+                        l.failovers_ms.push((now, dc.0));
+                    }
+                }
+                ClientEvent::Session(EdgeEvent::SessionUpdated { session, view, .. }) => {
+                    if view.phase != TripPhase::Requested {
+                        let first = log.lock().map(|mut l| {
+                            let seen = l.assigned_seen.iter().any(|(s, _)| *s == session);
+                            if !seen {
+                                l.assigned_seen.push((session, now));
+                            }
+                            !seen
+                        });
+                        if first.unwrap_or(false) && view.phase == TripPhase::Assigned {
+                            let _ = tx.try_send(session);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(Live {
+        client,
+        assigned: rx,
+    })
+}
+
+async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) {
+    let s = live.client.stats();
+    live.client.shutdown().await;
+    dev.connected_dc.store(0, Ordering::Relaxed);
+    if let Ok(mut l) = log.lock() {
+        l.bytes_up += s.bytes_up;
+        l.bytes_down += s.bytes_down;
+    }
+}
+
+async fn submit(
+    client: &EdgeClient,
+    shared: &Shared,
+    log: &Mutex<DeviceLog>,
+    timeout: Duration,
+    session: SessionId,
+    kind: OpKind,
+    op: TripOp,
+) -> Outcome {
+    let submitted_ms = shared.now_ms();
+    let outcome = match tokio::time::timeout(timeout, client.submit(session, op)).await {
+        Ok(Ok(c)) => Outcome::Committed {
+            version: c.version,
+            duplicate: c.duplicate,
+        },
+        Ok(Err(e)) => Outcome::Rejected(e.to_string()),
+        Err(_) => Outcome::Unresolved,
+    };
+    if matches!(outcome, Outcome::Committed { .. }) {
+        shared.ops_committed.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            OpKind::Request => {
+                shared.trips_active.fetch_add(1, Ordering::Relaxed);
+            }
+            OpKind::Complete | OpKind::Cancel => {
+                shared.trips_active.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    if let Ok(mut l) = log.lock() {
+        l.ops.push(OpRecord {
+            session,
+            kind,
+            submitted_ms,
+            resolved_ms: shared.now_ms(),
+            outcome: outcome.clone(),
+        });
+    }
+    outcome
+}
+
+/// Sleep, but wake early when the run stops. Returns false if stopped.
+async fn pause(shared: &Shared, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if shared.stopped() {
+            return false;
+        }
+        tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(200))).await;
+    }
+    !shared.stopped()
+}
+
+async fn wait_until(shared: &Shared, at_ms: u64) -> bool {
+    let now = shared.now_ms();
+    if at_ms > now {
+        pause(shared, Duration::from_millis(at_ms - now)).await
+    } else {
+        !shared.stopped()
+    }
+}
+
+/// A device-level fault, if due now: take the device offline or reinstall it.
+async fn apply_fault(
+    dev: &Arc<Device>,
+    fault: &mut DeviceFault,
+    live: Live,
+    shared: &Arc<Shared>,
+    log: &Arc<Mutex<DeviceLog>>,
+) -> anyhow::Result<Live> {
+    let now = shared.now_ms();
+    match *fault {
+        DeviceFault::Offline { from_ms, to_ms } if now >= from_ms => {
+            *fault = DeviceFault::None;
+            stop_device(dev, live, log).await;
+            if let Ok(mut l) = log.lock() {
+                l.offline = true;
+            }
+            // In the tunnel: nothing reaches the device, whatever the run does meanwhile.
+            let now = shared.now_ms();
+            if to_ms > now {
+                tokio::time::sleep(Duration::from_millis(to_ms - now)).await;
+            }
+            start_device(dev, shared, log).await
+        }
+        DeviceFault::Reinstall { at_ms } if now >= at_ms => {
+            *fault = DeviceFault::None;
+            stop_device(dev, live, log).await;
+            dev.db.wipe_device(&dev.store_name)?;
+            if let Ok(mut l) = log.lock() {
+                l.reinstalled = true;
+            }
+            start_device(dev, shared, log).await
+        }
+        _ => Ok(live),
+    }
+}
+
+fn fault_due(fault: &DeviceFault, now: u64) -> bool {
+    match *fault {
+        DeviceFault::None => false,
+        DeviceFault::Offline { from_ms, .. } => now >= from_ms,
+        DeviceFault::Reinstall { at_ms } => now >= at_ms,
+    }
+}
+
+/// A driver: wait for dispatch, drive the trip, repeat until the run stops.
+pub async fn driver_task(
+    dev: Arc<Device>,
+    cfg: CityConfig,
+    shared: Arc<Shared>,
+    mut fault: DeviceFault,
+) -> DeviceLog {
+    let log = Arc::new(Mutex::new(DeviceLog {
+        device: dev.id.0,
+        is_driver: true,
+        ..Default::default()
+    }));
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut live = match start_device(&dev, &shared, &log).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(device = dev.id.0, error = %e, "driver could not start");
+            return take(&log);
+        }
+    };
+    'outer: while !shared.stopped() {
+        // Wait for an assignment (or a due fault).
+        let session = loop {
+            if fault_due(&fault, shared.now_ms()) {
+                live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(device = dev.id.0, error = %e, "device fault failed");
+                        return take(&log);
+                    }
+                };
+            }
+            tokio::select! {
+                s = live.assigned.recv() => match s {
+                    Some(s) => break s,
+                    None => continue 'outer,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if shared.stopped() { break 'outer; }
+                }
+            }
+        };
+        let steps = rng.random_range(cfg.locations_per_trip.0..=cfg.locations_per_trip.1);
+        let mut plan: Vec<(OpKind, TripOp, Duration)> = vec![
+            (
+                OpKind::Arrived,
+                TripOp::Arrived,
+                Duration::from_millis(rng.random_range(500..2_500)),
+            ),
+            (
+                OpKind::Start,
+                TripOp::StartTrip,
+                Duration::from_millis(rng.random_range(300..1_200)),
+            ),
+        ];
+        let mut pos = random_point(&mut rng);
+        for _ in 0..steps {
+            pos.lat_e6 += rng.random_range(-900..900);
+            pos.lon_e6 += rng.random_range(-900..900);
+            let jitter = rng.random_range(0..cfg.location_interval.as_millis() as u64 / 2 + 1);
+            plan.push((
+                OpKind::Location,
+                TripOp::Location { at: pos },
+                cfg.location_interval / 2 + Duration::from_millis(jitter),
+            ));
+        }
+        plan.push((
+            OpKind::Complete,
+            TripOp::Complete,
+            Duration::from_millis(500),
+        ));
+        for (kind, op, wait) in plan {
+            if !pause(&shared, wait).await {
+                break 'outer;
+            }
+            if fault_due(&fault, shared.now_ms()) {
+                live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(device = dev.id.0, error = %e, "device fault failed");
+                        return take(&log);
+                    }
+                };
+            }
+            let out = submit(
+                &live.client,
+                &shared,
+                &log,
+                cfg.op_timeout,
+                session,
+                kind,
+                op,
+            )
+            .await;
+            match out {
+                Outcome::Committed { .. } => {}
+                Outcome::Rejected(_) | Outcome::Unresolved => {
+                    // Cancelled by the rider, or the op could not go through: leave the trip.
+                    continue 'outer;
+                }
+            }
+        }
+    }
+    finish(&dev, live, &log).await
+}
+
+/// A rider: request one trip at its time; maybe cancel while waiting.
+pub async fn rider_task(
+    dev: Arc<Device>,
+    index: usize,
+    cfg: CityConfig,
+    shared: Arc<Shared>,
+    mut fault: DeviceFault,
+) -> DeviceLog {
+    let log = Arc::new(Mutex::new(DeviceLog {
+        device: dev.id.0,
+        is_driver: false,
+        ..Default::default()
+    }));
+    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    // Requests spread evenly over the window, with jitter, in rider order.
+    let window = cfg.request_window.as_millis() as u64;
+    let slot = window / cfg.trips.max(1) as u64;
+    let at_ms = index as u64 * slot + rng.random_range(0..slot.max(1));
+    let mut live = match start_device(&dev, &shared, &log).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(device = dev.id.0, error = %e, "rider could not start");
+            return take(&log);
+        }
+    };
+    if wait_until(&shared, at_ms).await {
+        let session = SessionId(rng.random::<u64>() | 1);
+        let op = TripOp::Request {
+            pickup: random_point(&mut rng),
+            dropoff: random_point(&mut rng),
+        };
+        let out = submit(
+            &live.client,
+            &shared,
+            &log,
+            cfg.op_timeout,
+            session,
+            OpKind::Request,
+            op,
+        )
+        .await;
+        if matches!(out, Outcome::Committed { .. }) && rng.random_bool(cfg.cancel_probability) {
+            let wait = Duration::from_millis(rng.random_range(200..2_000));
+            if pause(&shared, wait).await {
+                submit(
+                    &live.client,
+                    &shared,
+                    &log,
+                    cfg.op_timeout,
+                    session,
+                    OpKind::Cancel,
+                    TripOp::Cancel,
+                )
+                .await;
+            }
+        }
+    }
+    // Idle until the end, except for a planned device fault.
+    while !shared.stopped() {
+        if fault_due(&fault, shared.now_ms()) {
+            live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(device = dev.id.0, error = %e, "device fault failed");
+                    return take(&log);
+                }
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    finish(&dev, live, &log).await
+}
+
+async fn finish(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) -> DeviceLog {
+    if let Ok(sessions) = live.client.sessions().await {
+        if let Ok(mut l) = log.lock() {
+            l.held_at_end = sessions
+                .iter()
+                .map(|s| (s.session, s.digest_bytes))
+                .collect();
+        }
+    }
+    stop_device(dev, live, log).await;
+    take(log)
+}
+
+fn take(log: &Arc<Mutex<DeviceLog>>) -> DeviceLog {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}

@@ -1,0 +1,222 @@
+//! Presenting a run: the terminal table, the JSON report, and `report.md` with SVG charts.
+
+use crate::svg::{bar_chart, line_chart, Series};
+use crate::verify::Report;
+use serde::Serialize;
+use std::path::Path;
+
+/// One sample of the run, every 250 ms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub ops_per_s: f64,
+    pub trips_active: i64,
+    /// Devices connected to each datacenter.
+    pub devices: Vec<usize>,
+    /// Active sessions each datacenter holds (its own status file).
+    pub sessions: Vec<usize>,
+}
+
+/// Kill/restart moments, for the charts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mark {
+    pub t_s: f64,
+    pub label: String,
+}
+
+pub fn table(r: &Report) -> String {
+    let ok = |b: bool| if b { "ok" } else { "FAIL" };
+    let rows: Vec<(String, String, &str)> = vec![
+        (
+            "scenario".into(),
+            format!("{} (seed {}, {})", r.scenario, r.seed, r.durability),
+            "",
+        ),
+        (
+            "devices / trips".into(),
+            format!("{} / {}", r.devices, r.trips_total),
+            "",
+        ),
+        (
+            "trips active at failure".into(),
+            r.trips_active_at_failure.to_string(),
+            "",
+        ),
+        (
+            "trips restored".into(),
+            r.trips_restored.to_string(),
+            ok(r.trips_restored == r.trips_active_at_failure),
+        ),
+        (
+            "trips lost".into(),
+            r.trips_lost.to_string(),
+            ok(r.trips_lost == 0),
+        ),
+        ("ops committed".into(), r.ops_committed.to_string(), ""),
+        (
+            "committed ops lost".into(),
+            r.ops_committed_lost.to_string(),
+            ok(r.ops_committed_lost == 0),
+        ),
+        (
+            "ops applied twice".into(),
+            r.ops_applied_twice.to_string(),
+            ok(r.ops_applied_twice == 0),
+        ),
+        (
+            "versions regressed".into(),
+            r.versions_regressed.to_string(),
+            ok(r.versions_regressed == 0),
+        ),
+        (
+            "tombstones resurrected".into(),
+            r.tombstones_resurrected.to_string(),
+            ok(r.tombstones_resurrected == 0),
+        ),
+        (
+            "ops unanswered".into(),
+            r.ops_unresolved.to_string(),
+            ok(r.ops_unresolved == 0),
+        ),
+        (
+            "reinstalled devices not re-synced".into(),
+            r.devices_not_resynced.to_string(),
+            ok(r.devices_not_resynced == 0),
+        ),
+        (
+            "unreplicated at failure (dispatch)".into(),
+            r.unreplicated_at_failure.to_string(),
+            "",
+        ),
+        (
+            "failure detection p50".into(),
+            format!("{} ms", r.detect_ms_p50),
+            "",
+        ),
+        (
+            "app stall p50 / p99 / max".into(),
+            format!(
+                "{} / {} / {} ms ({} devices)",
+                r.stall_ms_p50, r.stall_ms_p99, r.stall_ms_max, r.stalled_devices
+            ),
+            "",
+        ),
+        (
+            "restore rate at the backup".into(),
+            format!("{:.0} sessions/s", r.restore_sessions_per_s),
+            "",
+        ),
+        (
+            "mobile bytes per op (QUIC incl.)".into(),
+            format!("{:.0}", r.edge_bytes_per_op),
+            "",
+        ),
+        (
+            "sealed digest p50 / max".into(),
+            format!("{} / {} bytes", r.digest_bytes_p50, r.digest_bytes_max),
+            "",
+        ),
+    ];
+    let mut s = String::new();
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
+    for (k, v, c) in rows {
+        s.push_str(&format!("  {k:<w$}  {v:<40} {c}\n"));
+    }
+    s.push_str(&format!(
+        "  {:<w$}  {}\n",
+        "RESULT",
+        if r.passed { "PASSED" } else { "FAILED" }
+    ));
+    for v in &r.violations {
+        s.push_str(&format!("    violation: {v}\n"));
+    }
+    s
+}
+
+/// Write `report.md`, `timeline.svg` and `stall.svg` into `dir`.
+pub fn write_report(
+    dir: &Path,
+    reports: &[(Report, Vec<Sample>, Vec<Mark>)],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut md = String::from("# Lifeboat failover simulation\n\n");
+    for (r, samples, marks) in reports {
+        let name = &r.scenario;
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+        let mut series = Vec::new();
+        let n = samples.first().map(|s| s.sessions.len()).unwrap_or(0);
+        for dc in 0..n {
+            series.push(Series {
+                name: if dc == 0 {
+                    "sessions at dc1"
+                } else {
+                    "sessions at dc2"
+                },
+                color: colors[dc % colors.len()],
+                points: samples
+                    .iter()
+                    .map(|s| (s.t_s, s.sessions[dc] as f64))
+                    .collect(),
+            });
+        }
+        series.push(Series {
+            name: "trips active",
+            color: "#999999",
+            points: samples
+                .iter()
+                .map(|s| (s.t_s, s.trips_active as f64))
+                .collect(),
+        });
+        let markers: Vec<(f64, String)> = marks.iter().map(|m| (m.t_s, m.label.clone())).collect();
+        let sessions_svg = line_chart(
+            &format!("{name}: active sessions held per datacenter"),
+            "time (s)",
+            "sessions",
+            &series,
+            &markers,
+        );
+        let ops_svg = line_chart(
+            &format!("{name}: committed ops per second"),
+            "time (s)",
+            "ops/s",
+            &[Series {
+                name: "ops/s",
+                color: "#2ca02c",
+                points: samples.iter().map(|s| (s.t_s, s.ops_per_s)).collect(),
+            }],
+            &markers,
+        );
+        let mut buckets = vec![0f64; 12];
+        for s in &r.stalls_ms {
+            let b = ((*s / 500) as usize).min(buckets.len() - 1);
+            buckets[b] += 1.0;
+        }
+        let bars: Vec<(String, f64)> = buckets
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let label = if i == buckets.len() - 1 {
+                    format!("≥{}s", i as f64 * 0.5)
+                } else {
+                    format!("{:.1}s", i as f64 * 0.5)
+                };
+                (label, *v)
+            })
+            .collect();
+        let stall_svg = bar_chart(
+            &format!("{name}: app stall per device (kill to first commit after it)"),
+            "stall",
+            "devices",
+            &bars,
+        );
+        std::fs::write(dir.join(format!("{name}-sessions.svg")), sessions_svg)?;
+        std::fs::write(dir.join(format!("{name}-ops.svg")), ops_svg)?;
+        std::fs::write(dir.join(format!("{name}-stall.svg")), stall_svg)?;
+        md.push_str(&format!(
+            "## {name}\n\n```text\n{}```\n\n![sessions]({name}-sessions.svg)\n\n![ops]({name}-ops.svg)\n\n![stall]({name}-stall.svg)\n\n",
+            table(r)
+        ));
+    }
+    std::fs::write(dir.join("report.md"), md)?;
+    Ok(())
+}

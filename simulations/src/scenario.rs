@@ -1,0 +1,387 @@
+//! Scenario scripts: which datacenter faults happen when, which devices misbehave, and the
+//! run loop around them (start, traffic, drain, verify, report).
+
+use crate::city::{driver_task, rider_task, City, CityConfig, DeviceFault, DeviceLog, Shared};
+use crate::cluster::Cluster;
+use crate::report::{table, write_report, Mark, Sample};
+use crate::verify::{verify, Report, VerifyInput};
+use crate::Opts;
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    Failover,
+    Failback,
+    DoubleFailure,
+    Flapping,
+    Reinstall,
+    OfflineDevice,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Failback => "failback",
+            Kind::DoubleFailure => "double-failure",
+            Kind::Flapping => "flapping",
+            Kind::Reinstall => "reinstall",
+            Kind::OfflineDevice => "offline-device",
+        }
+    }
+}
+
+/// Run scenarios in turn; true if all passed.
+pub fn run_all(kinds: &[Kind], opts: &Opts) -> anyhow::Result<bool> {
+    if opts.loss > 0.0 || opts.delay_ms > 0 {
+        bail!(
+            "--loss and --delay-ms need the packet impairment layer, which is not built yet \
+             (see the chaos-testing issue); run without them"
+        );
+    }
+    if opts.kill_at >= opts.duration {
+        bail!(
+            "--kill-at ({}) must be before the end of --duration ({})",
+            opts.kill_at,
+            opts.duration
+        );
+    }
+    let seed = opts
+        .seed
+        .unwrap_or_else(|| rand::rng().random::<u32>() as u64);
+    let mut all_passed = true;
+    let mut reports = Vec::new();
+    for kind in kinds {
+        eprintln!(
+            "== {} with {} trips, seed {seed} (replay: lifeboat-sim {} --seed {seed} --trips {})",
+            kind.name(),
+            opts.trips,
+            kind.name(),
+            opts.trips
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let result = rt.block_on(run_one(*kind, opts, seed))?;
+        rt.shutdown_timeout(Duration::from_secs(5));
+        println!("{}", table(&result.0));
+        all_passed &= result.0.passed;
+        reports.push(result);
+    }
+    if let Some(path) = &opts.json {
+        let value = if reports.len() == 1 {
+            serde_json::to_value(&reports[0].0)?
+        } else {
+            serde_json::to_value(reports.iter().map(|r| &r.0).collect::<Vec<_>>())?
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("JSON report: {}", path.display());
+    }
+    if let Some(dir) = &opts.report {
+        write_report(dir, &reports)?;
+        eprintln!("report: {}", dir.join("report.md").display());
+    }
+    Ok(all_passed)
+}
+
+async fn run_one(
+    kind: Kind,
+    opts: &Opts,
+    seed: u64,
+) -> anyhow::Result<(Report, Vec<Sample>, Vec<Mark>)> {
+    let work = tempfile::Builder::new().prefix("lifeboat-sim-").tempdir()?;
+    let dir = work.path().to_path_buf();
+    let mut cluster = Cluster::new(
+        &dir,
+        2,
+        opts.durability,
+        opts.restore_grace_ms,
+        opts.server_bin.as_deref(),
+    )?;
+    cluster.start(0)?;
+    cluster.start(1)?;
+    let drivers = opts.devices.unwrap_or(opts.trips).max(1);
+    let cfg = CityConfig {
+        trips: opts.trips,
+        drivers,
+        seed,
+        request_window: Duration::from_secs_f64(opts.duration * 0.6),
+        location_interval: Duration::from_millis(1_000),
+        locations_per_trip: (10, 30),
+        cancel_probability: 0.08,
+        keep_alive: Duration::from_millis((opts.idle_timeout_ms / 3).max(100)),
+        idle_timeout: Duration::from_millis(opts.idle_timeout_ms),
+        shards: 8,
+        op_timeout: Duration::from_secs(60),
+    };
+    let city = City::build(
+        &cfg,
+        &dir,
+        cluster.addrs(),
+        &cluster.keyring,
+        &cluster.ca_pem,
+    )?;
+    let kill_ms = (opts.kill_at * 1000.0) as u64;
+    let end_ms = (opts.duration * 1000.0) as u64;
+
+    // Device faults planned by the scenario (chosen by the seed).
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA17);
+    let mut driver_faults = vec![DeviceFault::None; city.drivers.len()];
+    let mut rider_faults = vec![DeviceFault::None; city.riders.len()];
+    match kind {
+        Kind::Reinstall => {
+            for f in rider_faults.iter_mut() {
+                if rng.random_bool(0.10) {
+                    *f = DeviceFault::Reinstall { at_ms: kill_ms };
+                }
+            }
+        }
+        Kind::OfflineDevice => {
+            for f in driver_faults.iter_mut() {
+                if rng.random_bool(0.10) {
+                    *f = DeviceFault::Offline {
+                        from_ms: kill_ms.saturating_sub(2_000),
+                        to_ms: kill_ms + (end_ms - kill_ms) / 2,
+                    };
+                }
+            }
+        }
+        _ => {}
+    }
+
+    let shared = Shared::new();
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(end_ms / 1000)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>15} [{bar:30}] {pos:>3}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(kind.name());
+    bar.set_message("connecting drivers");
+
+    let mut tasks = Vec::new();
+    for (d, f) in city.drivers.iter().zip(driver_faults) {
+        tasks.push(tokio::spawn(driver_task(
+            d.clone(),
+            cfg.clone(),
+            shared.clone(),
+            f,
+        )));
+    }
+    // Let drivers connect before riders request (bounded wait).
+    let t0 = Instant::now();
+    while city.connected_per_dc(2).iter().sum::<usize>() < city.drivers.len()
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One clock for everyone; traffic time starts now.
+    let traffic_start_ms = shared.now_ms();
+    let kill_ms = traffic_start_ms + kill_ms;
+    let end_ms = traffic_start_ms + end_ms;
+    for (i, (r, f)) in city.riders.iter().zip(rider_faults).enumerate() {
+        let f = match f {
+            DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
+            other => other,
+        };
+        tasks.push(tokio::spawn(rider_task(
+            r.clone(),
+            i,
+            cfg.clone(),
+            shared.clone(),
+            f,
+        )));
+    }
+
+    // The fault script runs on its own thread: it blocks on process signals.
+    let cluster = Arc::new(Mutex::new(cluster));
+    let marks = Arc::new(Mutex::new(Vec::<Mark>::new()));
+    let script = {
+        let cluster = cluster.clone();
+        let shared = shared.clone();
+        let marks = marks.clone();
+        tokio::task::spawn_blocking(move || {
+            fault_script(kind, &cluster, &shared, &marks, kill_ms, end_ms)
+        })
+    };
+
+    // Sample the run until the end of traffic.
+    let mut samples = Vec::new();
+    let mut last_ops = 0u64;
+    let mut last_t = shared.now_ms();
+    while shared.now_ms() < end_ms {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = shared.now_ms();
+        let ops = shared.ops_committed.load(Ordering::Relaxed);
+        let dt = (now - last_t).max(1) as f64 / 1000.0;
+        let devices = city.connected_per_dc(2);
+        let sessions: Vec<usize> = {
+            let c = cluster
+                .lock()
+                .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
+            (0..2)
+                .map(|i| c.status(i).map(|s| s.active_sessions).unwrap_or(0))
+                .collect()
+        };
+        let sample = Sample {
+            t_s: (now.saturating_sub(traffic_start_ms)) as f64 / 1000.0,
+            ops_per_s: (ops - last_ops) as f64 / dt,
+            trips_active: shared.trips_active.load(Ordering::Relaxed),
+            devices: devices.clone(),
+            sessions,
+        };
+        bar.set_position(sample.t_s as u64);
+        bar.set_message(format!(
+            "trips active {:>5}  ops/s {:>6.0}  devices dc1 {:>5} dc2 {:>5}",
+            sample.trips_active, sample.ops_per_s, devices[0], devices[1]
+        ));
+        samples.push(sample);
+        last_ops = ops;
+        last_t = now;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    bar.set_message("draining and verifying");
+    script.await.context("fault script")??;
+    let mut logs: Vec<DeviceLog> = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(log)) = tokio::time::timeout(Duration::from_secs(90), t).await {
+            logs.push(log);
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut cluster = Arc::try_unwrap(cluster)
+        .map_err(|_| anyhow::anyhow!("cluster still shared"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
+    let dispatched = cluster.dispatched_sessions(0);
+    let stored = cluster.stop_all_and_read()?;
+    let first_kill = shared.kill_ms.load(Ordering::Relaxed);
+    let mut report = Report {
+        scenario: kind.name().to_string(),
+        seed,
+        durability: opts.durability.to_string(),
+        devices: city.drivers.len() + city.riders.len(),
+        duration_s: opts.duration,
+        kill_at_s: opts.kill_at,
+        ..Default::default()
+    };
+    verify(
+        &mut report,
+        VerifyInput {
+            logs: &logs,
+            stored: &stored,
+            kill_ms: (first_kill != u64::MAX).then_some(first_kill),
+            dispatched_by_killed: &dispatched,
+        },
+    );
+    if logs.len() != city.drivers.len() + city.riders.len() {
+        report.passed = false;
+        report.violations.push(format!(
+            "{} device tasks did not finish",
+            city.drivers.len() + city.riders.len() - logs.len()
+        ));
+    }
+    if opts.keep {
+        let kept = work.keep();
+        eprintln!("kept the run directory: {}", kept.display());
+    }
+    let marks = marks.lock().map(|m| m.clone()).unwrap_or_default();
+    let marks = marks
+        .into_iter()
+        .map(|m| Mark {
+            t_s: m.t_s - traffic_start_ms as f64 / 1000.0,
+            label: m.label,
+        })
+        .collect();
+    Ok((report, samples, marks))
+}
+
+fn sleep_until(shared: &Shared, at_ms: u64) {
+    let now = shared.now_ms();
+    if at_ms > now {
+        std::thread::sleep(Duration::from_millis(at_ms - now));
+    }
+}
+
+/// Datacenter faults of each scenario, at their times.
+fn fault_script(
+    kind: Kind,
+    cluster: &Mutex<Cluster>,
+    shared: &Shared,
+    marks: &Mutex<Vec<Mark>>,
+    kill_ms: u64,
+    end_ms: u64,
+) -> anyhow::Result<()> {
+    let act = |label: &str, f: &dyn Fn(&mut Cluster) -> anyhow::Result<()>| -> anyhow::Result<()> {
+        let mut c = cluster
+            .lock()
+            .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
+        f(&mut c)?;
+        let t = shared.now_ms();
+        if label.starts_with("kill") && shared.kill_ms.load(Ordering::Relaxed) == u64::MAX {
+            shared.kill_ms.store(t, Ordering::Relaxed);
+        }
+        if let Ok(mut m) = marks.lock() {
+            m.push(Mark {
+                t_s: t as f64 / 1000.0,
+                label: label.to_string(),
+            });
+        }
+        Ok(())
+    };
+    sleep_until(shared, kill_ms);
+    match kind {
+        Kind::Failover | Kind::Reinstall | Kind::OfflineDevice => {
+            act("kill dc1 (disk lost)", &|c| c.kill(0, true))?;
+        }
+        Kind::Failback => {
+            act("kill dc1", &|c| c.kill(0, false))?;
+            let span = end_ms - kill_ms;
+            sleep_until(shared, kill_ms + span * 2 / 5);
+            act("restart dc1 (old disk)", &|c| c.start(0))?;
+            sleep_until(shared, kill_ms + span / 2);
+            act("kill dc2 (disk lost)", &|c| c.kill(1, true))?;
+        }
+        Kind::DoubleFailure => {
+            act("kill dc1+dc2 (disks lost)", &|c| {
+                c.kill(0, true)?;
+                c.kill(1, true)
+            })?;
+            std::thread::sleep(Duration::from_secs(1));
+            act("restart both empty", &|c| {
+                c.start(0)?;
+                c.start(1)
+            })?;
+        }
+        Kind::Flapping => {
+            // dc1 dies; later dc2 dies while dc1 is back on its old disk; and again.
+            let step = (end_ms - kill_ms) / 6;
+            for round in 0..2u64 {
+                let base = kill_ms + round * 3 * step;
+                sleep_until(shared, base);
+                act("kill dc1", &|c| c.kill(0, false))?;
+                sleep_until(shared, base + step);
+                act("restart dc1", &|c| c.start(0))?;
+                sleep_until(shared, base + step + step / 2);
+                act("kill dc2", &|c| c.kill(1, false))?;
+                sleep_until(shared, base + 2 * step + step / 2);
+                act("restart dc2", &|c| c.start(1))?;
+            }
+        }
+    }
+    Ok(())
+}
