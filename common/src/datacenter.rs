@@ -29,7 +29,7 @@
 use crate::app::{AppRejection, Application};
 use crate::dedup::{DedupEntry, Seen};
 use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
-use crate::ids::{DatacenterId, DeviceId, Role, SessionId};
+use crate::ids::{DatacenterId, DeviceId, ReplicaId, Role, SessionId};
 use crate::keyring::Keyring;
 use crate::version::{VersionOrder, VersionVector};
 use crate::wire::{OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadResult};
@@ -72,6 +72,8 @@ impl std::fmt::Display for Durability {
 #[derive(Clone, Debug)]
 pub struct DcConfig {
     pub dc: DatacenterId,
+    /// This datacenter's slot in version vectors (see [`ReplicaId`]).
+    pub replica: ReplicaId,
     pub durability: Durability,
     /// How long a restored session waits for its other participants before taking ops.
     pub restore_grace_ms: u64,
@@ -82,9 +84,10 @@ pub struct DcConfig {
 }
 
 impl DcConfig {
-    pub fn new(dc: DatacenterId) -> Self {
+    pub fn new(dc: DatacenterId, replica: ReplicaId) -> Self {
         Self {
             dc,
+            replica,
             durability: Durability::Async,
             restore_grace_ms: 3_000,
             max_sessions: 1_000_000,
@@ -176,6 +179,9 @@ struct Pending {
 
 struct Barrier<A: Application> {
     awaiting: Vec<DeviceId>,
+    /// Only the deadline releases it: the copy still needs a provider, and a provider that
+    /// was assigned elsewhere (whose copy this one does not name) may still come back.
+    until_deadline: bool,
     deadline_ms: u64,
     parked: VecDeque<(DeviceId, u64, A::Op)>,
 }
@@ -247,6 +253,11 @@ impl<A: Application> DatacenterCore<A> {
         std::mem::take(&mut self.effects)
     }
 
+    /// Entries in the dispatch pool queue (bounded; see `compact_pool`).
+    pub fn dispatch_pool_len(&self) -> usize {
+        self.pool.len()
+    }
+
     /// Number of sessions held (active and tombstoned).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -283,25 +294,34 @@ impl<A: Application> DatacenterCore<A> {
         let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
         let header = sealed.header.clone();
         let awaiting: Vec<DeviceId> = header.participants().collect();
-        self.insert(now_ms, header, body, sealed, awaiting);
+        self.insert(now_ms, header, body, sealed, Some(awaiting));
         Ok(())
     }
 
+    /// Insert a session: a fresh create (`restored: None`, no barrier), or a restored copy
+    /// with the participants still to hear from.
     fn insert(
         &mut self,
         now_ms: u64,
         header: DigestHeader,
         body: DigestBody<A::State>,
         sealed: SealedDigest,
-        awaiting: Vec<DeviceId>,
+        restored: Option<Vec<DeviceId>>,
     ) {
         let id = header.session;
         let active = !header.tombstone;
-        let barrier = (active && !awaiting.is_empty()).then(|| Barrier {
-            awaiting,
-            deadline_ms: now_ms.saturating_add(self.cfg.restore_grace_ms),
-            parked: VecDeque::new(),
-        });
+        let barrier = match restored {
+            Some(awaiting) if active => {
+                let until_deadline = A::needs_assignee(&body.state);
+                (until_deadline || !awaiting.is_empty()).then(|| Barrier {
+                    awaiting,
+                    until_deadline,
+                    deadline_ms: now_ms.saturating_add(self.cfg.restore_grace_ms),
+                    parked: VecDeque::new(),
+                })
+            }
+            _ => None,
+        };
         if active {
             for d in header.participants() {
                 let list = self.by_device.entry(d).or_default();
@@ -376,7 +396,7 @@ impl<A: Application> DatacenterCore<A> {
         session: SessionId,
         f: impl FnOnce(&mut DigestHeader, &mut DigestBody<A::State>),
     ) -> Result<(), AppRejection> {
-        let dc = self.cfg.dc;
+        let dc = self.cfg.replica;
         let entry = self
             .sessions
             .get_mut(&session)
@@ -429,7 +449,13 @@ impl<A: Application> DatacenterCore<A> {
                 outcome,
                 UploadOutcome::Stale | UploadOutcome::Diverged | UploadOutcome::Tombstoned
             ) {
-                if let Some(entry) = self.sessions.get(&session) {
+                // Only to a participant of the datacenter's copy (a replaced driver must not
+                // read the trip).
+                if let Some(entry) = self
+                    .sessions
+                    .get(&session)
+                    .filter(|e| e.header.role_of(device).is_some())
+                {
                     let update = Self::update_for(entry, device);
                     self.effects.send.push((device, ServerMsg::Push { update }));
                 }
@@ -490,7 +516,7 @@ impl<A: Application> DatacenterCore<A> {
                 .filter(|d| *d != device && !connected.contains_key(d))
                 .collect();
             self.effects.persist.push((session, sealed.clone()));
-            self.insert(now_ms, header, body, sealed, awaiting);
+            self.insert(now_ms, header, body, sealed, Some(awaiting));
             self.stats.sessions_restored += 1;
             self.effects.events.push(DcEvent::Restored {
                 session,
@@ -499,6 +525,16 @@ impl<A: Application> DatacenterCore<A> {
             return UploadOutcome::Restored;
         };
         match sealed.header.version.compare(&entry.header.version) {
+            // Equal versions with different contents would mean a slot was reused; never
+            // trust the label alone.
+            VersionOrder::Equal if sealed.header != entry.header || body != entry.body => {
+                self.stats.uploads_diverged += 1;
+                self.effects.events.push(DcEvent::Diverged {
+                    session,
+                    from: device,
+                });
+                UploadOutcome::Diverged
+            }
             VersionOrder::Equal => UploadOutcome::Current,
             _ if entry.header.tombstone => UploadOutcome::Tombstoned,
             VersionOrder::Older => {
@@ -522,9 +558,8 @@ impl<A: Application> DatacenterCore<A> {
                 entry.pending = None;
                 self.effects.persist.push((session, sealed));
                 if was_tombstone {
-                    if let Some(e) = self.sessions.get_mut(&session) {
-                        e.barrier = None;
-                    }
+                    // Parked ops get their answer (the session is finished), not silence.
+                    self.release_barrier(now_ms, session, false);
                     for d in old_participants {
                         self.unindex(d, session);
                     }
@@ -555,7 +590,7 @@ impl<A: Application> DatacenterCore<A> {
         let release = match entry.barrier.as_mut() {
             Some(b) => {
                 b.awaiting.retain(|d| *d != device);
-                b.awaiting.is_empty()
+                b.awaiting.is_empty() && !b.until_deadline
             }
             None => false,
         };
@@ -587,6 +622,17 @@ impl<A: Application> DatacenterCore<A> {
     pub fn handle_disconnect(&mut self, device: DeviceId) {
         self.connected.remove(&device);
         self.in_pool.remove(&device);
+        self.compact_pool();
+    }
+
+    /// Drop withdrawn drivers from the pool queue once they dominate it (C6: a driver
+    /// toggling availability must not grow the queue).
+    fn compact_pool(&mut self) {
+        if self.pool.len() > 2 * self.in_pool.len() + 64 {
+            let mut seen = HashSet::new();
+            let in_pool = &self.in_pool;
+            self.pool.retain(|d| in_pool.contains(d) && seen.insert(*d));
+        }
     }
 
     /// A driver offers itself for dispatch, or withdraws.
@@ -599,6 +645,7 @@ impl<A: Application> DatacenterCore<A> {
             self.dispatch(now_ms);
         } else {
             self.in_pool.remove(&device);
+            self.compact_pool();
         }
     }
 
@@ -908,7 +955,7 @@ impl<A: Application> DatacenterCore<A> {
         let mut mark = DedupEntry::new(device);
         mark.record(true);
         let mut version = VersionVector::new();
-        if let Err(e) = version.bump(self.cfg.dc) {
+        if let Err(e) = version.bump(self.cfg.replica) {
             let r = OpRejection::App(AppRejection::InvalidOp(e.to_string()));
             return self.reply(device, session, 1, OpOutcome::Rejected(r), false);
         }
@@ -931,7 +978,7 @@ impl<A: Application> DatacenterCore<A> {
             }
         };
         self.effects.persist.push((session, sealed.clone()));
-        self.insert(now_ms, header, body, sealed, Vec::new());
+        self.insert(now_ms, header, body, sealed, None);
         self.stats.sessions_created += 1;
         self.stats.ops_applied += 1;
         self.effects.events.push(DcEvent::Created(session));

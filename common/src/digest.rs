@@ -163,11 +163,11 @@ impl SealedDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::DatacenterId;
+    use crate::ids::ReplicaId;
 
     fn header() -> DigestHeader {
         let mut version = VersionVector::new();
-        version.bump(DatacenterId(1)).unwrap();
+        version.bump(ReplicaId(1)).unwrap();
         DigestHeader {
             session: SessionId(42),
             version,
@@ -197,7 +197,7 @@ mod tests {
         let k = Keyring::generate();
         let sealed = SealedDigest::seal(&k, header(), &body()).unwrap();
         let mut h = sealed.clone();
-        h.header.version.bump(DatacenterId(1)).unwrap();
+        h.header.version.bump(ReplicaId(1)).unwrap();
         assert_eq!(h.open::<String>(&k), Err(SealError::Tampered));
         let mut c = sealed.clone();
         c.ciphertext[0] ^= 1;

@@ -555,6 +555,31 @@ impl<A: Application> EdgeCore<A> {
                 op: id,
                 reason: reason.clone(),
             });
+            if seq == 1 && !self.held.contains_key(&session) {
+                // The create failed: nothing of this session exists anywhere.
+                self.fresh.remove(&session);
+            }
+            if let SubmitError::GaveUp(n) = reason {
+                // Later ops of the session could only ever hit the gap this one leaves:
+                // fail them now, clearly, instead of one by one.
+                let later: Vec<u64> = self
+                    .outbox
+                    .range((session, seq + 1)..=(session, u64::MAX))
+                    .map(|((_, q), _)| *q)
+                    .collect();
+                for q in later {
+                    self.outbox.remove(&(session, q));
+                    let id = OpId {
+                        session,
+                        device: self.device,
+                        seq: q,
+                    };
+                    self.effects.writes.push(StoreWrite::DeleteOp(id));
+                    self.effects
+                        .resolved
+                        .push((id, Err(SubmitError::GaveUp(*n))));
+                }
+            }
         }
         self.effects.resolved.push((id, result));
     }

@@ -25,6 +25,19 @@ pub struct DeviceId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DatacenterId(pub u16);
 
+/// One slot of the version vector: a datacenter's store. Chosen at random when a data
+/// directory is created and kept in it, so a datacenter that comes back with a lost disk
+/// gets a fresh slot and can never produce a version equal to one it made before (which a
+/// device may still hold with different contents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReplicaId(pub u32);
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{:08x}", self.0)
+    }
+}
+
 /// Stable identity of an op: the session it targets, the device that submitted it, and that
 /// device's sequence number within the session (1, 2, 3, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Session versions: a version vector with one counter per datacenter.
 //!
-//! Every change a datacenter makes to a session increments that datacenter's own slot. A
+//! Every change a datacenter makes to a session increments that datacenter's own slot (its
+//! [`ReplicaId`], which belongs to its data directory, see there). A
 //! datacenter only ever changes a session after it holds the newest digest it can get (its
 //! own store, or the digests devices upload on connect), so along one history each change's
 //! vector strictly dominates the previous one.
@@ -23,12 +24,13 @@
 //! are at most [`MAX_DATACENTERS`] of them (a decoded vector is checked with
 //! [`VersionVector::validate`]).
 
-use crate::ids::DatacenterId;
+use crate::ids::ReplicaId;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::fmt;
 
-/// Upper bound on distinct datacenters in one vector (C6).
+/// Upper bound on distinct replica slots in one vector (C6): a session would have to live
+/// through more than 15 datacenter disk losses to reach it.
 pub const MAX_DATACENTERS: usize = 16;
 
 /// How two versions relate.
@@ -46,7 +48,7 @@ pub enum VersionOrder {
 /// A version vector (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector {
-    entries: Vec<(DatacenterId, u64)>,
+    entries: Vec<(ReplicaId, u64)>,
 }
 
 /// A version vector that breaks the invariants (from a hostile or corrupt source).
@@ -57,7 +59,7 @@ pub enum VersionError {
     #[error("version vector entries are not sorted, unique and non-zero")]
     Malformed,
     #[error("version counter overflow for {0}")]
-    Overflow(DatacenterId),
+    Overflow(ReplicaId),
 }
 
 impl VersionVector {
@@ -66,7 +68,7 @@ impl VersionVector {
     }
 
     /// The counter of one datacenter (0 if absent).
-    pub fn get(&self, dc: DatacenterId) -> u64 {
+    pub fn get(&self, dc: ReplicaId) -> u64 {
         self.entries
             .iter()
             .find(|(d, _)| *d == dc)
@@ -75,7 +77,7 @@ impl VersionVector {
     }
 
     /// Record one change made at `dc`.
-    pub fn bump(&mut self, dc: DatacenterId) -> Result<(), VersionError> {
+    pub fn bump(&mut self, dc: ReplicaId) -> Result<(), VersionError> {
         match self.entries.binary_search_by_key(&dc, |(d, _)| *d) {
             Ok(i) => {
                 let c = &mut self.entries[i].1;
@@ -104,7 +106,7 @@ impl VersionVector {
         self.entries.is_empty()
     }
 
-    pub fn entries(&self) -> &[(DatacenterId, u64)] {
+    pub fn entries(&self) -> &[(ReplicaId, u64)] {
         &self.entries
     }
 
@@ -187,11 +189,11 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
-    fn vv(entries: &[(u16, u64)]) -> VersionVector {
+    fn vv(entries: &[(u32, u64)]) -> VersionVector {
         let mut v = VersionVector::new();
         for &(dc, n) in entries {
             for _ in 0..n {
-                v.bump(DatacenterId(dc)).unwrap();
+                v.bump(ReplicaId(dc)).unwrap();
             }
         }
         v
@@ -201,7 +203,7 @@ mod tests {
     fn failover_change_dominates_primary_history() {
         let primary = vv(&[(1, 5)]);
         let mut backup = primary.clone();
-        backup.bump(DatacenterId(2)).unwrap();
+        backup.bump(ReplicaId(2)).unwrap();
         assert_eq!(backup.compare(&primary), VersionOrder::Newer);
         assert_eq!(primary.compare(&backup), VersionOrder::Older);
     }
@@ -210,9 +212,9 @@ mod tests {
     fn split_histories_are_concurrent() {
         let base = vv(&[(1, 5)]);
         let mut a = base.clone();
-        a.bump(DatacenterId(1)).unwrap();
+        a.bump(ReplicaId(1)).unwrap();
         let mut b = base.clone();
-        b.bump(DatacenterId(2)).unwrap();
+        b.bump(ReplicaId(2)).unwrap();
         assert_eq!(a.compare(&b), VersionOrder::Concurrent);
         assert_eq!(b.compare(&a), VersionOrder::Concurrent);
     }
@@ -220,11 +222,11 @@ mod tests {
     #[test]
     fn malformed_vectors_are_rejected() {
         let bad = VersionVector {
-            entries: vec![(DatacenterId(2), 1), (DatacenterId(1), 1)],
+            entries: vec![(ReplicaId(2), 1), (ReplicaId(1), 1)],
         };
         assert_eq!(bad.validate(), Err(VersionError::Malformed));
         let zero = VersionVector {
-            entries: vec![(DatacenterId(1), 0)],
+            entries: vec![(ReplicaId(1), 0)],
         };
         assert_eq!(zero.validate(), Err(VersionError::Malformed));
     }
@@ -236,11 +238,11 @@ mod tests {
         for _ in 0..500 {
             let mut a = VersionVector::new();
             for _ in 0..rng.random_range(0..20) {
-                a.bump(DatacenterId(rng.random_range(0..4))).unwrap();
+                a.bump(ReplicaId(rng.random_range(0..4))).unwrap();
             }
             let mut b = a.clone();
             for _ in 0..rng.random_range(0..5) {
-                b.bump(DatacenterId(rng.random_range(0..4))).unwrap();
+                b.bump(ReplicaId(rng.random_range(0..4))).unwrap();
             }
             // b extends a's history: it must cover a, and a must never look newer.
             assert!(b.covers(&a), "seed {seed}: {b} should cover {a}");

@@ -4,6 +4,7 @@
 
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
+use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::wire::{ClientMsg, ServerMsg, UploadOutcome};
 use lifeboat_common::{
@@ -35,6 +36,7 @@ struct Region {
     durability: Durability,
     /// Sessions each datacenter asked its store to write.
     persisted: Vec<std::collections::HashSet<SessionId>>,
+    next_replica: u32,
 }
 
 impl Region {
@@ -51,15 +53,25 @@ impl Region {
             now: 1_000,
             durability,
             persisted: vec![Default::default(); n_dcs as usize],
+            next_replica: 0,
         };
         for i in 0..n_dcs {
-            r.dcs.push(Some(r.new_dc(i)));
+            let dc = r.new_dc(i);
+            r.dcs.push(Some(dc));
         }
         r
     }
 
-    fn new_dc(&self, i: u16) -> DatacenterCore<Trip> {
-        let mut cfg = DcConfig::new(DatacenterId(i + 1));
+    /// A datacenter on a fresh (or lost) disk: a new replica slot.
+    fn new_dc(&mut self, i: u16) -> DatacenterCore<Trip> {
+        self.next_replica += 1;
+        let replica = self.next_replica;
+        self.dc_with_disk(i, replica)
+    }
+
+    /// A datacenter that keeps the disk (and so the replica slot) `replica`.
+    fn dc_with_disk(&self, i: u16, replica: u32) -> DatacenterCore<Trip> {
+        let mut cfg = DcConfig::new(DatacenterId(i + 1), ReplicaId(replica));
         cfg.durability = self.durability;
         cfg.restore_grace_ms = 2_000;
         DatacenterCore::new(cfg, self.keyring.clone())
@@ -342,7 +354,7 @@ fn s2_failback_to_a_stale_primary_never_rolls_back() {
     }
     let newer = r.dc(1).session(s).unwrap().0.version.clone();
     // The primary comes back with its old disk; devices fail back to it.
-    let mut primary = r.new_dc(0);
+    let mut primary = r.dc_with_disk(0, 1);
     primary.load_persisted(r.now, stale_digest).unwrap();
     assert_eq!(primary.session(s).unwrap().0.version, stale.version);
     r.dcs[0] = Some(primary);
@@ -395,8 +407,9 @@ fn s12_both_datacenters_lost_everything_comes_back_from_the_edges() {
         .collect();
     r.kill(0);
     r.kill(1);
-    r.dcs[0] = Some(r.new_dc(0));
-    r.dcs[1] = Some(r.new_dc(1));
+    let (a, b) = (r.new_dc(0), r.new_dc(1));
+    r.dcs[0] = Some(a);
+    r.dcs[1] = Some(b);
     for (_, rider, driver) in &sessions {
         r.connect(*rider, 1, false);
         r.connect(*driver, 1, false);
@@ -516,7 +529,8 @@ fn run_random(seed: u64) {
             // Fail over: the live datacenter dies with its disk; the other starts empty.
             r.kill(live);
             live = 1 - live;
-            r.dcs[live] = Some(r.new_dc(live as u16));
+            let fresh = r.new_dc(live as u16);
+            r.dcs[live] = Some(fresh);
             let mut order: Vec<DeviceId> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
             for k in (1..order.len()).rev() {
                 order.swap(k, rng.random_range(0..=k));
@@ -590,4 +604,126 @@ impl Region {
             e.on_disconnect();
         }
     }
+}
+
+/// Review finding: a rider's copy from before dispatch must not be re-dispatched at once:
+/// a driver assigned at the old datacenter may still bring its newer copy.
+#[test]
+fn restored_copy_needing_a_driver_is_not_dispatched_before_the_grace_ends() {
+    let mut r = Region::new(2, Durability::Async);
+    let rider = r.add_device(1);
+    let d2 = r.add_device(3);
+    r.connect(rider, 0, false);
+    let s = SessionId(6);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert_eq!(
+        r.phase(0, s),
+        Some(TripPhase::Requested),
+        "no driver at the primary"
+    );
+    r.kill(0);
+    r.connect(d2, 1, true);
+    r.connect(rider, 1, false);
+    // Restored from the rider's copy: a driver assigned at the dead primary (whose copy the
+    // rider never got) could still show up, so no re-dispatch inside the grace period.
+    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
+    r.tick(2_500);
+    assert_eq!(
+        r.phase(1, s),
+        Some(TripPhase::Assigned),
+        "dispatched after the grace"
+    );
+    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(d2));
+}
+
+/// Review finding: an equal version with different contents is divergence, not "current".
+#[test]
+fn equal_version_with_different_contents_is_detected_as_divergence() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let held = r.edges[&driver].held(s).unwrap().digest.clone();
+    // Same header, same version, different body: what a reused version slot would produce.
+    let mut body: lifeboat_common::digest::DigestBody<lifeboat_common::TripState> =
+        held.open(&r.keyring).unwrap();
+    body.state.location_updates += 7;
+    let forged =
+        lifeboat_common::digest::SealedDigest::seal(&r.keyring, held.header.clone(), &body)
+            .unwrap();
+    let now = r.now;
+    let dc = r.dcs[0].as_mut().unwrap();
+    dc.handle_connect(now, driver, false, vec![forged]);
+    let fx = dc.poll_effects();
+    let results = fx
+        .send
+        .iter()
+        .find_map(|(_, m)| match m {
+            ServerMsg::Welcome { results, .. } => Some(results.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(results[0].outcome, UploadOutcome::Diverged);
+}
+
+/// Review finding: ops parked behind a barrier are answered when a tombstone arrives.
+#[test]
+fn parked_ops_are_answered_when_a_newer_tombstone_arrives() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The rider is offline while the driver completes.
+    r.kill_link(rider);
+    r.submit(driver, s, TripOp::Complete);
+    r.kill(0);
+    // The rider reaches the backup first with its live copy and cancels: parked.
+    r.connect(rider, 1, false);
+    let cancel = r
+        .edges
+        .get_mut(&rider)
+        .unwrap()
+        .submit(s, TripOp::Cancel)
+        .unwrap();
+    r.pump();
+    assert!(
+        r.commits.iter().all(|(i, _)| *i != cancel),
+        "parked, not answered yet"
+    );
+    // The driver arrives with the tombstone: the parked cancel is answered.
+    r.connect(driver, 1, false);
+    let answered = r
+        .commits
+        .iter()
+        .find(|(i, _)| *i == cancel)
+        .map(|(_, c)| c.clone());
+    assert!(
+        matches!(answered, Some(Err(SubmitError::Rejected(_)))),
+        "{answered:?}"
+    );
+    assert!(r.dc(1).session(s).unwrap().0.tombstone);
+}
+
+/// Review finding: toggling availability must not grow the dispatch pool without bound.
+#[test]
+fn toggling_availability_keeps_the_dispatch_pool_bounded() {
+    let mut r = Region::new(1, Durability::Async);
+    let d = r.add_device(2);
+    r.connect(d, 0, true);
+    let now = r.now;
+    let dc = r.dcs[0].as_mut().unwrap();
+    for _ in 0..10_000 {
+        dc.handle_set_available(now, d, false);
+        dc.handle_set_available(now, d, true);
+    }
+    assert!(
+        dc.dispatch_pool_len() < 200,
+        "pool grew to {}",
+        dc.dispatch_pool_len()
+    );
 }

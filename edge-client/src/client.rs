@@ -389,10 +389,21 @@ impl Actor {
             let addr = self.cfg.datacenters[idx % n];
             match self.connect(addr).await {
                 Ok(Some(conn)) => {
-                    backoff = self.cfg.backoff_min;
-                    failures_in_round = 0;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    let reason = self.serve(&conn, addr, &mut lost_at).await;
+                    let (reason, welcomed) = self.serve(&conn, addr, &mut lost_at).await;
+                    if welcomed {
+                        backoff = self.cfg.backoff_min;
+                        failures_in_round = 0;
+                    } else {
+                        // Refused before Welcome (bad credential, replaced, overloaded): back
+                        // off like a failed connect instead of hammering the datacenter.
+                        failures_in_round += 1;
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(self.cfg.backoff_max);
+                        if !self.stopped && !self.idle_for(wait).await {
+                            break;
+                        }
+                    }
                     let s = conn.stats();
                     self.stats
                         .bytes_up
@@ -483,10 +494,10 @@ impl Actor {
         conn: &quinn::Connection,
         addr: SocketAddr,
         lost_at: &mut Option<Instant>,
-    ) -> String {
+    ) -> (String, bool) {
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
-            Err(e) => return e.to_string(),
+            Err(e) => return (e.to_string(), false),
         };
         let (frame_tx, mut frame_rx) =
             mpsc::channel::<Result<ServerMsg<Trip>, String>>(FRAME_QUEUE);
@@ -509,12 +520,12 @@ impl Actor {
         for m in self.core.hello(self.cfg.token, self.available) {
             match encode_frame(&m) {
                 Ok(f) => hello.extend_from_slice(&f),
-                Err(e) => return format!("encoding hello: {e}"),
+                Err(e) => return (format!("encoding hello: {e}"), false),
             }
         }
         if let Err(e) = send.write_all(&hello).await {
             reader.abort();
-            return e.to_string();
+            return (e.to_string(), false);
         }
         let welcome_deadline = tokio::time::sleep(self.cfg.connect_timeout * 2);
         tokio::pin!(welcome_deadline);
@@ -565,7 +576,7 @@ impl Actor {
             }
         };
         reader.abort();
-        reason
+        (reason, welcomed)
     }
 
     fn on_message(&mut self, msg: ServerMsg<Trip>) {

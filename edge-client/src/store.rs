@@ -61,7 +61,7 @@ impl SharedDb {
             return Ok(()); // someone else's flush started after our ticket
         }
         let covers = self.group.requested.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
+        flush_blocking(&self.db).await?;
         self.group.flushed.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
@@ -95,6 +95,21 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("device store record: {0}")]
     Codec(#[from] CodecError),
+    #[error("device store flush task: {0}")]
+    Flush(String),
+}
+
+/// Flush a sled database on tokio's blocking pool.
+///
+/// Not `sled::Db::flush_async`: it waits on sled's own small IO thread pool, and with many
+/// databases flushing at once every pool thread ends up waiting for a write that needs a pool
+/// thread to run (a deadlock seen in this project's failover tests).
+pub(crate) async fn flush_blocking(db: &sled::Db) -> Result<(), StoreError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| StoreError::Flush(e.to_string()))??;
+    Ok(())
 }
 
 /// What was found in the store at start-up.
@@ -208,10 +223,7 @@ impl EdgeStore {
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.shared {
             Some(shared) => shared.flush().await,
-            None => {
-                self.db.flush_async().await?;
-                Ok(())
-            }
+            None => flush_blocking(&self.db).await,
         }
     }
 

@@ -135,6 +135,7 @@ enum Input {
         available: bool,
         digests: Vec<SealedDigest>,
         tx: mpsc::Sender<Msg>,
+        conn: quinn::Connection,
     },
     Frame {
         device: DeviceId,
@@ -168,8 +169,9 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
         let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
         let opened = DcStore::open(&cfg.data_dir, cfg.cache_bytes)?;
+        let replica = opened.replica;
         let store = opened.store;
-        let mut dc_cfg = DcConfig::new(cfg.dc);
+        let mut dc_cfg = DcConfig::new(cfg.dc, replica);
         dc_cfg.durability = cfg.durability;
         dc_cfg.restore_grace_ms = cfg.restore_grace_ms;
         dc_cfg.max_sessions = cfg.max_sessions;
@@ -331,7 +333,7 @@ async fn serve(
         }
     }
     tracing::info!(dc = %cfg.dc, "shutting down");
-    for (_, (_, tx)) in actor.conns.drain() {
+    for (_, (_, tx, _)) in actor.conns.drain() {
         let _ = tx.try_send(ServerMsg::Error {
             error: ProtocolError::ShuttingDown,
         });
@@ -348,7 +350,7 @@ async fn serve(
 struct Actor {
     core: Core,
     store: DcStore,
-    conns: HashMap<DeviceId, (u64, mpsc::Sender<Msg>)>,
+    conns: HashMap<DeviceId, (u64, mpsc::Sender<Msg>, quinn::Connection)>,
     crash: Option<CrashPoint>,
     applied_seen: u64,
     counters: Arc<DriverCounters>,
@@ -365,8 +367,9 @@ impl Actor {
                 available,
                 digests,
                 tx,
+                conn,
             } => {
-                if let Some((_, old)) = self.conns.insert(device, (conn_id, tx)) {
+                if let Some((_, old, _)) = self.conns.insert(device, (conn_id, tx, conn)) {
                     let _ = old.try_send(ServerMsg::Error {
                         error: ProtocolError::Replaced,
                     });
@@ -389,7 +392,7 @@ impl Actor {
                 if self
                     .conns
                     .get(&device)
-                    .is_some_and(|(id, _)| *id == conn_id)
+                    .is_some_and(|(id, _, _)| *id == conn_id)
                 {
                     self.conns.remove(&device);
                     self.core.handle_disconnect(device);
@@ -438,7 +441,12 @@ impl Actor {
             None => {}
         }
         if !fx.persist.is_empty() {
-            if let Err(e) = self.store.persist(&fx.persist) {
+            // Group commit: one flush for the whole batch, before any of its replies leave.
+            let r = match self.store.persist(&fx.persist) {
+                Ok(()) => self.store.flush_async().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
                 // The devices still hold every digest; keep serving, but say it loudly.
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "store write failed");
@@ -462,7 +470,7 @@ impl Actor {
 
     fn send_all(&mut self, sends: Vec<(DeviceId, Msg)>) {
         for (device, msg) in sends {
-            let Some((_, tx)) = self.conns.get(&device) else {
+            let Some((_, tx, _)) = self.conns.get(&device) else {
                 continue;
             };
             match tx.try_send(msg) {
@@ -470,7 +478,9 @@ impl Actor {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%device, "slow consumer: output queue full, closing its connection");
-                    self.conns.remove(&device);
+                    if let Some((_, _, conn)) = self.conns.remove(&device) {
+                        conn.close(2u32.into(), b"slow consumer");
+                    }
                     self.core.handle_disconnect(device);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -642,6 +652,7 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
             available,
             digests,
             tx,
+            conn: conn.clone(),
         })
         .await
         .map_err(|_| ConnError::CoreGone)?;

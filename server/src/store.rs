@@ -1,15 +1,20 @@
 //! The datacenter's own store: sealed digests in sled, keyed by session.
 //!
-//! The store is a cache of what the devices hold, so writes are not flushed before replies
-//! (sled flushes in the background every `flush_every_ms`); a digest lost from here comes
-//! back from a device (S4). Digests are stored sealed, so a stolen disk reveals nothing.
+//! Every batch of writes is flushed before the replies of that batch leave (one `fsync` per
+//! batch: group commit), so a datacenter that restarts on its own disk never re-issues a
+//! version it already sent. The store is still only a cache of what the devices hold: a
+//! digest lost from here (a lost disk, S1) comes back from a device. Digests are stored
+//! sealed, so a stolen disk reveals nothing. The store also keeps the datacenter's
+//! [`ReplicaId`], made when the store is created.
 //!
 //! A store that cannot be opened (corrupt after a crash) is moved aside, loudly, and the
 //! datacenter starts empty: the devices hold the truth.
 
 use lifeboat_common::digest::{SealedDigest, MAX_DIGEST_BYTES};
+use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::wire::{decode_exact, encode, CodecError};
 use lifeboat_common::SessionId;
+use rand::Rng;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +30,11 @@ pub enum StoreError {
     Write(#[from] sled::Error),
     #[error("store encode: {0}")]
     Codec(#[from] CodecError),
+    #[error("store flush task: {0}")]
+    Flush(String),
 }
+
+const REPLICA_KEY: &[u8] = b"replica-id";
 
 /// The sled-backed digest store.
 pub struct DcStore {
@@ -36,6 +45,8 @@ pub struct DcStore {
 /// What opening found.
 pub struct Opened {
     pub store: DcStore,
+    /// This store's version-vector slot: created (and flushed) with the store.
+    pub replica: ReplicaId,
     /// Where an unreadable store was moved to, if it was.
     pub moved_aside: Option<PathBuf>,
 }
@@ -81,8 +92,19 @@ impl DcStore {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        let replica = match db.get(REPLICA_KEY)? {
+            Some(v) if v.len() == 4 => ReplicaId(u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+            _ => {
+                // A new (or lost) disk: a new slot, durable before anything is sealed with it.
+                let id = rand::rng().random_range(1..=u32::MAX);
+                db.insert(REPLICA_KEY, &id.to_be_bytes())?;
+                db.flush()?;
+                ReplicaId(id)
+            }
+        };
         Ok(Opened {
             store: DcStore { db, sessions },
+            replica,
             moved_aside,
         })
     }
@@ -110,6 +132,16 @@ impl DcStore {
 
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flush on tokio's blocking pool. (Not `sled::Db::flush_async`, which parks sled's own
+    /// IO threads and can deadlock them.)
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
         Ok(())
     }
 

@@ -93,7 +93,6 @@ pub enum DeviceFault {
 #[derive(Clone, Debug, Default)]
 pub struct DeviceLog {
     pub device: u64,
-    pub is_driver: bool,
     pub ops: Vec<OpRecord>,
     pub disconnects_ms: Vec<u64>,
     /// (time, datacenter) of each connect after a failover.
@@ -275,18 +274,18 @@ async fn start_device(
                         l.failovers_ms.push((now, dc.0));
                     }
                 }
-                ClientEvent::Session(EdgeEvent::SessionUpdated { session, view, .. }) => {
-                    if view.phase != TripPhase::Requested {
-                        let first = log.lock().map(|mut l| {
-                            let seen = l.assigned_seen.iter().any(|(s, _)| *s == session);
-                            if !seen {
-                                l.assigned_seen.push((session, now));
-                            }
-                            !seen
-                        });
-                        if first.unwrap_or(false) && view.phase == TripPhase::Assigned {
-                            let _ = tx.try_send(session);
+                ClientEvent::Session(EdgeEvent::SessionUpdated { session, view, .. })
+                    if view.phase != TripPhase::Requested =>
+                {
+                    let first = log.lock().map(|mut l| {
+                        let seen = l.assigned_seen.iter().any(|(s, _)| *s == session);
+                        if !seen {
+                            l.assigned_seen.push((session, now));
                         }
+                        !seen
+                    });
+                    if first.unwrap_or(false) && view.phase == TripPhase::Assigned {
+                        let _ = tx.try_send(session);
                     }
                 }
                 _ => {}
@@ -425,7 +424,6 @@ pub async fn driver_task(
 ) -> DeviceLog {
     let log = Arc::new(Mutex::new(DeviceLog {
         device: dev.id.0,
-        is_driver: true,
         ..Default::default()
     }));
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -532,7 +530,6 @@ pub async fn rider_task(
 ) -> DeviceLog {
     let log = Arc::new(Mutex::new(DeviceLog {
         device: dev.id.0,
-        is_driver: false,
         ..Default::default()
     }));
     let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0xD1B5_4A32_D192_ED03));

@@ -29,8 +29,6 @@ pub struct Cluster {
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct DcStatus {
     pub active_sessions: usize,
-    pub connections: usize,
-    pub core: lifeboat_common::datacenter::DcStats,
 }
 
 impl Cluster {

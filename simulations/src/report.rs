@@ -186,7 +186,7 @@ pub fn write_report(
             }],
             &markers,
         );
-        let mut buckets = vec![0f64; 12];
+        let mut buckets = [0f64; 12];
         for s in &r.stalls_ms {
             let b = ((*s / 500) as usize).min(buckets.len() - 1);
             buckets[b] += 1.0;

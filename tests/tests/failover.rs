@@ -14,6 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// No single op may take longer than this, failovers included.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn submit(
+    client: &EdgeClient,
+    session: SessionId,
+    op: TripOp,
+) -> anyhow::Result<lifeboat_edge::Commit> {
+    let what = format!("{op:?} on {session} by {}", client.device());
+    tokio::time::timeout(OP_TIMEOUT, client.submit(session, op))
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {OP_TIMEOUT:?}"))?
+        .with_context(|| what.clone())
+}
 
 /// What a driver's device was told was committed for its trip.
 #[derive(Debug, Clone)]
@@ -40,14 +54,11 @@ async fn drive(
         last_version: VersionVector::new(),
     };
     for op in [TripOp::Arrived, TripOp::StartTrip] {
-        let c = driver.submit(session, op).await.context("arrive/start")?;
+        let c = submit(&driver, session, op).await?;
         ledger.last_version = c.version;
     }
     for k in 1..=steps {
-        let c = driver
-            .submit(session, TripOp::Location { at: route_point(k) })
-            .await
-            .with_context(|| format!("location {k} of {session}"))?;
+        let c = submit(&driver, session, TripOp::Location { at: route_point(k) }).await?;
         ledger.locations_committed += 1;
         ledger.last_version = c.version;
         progress.fetch_add(1, Ordering::Relaxed);

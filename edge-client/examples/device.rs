@@ -1,0 +1,130 @@
+//! A device on the command line: a rider who requests a trip, or a driver who drives the
+//! trips dispatch gives it. Prints every event, so a person can watch a failover happen.
+//!
+//! ```text
+//! cargo run -p lifeboat-edge --example device -- --device 1000 driver
+//! cargo run -p lifeboat-edge --example device -- --device 1 rider
+//! ```
+
+use clap::{Parser, Subcommand};
+use lifeboat_common::{DeviceId, GeoPoint, TripOp, TripPhase};
+use lifeboat_edge::{ClientEvent, EdgeClient, EdgeConfig, StoreLocation};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+struct Args {
+    /// This device's id.
+    #[arg(long)]
+    device: u64,
+    /// Datacenters in order of preference.
+    #[arg(long = "dc", default_values = ["127.0.0.1:4433", "127.0.0.1:4434"])]
+    datacenters: Vec<SocketAddr>,
+    /// Region directory (for the CA and, for this demo, to derive the device credential).
+    #[arg(long, default_value = "lifeboat-region")]
+    region: PathBuf,
+    /// Device store directory (default: device-<id>).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Request one trip and follow it to the end.
+    Rider,
+    /// Offer yourself for dispatch and drive every trip you get.
+    Driver {
+        /// Location updates per trip.
+        #[arg(long, default_value_t = 30)]
+        steps: u32,
+    },
+}
+
+const HERE: GeoPoint = GeoPoint {
+    lat_e6: 52_520_000,
+    lon_e6: 13_405_000,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    // A real app ships its credential; the demo derives it from the region keyring.
+    let keyring = lifeboat_common::keyring::Keyring::load(&a.region.join("keyring"))?;
+    let device = DeviceId(a.device);
+    let mut cfg = EdgeConfig::new(
+        device,
+        keyring.device_token(device),
+        a.datacenters.clone(),
+        std::fs::read(a.region.join("ca.pem"))?,
+        StoreLocation::Path(
+            a.store
+                .unwrap_or_else(|| format!("device-{}", a.device).into()),
+        ),
+    );
+    cfg.available = matches!(a.role, Role::Driver { .. });
+    let client = EdgeClient::start(cfg).await?;
+    let mut events = client.subscribe();
+    tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            match e {
+                ClientEvent::Session(s) => println!("event: {s:?}"),
+                ClientEvent::OpResolved { .. } => {}
+                other => println!("event: {other:?}"),
+            }
+        }
+    });
+    match a.role {
+        Role::Rider => {
+            let dropoff = GeoPoint {
+                lat_e6: HERE.lat_e6 + 10_000,
+                lon_e6: HERE.lon_e6,
+            };
+            let (trip, c) = client.request_trip(HERE, dropoff).await?;
+            println!("requested trip {trip} (version {})", c.version);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let s = client.sessions().await?;
+                if let Some(s) = s.iter().find(|s| s.session == trip) {
+                    println!(
+                        "trip {trip}: {:?}, {} m so far",
+                        s.view.phase, s.view.distance_m
+                    );
+                    if s.finished {
+                        println!("fare: {:?} cents", s.view.fare_cents);
+                        break;
+                    }
+                }
+            }
+        }
+        Role::Driver { steps } => loop {
+            let s = client.sessions().await?;
+            let Some(trip) = s
+                .iter()
+                .find(|s| !s.finished && s.view.phase == TripPhase::Assigned)
+                .map(|s| s.session)
+            else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            println!("assigned trip {trip}");
+            client.submit(trip, TripOp::Arrived).await?;
+            client.submit(trip, TripOp::StartTrip).await?;
+            for k in 1..=steps {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let at = GeoPoint {
+                    lat_e6: HERE.lat_e6 + k as i32 * 300,
+                    lon_e6: HERE.lon_e6,
+                };
+                let c = client.submit(trip, TripOp::Location { at }).await?;
+                println!("location {k}/{steps} committed at version {}", c.version);
+            }
+            let c = client.submit(trip, TripOp::Complete).await?;
+            println!("trip {trip} completed at version {}", c.version);
+        },
+    }
+    client.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The harness's own test: a small `failover` run end to end (real datacenter processes,
+//! real clients), which must pass and write a complete JSON report.
+
+use std::process::Command;
+
+#[test]
+fn small_failover_run_passes_and_reports_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let report_dir = dir.path().join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args([
+            "failover",
+            "--trips",
+            "30",
+            "--duration",
+            "12",
+            "--kill-at",
+            "5",
+            "--quiet",
+        ])
+        .args(["--seed", "11", "--json"])
+        .arg(&json)
+        .arg("--report")
+        .arg(&report_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness failed (seed 11)\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for field in [
+        "scenario",
+        "seed",
+        "trips_total",
+        "trips_active_at_failure",
+        "trips_restored",
+        "trips_lost",
+        "ops_committed",
+        "ops_committed_lost",
+        "ops_applied_twice",
+        "versions_regressed",
+        "tombstones_resurrected",
+        "unreplicated_at_failure",
+        "stall_ms_p50",
+        "stall_ms_p99",
+        "stall_ms_max",
+        "detect_ms_p50",
+        "restore_sessions_per_s",
+        "edge_bytes_per_op",
+        "digest_bytes_p50",
+        "digest_bytes_max",
+        "passed",
+    ] {
+        assert!(v.get(field).is_some(), "JSON report lacks {field}");
+    }
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["seed"], 11);
+    assert!(
+        v["trips_active_at_failure"].as_u64().unwrap() > 0,
+        "the kill must hit live trips"
+    );
+    assert_eq!(v["trips_restored"], v["trips_active_at_failure"]);
+    assert!(report_dir.join("report.md").exists());
+    assert!(report_dir.join("failover-stall.svg").exists());
+}
+
+#[test]
+fn impairment_flags_are_refused_until_the_layer_exists() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args(["failover", "--trips", "2", "--loss", "10", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("impairment"));
+}
