@@ -522,6 +522,9 @@ impl<A: Application> DatacenterCore<A> {
                 session,
                 from: device,
             });
+            // A partner already connected here may not hold it (a reinstalled app that came
+            // first with an empty store): send it now rather than at the next change.
+            self.push_to_participants(session, Some(device));
             return UploadOutcome::Restored;
         };
         match sealed.header.version.compare(&entry.header.version) {

@@ -727,3 +727,24 @@ fn toggling_availability_keeps_the_dispatch_pool_bounded() {
         dc.dispatch_pool_len()
     );
 }
+
+/// Harness finding (reinstall scenario): the reinstalled device reaches the backup before its
+/// partner; it must still get the trip once the partner's upload restores it.
+#[test]
+fn s6_reinstalled_device_that_arrives_first_is_resynced_when_its_partner_restores() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    r.kill(0);
+    r.add_device(1); // the rider reinstalled the app: empty store
+    r.connect(rider, 1, false);
+    assert!(
+        r.edges[&rider].held(s).is_none(),
+        "nothing to restore from the rider"
+    );
+    r.connect(driver, 1, false);
+    let held = r.edges[&rider]
+        .held(s)
+        .expect("rider re-synced when the driver restored it");
+    assert_eq!(held.view.phase, TripPhase::OnTrip);
+}

@@ -32,9 +32,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Capacity of the app's command queue.
 const COMMAND_QUEUE: usize = 256;
-/// Capacity of the event broadcast; a receiver that falls further behind loses events
-/// (and is told so by `RecvError::Lagged`).
-const EVENT_QUEUE: usize = 1024;
 /// Frames buffered from the connection reader.
 const FRAME_QUEUE: usize = 256;
 
@@ -210,7 +207,7 @@ impl EdgeClient {
             tracing::warn!(device = %cfg.device, unreadable = loaded.unreadable, "device store has unreadable records; left on disk, not loaded");
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let (events, _) = broadcast::channel(cfg.event_queue.max(1));
         let stats = Arc::new(ClientStats::default());
         let actor = Actor {
             available: cfg.available,

@@ -39,6 +39,10 @@ pub struct EdgeConfig {
     pub endpoint: Option<quinn::Endpoint>,
     /// Share one prepared QUIC client configuration between many clients.
     pub client_config: Option<Arc<quinn::ClientConfig>>,
+    /// Capacity of the event broadcast (allocated up front). A subscriber that falls further
+    /// behind loses the oldest events and is told so (`RecvError::Lagged`); the state itself
+    /// is always available from `sessions()`.
+    pub event_queue: usize,
 }
 
 impl EdgeConfig {
@@ -68,6 +72,7 @@ impl EdgeConfig {
             limits: EdgeLimits::default(),
             endpoint: None,
             client_config: None,
+            event_queue: 64,
         }
     }
 }

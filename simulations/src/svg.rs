@@ -24,7 +24,7 @@ fn nice_max(v: f64) -> f64 {
         return 1.0;
     }
     let mag = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+    for m in [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if m * mag >= v {
             return m * mag;
         }
@@ -154,7 +154,7 @@ pub fn bar_chart(title: &str, x_label: &str, y_label: &str, bars: &[(String, f64
             T + ph - h,
             (bw - 2.0).max(1.0),
             x + bw / 2.0,
-            T + ph + 32.0
+            T + ph + 16.0
         );
     }
     out.push_str("</svg>\n");

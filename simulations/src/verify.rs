@@ -240,12 +240,18 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         .filter(|s| !seen_before_kill.contains(s))
         .count();
 
-    // Re-sync of reinstalled devices: each holds again every trip it committed a request for.
+    // Re-sync of reinstalled devices: each holds again every trip it requested that is still
+    // active. (Finished trips are not sent back to a device that lost them: the partner's
+    // tombstone already guards them, and the datacenter re-syncs active sessions only.)
     for log in input.logs.iter().filter(|l| l.reinstalled) {
         let held: HashSet<SessionId> = log.held_at_end.iter().map(|(s, _)| *s).collect();
         for op in &log.ops {
+            let finished_before = ledgers
+                .get(&op.session)
+                .is_some_and(|l| l.finished_ms.is_some());
             if op.kind == OpKind::Request
                 && matches!(op.outcome, Outcome::Committed { .. })
+                && !finished_before
                 && !held.contains(&op.session)
             {
                 report.devices_not_resynced += 1;
