@@ -19,7 +19,8 @@
 //!   concurrent versions are reported as divergence and never silently merged.
 //! - Restore barrier: a session this datacenter restored (from a device or from its own,
 //!   possibly stale, disk) takes no ops until every other participant has connected and
-//!   uploaded, or `restore_grace_ms` passed. Ops that arrive meanwhile are parked (bounded),
+//!   uploaded, or `restore_grace_ms` passed since the first participant reported in (for a
+//!   copy loaded from the datacenter's own disk the clock starts then, not at load time). Ops that arrive meanwhile are parked (bounded),
 //!   not refused. Without it, a device could continue an older copy while its partner is
 //!   still on the way with a newer one, and the partner's committed ops would diverge.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
@@ -293,8 +294,18 @@ impl<A: Application> DatacenterCore<A> {
     pub fn load_persisted(&mut self, now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
         let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
         let header = sealed.header.clone();
+        let session_id = header.session;
         let awaiting: Vec<DeviceId> = header.participants().collect();
         self.insert(now_ms, header, body, sealed, Some(awaiting));
+        // The grace period starts when the first participant reports in, not now: after a
+        // restart the devices may still be minutes away from noticing they should come here.
+        if let Some(b) = self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|e| e.barrier.as_mut())
+        {
+            b.deadline_ms = u64::MAX;
+        }
         Ok(())
     }
 
@@ -590,8 +601,12 @@ impl<A: Application> DatacenterCore<A> {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
+        let grace = self.cfg.restore_grace_ms;
         let release = match entry.barrier.as_mut() {
             Some(b) => {
+                if b.deadline_ms == u64::MAX {
+                    b.deadline_ms = now_ms.saturating_add(grace);
+                }
                 b.awaiting.retain(|d| *d != device);
                 b.awaiting.is_empty() && !b.until_deadline
             }

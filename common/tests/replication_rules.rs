@@ -748,3 +748,39 @@ fn s6_reinstalled_device_that_arrives_first_is_resynced_when_its_partner_restore
         .expect("rider re-synced when the driver restored it");
     assert_eq!(held.view.phase, TripPhase::OnTrip);
 }
+
+/// Harness finding (flapping): a datacenter back on its old disk must not start the grace
+/// period at load time; devices may need longer than the grace to notice they should come.
+#[test]
+fn s9_restarted_datacenter_waits_for_partners_even_if_they_arrive_late() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let stale = r.edges[&driver].held(s).unwrap().digest.clone();
+    // dc1 dies (disk kept); traffic moves on at dc2: the rider's copy gets newer.
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    r.submit(driver, s, TripOp::Location { at: Q });
+    // dc1 comes back on its stale disk, long before anyone notices dc2 dying.
+    let mut dc1 = r.dc_with_disk(0, 1);
+    dc1.load_persisted(r.now, stale).unwrap();
+    r.dcs[0] = Some(dc1);
+    r.tick(10_000);
+    r.kill(1);
+    // The driver (with the newest copy) is the one that lags: the rider arrives first.
+    let newest_driver_copy = r.edges[&driver]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    r.kill_link(driver);
+    r.connect(rider, 0, false);
+    r.tick(1_000);
+    r.connect(driver, 0, false);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(h.version.covers(&newest_driver_copy));
+    assert_eq!(st.location_updates, 1);
+}
