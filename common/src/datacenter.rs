@@ -21,8 +21,9 @@
 //!   possibly stale, disk) takes no ops until every other participant has connected and
 //!   uploaded, or `restore_grace_ms` passed since the first participant reported in (for a
 //!   copy loaded from the datacenter's own disk the clock starts then, not at load time).
-//!   Ops that arrive meanwhile are parked (bounded), not refused. Without it, a device could continue an older copy while its partner is
-//!   still on the way with a newer one, and the partner's committed ops would diverge.
+//!   Ops that arrive meanwhile are parked (bounded), not refused. Without it, a device could
+//!   continue an older copy while its partner is still on the way with a newer one, and the
+//!   partner's committed ops would diverge.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
 //! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
 //!   hitting one is a typed rejection, never a panic.
