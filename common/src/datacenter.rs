@@ -91,7 +91,7 @@ impl DcConfig {
             dc,
             replica,
             durability: Durability::Async,
-            restore_grace_ms: 3_000,
+            restore_grace_ms: 10_000,
             max_sessions: 1_000_000,
             max_parked_per_session: 128,
         }

@@ -86,7 +86,9 @@ struct ServeArgs {
     #[arg(long, default_value = "async")]
     durability: Durability,
     /// How long a restored session waits for its other participant before taking ops (ms).
-    #[arg(long, default_value_t = 3_000)]
+    /// Keep it well above the devices' failure detection plus connect time: too short, and a
+    /// device may continue an older copy while its partner is still on the way.
+    #[arg(long, default_value_t = 10_000)]
     restore_grace_ms: u64,
     /// Close connections idle for this long (ms).
     #[arg(long, default_value_t = 10_000)]

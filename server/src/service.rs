@@ -72,7 +72,7 @@ impl ServerConfig {
             region_dir,
             create_region: true,
             durability: Durability::Async,
-            restore_grace_ms: 3_000,
+            restore_grace_ms: 10_000,
             idle_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             cache_bytes: 64 * 1024 * 1024,

@@ -101,7 +101,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 3_000)]
     idle_timeout_ms: u64,
     /// How long a restored session waits for its other participant (ms).
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 10_000)]
     restore_grace_ms: u64,
     /// Hide the progress bar.
     #[arg(long)]
