@@ -380,15 +380,7 @@ fn s10_finished_trip_is_never_revived_by_an_older_digest() {
     // The rider's phone somehow still has the live copy (a restored backup of the app).
     let dc = r.dcs[1].as_mut().unwrap();
     dc.handle_connect(r.now, rider, false, vec![live]);
-    let fx = dc.poll_effects();
-    let welcome = fx
-        .send
-        .iter()
-        .find_map(|(_, m)| match m {
-            ServerMsg::Welcome { results, .. } => Some(results.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let welcome = welcome_results(dc);
     assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
     assert!(r.dc(1).session(s).unwrap().0.tombstone);
 }
@@ -448,15 +440,7 @@ fn forged_digest_of_another_session_is_refused() {
     tampered.header.rider = mallory;
     let dc = r.dcs[0].as_mut().unwrap();
     dc.handle_connect(r.now, mallory, false, vec![stolen, tampered]);
-    let fx = dc.poll_effects();
-    let results = fx
-        .send
-        .iter()
-        .find_map(|(_, m)| match m {
-            ServerMsg::Welcome { results, .. } => Some(results.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let results = welcome_results(dc);
     assert!(results
         .iter()
         .all(|x| matches!(x.outcome, UploadOutcome::Refused(_))));
@@ -593,6 +577,18 @@ fn run_random(seed: u64) {
     );
 }
 
+/// The upload results of the `Welcome` a datacenter just produced.
+fn welcome_results(dc: &mut DatacenterCore<Trip>) -> Vec<lifeboat_common::wire::UploadResult> {
+    dc.poll_effects()
+        .send
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            ServerMsg::Welcome { results, .. } => Some(results),
+            _ => None,
+        })
+        .expect("the datacenter answered Welcome")
+}
+
 impl Region {
     fn kill_link(&mut self, d: DeviceId) {
         if let Some(l) = self.link.remove(&d) {
@@ -660,15 +656,7 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
     let now = r.now;
     let dc = r.dcs[0].as_mut().unwrap();
     dc.handle_connect(now, driver, false, vec![forged]);
-    let fx = dc.poll_effects();
-    let results = fx
-        .send
-        .iter()
-        .find_map(|(_, m)| match m {
-            ServerMsg::Welcome { results, .. } => Some(results.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let results = welcome_results(dc);
     assert_eq!(results[0].outcome, UploadOutcome::Diverged);
 }
 

@@ -407,12 +407,44 @@ async fn apply_fault(
     }
 }
 
+/// Apply the device's planned fault if it is due. `None`: the fault could not be carried
+/// out (logged); the device stops.
+async fn fault_step(
+    dev: &Arc<Device>,
+    fault: &mut DeviceFault,
+    live: Live,
+    shared: &Arc<Shared>,
+    log: &Arc<Mutex<DeviceLog>>,
+) -> Option<Live> {
+    if !fault_due(fault, shared.now_ms()) {
+        return Some(live);
+    }
+    match apply_fault(dev, fault, live, shared, log).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(device = dev.id.0, error = %e, "device fault failed");
+            None
+        }
+    }
+}
+
 fn fault_due(fault: &DeviceFault, now: u64) -> bool {
     match *fault {
         DeviceFault::None => false,
         DeviceFault::Offline { from_ms, .. } => now >= from_ms,
         DeviceFault::Reinstall { at_ms } => now >= at_ms,
     }
+}
+
+/// A device's ledger and its own random stream (from the run seed, the device id and a
+/// per-role constant), so the same seed gives every device the same choices.
+fn begin(dev: &Device, cfg: &CityConfig, role_salt: u64) -> (Arc<Mutex<DeviceLog>>, SmallRng) {
+    let log = Arc::new(Mutex::new(DeviceLog {
+        device: dev.id.0,
+        ..Default::default()
+    }));
+    let rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(role_salt));
+    (log, rng)
 }
 
 /// A driver: wait for dispatch, drive the trip, repeat until the run stops.
@@ -422,11 +454,7 @@ pub async fn driver_task(
     shared: Arc<Shared>,
     mut fault: DeviceFault,
 ) -> DeviceLog {
-    let log = Arc::new(Mutex::new(DeviceLog {
-        device: dev.id.0,
-        ..Default::default()
-    }));
-    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (log, mut rng) = begin(&dev, &cfg, 0x9E37_79B9_7F4A_7C15);
     let mut live = match start_device(&dev, &shared, &log).await {
         Ok(l) => l,
         Err(e) => {
@@ -437,15 +465,10 @@ pub async fn driver_task(
     'outer: while !shared.stopped() {
         // Wait for an assignment (or a due fault).
         let session = loop {
-            if fault_due(&fault, shared.now_ms()) {
-                live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(device = dev.id.0, error = %e, "device fault failed");
-                        return take(&log);
-                    }
-                };
-            }
+            let Some(l) = fault_step(&dev, &mut fault, live, &shared, &log).await else {
+                return take(&log);
+            };
+            live = l;
             tokio::select! {
                 s = live.assigned.recv() => match s {
                     Some(s) => break s,
@@ -489,15 +512,10 @@ pub async fn driver_task(
             if !pause(&shared, wait).await {
                 break 'outer;
             }
-            if fault_due(&fault, shared.now_ms()) {
-                live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(device = dev.id.0, error = %e, "device fault failed");
-                        return take(&log);
-                    }
-                };
-            }
+            let Some(l) = fault_step(&dev, &mut fault, live, &shared, &log).await else {
+                return take(&log);
+            };
+            live = l;
             let out = submit(
                 &live.client,
                 &shared,
@@ -528,11 +546,7 @@ pub async fn rider_task(
     shared: Arc<Shared>,
     mut fault: DeviceFault,
 ) -> DeviceLog {
-    let log = Arc::new(Mutex::new(DeviceLog {
-        device: dev.id.0,
-        ..Default::default()
-    }));
-    let mut rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let (log, mut rng) = begin(&dev, &cfg, 0xD1B5_4A32_D192_ED03);
     // Requests spread evenly over the window, with jitter, in rider order.
     let window = cfg.request_window.as_millis() as u64;
     let slot = window / cfg.trips.max(1) as u64;
@@ -578,15 +592,10 @@ pub async fn rider_task(
     }
     // Idle until the end, except for a planned device fault.
     while !shared.stopped() {
-        if fault_due(&fault, shared.now_ms()) {
-            live = match apply_fault(&dev, &mut fault, live, &shared, &log).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(device = dev.id.0, error = %e, "device fault failed");
-                    return take(&log);
-                }
-            };
-        }
+        let Some(l) = fault_step(&dev, &mut fault, live, &shared, &log).await else {
+            return take(&log);
+        };
+        live = l;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     finish(&dev, live, &log).await
