@@ -510,7 +510,7 @@ impl<A: Application> EdgeCore<A> {
             // An earlier op of ours has not reached the datacenter yet (it was refused as
             // retryable, or is still on its way): resend in order rather than give up.
             OpOutcome::Rejected(OpRejection::OutOfOrder { expected })
-                if expected < seq && self_has_op(&self.outbox, session, expected) =>
+                if expected < seq && self.outbox.contains_key(&(session, expected)) =>
             {
                 let Some(q) = self.outbox.get_mut(&(session, seq)) else {
                     return;
@@ -588,8 +588,4 @@ impl<A: Application> EdgeCore<A> {
     pub fn pending_sessions(&self) -> HashSet<SessionId> {
         self.outbox.keys().map(|(s, _)| *s).collect()
     }
-}
-
-fn self_has_op<O>(outbox: &BTreeMap<(SessionId, u64), O>, session: SessionId, seq: u64) -> bool {
-    outbox.contains_key(&(session, seq))
 }

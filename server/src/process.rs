@@ -31,6 +31,29 @@ pub struct DcSpawn {
     pub log_file: PathBuf,
 }
 
+impl DcSpawn {
+    /// Datacenter `dc` of a region on loopback, on a free UDP port, with its data directory
+    /// `<work_dir>/dc<N>` and its log `<work_dir>/dc<N>.log`. No extra arguments yet.
+    pub fn on_loopback(
+        program: PathBuf,
+        dc: u16,
+        work_dir: &Path,
+        region_dir: &Path,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            program,
+            prefix_args: Vec::new(),
+            dc,
+            listen: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            data_dir: work_dir.join(format!("dc{dc}")),
+            region_dir: region_dir.to_path_buf(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            log_file: work_dir.join(format!("dc{dc}.log")),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("cannot start {program}: {source}")]

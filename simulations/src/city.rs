@@ -371,44 +371,8 @@ async fn wait_until(shared: &Shared, at_ms: u64) -> bool {
     }
 }
 
-/// A device-level fault, if due now: take the device offline or reinstall it.
-async fn apply_fault(
-    dev: &Arc<Device>,
-    fault: &mut DeviceFault,
-    live: Live,
-    shared: &Arc<Shared>,
-    log: &Arc<Mutex<DeviceLog>>,
-) -> anyhow::Result<Live> {
-    let now = shared.now_ms();
-    match *fault {
-        DeviceFault::Offline { from_ms, to_ms } if now >= from_ms => {
-            *fault = DeviceFault::None;
-            stop_device(dev, live, log).await;
-            if let Ok(mut l) = log.lock() {
-                l.offline = true;
-            }
-            // In the tunnel: nothing reaches the device, whatever the run does meanwhile.
-            let now = shared.now_ms();
-            if to_ms > now {
-                tokio::time::sleep(Duration::from_millis(to_ms - now)).await;
-            }
-            start_device(dev, shared, log).await
-        }
-        DeviceFault::Reinstall { at_ms } if now >= at_ms => {
-            *fault = DeviceFault::None;
-            stop_device(dev, live, log).await;
-            dev.db.wipe_device(&dev.store_name)?;
-            if let Ok(mut l) = log.lock() {
-                l.reinstalled = true;
-            }
-            start_device(dev, shared, log).await
-        }
-        _ => Ok(live),
-    }
-}
-
-/// Apply the device's planned fault if it is due. `None`: the fault could not be carried
-/// out (logged); the device stops.
+/// Apply the device's planned fault if it is due: take it offline for a while, or reinstall
+/// it (wipe its store). `None`: the fault could not be carried out (logged); the device stops.
 async fn fault_step(
     dev: &Arc<Device>,
     fault: &mut DeviceFault,
@@ -419,7 +383,32 @@ async fn fault_step(
     if !fault_due(fault, shared.now_ms()) {
         return Some(live);
     }
-    match apply_fault(dev, fault, live, shared, log).await {
+    let planned = std::mem::replace(fault, DeviceFault::None);
+    stop_device(dev, live, log).await;
+    let restarted = async {
+        match planned {
+            DeviceFault::Offline { to_ms, .. } => {
+                if let Ok(mut l) = log.lock() {
+                    l.offline = true;
+                }
+                // In the tunnel: nothing reaches the device, whatever the run does meanwhile.
+                let now = shared.now_ms();
+                if to_ms > now {
+                    tokio::time::sleep(Duration::from_millis(to_ms - now)).await;
+                }
+            }
+            DeviceFault::Reinstall { .. } => {
+                dev.db.wipe_device(&dev.store_name)?;
+                if let Ok(mut l) = log.lock() {
+                    l.reinstalled = true;
+                }
+            }
+            DeviceFault::None => {}
+        }
+        start_device(dev, shared, log).await
+    }
+    .await;
+    match restarted {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::error!(device = dev.id.0, error = %e, "device fault failed");

@@ -10,7 +10,7 @@ use anyhow::Context;
 use lifeboat_common::datacenter::Durability;
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::SessionId;
-use lifeboat_server::process::{free_udp_port, wipe, DcProcess, DcSpawn};
+use lifeboat_server::process::{wipe, DcProcess, DcSpawn};
 use lifeboat_server::region::Region;
 use lifeboat_server::service::{read_store, StoredSession};
 use std::collections::HashMap;
@@ -54,27 +54,20 @@ impl Cluster {
         };
         let mut specs = Vec::new();
         for i in 1..=n {
-            let port = free_udp_port()?;
-            specs.push(DcSpawn {
-                program: program.clone(),
-                prefix_args: prefix_args.clone(),
-                dc: i,
-                listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                data_dir: dir.join(format!("dc{i}")),
-                region_dir: region_dir.clone(),
-                extra_args: vec![
-                    "--durability".into(),
-                    durability.to_string(),
-                    "--restore-grace-ms".into(),
-                    grace_ms.to_string(),
-                    "--idle-timeout-ms".into(),
-                    "10000".into(),
-                    "--stats-file".into(),
-                    dir.join(format!("dc{i}.status.json")).display().to_string(),
-                ],
-                env: vec![("RUST_LOG".into(), "warn,lifeboat::dispatch=debug".into())],
-                log_file: dir.join(format!("dc{i}.log")),
-            });
+            let mut spec = DcSpawn::on_loopback(program.clone(), i, dir, &region_dir)?;
+            spec.prefix_args = prefix_args.clone();
+            spec.extra_args = vec![
+                "--durability".into(),
+                durability.to_string(),
+                "--restore-grace-ms".into(),
+                grace_ms.to_string(),
+                "--idle-timeout-ms".into(),
+                "10000".into(),
+                "--stats-file".into(),
+                dir.join(format!("dc{i}.status.json")).display().to_string(),
+            ];
+            spec.env = vec![("RUST_LOG".into(), "warn,lifeboat::dispatch=debug".into())];
+            specs.push(spec);
         }
         let procs = specs.iter().map(|_| None).collect();
         Ok(Self {

@@ -73,6 +73,24 @@ fn percentile(h: &Histogram<u64>, q: f64) -> u64 {
     }
 }
 
+/// Where the devices that took part in a session stood at the end (for a lost trip's
+/// violation message only).
+fn holders(logs: &[DeviceLog], session: SessionId) -> String {
+    logs.iter()
+        .filter(|log| log.ops.iter().any(|o| o.session == session))
+        .map(|log| {
+            format!(
+                "device {} holds it at end: {}, disconnects {:?}, failovers {:?}",
+                log.device,
+                log.held_at_end.iter().any(|(s, _)| *s == session),
+                log.disconnects_ms,
+                log.failovers_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub struct VerifyInput<'a> {
     pub logs: &'a [DeviceLog],
     pub stored: &'a HashMap<SessionId, StoredSession>,
@@ -126,24 +144,6 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             v.push(s);
         }
     };
-    let who: HashMap<SessionId, String> = input
-        .logs
-        .iter()
-        .flat_map(|log| {
-            log.ops.iter().map(move |o| {
-                (
-                    o.session,
-                    format!(
-                        "device {} holds it at end: {}, disconnects {:?}, failovers {:?}",
-                        log.device,
-                        log.held_at_end.iter().any(|(s, _)| *s == o.session),
-                        log.disconnects_ms,
-                        log.failovers_ms
-                    ),
-                )
-            })
-        })
-        .collect();
     for (id, l) in &ledgers {
         if !l.requested {
             continue;
@@ -159,7 +159,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
                 &mut violations,
                 format!(
                     "{id}: trip lost (not in any surviving store); requested at {} ms, finished {:?}, kill at {kill} ms, {} locations committed; {}",
-                    l.request_ms, l.finished_ms, l.locations, who.get(id).cloned().unwrap_or_default()
+                    l.request_ms, l.finished_ms, l.locations, holders(input.logs, *id)
                 ),
             );
             continue;

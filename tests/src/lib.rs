@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripPhase};
 use lifeboat_edge::{EdgeClient, EdgeConfig, SessionSnapshot, StoreLocation};
-use lifeboat_server::process::{find_server_binary, free_udp_port, wipe, DcProcess, DcSpawn};
+use lifeboat_server::process::{find_server_binary, wipe, DcProcess, DcSpawn};
 use lifeboat_server::region::Region;
 use lifeboat_server::service::{read_store, StoredSession};
 use std::net::SocketAddr;
@@ -70,22 +70,14 @@ impl Cluster {
         let program = server_binary()?;
         let mut specs = Vec::new();
         for i in 1..=n {
-            let port = free_udp_port()?;
-            specs.push(DcSpawn {
-                program: program.clone(),
-                prefix_args: Vec::new(),
-                dc: i,
-                listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                data_dir: dir.path().join(format!("dc{i}")),
-                region_dir: region_dir.clone(),
-                extra_args: ["--idle-timeout-ms", "5000", "--restore-grace-ms", "2000"]
-                    .iter()
-                    .chain(extra_args.iter())
-                    .map(|s| s.to_string())
-                    .collect(),
-                env: vec![("RUST_LOG".into(), "info".into())],
-                log_file: dir.path().join(format!("dc{i}.log")),
-            });
+            let mut spec = DcSpawn::on_loopback(program.clone(), i, dir.path(), &region_dir)?;
+            spec.extra_args = ["--idle-timeout-ms", "5000", "--restore-grace-ms", "2000"]
+                .iter()
+                .chain(extra_args.iter())
+                .map(|s| s.to_string())
+                .collect();
+            spec.env = vec![("RUST_LOG".into(), "info".into())];
+            specs.push(spec);
         }
         let dcs = specs.iter().map(|_| None).collect();
         Ok(Self {
