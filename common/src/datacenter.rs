@@ -15,8 +15,11 @@
 //!   durability mode is edge-ack, and even then only the "committed" report waits).
 //! - Restore (C3, C4): an uploaded digest is adopted only if it opens with a region key, the
 //!   uploader is one of its participants, and it is newer than what the datacenter has. Older
-//!   copies are answered with the newer one; a live copy never replaces a tombstone;
-//!   concurrent versions are reported as divergence and never silently merged.
+//!   copies are answered with the newer one; a live copy never replaces a tombstone.
+//! - Reconcile (S13): of two concurrent copies, one that has processed every op of the other
+//!   (per participant, same outcomes, same participants) is kept with a version above both, so
+//!   nothing acknowledged is lost; anything else is reported as divergence and never silently
+//!   merged.
 //! - Restore barrier: a session this datacenter restored (from a device or from its own,
 //!   possibly stale, disk) takes no ops until every other participant has connected and
 //!   uploaded, or `restore_grace_ms` passed since the first participant reported in (for a
@@ -142,6 +145,13 @@ pub enum DcEvent {
         session: SessionId,
         from: DeviceId,
     },
+    /// Concurrent copies where one had processed every op of the other: kept that one, with
+    /// a version above both (`kept_upload`: the uploaded copy won).
+    Reconciled {
+        session: SessionId,
+        from: DeviceId,
+        kept_upload: bool,
+    },
     Dispatched {
         session: SessionId,
         driver: DeviceId,
@@ -169,6 +179,9 @@ pub struct DcStats {
     pub uploads_stale: u64,
     pub uploads_refused: u64,
     pub uploads_diverged: u64,
+    /// Concurrent copies reconciled without losing an op (see `reconcile`).
+    #[serde(default)]
+    pub uploads_merged: u64,
     pub dispatched: u64,
     pub server_changes_committed: u64,
     pub barriers_timed_out: u64,
@@ -278,6 +291,11 @@ impl<A: Application> DatacenterCore<A> {
     }
 
     /// The dedup watermark of one participant of a session.
+    /// The sealed digest this datacenter holds (what its store has).
+    pub fn sealed(&self, id: SessionId) -> Option<&SealedDigest> {
+        self.sessions.get(&id).map(|e| &e.sealed)
+    }
+
     pub fn watermark(&self, id: SessionId, device: DeviceId) -> Option<DedupEntry> {
         let e = self.sessions.get(&id)?;
         e.body.dedup.iter().find(|d| d.device == device).copied()
@@ -556,14 +574,7 @@ impl<A: Application> DatacenterCore<A> {
                 self.stats.uploads_stale += 1;
                 UploadOutcome::Stale
             }
-            VersionOrder::Concurrent => {
-                self.stats.uploads_diverged += 1;
-                self.effects.events.push(DcEvent::Diverged {
-                    session,
-                    from: device,
-                });
-                UploadOutcome::Diverged
-            }
+            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
             VersionOrder::Newer => {
                 let was_tombstone = sealed.header.tombstone;
                 let old_participants: Vec<DeviceId> = entry.header.participants().collect();
@@ -595,6 +606,118 @@ impl<A: Application> DatacenterCore<A> {
                 UploadOutcome::Restored
             }
         }
+    }
+
+    /// Two copies with concurrent histories (S13, or a datacenter that applied an op, died
+    /// before replying, and came back on its disk after the retry was applied elsewhere).
+    ///
+    /// If one copy has processed every op the other has, from every participant and with the
+    /// same outcomes, and both name the same participants, nothing acknowledged can be lost by
+    /// keeping it: it is kept, with a version that joins both histories plus a change of this
+    /// datacenter, so it dominates both and every device adopts it. Otherwise it is a real
+    /// conflict: reported as divergence (the device is told, the application decides), never
+    /// silently merged. A live copy never replaces a tombstone.
+    fn reconcile(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        sealed: SealedDigest,
+        body: DigestBody<A::State>,
+    ) -> UploadOutcome {
+        let session = sealed.header.session;
+        let diverged = |this: &mut Self| {
+            this.stats.uploads_diverged += 1;
+            this.effects.events.push(DcEvent::Diverged {
+                session,
+                from: device,
+            });
+            UploadOutcome::Diverged
+        };
+        let Some(entry) = self.sessions.get(&session) else {
+            return diverged(self);
+        };
+        // Same requester; the providers are the same, or the covering copy has one and the
+        // other none yet (a create resubmitted here after the first datacenter dispatched).
+        let rider_same = entry.header.rider == sealed.header.rider;
+        let (ours_driver, theirs_driver) = (entry.header.driver, sealed.header.driver);
+        let Ok(joined) = entry.header.version.join(&sealed.header.version) else {
+            return diverged(self);
+        };
+        let ours_covers = rider_same
+            && (ours_driver == theirs_driver || theirs_driver.is_none())
+            && ops_cover(&entry.body.dedup, &body.dedup);
+        let theirs_covers = rider_same
+            && (ours_driver == theirs_driver || ours_driver.is_none())
+            && ops_cover(&body.dedup, &entry.body.dedup);
+        let ours_tombstone = entry.header.tombstone;
+        let keep_theirs =
+            theirs_covers && !ours_covers && (sealed.header.tombstone || !ours_tombstone);
+        if !ours_covers && !keep_theirs {
+            return diverged(self);
+        }
+        if keep_theirs {
+            let tombstone = sealed.header.tombstone;
+            let old_participants: Vec<DeviceId> = entry.header.participants().collect();
+            if let Some(e) = self.sessions.get_mut(&session) {
+                e.header = sealed.header.clone();
+                e.body = body;
+                e.sealed = sealed;
+                e.pending = None;
+            }
+            if tombstone {
+                // As for a newer tombstone: parked ops get their answer, the index forgets it.
+                self.release_barrier(now_ms, session, false);
+                for d in old_participants {
+                    self.unindex(d, session);
+                }
+            }
+        }
+        if self.change(session, |h, _| h.version = joined).is_err() {
+            return diverged(self);
+        }
+        if keep_theirs {
+            self.adopted_participants(now_ms, session, device);
+        }
+        self.stats.uploads_merged += 1;
+        self.effects.events.push(DcEvent::Reconciled {
+            session,
+            from: device,
+            kept_upload: keep_theirs,
+        });
+        // Everyone connected gets the reconciled copy, the uploader included.
+        self.push_to_participants(session, None);
+        UploadOutcome::Restored
+    }
+
+    /// A copy naming a provider replaced one that had none: index the provider, and turn a
+    /// dispatch-only barrier into one that waits for the participants not connected here.
+    fn adopted_participants(&mut self, now_ms: u64, session: SessionId, from: DeviceId) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if entry.header.tombstone {
+            return;
+        }
+        let participants: Vec<DeviceId> = entry.header.participants().collect();
+        let needs = A::needs_assignee(&entry.body.state);
+        if let Some(b) = entry.barrier.as_mut() {
+            if b.until_deadline && !needs {
+                b.until_deadline = false;
+                let connected = &self.connected;
+                b.awaiting = participants
+                    .iter()
+                    .copied()
+                    .filter(|d| *d != from && !connected.contains_key(d))
+                    .collect();
+            }
+        }
+        for d in participants {
+            let list = self.by_device.entry(d).or_default();
+            if !list.contains(&session) {
+                list.push(session);
+            }
+        }
+        self.heard_from(now_ms, session, from);
     }
 
     /// `device` has reported in for `session`; release the barrier if nobody else is awaited.
@@ -868,7 +991,7 @@ impl<A: Application> DatacenterCore<A> {
             if self.sessions.len() >= self.cfg.max_sessions {
                 return reject(self, OpRejection::Overloaded, false);
             }
-            return self.create(now_ms, device, session, op);
+            return self.create(now_ms, device, session, op, false);
         };
         let Some(role) = entry.header.role_of(device) else {
             return reject(self, OpRejection::NotParticipant, false);
@@ -957,7 +1080,38 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
-    fn create(&mut self, now_ms: u64, device: DeviceId, session: SessionId, op: A::Op) {
+    /// An op sent again after its connection was lost (see [`crate::wire::ClientMsg::Resubmit`]). The
+    /// same as a submit, except that a session created from it waits out the restore grace
+    /// before it is dispatched: the datacenter that may have created it first may already have
+    /// assigned a provider, whose copy is then reconciled with this one instead of two
+    /// providers being sent to the same requester.
+    pub fn handle_resubmit(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        session: SessionId,
+        seq: u64,
+        op: A::Op,
+    ) {
+        if !self.sessions.contains_key(&session) && A::is_create(&op) && seq == 1 {
+            if self.sessions.len() >= self.cfg.max_sessions {
+                self.stats.ops_rejected += 1;
+                let r = OpOutcome::Rejected(OpRejection::Overloaded);
+                return self.reply(device, session, seq, r, false);
+            }
+            return self.create(now_ms, device, session, op, true);
+        }
+        self.handle_submit(now_ms, device, session, seq, op)
+    }
+
+    fn create(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        session: SessionId,
+        op: A::Op,
+        resubmitted: bool,
+    ) {
         let state = match A::create(&op, now_ms) {
             Ok(s) => s,
             Err(e) => {
@@ -997,7 +1151,10 @@ impl<A: Application> DatacenterCore<A> {
             }
         };
         self.effects.persist.push((session, sealed.clone()));
-        self.insert(now_ms, header, body, sealed, None);
+        // A resubmitted create is treated like a restored copy with nobody else to wait for:
+        // its barrier only holds back dispatch (and parks ops) until the grace ends.
+        let restored = resubmitted.then(Vec::new);
+        self.insert(now_ms, header, body, sealed, restored);
         self.stats.sessions_created += 1;
         self.stats.ops_applied += 1;
         self.effects.events.push(DcEvent::Created(session));
@@ -1009,4 +1166,11 @@ impl<A: Application> DatacenterCore<A> {
     pub fn role_of(&self, session: SessionId, device: DeviceId) -> Option<Role> {
         self.sessions.get(&session)?.header.role_of(device)
     }
+}
+
+/// Every participant's watermark in `theirs` is covered by ours (see [`DedupEntry::covers`]).
+fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry]) -> bool {
+    theirs
+        .iter()
+        .all(|t| t.last_seq == 0 || ours.iter().any(|o| o.device == t.device && o.covers(t)))
 }

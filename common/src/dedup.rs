@@ -74,6 +74,24 @@ impl DedupEntry {
         }
     }
 
+    /// Whether this watermark has processed every op `other` has, with the same outcomes.
+    ///
+    /// A device's ops are processed strictly in seq order, so a higher `last_seq` means a
+    /// superset; the outcomes are compared over the part of `other`'s window this one still
+    /// remembers. Outcomes this one has forgotten cannot be checked, so the answer is then
+    /// `false` (the caller treats the copies as a real conflict rather than guess).
+    pub fn covers(&self, other: &DedupEntry) -> bool {
+        if self.device != other.device || self.last_seq < other.last_seq {
+            return false;
+        }
+        let window = other.last_seq.min(DEDUP_WINDOW);
+        (0..window).all(|i| {
+            let seq = other.last_seq - i;
+            let age = self.last_seq - seq;
+            age < DEDUP_WINDOW && (self.applied_bits >> age) & 1 == (other.applied_bits >> i) & 1
+        })
+    }
+
     /// Record the outcome of the next op (the caller checked [`Seen::Next`]).
     pub fn record(&mut self, applied: bool) {
         self.last_seq = self.last_seq.saturating_add(1);
@@ -96,6 +114,26 @@ mod tests {
         assert_eq!(d.check(2), Seen::Duplicate { applied: false });
         assert_eq!(d.check(4), Seen::Gap { expected: 3 });
         assert_eq!(d.check(0), Seen::Gap { expected: 3 });
+    }
+
+    #[test]
+    fn a_longer_history_with_the_same_outcomes_covers_a_shorter_one() {
+        let (mut a, mut b) = (DedupEntry::new(DeviceId(3)), DedupEntry::new(DeviceId(3)));
+        for applied in [true, false, true] {
+            a.record(applied);
+            b.record(applied);
+        }
+        a.record(true);
+        assert!(a.covers(&b));
+        assert!(!b.covers(&a), "a shorter history never covers a longer one");
+        // Same length, one outcome different: neither covers the other.
+        let mut c = DedupEntry::new(DeviceId(3));
+        for applied in [true, true, true, true] {
+            c.record(applied);
+        }
+        assert!(!a.covers(&c) && !c.covers(&a));
+        // Another device's watermark never counts.
+        assert!(!DedupEntry::new(DeviceId(4)).covers(&DedupEntry::new(DeviceId(3))));
     }
 
     #[test]

@@ -158,6 +158,20 @@ struct Queued<A: Application> {
     op: A::Op,
     retries: u32,
     in_flight: bool,
+    /// It was in flight on a connection that was lost (or when the app stopped): a
+    /// datacenter may have applied it, so it goes out as `Resubmit`.
+    maybe_applied: bool,
+}
+
+impl<A: Application> Queued<A> {
+    fn message(&self, session: SessionId, seq: u64) -> ClientMsg<A> {
+        let op = self.op.clone();
+        if self.maybe_applied {
+            ClientMsg::Resubmit { session, seq, op }
+        } else {
+            ClientMsg::Submit { session, seq, op }
+        }
+    }
 }
 
 /// The device's replication state machine (see the module docs).
@@ -218,6 +232,7 @@ impl<A: Application> EdgeCore<A> {
                 op: body,
                 retries: 0,
                 in_flight: false,
+                maybe_applied: true,
             },
         );
     }
@@ -289,6 +304,7 @@ impl<A: Application> EdgeCore<A> {
                 op,
                 retries: 0,
                 in_flight,
+                maybe_applied: false,
             },
         );
         Ok(id)
@@ -355,11 +371,7 @@ impl<A: Application> EdgeCore<A> {
         for ((session, seq), q) in self.outbox.iter_mut() {
             if !q.in_flight {
                 q.in_flight = true;
-                self.effects.send.push(ClientMsg::Submit {
-                    session: *session,
-                    seq: *seq,
-                    op: q.op.clone(),
-                });
+                self.effects.send.push(q.message(*session, *seq));
             }
         }
     }
@@ -372,6 +384,7 @@ impl<A: Application> EdgeCore<A> {
     pub fn on_disconnect(&mut self) {
         self.connected = None;
         for q in self.outbox.values_mut() {
+            q.maybe_applied |= q.in_flight;
             q.in_flight = false;
         }
     }

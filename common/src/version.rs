@@ -161,6 +161,21 @@ impl VersionVector {
         }
     }
 
+    /// The least version that covers both (pointwise maximum): the base of a reconciled copy.
+    pub fn join(&self, other: &Self) -> Result<Self, VersionError> {
+        let mut entries = self.entries.clone();
+        for (dc, c) in &other.entries {
+            match entries.binary_search_by_key(dc, |(d, _)| *d) {
+                Ok(i) => entries[i].1 = entries[i].1.max(*c),
+                Err(i) => entries.insert(i, (*dc, *c)),
+            }
+        }
+        if entries.len() > MAX_DATACENTERS {
+            return Err(VersionError::TooManyEntries(entries.len()));
+        }
+        Ok(Self { entries })
+    }
+
     /// `self` dominates or equals `other`.
     pub fn covers(&self, other: &Self) -> bool {
         matches!(

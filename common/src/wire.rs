@@ -130,6 +130,16 @@ pub enum ClientMsg<A: Application> {
     },
     /// A driver became available (or not) for dispatch.
     SetAvailable { available: bool },
+    /// An op sent again after the connection it went out on was lost (or the app restarted
+    /// with it in flight): it may have been applied at a datacenter this device can no longer
+    /// hear from. Answered exactly like `Submit`; a datacenter that creates a session from it
+    /// waits out the restore grace before dispatching, so the copy (and provider) of the
+    /// datacenter that may have applied it can still arrive and be reconciled.
+    Resubmit {
+        session: SessionId,
+        seq: u64,
+        op: A::Op,
+    },
 }
 
 /// What the datacenter decided about one uploaded digest.

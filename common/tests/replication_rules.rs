@@ -204,6 +204,9 @@ impl Region {
                         ClientMsg::Submit { session, seq, op } => {
                             dc.handle_submit(now, *d, session, seq, op)
                         }
+                        ClientMsg::Resubmit { session, seq, op } => {
+                            dc.handle_resubmit(now, *d, session, seq, op)
+                        }
                         ClientMsg::Ack { session, version } => dc.handle_ack(*d, session, version),
                         ClientMsg::SetAvailable { available } => {
                             dc.handle_set_available(now, *d, available)
@@ -771,4 +774,145 @@ fn s9_restarted_datacenter_waits_for_partners_even_if_they_arrive_late() {
     let (h, st) = r.dc(0).session(s).unwrap();
     assert!(h.version.covers(&newest_driver_copy));
     assert_eq!(st.location_updates, 1);
+}
+
+/// Flapping (S9) found this: the primary applies an op and dies before the reply leaves; the
+/// retry is applied at the backup; the primary returns on its old disk. Its copy and the
+/// device's are concurrent, but each has processed the same ops, so they are reconciled into
+/// a copy above both instead of being reported as a conflict: the op counts once, and the
+/// version the device was told is covered.
+#[test]
+fn s9_primary_back_with_an_unacknowledged_branch_is_reconciled_not_conflicted() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The rider is offline; the driver's reply is lost: nobody holds what dc1 applies.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.drop_replies_to.push((driver, s, 3));
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(!r.committed(loc));
+    let primary_disk = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    r.kill(0);
+    // The driver retries at the backup: applied there (its own branch).
+    r.connect(driver, 1, false);
+    r.tick(3_000); // the rider never comes: the barrier's grace runs out
+    assert!(r.committed(loc), "the retry commits at the backup");
+    let told = r
+        .commits
+        .iter()
+        .find(|(i, _)| *i == loc)
+        .and_then(|(_, c)| c.as_ref().ok())
+        .map(|c| c.version.clone())
+        .unwrap();
+    // dc1 comes back on its disk; dc2 dies; both devices go to dc1.
+    let mut primary = r.dc_with_disk(0, 1);
+    primary.load_persisted(r.now, primary_disk).unwrap();
+    r.dcs[0] = Some(primary);
+    r.kill(1);
+    r.connect(driver, 0, false);
+    r.connect(rider, 0, false);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(
+        h.version.covers(&told),
+        "the committed version is covered: {} vs {told}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 1, "the op counts once");
+    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    assert_eq!(r.dc(0).stats().uploads_diverged, 0);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    // Both devices hold the reconciled copy and the trip goes on.
+    for d in [rider, driver] {
+        assert_eq!(
+            r.edges[&d].held(s).unwrap().digest.header.version,
+            h.version
+        );
+    }
+    r.tick(3_000);
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+}
+
+/// S13: the partners continued at two datacenters at once, each with ops the other lacks.
+/// That cannot be merged without losing one side: it is reported, never silently merged.
+#[test]
+fn s13_split_with_ops_on_both_sides_is_reported_as_a_conflict() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let shared = r.dc(0).sealed(s).unwrap().clone();
+    // Split: dc1 keeps the driver; the rider reaches dc2 and both copies move on.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    let mut other = r.dc_with_disk(1, 9);
+    other.load_persisted(r.now, shared).unwrap();
+    r.dcs[1] = Some(other);
+    r.submit(driver, s, TripOp::Location { at: Q });
+    r.connect(rider, 1, false);
+    r.tick(3_000);
+    r.submit(rider, s, TripOp::Cancel); // rejected (on trip) but recorded: a rider-side op
+                                        // The rider comes back to dc1 with its branch.
+    r.kill(1);
+    r.connect(rider, 0, false);
+    assert_eq!(r.dc(0).stats().uploads_diverged, 1);
+    assert_eq!(r.dc(0).stats().uploads_merged, 0);
+    assert!(r
+        .events
+        .iter()
+        .any(|(d, e)| *d == rider && matches!(e, EdgeEvent::Conflict { .. })));
+}
+
+/// Flapping (S9) found this: the request reached dc1, which created the trip and later
+/// dispatched a driver, but the reply never reached the rider. The rider resubmits at dc2,
+/// which has no copy. dc2 must not send a second driver: it holds dispatch for the grace, and
+/// when the first driver brings dc1's copy the two are reconciled.
+#[test]
+fn s3_resubmitted_request_is_not_dispatched_twice_and_joins_the_first_driver() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver, other) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    let s = SessionId(42);
+    r.connect(rider, 0, false);
+    r.drop_replies_to.push((rider, s, 1));
+    let req = r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert!(!r.committed(req));
+    // The rider loses its connection; then dc1 dispatches the driver, who holds the copy.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(driver, 0, true);
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    r.kill(0);
+    // At dc2 another driver is free; the rider's request comes again.
+    r.connect(other, 1, true);
+    r.connect(rider, 1, false);
+    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
+    r.tick(500);
+    assert_eq!(
+        r.dc(1).session(s).unwrap().0.driver,
+        None,
+        "no second driver during the grace"
+    );
+    // The first driver arrives with dc1's copy: reconciled, and it keeps the trip.
+    r.connect(driver, 1, false);
+    let (h, st) = r.dc(1).session(s).unwrap();
+    assert_eq!(h.driver, Some(driver));
+    assert_eq!(st.phase, TripPhase::Assigned);
+    assert_eq!(r.dc(1).stats().uploads_merged, 1);
+    assert!(r.committed(req), "the rider's request is answered");
+    r.tick(5_000);
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(r.committed(arrived));
+    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(driver));
 }

@@ -380,6 +380,9 @@ impl Actor {
                 ClientMsg::Submit { session, seq, op } => {
                     self.core.handle_submit(now, device, session, seq, op)
                 }
+                ClientMsg::Resubmit { session, seq, op } => {
+                    self.core.handle_resubmit(now, device, session, seq, op)
+                }
                 ClientMsg::Ack { session, version } => {
                     self.core.handle_ack(device, session, version)
                 }
@@ -680,6 +683,7 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
         match read_frame::<ClientMsg<Trip>, _>(&mut recv, &mut buf).await {
             Ok(Some(
                 msg @ (ClientMsg::Submit { .. }
+                | ClientMsg::Resubmit { .. }
                 | ClientMsg::Ack { .. }
                 | ClientMsg::SetAvailable { .. }),
             )) => {
