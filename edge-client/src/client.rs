@@ -6,9 +6,15 @@
 //! Connection life: connect to the preferred datacenter, send `Hello` with every held digest
 //! (and `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then
 //! serve. QUIC keep-alives and the idle timeout detect a dead datacenter; the client then
-//! moves to the next datacenter in the list (the one that just failed goes last), with a
+//! tries the datacenters in preference order with the one that just failed last, with a
 //! bounded exponential backoff after a full round of failures. Ops submitted while
 //! disconnected wait in the outbox (bounded) and go out after the next `Welcome`.
+//!
+//! Converging: the datacenter list is an order of preference shared by the devices of a
+//! region. While connected to any but the first, the client probes the more preferred ones
+//! (bounded backoff) and moves back as soon as one completes a handshake. So the two
+//! participants of a session end up at the same datacenter (the most preferred one that is
+//! up) well within the restore grace, instead of each continuing its own copy (S13).
 //!
 //! Invariants: effects are carried out in the core's order (store writes, flush, then sends,
 //! then the app hears of commits); a store failure stops the client rather than report an op
@@ -23,7 +29,7 @@ use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripState, VersionVector,
 };
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +52,9 @@ pub enum ClientEvent {
     Disconnected { addr: SocketAddr, reason: String },
     /// The client lost its datacenter and is looking for another.
     FailoverStarted { from: SocketAddr },
+    /// A more preferred datacenter answered again; the client moved there (no failover: the
+    /// new connection was up before the old one closed).
+    Moved { from: SocketAddr, to: SocketAddr },
     /// The client is connected again; `stalled_ms` is how long it had none.
     FailoverFinished {
         dc: DatacenterId,
@@ -360,6 +369,16 @@ enum Step {
     Stop,
 }
 
+/// Wait for a running probe (never resolves without one; the caller guards on that).
+async fn join_probe(
+    probe: &mut Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>>,
+) -> Option<(usize, quinn::Connection)> {
+    match probe.as_mut() {
+        Some(h) => h.await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
 fn snapshot(s: SessionId, h: &HeldSession<Trip>) -> SessionSnapshot {
     SessionSnapshot {
         session: s,
@@ -376,71 +395,99 @@ impl Actor {
         let _ = self.events.send(e);
     }
 
-    async fn run(mut self) {
+    /// Datacenters to try, most preferred first, `last` (the one that just failed) at the end.
+    fn order(&self, last: Option<usize>) -> VecDeque<usize> {
         let n = self.cfg.datacenters.len();
-        let mut idx = 0usize;
+        let mut q: VecDeque<usize> = (0..n).filter(|i| Some(*i) != last).collect();
+        q.extend(last.filter(|i| *i < n));
+        q
+    }
+
+    async fn run(mut self) {
+        let mut queue = self.order(None);
         let mut backoff = self.cfg.backoff_min;
-        let mut failures_in_round = 0usize;
         let mut lost_at: Option<Instant> = None;
+        // A connection already up (a probe of a preferred datacenter that answered).
+        let mut ready: Option<(usize, quinn::Connection)> = None;
         while !self.stopped {
-            let addr = self.cfg.datacenters[idx % n];
-            match self.connect(addr).await {
-                Ok(Some(conn)) => {
-                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    let (reason, welcomed) = self.serve(&conn, addr, &mut lost_at).await;
-                    if welcomed {
-                        backoff = self.cfg.backoff_min;
-                        failures_in_round = 0;
-                    } else {
-                        // Refused before Welcome (bad credential, replaced, overloaded): back
-                        // off like a failed connect instead of hammering the datacenter.
-                        failures_in_round += 1;
-                        let wait = backoff;
-                        backoff = (backoff * 2).min(self.cfg.backoff_max);
-                        if !self.stopped && !self.idle_for(wait).await {
-                            break;
-                        }
-                    }
-                    let s = conn.stats();
-                    self.stats
-                        .bytes_up
-                        .fetch_add(s.udp_tx.bytes, Ordering::Relaxed);
-                    self.stats
-                        .bytes_down
-                        .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
-                    conn.close(0u32.into(), b"bye");
-                    self.stats.connected_dc.store(0, Ordering::Relaxed);
-                    self.core.on_disconnect();
-                    if self.stopped {
-                        break;
-                    }
-                    self.emit(ClientEvent::Disconnected {
-                        addr,
-                        reason: reason.clone(),
-                    });
-                    self.emit(ClientEvent::FailoverStarted { from: addr });
-                    lost_at.get_or_insert_with(Instant::now);
-                    // The datacenter that just failed goes to the back of the line.
-                    idx = (idx + 1) % n;
-                }
-                Ok(None) => break, // shut down while connecting
-                Err(reason) => {
-                    self.emit(ClientEvent::ConnectFailed { addr, reason });
-                    idx = (idx + 1) % n;
-                    failures_in_round += 1;
-                    if failures_in_round >= n {
-                        failures_in_round = 0;
+            let (idx, conn) = match ready.take() {
+                Some(r) => r,
+                None => {
+                    let Some(idx) = queue.pop_front() else {
+                        // A full round failed: wait, then start again from the most preferred.
                         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
                         let wait = backoff + Duration::from_millis(jitter);
                         if !self.idle_for(wait).await {
                             break;
                         }
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
+                        queue = self.order(None);
+                        continue;
+                    };
+                    let addr = self.cfg.datacenters[idx];
+                    match self.connect(addr).await {
+                        Ok(Some(conn)) => (idx, conn),
+                        Ok(None) => break, // shut down while connecting
+                        Err(reason) => {
+                            self.emit(ClientEvent::ConnectFailed { addr, reason });
+                            continue;
+                        }
                     }
                 }
+            };
+            let addr = self.cfg.datacenters[idx];
+            self.stats.connects.fetch_add(1, Ordering::Relaxed);
+            let (reason, welcomed, moved) = self.serve(&conn, idx, &mut lost_at).await;
+            if welcomed {
+                backoff = self.cfg.backoff_min;
+            } else {
+                // Refused before Welcome (bad credential, replaced, overloaded): back off
+                // like a failed connect instead of hammering the datacenter.
+                let wait = backoff;
+                backoff = (backoff * 2).min(self.cfg.backoff_max);
+                if !self.stopped && !self.idle_for(wait).await {
+                    break;
+                }
             }
+            let s = conn.stats();
+            self.stats
+                .bytes_up
+                .fetch_add(s.udp_tx.bytes, Ordering::Relaxed);
+            self.stats
+                .bytes_down
+                .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
+            conn.close(0u32.into(), b"bye");
+            self.stats.connected_dc.store(0, Ordering::Relaxed);
+            self.core.on_disconnect();
+            if self.stopped {
+                break;
+            }
+            if let Some((to, new_conn)) = moved {
+                self.emit(ClientEvent::Moved {
+                    from: addr,
+                    to: self.cfg.datacenters[to],
+                });
+                ready = Some((to, new_conn));
+                queue = self.order(Some(idx));
+                continue;
+            }
+            self.emit(ClientEvent::Disconnected {
+                addr,
+                reason: reason.clone(),
+            });
+            self.emit(ClientEvent::FailoverStarted { from: addr });
+            lost_at.get_or_insert_with(Instant::now);
+            // The datacenter that just failed goes to the back of the line.
+            queue = self.order(Some(idx));
         }
         self.stopped = true;
+    }
+
+    /// Time until the next probe of the more preferred datacenters (jittered, so a whole
+    /// population does not probe in lock-step).
+    fn probe_wait(base: Duration) -> Duration {
+        let ms = base.as_millis() as u64;
+        Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms))
     }
 
     /// Serve commands while waiting; false if the client was shut down.
@@ -485,16 +532,18 @@ impl Actor {
         }
     }
 
-    /// Run one connection until it fails; returns why.
+    /// Run one connection until it fails or a more preferred datacenter answers a probe;
+    /// returns why, whether it was welcomed, and the probe's connection if it moves.
     async fn serve(
         &mut self,
         conn: &quinn::Connection,
-        addr: SocketAddr,
+        idx: usize,
         lost_at: &mut Option<Instant>,
-    ) -> (String, bool) {
+    ) -> (String, bool, Option<(usize, quinn::Connection)>) {
+        let addr = self.cfg.datacenters[idx];
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
-            Err(e) => return (e.to_string(), false),
+            Err(e) => return (e.to_string(), false, None),
         };
         let (frame_tx, mut frame_rx) =
             mpsc::channel::<Result<ServerMsg<Trip>, String>>(FRAME_QUEUE);
@@ -517,13 +566,20 @@ impl Actor {
         for m in self.core.hello(self.cfg.token, self.available) {
             match encode_frame(&m) {
                 Ok(f) => hello.extend_from_slice(&f),
-                Err(e) => return (format!("encoding hello: {e}"), false),
+                Err(e) => return (format!("encoding hello: {e}"), false, None),
             }
         }
         if let Err(e) = send.write_all(&hello).await {
             reader.abort();
-            return (e.to_string(), false);
+            return (e.to_string(), false, None);
         }
+        // Probing the more preferred datacenters (only when this one is not the first).
+        let mut probe_every = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
+        let probing = idx > 0 && self.cfg.home_probe.is_some();
+        let probe_timer = tokio::time::sleep(Self::probe_wait(probe_every));
+        tokio::pin!(probe_timer);
+        let mut probe: Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> = None;
+        let mut moved = None;
         let welcome_deadline = tokio::time::sleep(self.cfg.connect_timeout * 2);
         tokio::pin!(welcome_deadline);
         let mut welcomed = false;
@@ -561,6 +617,26 @@ impl Actor {
                     self.core.send_unsent();
                     Step::Continue
                 }
+                _ = &mut probe_timer, if probing && welcomed && probe.is_none() => {
+                    probe = Some(self.spawn_probe(idx));
+                    Step::Continue
+                }
+                r = join_probe(&mut probe), if probe.is_some() => {
+                    probe = None;
+                    match r {
+                        Some(found) => {
+                            moved = Some(found);
+                            break "a more preferred datacenter is back".to_string();
+                        }
+                        None => {
+                            probe_every = (probe_every * 2).min(EdgeConfig::HOME_PROBE_MAX);
+                            probe_timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + Self::probe_wait(probe_every));
+                            Step::Continue
+                        }
+                    }
+                }
             };
             if let Step::Stop = step {
                 break "client shut down".to_string();
@@ -573,7 +649,38 @@ impl Actor {
             }
         };
         reader.abort();
-        (reason, welcomed)
+        if let Some(p) = probe {
+            p.abort();
+        }
+        (reason, welcomed, moved)
+    }
+
+    /// Try the datacenters more preferred than `idx`, most preferred first; the first
+    /// handshake that completes wins.
+    fn spawn_probe(
+        &self,
+        idx: usize,
+    ) -> tokio::task::JoinHandle<Option<(usize, quinn::Connection)>> {
+        let endpoint = self.endpoint.clone();
+        let client_cfg = (*self.client_cfg).clone();
+        let name = self.cfg.server_name.clone();
+        let targets: Vec<(usize, SocketAddr)> = self.cfg.datacenters[..idx]
+            .iter()
+            .copied()
+            .enumerate()
+            .collect();
+        let timeout = self.cfg.connect_timeout;
+        tokio::spawn(async move {
+            for (j, addr) in targets {
+                let Ok(connecting) = endpoint.connect_with(client_cfg.clone(), addr, &name) else {
+                    continue;
+                };
+                if let Ok(Ok(conn)) = tokio::time::timeout(timeout, connecting).await {
+                    return Some((j, conn));
+                }
+            }
+            None
+        })
     }
 
     fn on_message(&mut self, msg: ServerMsg<Trip>) {

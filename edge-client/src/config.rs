@@ -43,11 +43,21 @@ pub struct EdgeConfig {
     /// behind loses the oldest events and is told so (`RecvError::Lagged`); the state itself
     /// is always available from `sessions()`.
     pub event_queue: usize,
+    /// While connected to any datacenter but the first of `datacenters`, try the more
+    /// preferred ones this often and move back when one answers (`None`: stay). This is what
+    /// brings the two participants of a session back to the same datacenter after a
+    /// failback, before either's restore barrier times out (S9, S13). Failed probes back off
+    /// exponentially up to [`EdgeConfig::HOME_PROBE_MAX`].
+    pub home_probe: Option<Duration>,
 }
 
 impl EdgeConfig {
+    /// Longest wait between two probes of a preferred datacenter that keeps not answering.
+    pub const HOME_PROBE_MAX: Duration = Duration::from_secs(30);
+
     /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
-    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s.
+    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s, probe of a preferred
+    /// datacenter every 2 s while away from it.
     pub fn new(
         device: DeviceId,
         token: DeviceToken,
@@ -73,6 +83,7 @@ impl EdgeConfig {
             endpoint: None,
             client_config: None,
             event_queue: 64,
+            home_probe: Some(Duration::from_millis(2_000)),
         }
     }
 }

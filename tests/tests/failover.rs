@@ -1,4 +1,4 @@
-//! End-to-end failover scenarios from the catalogue (S1, S2, S3, S4, S10, S12): real
+//! End-to-end failover scenarios from the catalogue (S1, S2, S3, S4, S9, S10, S12): real
 //! `lifeboat-server` processes on loopback killed with real signals, real edge clients with
 //! sled stores on disk, real QUIC. Each test checks the surviving datacenter's own store
 //! against the devices' ledger of what they were told was committed.
@@ -271,6 +271,67 @@ async fn s2_failback_to_the_primary_on_its_old_disk_never_rolls_back() -> anyhow
         let mut c = c.lock().map_err(|_| anyhow::anyhow!("lock"))?;
         c.start(0)?;
         c.kill(1, true)?;
+    }
+    let mut ledgers = Vec::new();
+    for t in tasks {
+        ledgers.push(t.await??);
+    }
+    let stored = c
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .stop_and_read(0)?;
+    check_against_store(&ledgers, &stored)
+}
+
+/// S9/S13: the primary returns (old disk) while the backup stays up. Every device moves back
+/// to the preferred datacenter on its own, mid-trip, and the trips continue there: partners
+/// end up on the same datacenter instead of each continuing its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_devices_return_to_the_preferred_datacenter_when_it_comes_back() -> anyhow::Result<()> {
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let f = fleet(&c, 3).await?;
+    let c = Arc::new(std::sync::Mutex::new(c));
+    let progress = Arc::new(AtomicU64::new(0));
+    for r in &f.riders {
+        r.request_trip(PICKUP, route_point(50)).await?;
+    }
+    let mut tasks = Vec::new();
+    for d in &f.drivers {
+        tasks.push(tokio::spawn(drive(
+            d.clone(),
+            60,
+            progress.clone(),
+            Duration::from_millis(50),
+        )));
+    }
+    wait_progress(&progress, 3 * 5).await?;
+    c.lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .kill(0, false)?;
+    let at_kill = progress.load(Ordering::Relaxed);
+    wait_progress(&progress, at_kill + 3 * 5).await?;
+    let everyone: Vec<&EdgeClient> = f.drivers.iter().chain(f.riders.iter()).collect();
+    ensure!(
+        everyone
+            .iter()
+            .all(|d| d.connected_dc() == Some(lifeboat_common::DatacenterId(2))),
+        "every device failed over to dc2"
+    );
+    c.lock().map_err(|_| anyhow::anyhow!("lock"))?.start(0)?;
+    // Nobody is killed: the devices go back by themselves (probe every 2 s, jittered).
+    let start = std::time::Instant::now();
+    while !everyone
+        .iter()
+        .all(|d| d.connected_dc() == Some(lifeboat_common::DatacenterId(1)))
+    {
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "devices did not return to dc1: {:?}",
+            everyone.iter().map(|d| d.connected_dc()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut ledgers = Vec::new();
     for t in tasks {
