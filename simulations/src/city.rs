@@ -105,6 +105,8 @@ pub struct DeviceLog {
     pub offline: bool,
     /// Sessions held at the end, with their sealed digest size.
     pub held_at_end: Vec<(SessionId, usize)>,
+    /// (time, session) of each divergence the datacenter reported to this device (S13).
+    pub conflicts: Vec<(u64, SessionId)>,
 }
 
 /// State shared by the whole run.
@@ -204,6 +206,8 @@ impl City {
             c.endpoint = Some(endpoints[k].clone());
             c.client_config = Some(qcfg.clone());
             c.limits = EdgeLimits::default();
+            // The harness reads every event promptly; a short queue keeps 20,000 clients small.
+            c.event_queue = 16;
             Arc::new(Device {
                 id: d,
                 cfg: c,
@@ -272,6 +276,13 @@ async fn start_device(
                 ClientEvent::FailoverFinished { dc, .. } => {
                     if let Ok(mut l) = log.lock() {
                         l.failovers_ms.push((now, dc.0));
+                    }
+                }
+                ClientEvent::Session(EdgeEvent::Conflict { session, .. }) => {
+                    if let Ok(mut l) = log.lock() {
+                        if l.conflicts.len() < 1_000 {
+                            l.conflicts.push((now, session));
+                        }
                     }
                 }
                 ClientEvent::Session(EdgeEvent::SessionUpdated { session, view, .. })

@@ -105,10 +105,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGTERM every running datacenter and read back the newest copy of every session
-    /// from their stores.
-    pub fn stop_all_and_read(&mut self) -> anyhow::Result<HashMap<SessionId, StoredSession>> {
-        let mut newest: HashMap<SessionId, StoredSession> = HashMap::new();
+    /// SIGTERM every running datacenter and read back every copy of every session from
+    /// their stores (one per datacenter that holds it).
+    pub fn stop_all_and_read(&mut self) -> anyhow::Result<HashMap<SessionId, Vec<StoredSession>>> {
+        let mut copies: HashMap<SessionId, Vec<StoredSession>> = HashMap::new();
         for i in 0..self.specs.len() {
             let was_up = self.procs[i].is_some();
             if let Some(p) = self.procs[i].take() {
@@ -118,15 +118,10 @@ impl Cluster {
                 continue;
             }
             for s in read_store(&self.specs[i].data_dir, &self.keyring)? {
-                match newest.get(&s.0.session) {
-                    Some(old) if old.0.version.covers(&s.0.version) => {}
-                    _ => {
-                        newest.insert(s.0.session, s);
-                    }
-                }
+                copies.entry(s.0.session).or_default().push(s);
             }
         }
-        Ok(newest)
+        Ok(copies)
     }
 
     pub fn status(&self, i: usize) -> Option<DcStatus> {

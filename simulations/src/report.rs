@@ -84,6 +84,11 @@ pub fn table(r: &Report) -> String {
             ok(r.devices_not_resynced == 0),
         ),
         (
+            "sessions with concurrent copies at the end".into(),
+            r.sessions_concurrent_at_end.to_string(),
+            "",
+        ),
+        (
             "unreplicated at failure (dispatch)".into(),
             r.unreplicated_at_failure.to_string(),
             "",

@@ -7,7 +7,7 @@
 
 use crate::city::{DeviceLog, OpKind, Outcome};
 use hdrhistogram::Histogram;
-use lifeboat_common::{SessionId, TripPhase, VersionVector};
+use lifeboat_common::{SessionId, TripPhase, VersionOrder, VersionVector};
 use lifeboat_server::service::StoredSession;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -34,6 +34,9 @@ pub struct Report {
     pub tombstones_resurrected: usize,
     pub unreplicated_at_failure: usize,
     pub devices_not_resynced: usize,
+    /// Sessions for which two datacenters hold concurrent copies at the end (information:
+    /// the loser is reconciled when a participant next reports in there).
+    pub sessions_concurrent_at_end: usize,
     pub stall_ms_p50: u64,
     pub stall_ms_p99: u64,
     pub stall_ms_max: u64,
@@ -73,27 +76,68 @@ fn percentile(h: &Histogram<u64>, q: f64) -> u64 {
     }
 }
 
-/// Where the devices that took part in a session stood at the end (for a lost trip's
-/// violation message only).
-fn holders(logs: &[DeviceLog], session: SessionId) -> String {
+/// The history of one session as its devices saw it (for a violation message only): each
+/// device's ops with their outcome and version, its disconnects, reconnects and conflicts.
+fn history(logs: &[DeviceLog], session: SessionId) -> String {
     logs.iter()
         .filter(|log| log.ops.iter().any(|o| o.session == session))
         .map(|log| {
+            let ops: Vec<String> = log
+                .ops
+                .iter()
+                .filter(|o| o.session == session)
+                .map(|o| {
+                    let out = match &o.outcome {
+                        Outcome::Committed { version, duplicate } => {
+                            format!("ok{} {version}", if *duplicate { " dup" } else { "" })
+                        }
+                        Outcome::Rejected(r) => format!("rejected: {r}"),
+                        Outcome::Unresolved => "unresolved".to_string(),
+                    };
+                    format!("{:?}@{}..{} {out}", o.kind, o.submitted_ms, o.resolved_ms)
+                })
+                .collect();
+            let conflicts: Vec<u64> = log
+                .conflicts
+                .iter()
+                .filter(|(_, s)| *s == session)
+                .map(|(t, _)| *t)
+                .collect();
             format!(
-                "device {} holds it at end: {}, disconnects {:?}, failovers {:?}",
+                "\n      device {}: holds it at end: {}; disconnects {:?}; reconnects (ms, dc) {:?}; conflicts at {:?}; ops [{}]",
                 log.device,
                 log.held_at_end.iter().any(|(s, _)| *s == session),
                 log.disconnects_ms,
-                log.failovers_ms
+                log.failovers_ms,
+                conflicts,
+                ops.join(", ")
             )
         })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("")
+}
+
+/// The copy the region would serve: one that covers every other copy if there is one (a
+/// datacenter that kept a superseded branch reconciles it when a device next reports in),
+/// else the one that covers the most committed versions.
+fn best_copy<'a>(
+    copies: &'a [StoredSession],
+    committed: &[VersionVector],
+) -> Option<&'a StoredSession> {
+    copies
+        .iter()
+        .find(|c| copies.iter().all(|o| c.0.version.covers(&o.0.version)))
+        .or_else(|| {
+            copies
+                .iter()
+                .max_by_key(|c| committed.iter().filter(|v| c.0.version.covers(v)).count())
+        })
 }
 
 pub struct VerifyInput<'a> {
     pub logs: &'a [DeviceLog],
-    pub stored: &'a HashMap<SessionId, StoredSession>,
+    /// Every datacenter's copy of each session.
+    pub stored: &'a HashMap<SessionId, Vec<StoredSession>>,
     /// First datacenter kill, in ms since the start.
     pub kill_ms: Option<u64>,
     /// Sessions the killed datacenter dispatched (from its own log).
@@ -153,13 +197,21 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         if active_at_failure {
             report.trips_active_at_failure += 1;
         }
-        let Some((header, body)) = input.stored.get(id) else {
+        let copies = input.stored.get(id).map(Vec::as_slice).unwrap_or_default();
+        if copies.iter().any(|a| {
+            copies
+                .iter()
+                .any(|b| a.0.version.compare(&b.0.version) == VersionOrder::Concurrent)
+        }) {
+            report.sessions_concurrent_at_end += 1;
+        }
+        let Some((header, body)) = best_copy(copies, &l.versions) else {
             report.trips_lost += 1;
             add(
                 &mut violations,
                 format!(
-                    "{id}: trip lost (not in any surviving store); requested at {} ms, finished {:?}, kill at {kill} ms, {} locations committed; {}",
-                    l.request_ms, l.finished_ms, l.locations, holders(input.logs, *id)
+                    "{id}: trip lost (not in any surviving store); requested at {} ms, finished {:?}, kill at {kill} ms, {} locations committed; history:{}",
+                    l.request_ms, l.finished_ms, l.locations, history(input.logs, *id)
                 ),
             );
             continue;
@@ -167,6 +219,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         if active_at_failure {
             report.trips_restored += 1;
         }
+        let violations_before = violations.len();
         let st = &body.state;
         let applied = st.location_updates;
         if applied < l.locations {
@@ -220,6 +273,13 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
                 &mut violations,
                 format!("{id}: finished trip is live again"),
             );
+        }
+        if violations.len() > violations_before && violations.len() < 20 {
+            violations.push(format!(
+                "{id}: stored version {}; history:{}",
+                header.version,
+                history(input.logs, *id)
+            ));
         }
     }
 
