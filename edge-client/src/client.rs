@@ -203,6 +203,7 @@ impl EdgeClient {
             Some(e) => e.clone(),
             None => client_endpoint(&cfg.datacenters)?,
         };
+        let probe_board = cfg.probe_board.clone().unwrap_or_default();
         let store = EdgeStore::open(&cfg.store, cfg.device)?;
         let loaded = store.load()?;
         let mut core = EdgeCore::new(cfg.device, cfg.limits.clone());
@@ -228,6 +229,7 @@ impl EdgeClient {
             stats: stats.clone(),
             endpoint,
             client_cfg,
+            probe_board,
             cmd_rx,
             stopped: false,
         };
@@ -359,6 +361,7 @@ struct Actor {
     stats: Arc<ClientStats>,
     endpoint: quinn::Endpoint,
     client_cfg: Arc<quinn::ClientConfig>,
+    probe_board: Arc<ProbeBoard>,
     cmd_rx: mpsc::Receiver<Command>,
     available: bool,
     stopped: bool,
@@ -367,6 +370,34 @@ struct Actor {
 enum Step {
     Continue,
     Stop,
+}
+
+/// What a client (or every client sharing it, as in a simulation of thousands) knows about
+/// datacenters that recently did not answer: a probe skips one that failed less than the
+/// probe interval ago, so a dead datacenter costs one handshake attempt per interval, not
+/// one per client. Bounded by the datacenter list.
+#[derive(Debug, Default)]
+pub struct ProbeBoard {
+    failed_at: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl ProbeBoard {
+    fn recently_failed(&self, addr: SocketAddr, within: Duration) -> bool {
+        self.failed_at
+            .lock()
+            .map(|m| m.get(&addr).is_some_and(|t| t.elapsed() < within))
+            .unwrap_or(false)
+    }
+
+    fn record(&self, addr: SocketAddr, answered: bool) {
+        if let Ok(mut m) = self.failed_at.lock() {
+            if answered {
+                m.remove(&addr);
+            } else if m.len() < 64 || m.contains_key(&addr) {
+                m.insert(addr, Instant::now());
+            }
+        }
+    }
 }
 
 /// Wait for a running probe (never resolves without one; the caller guards on that).
@@ -395,16 +426,24 @@ impl Actor {
         let _ = self.events.send(e);
     }
 
-    /// Datacenters to try, most preferred first, `last` (the one that just failed) at the end.
+    /// Datacenters to try: most preferred first, except that `last` (the one just lost) and
+    /// any that recently did not answer go to the back, in preference order too.
     fn order(&self, last: Option<usize>) -> VecDeque<usize> {
-        let n = self.cfg.datacenters.len();
-        let mut q: VecDeque<usize> = (0..n).filter(|i| Some(*i) != last).collect();
-        q.extend(last.filter(|i| *i < n));
-        q
+        let window = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
+        let mut q: Vec<usize> = (0..self.cfg.datacenters.len()).collect();
+        q.sort_by_key(|i| {
+            let failing = Some(*i) == last
+                || self
+                    .probe_board
+                    .recently_failed(self.cfg.datacenters[*i], window);
+            (failing, *i)
+        });
+        q.into()
     }
 
     async fn run(mut self) {
         let mut queue = self.order(None);
+        let mut last_lost: Option<usize> = None;
         let mut backoff = self.cfg.backoff_min;
         let mut lost_at: Option<Instant> = None;
         // A connection already up (a probe of a preferred datacenter that answered).
@@ -421,7 +460,7 @@ impl Actor {
                             break;
                         }
                         backoff = (backoff * 2).min(self.cfg.backoff_max);
-                        queue = self.order(None);
+                        queue = self.order(last_lost);
                         continue;
                     };
                     let addr = self.cfg.datacenters[idx];
@@ -429,6 +468,7 @@ impl Actor {
                         Ok(Some(conn)) => (idx, conn),
                         Ok(None) => break, // shut down while connecting
                         Err(reason) => {
+                            self.probe_board.record(addr, false);
                             self.emit(ClientEvent::ConnectFailed { addr, reason });
                             continue;
                         }
@@ -471,6 +511,7 @@ impl Actor {
                 queue = self.order(Some(idx));
                 continue;
             }
+            self.probe_board.record(addr, false);
             self.emit(ClientEvent::Disconnected {
                 addr,
                 reason: reason.clone(),
@@ -478,6 +519,7 @@ impl Actor {
             self.emit(ClientEvent::FailoverStarted { from: addr });
             lost_at.get_or_insert_with(Instant::now);
             // The datacenter that just failed goes to the back of the line.
+            last_lost = Some(idx);
             queue = self.order(Some(idx));
         }
         self.stopped = true;
@@ -670,14 +712,24 @@ impl Actor {
             .enumerate()
             .collect();
         let timeout = self.cfg.connect_timeout;
+        let board = self.probe_board.clone();
+        let window = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
         tokio::spawn(async move {
             for (j, addr) in targets {
+                if board.recently_failed(addr, window) {
+                    continue;
+                }
+                // Pessimistic until it answers: the other clients sharing the board skip it
+                // meanwhile instead of all probing at once.
+                board.record(addr, false);
                 let Ok(connecting) = endpoint.connect_with(client_cfg.clone(), addr, &name) else {
                     continue;
                 };
                 if let Ok(Ok(conn)) = tokio::time::timeout(timeout, connecting).await {
+                    board.record(addr, true);
                     return Some((j, conn));
                 }
+                board.record(addr, false);
             }
             None
         })

@@ -49,11 +49,16 @@ pub struct EdgeConfig {
     /// failback, before either's restore barrier times out (S9, S13). Failed probes back off
     /// exponentially up to [`EdgeConfig::HOME_PROBE_MAX`].
     pub home_probe: Option<Duration>,
+    /// Share what probes learned between many clients in one process (a simulation); each
+    /// client has its own when `None`.
+    pub probe_board: Option<Arc<crate::client::ProbeBoard>>,
 }
 
 impl EdgeConfig {
     /// Longest wait between two probes of a preferred datacenter that keeps not answering.
-    pub const HOME_PROBE_MAX: Duration = Duration::from_secs(30);
+    /// Kept well under the datacenters' restore grace (10 s by default): a partner that stayed
+    /// behind must follow before the grace runs out.
+    pub const HOME_PROBE_MAX: Duration = Duration::from_secs(4);
 
     /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
     /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s, probe of a preferred
@@ -84,6 +89,7 @@ impl EdgeConfig {
             client_config: None,
             event_queue: 64,
             home_probe: Some(Duration::from_millis(2_000)),
+            probe_board: None,
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod store;
 pub use blocking::BlockingEdgeClient;
 pub use client::{
     client_config, client_endpoint, ClientEvent, ClientStatsSnapshot, EdgeClient, EdgeError,
-    SessionSnapshot,
+    ProbeBoard, SessionSnapshot,
 };
 pub use config::EdgeConfig;
 pub use lifeboat_common::edge::{Commit, SubmitError};

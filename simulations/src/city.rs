@@ -179,6 +179,7 @@ impl City {
         let qcfg = Arc::new(client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?);
         let mut endpoints = Vec::new();
         let mut dbs = Vec::new();
+        let board = Arc::new(lifeboat_edge::ProbeBoard::default());
         for k in 0..shards {
             endpoints.push(client_endpoint(&datacenters)?);
             dbs.push(SharedDb::open(
@@ -205,9 +206,8 @@ impl City {
             c.available = available;
             c.endpoint = Some(endpoints[k].clone());
             c.client_config = Some(qcfg.clone());
+            c.probe_board = Some(board.clone());
             c.limits = EdgeLimits::default();
-            // The harness reads every event promptly; a short queue keeps 20,000 clients small.
-            c.event_queue = 16;
             Arc::new(Device {
                 id: d,
                 cfg: c,
