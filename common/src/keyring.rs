@@ -30,6 +30,8 @@ pub type DeviceToken = [u8; 32];
 
 const HEADER: &str = "lifeboat-keyring v1";
 const TOKEN_CONTEXT: &[u8] = b"lifeboat-device-v1";
+/// Largest keyring file accepted (about 4,000 keys).
+const MAX_KEYRING_BYTES: u64 = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -50,6 +52,10 @@ pub enum KeyringError {
     UnknownKey(KeyId),
     #[error("key id {0} is active; activate another key before retiring it")]
     RetireActive(KeyId),
+    #[error(
+        "keyring {path} is readable or writable by others (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    InsecurePermissions { path: String, mode: u32 },
 }
 
 /// The region's keys.
@@ -160,6 +166,11 @@ impl Keyring {
         mac
     }
 
+    /// Whether both keyrings issue the same device credentials.
+    pub fn same_auth_key(&self, other: &Keyring) -> bool {
+        self.auth == other.auth
+    }
+
     /// Text form (see the module docs).
     pub fn to_text(&self) -> String {
         let mut s = format!("{HEADER}\nauth {}\n", to_hex(&self.auth));
@@ -220,11 +231,39 @@ impl Keyring {
         })
     }
 
+    /// Read a keyring file. On Unix the file must not be accessible to group or others
+    /// (mode 0600 or stricter): a keyring anyone on the host can read lets them read and
+    /// forge every digest and every device credential of the region.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
+        let io = |source| KeyringError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyringError::InsecurePermissions {
+                    path: path.display().to_string(),
+                    mode,
+                });
+            }
+        }
+        let mut text = String::new();
+        use std::io::Read;
+        // A keyring is a few hundred bytes per key; refuse to read a runaway file.
+        (&file)
+            .take(MAX_KEYRING_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_KEYRING_BYTES {
+            return Err(KeyringError::Parse {
+                line: 0,
+                msg: format!("file is over {MAX_KEYRING_BYTES} bytes"),
+            });
+        }
         Self::parse(&text)
     }
 
@@ -245,6 +284,13 @@ impl Keyring {
                 opts.mode(0o600);
             }
             let mut f = opts.open(&tmp).map_err(io)?;
+            // `mode` applies only when the file is created: tighten a left-over temp file too.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
             f.write_all(self.to_text().as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
@@ -292,5 +338,34 @@ mod tests {
         ));
         let mut k = Keyring::generate();
         assert!(matches!(k.retire(1), Err(KeyringError::RetireActive(1))));
+        assert!(matches!(k.retire(7), Err(KeyringError::UnknownKey(7))));
+    }
+
+    #[test]
+    fn missing_keyring_file_names_the_path() {
+        let e = Keyring::load(Path::new("/nonexistent/lifeboat/keyring")).unwrap_err();
+        assert!(matches!(e, KeyringError::Io { .. }));
+        assert!(e.to_string().contains("/nonexistent/lifeboat/keyring"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keyring_readable_by_others_is_refused_and_saved_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lifeboat-keyring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keyring");
+        Keyring::generate().save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(Keyring::load(&path).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Keyring::load(&path).unwrap_err();
+        assert!(
+            matches!(e, KeyringError::InsecurePermissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
