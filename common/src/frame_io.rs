@@ -97,11 +97,13 @@ async fn read_rest<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = frame_len(*prefix)?;
+    // The configured limit first, so the peer is told the limit that applies to it.
     let max = max_bytes.min(MAX_FRAME_BYTES);
-    if len > max {
-        return Err(CodecError::TooLarge { len, max }.into());
+    let claimed = u32::from_be_bytes(*prefix) as usize;
+    if claimed > max {
+        return Err(CodecError::TooLarge { len: claimed, max }.into());
     }
+    let len = frame_len(*prefix)?;
     buf.clear();
     // Grow with the bytes that actually arrive, not with what the prefix claims.
     let read = (&mut *reader).take(len as u64).read_to_end(buf).await?;

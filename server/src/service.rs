@@ -784,7 +784,12 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
                 )));
             }
             Ok(None) => break Ok(()),
-            Err(e @ (FrameReadError::Codec(_) | FrameReadError::TooSlow { .. })) => {
+            // `Closed` here is a stream that ended mid-frame (a truncated frame).
+            Err(
+                e @ (FrameReadError::Codec(_)
+                | FrameReadError::TooSlow { .. }
+                | FrameReadError::Closed),
+            ) => {
                 break Err(ConnError::Protocol(frame_error(ctx, e)));
             }
             Err(e) => {
