@@ -7,12 +7,15 @@
 //! auth <64 hex>
 //! key 1 <64 hex>
 //! key 2 <64 hex> active
+//! revoke 1234
 //! ```
 //!
 //! Invariants: exactly one key is active (new seals use it); every listed key can open
 //! digests sealed with it; key ids are unique. Device credentials are
 //! `HMAC-SHA256(auth, "lifeboat-device-v1" || device_id)`, so any datacenter of the region
-//! verifies a device without a shared database.
+//! verifies a device without a shared database. A `revoke <device id>` line withdraws one
+//! device's credential (a stolen phone) without touching anyone else's; the list is bounded
+//! by the file size limit.
 
 use crate::ids::DeviceId;
 use hmac::{Hmac, Mac};
@@ -64,6 +67,8 @@ pub struct Keyring {
     active: KeyId,
     keys: BTreeMap<KeyId, [u8; 32]>,
     auth: [u8; 32],
+    /// Devices whose credentials are withdrawn.
+    revoked: std::collections::BTreeSet<DeviceId>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -110,6 +115,7 @@ impl Keyring {
             active: 1,
             keys,
             auth: random_key(),
+            revoked: Default::default(),
         }
     }
 
@@ -151,8 +157,29 @@ impl Keyring {
         mac.finalize().into_bytes().into()
     }
 
-    /// Constant-time check of a device credential.
+    /// Withdraw a device's credential (a stolen or retired phone).
+    pub fn revoke(&mut self, device: DeviceId) -> bool {
+        self.revoked.insert(device)
+    }
+
+    /// Give a revoked device its credential back.
+    pub fn unrevoke(&mut self, device: DeviceId) -> bool {
+        self.revoked.remove(&device)
+    }
+
+    pub fn is_revoked(&self, device: DeviceId) -> bool {
+        self.revoked.contains(&device)
+    }
+
+    pub fn revoked(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.revoked.iter().copied()
+    }
+
+    /// Constant-time check of a device credential; a revoked device is refused.
     pub fn verify_device(&self, device: DeviceId, token: &[u8]) -> bool {
+        if self.revoked.contains(&device) {
+            return false;
+        }
         let mut mac = self.mac();
         mac.update(&device.0.to_be_bytes());
         mac.verify_slice(token).is_ok()
@@ -178,6 +205,9 @@ impl Keyring {
             let active = if *id == self.active { " active" } else { "" };
             let _ = writeln!(s, "key {id} {}{active}", to_hex(k));
         }
+        for d in &self.revoked {
+            let _ = writeln!(s, "revoke {}", d.0);
+        }
         s
     }
 
@@ -197,6 +227,7 @@ impl Keyring {
             }
         }
         let (mut auth, mut active, mut keys) = (None, None, BTreeMap::new());
+        let mut revoked = std::collections::BTreeSet::new();
         for (line, l) in lines {
             let bad = |msg: &str| KeyringError::Parse {
                 line,
@@ -205,6 +236,9 @@ impl Keyring {
             let parts: Vec<&str> = l.split_whitespace().collect();
             match parts.as_slice() {
                 ["auth", hex] => auth = Some(from_hex32(hex).ok_or_else(|| bad("bad auth key"))?),
+                ["revoke", id] => {
+                    revoked.insert(DeviceId(id.parse().map_err(|_| bad("bad device id"))?));
+                }
                 ["key", id, hex, rest @ ..] => {
                     let id: KeyId = id.parse().map_err(|_| bad("bad key id"))?;
                     let key = from_hex32(hex).ok_or_else(|| bad("key must be 64 hex digits"))?;
@@ -228,6 +262,7 @@ impl Keyring {
             active: active.ok_or(KeyringError::NoActiveKey)?,
             keys,
             auth: auth.ok_or(KeyringError::NoAuthKey)?,
+            revoked,
         })
     }
 
@@ -339,6 +374,20 @@ mod tests {
         let mut k = Keyring::generate();
         assert!(matches!(k.retire(1), Err(KeyringError::RetireActive(1))));
         assert!(matches!(k.retire(7), Err(KeyringError::UnknownKey(7))));
+    }
+
+    #[test]
+    fn revoked_device_is_refused_and_the_revocation_survives_the_file() {
+        let mut k = Keyring::generate();
+        let token = k.device_token(DeviceId(7));
+        assert!(k.revoke(DeviceId(7)));
+        assert!(!k.verify_device(DeviceId(7), &token));
+        let back = Keyring::parse(&k.to_text()).unwrap();
+        assert!(back.is_revoked(DeviceId(7)));
+        assert!(!back.verify_device(DeviceId(7), &token));
+        assert!(back.verify_device(DeviceId(8), &back.device_token(DeviceId(8))));
+        k.unrevoke(DeviceId(7));
+        assert!(k.verify_device(DeviceId(7), &token));
     }
 
     #[test]

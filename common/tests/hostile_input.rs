@@ -178,6 +178,21 @@ proptest! {
     }
 }
 
+/// Replay one core script (`LIFEBOAT_FUZZ_REPLAY=1,2,3`, with `LIFEBOAT_FUZZ_TRACE=1` to
+/// print every step): how a failure found by the loop or by cargo-fuzz is debugged.
+#[test]
+fn replay_core_script() {
+    let Ok(list) = std::env::var("LIFEBOAT_FUZZ_REPLAY") else {
+        return;
+    };
+    let script: Vec<u8> = list
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    let stats = core_script(&script);
+    println!("replayed {} bytes: {stats:?}", script.len());
+}
+
 /// The long-running stable fuzz loop (see the module docs): random and mutated inputs for
 /// every target. Prints how many executions ran and the seed.
 #[test]

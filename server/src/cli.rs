@@ -63,6 +63,17 @@ enum KeysAction {
     Rotate,
     /// Remove an old key: digests sealed with it can no longer be opened.
     Retire { id: u32 },
+    /// Withdraw a device's credential (a stolen phone); running datacenters refuse it and
+    /// close its connection on their next keyring check.
+    Revoke {
+        #[arg(long)]
+        device: u64,
+    },
+    /// Give a revoked device its credential back.
+    Unrevoke {
+        #[arg(long)]
+        device: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -175,6 +186,19 @@ fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
             k.save(&path)?;
             println!("retired key {id}");
         }
+        KeysAction::Revoke { device } => {
+            k.revoke(DeviceId(device));
+            k.save(&path)?;
+            println!("revoked device {device}");
+        }
+        KeysAction::Unrevoke { device } => {
+            k.unrevoke(DeviceId(device));
+            k.save(&path)?;
+            println!("device {device} may connect again");
+        }
+    }
+    for d in k.revoked() {
+        println!("revoked device {}", d.0);
     }
     for id in k.key_ids() {
         let active = if id == k.active_key_id() {

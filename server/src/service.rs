@@ -371,6 +371,13 @@ async fn serve(
             }
             _ = tick.tick() => {
                 if let Some(k) = keyring.changed_since(&mut keyring_seen) {
+                    // A revoked device loses its open connection too.
+                    for d in k.revoked() {
+                        if let Some((_, _, conn)) = actor.conns.remove(&d) {
+                            conn.close(1u32.into(), ProtocolError::BadCredential.to_string().as_bytes());
+                            actor.core.handle_disconnect(d);
+                        }
+                    }
                     actor.core.set_keyring((*k).clone());
                 }
                 actor.core.handle_tick(now_ms());

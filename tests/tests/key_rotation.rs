@@ -105,3 +105,30 @@ async fn sighup_reloads_the_keyring_and_a_broken_file_is_not_used() -> anyhow::R
     arena.assert_alive()?;
     arena.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_device_is_revoked_without_a_restart() -> anyhow::Result<()> {
+    let arena = Arena::start(&["--keyring-poll-ms", "200"]).await?;
+    let stolen = arena.raw(310)?;
+    let (c, _) = stolen.hello(false, vec![]).await?;
+    let listed = keys(&arena, &["revoke", "--device", "310"])?;
+    assert!(listed.contains("revoked device 310"), "{listed}");
+    // Its open connection is closed on the next keyring check...
+    let reason = c.closed(std::time::Duration::from_secs(5)).await?;
+    println!("revoked device's connection closed: {reason}");
+    // ...and it cannot connect again, while everyone else carries on.
+    let (_c, first) = stolen
+        .hello_as(stolen.device, stolen.token, false, vec![])
+        .await?;
+    assert!(
+        matches!(
+            first,
+            lifeboat_tests::raw::Msg::Error {
+                error: lifeboat_common::wire::ProtocolError::BadCredential
+            }
+        ),
+        "{first:?}"
+    );
+    arena.wait_stat("/bad_credentials", 1).await?;
+    arena.finish().await
+}

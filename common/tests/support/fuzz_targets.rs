@@ -177,9 +177,12 @@ struct World {
     /// The seq each device would use next per session (as its edge core would: from the
     /// datacenter's `your_last_seq`).
     next_seq: HashMap<(DeviceId, SessionId), u64>,
-    /// The last op submitted per (datacenter, session, device, seq), to check roles.
-    ops: HashMap<(usize, SessionId, DeviceId, u64), TripOp>,
+    /// Every op submitted per (datacenter, session, device, seq), to check roles (a device
+    /// may reuse a seq with another op; which one was applied is not known here).
+    ops: HashMap<(usize, SessionId, DeviceId, u64), Vec<TripOp>>,
     steps: u64,
+    /// Print every step and effect (`LIFEBOAT_FUZZ_TRACE=1`), to debug a failing script.
+    trace: bool,
 }
 
 fn dc_config(i: u16) -> DcConfig {
@@ -213,6 +216,7 @@ impl World {
             next_seq: HashMap::new(),
             ops: HashMap::new(),
             steps: 0,
+            trace: std::env::var_os("LIFEBOAT_FUZZ_TRACE").is_some(),
         }
     }
 
@@ -247,6 +251,13 @@ impl World {
                 let n = c.next() % 3;
                 let digests: Vec<_> = (0..n).filter_map(|_| self.pick_digest(c)).collect();
                 uploaded = Some(digests.clone());
+                if self.trace {
+                    let what: Vec<_> = digests
+                        .iter()
+                        .map(|d| (d.header.session, d.header.version.to_string(), d.header.rider, d.header.driver, d.header.tombstone))
+                        .collect();
+                    eprintln!("dc{dc} t={now} connect {device} available={available} {what:?}");
+                }
                 self.dcs[dc].handle_connect(now, device, available, digests);
             }
             1..=4 => {
@@ -258,7 +269,13 @@ impl World {
                     _ => *self.next_seq.get(&(device, session)).unwrap_or(&1),
                 };
                 let op = op(c);
-                self.ops.insert((dc, session, device, seq), op.clone());
+                self.ops
+                    .entry((dc, session, device, seq))
+                    .or_default()
+                    .push(op.clone());
+                if self.trace {
+                    eprintln!("dc{dc} t={now} submit {device} {session} seq {seq} {op:?}");
+                }
                 self.submitted[dc] += 1;
                 self.dcs[dc].handle_submit(now, device, session, seq, op);
             }
@@ -271,10 +288,24 @@ impl World {
                 };
                 self.dcs[dc].handle_ack(device, session, version);
             }
-            6 => self.dcs[dc].handle_set_available(now, device, c.next() % 2 == 0),
-            7 => self.dcs[dc].handle_disconnect(device),
+            6 => {
+                let a = c.next() % 2 == 0;
+                if self.trace {
+                    eprintln!("dc{dc} t={now} {device} available={a}");
+                }
+                self.dcs[dc].handle_set_available(now, device, a)
+            }
+            7 => {
+                if self.trace {
+                    eprintln!("dc{dc} t={now} disconnect {device}");
+                }
+                self.dcs[dc].handle_disconnect(device)
+            }
             _ => {
                 self.now += u64::from(c.next()) * 20;
+                if self.trace {
+                    eprintln!("dc{dc} tick t={}", self.now);
+                }
                 self.dcs[dc].handle_tick(self.now);
             }
         }
@@ -320,6 +351,30 @@ impl World {
     /// The contract after one step at datacenter `dc`.
     fn check(&mut self, dc: usize, uploaded: Option<Vec<SealedDigest>>) {
         let fx = self.dcs[dc].poll_effects();
+        if self.trace {
+            for (d, m) in &fx.send {
+                let short = match m {
+                    ServerMsg::OpResult { session, seq, outcome, update } => format!(
+                        "OpResult {session} seq {seq} {outcome:?} {:?}",
+                        update.as_ref().map(|u| (u.digest.header.version.to_string(), u.digest.header.rider, u.digest.header.driver, u.view.phase))
+                    ),
+                    ServerMsg::Push { update } => format!(
+                        "Push {} {} rider {} driver {:?} {:?}",
+                        update.digest.header.session,
+                        update.digest.header.version,
+                        update.digest.header.rider,
+                        update.digest.header.driver,
+                        update.view.phase
+                    ),
+                    ServerMsg::Welcome { results, .. } => format!("Welcome {results:?}"),
+                    other => format!("{other:?}"),
+                };
+                eprintln!("    -> {d}: {short}");
+            }
+            for e in &fx.events {
+                eprintln!("    event {e:?}");
+            }
+        }
         let mut persisted_last = HashMap::new();
         for (session, d) in &fx.persist {
             assert_eq!(*session, d.header.session, "persisted under another key");
@@ -376,19 +431,21 @@ impl World {
                             role.is_some(),
                             "{device} applied an op to {session} without taking part"
                         );
-                        let op = self.ops.get(&(dc, *session, *device, *seq));
-                        let driver_only = matches!(
-                            op,
-                            Some(
-                                TripOp::Arrived
-                                    | TripOp::StartTrip
-                                    | TripOp::Location { .. }
-                                    | TripOp::Complete
-                            )
-                        );
+                        let ops = self.ops.get(&(dc, *session, *device, *seq));
+                        let driver_only = ops.is_some_and(|ops| {
+                            ops.iter().all(|op| {
+                                matches!(
+                                    op,
+                                    TripOp::Arrived
+                                        | TripOp::StartTrip
+                                        | TripOp::Location { .. }
+                                        | TripOp::Complete
+                                )
+                            })
+                        });
                         assert!(
                             !driver_only || role == Some(lifeboat_common::Role::Driver),
-                            "{op:?} applied from {device} as {role:?} on {session}"
+                            "{ops:?} applied from {device} as {role:?} on {session}"
                         );
                     }
                 }
