@@ -133,10 +133,27 @@ impl Keyring {
 
     /// Add a new key (next id) and make it active; older keys stay open-only.
     pub fn rotate(&mut self) -> KeyId {
-        let id = self.keys.keys().next_back().map(|k| k + 1).unwrap_or(1);
-        self.keys.insert(id, random_key());
+        let id = self.add();
         self.active = id;
         id
+    }
+
+    /// Add a new open-only key (next id). With several datacenters, add the key everywhere
+    /// first and [`Keyring::activate`] it only then: a datacenter must be able to open a
+    /// digest before any other datacenter seals with its key.
+    pub fn add(&mut self) -> KeyId {
+        let id = self.keys.keys().next_back().map(|k| k + 1).unwrap_or(1);
+        self.keys.insert(id, random_key());
+        id
+    }
+
+    /// Make an existing key the one new seals use.
+    pub fn activate(&mut self, id: KeyId) -> Result<(), KeyringError> {
+        if !self.keys.contains_key(&id) {
+            return Err(KeyringError::UnknownKey(id));
+        }
+        self.active = id;
+        Ok(())
     }
 
     /// Drop an open-only key. Digests sealed with it can no longer be opened.
@@ -345,6 +362,18 @@ mod tests {
         assert_eq!(back.active_key_id(), 2);
         assert_eq!(back.key_ids().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(back.device_token(DeviceId(9)), k.device_token(DeviceId(9)));
+    }
+
+    #[test]
+    fn two_phase_rotation_adds_an_open_only_key_then_activates_it() {
+        let mut k = Keyring::generate();
+        let id = k.add();
+        assert_eq!((id, k.active_key_id()), (2, 1));
+        assert!(matches!(k.activate(9), Err(KeyringError::UnknownKey(9))));
+        k.activate(id).unwrap();
+        assert_eq!(k.active_key_id(), 2);
+        k.retire(1).unwrap();
+        assert_eq!(k.key_ids().collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

@@ -59,8 +59,13 @@ enum KeysAction {
     Generate,
     /// List key ids and which one is active.
     List,
-    /// Add a new key and make it active; older keys still open digests.
+    /// Add a new key and make it active; older keys still open digests. With several
+    /// datacenters use `add`, copy the keyring everywhere, then `activate` (see SECURITY.md).
     Rotate,
+    /// Add a new key that opens digests but does not seal yet (phase 1 of a rotation).
+    Add,
+    /// Make a key the one new seals use (phase 2 of a rotation).
+    Activate { id: u32 },
     /// Remove an old key: digests sealed with it can no longer be opened.
     Retire { id: u32 },
     /// Withdraw a device's credential (a stolen phone); running datacenters refuse it and
@@ -180,6 +185,16 @@ fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
                 "new active key {id}; running datacenters pick it up within --keyring-poll-ms \
                  (or at once on SIGHUP); copy the keyring to every datacenter of the region"
             );
+        }
+        KeysAction::Add => {
+            let id = k.add();
+            k.save(&path)?;
+            println!("added key {id} (open-only); copy the keyring to every datacenter, then `keys activate {id}`");
+        }
+        KeysAction::Activate { id } => {
+            k.activate(id)?;
+            k.save(&path)?;
+            println!("key {id} is active");
         }
         KeysAction::Retire { id } => {
             k.retire(id)?;

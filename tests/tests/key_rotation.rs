@@ -1,5 +1,5 @@
-//! Key rotation during traffic (S14), end to end: `lifeboat-server keys rotate` and
-//! `keys retire` run against the region directory of a running datacenter process, which
+//! Key rotation during traffic (S14), end to end: `lifeboat-server keys add`, `activate`,
+//! `rotate`, `retire` and `revoke` run against the region directory of a running datacenter process, which
 //! picks up the file without a restart (by polling it, or at once on SIGHUP). Old digests
 //! still open after a rotation; new seals use the new key; a retired key's digests get a
 //! typed refusal; a broken keyring file never replaces the keys in use. Honest traffic (real
@@ -46,10 +46,16 @@ async fn key_rotation_during_traffic_keeps_old_digests_open() -> anyhow::Result<
     assert_eq!(old.key_id, 1);
     drop(c);
 
-    let listed = keys(&arena, &["rotate"])?;
+    // Phase 1: the new key opens everywhere before anything is sealed with it.
+    let listed = keys(&arena, &["add"])?;
+    assert!(listed.contains("key 2\n"), "{listed}");
+    arena.wait_stat("/keyring/reloads", 1).await?;
+    assert_eq!(arena.stats()?["keyring"]["key_ids"], serde_json::json!([1, 2]));
+    assert_eq!(arena.stat("/keyring/active_key")?, 1);
+    // Phase 2: seal with it.
+    let listed = keys(&arena, &["activate", "2"])?;
     assert!(listed.contains("key 2 (active)"), "{listed}");
     arena.wait_stat("/keyring/active_key", 2).await?;
-    arena.wait_stat("/keyring/reloads", 1).await?;
     // Honest traffic rode through, and its trip is now sealed with the new key.
     arena.honest_progress(5).await?;
     arena.wait_stat("/keyring/active_sessions_by_key/2", 1).await?;
@@ -65,7 +71,7 @@ async fn key_rotation_during_traffic_keeps_old_digests_open() -> anyhow::Result<
 
     // Retire key 1: its digests now get a typed refusal, and nothing else changes.
     keys(&arena, &["retire", "1"])?;
-    arena.wait_stat("/keyring/reloads", 2).await?;
+    arena.wait_stat("/keyring/reloads", 3).await?;
     let (_c, results) = h.hello(false, vec![old]).await?;
     assert_eq!(
         results[0].outcome,
