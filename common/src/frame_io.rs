@@ -151,7 +151,10 @@ mod tests {
         };
         let r = read_frame_limited::<ClientMsg<Trip>, _>(&mut r, &mut Vec::new(), &limits).await;
         assert!(
-            matches!(r, Err(FrameReadError::Codec(CodecError::TooLarge { max: 1, .. }))),
+            matches!(
+                r,
+                Err(FrameReadError::Codec(CodecError::TooLarge { max: 1, .. }))
+            ),
             "{r:?}"
         );
     }

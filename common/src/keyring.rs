@@ -423,7 +423,10 @@ mod tests {
     fn missing_keyring_file_names_the_path() {
         let e = Keyring::load(Path::new("/nonexistent/lifeboat/keyring")).unwrap_err();
         assert!(matches!(e, KeyringError::Io { .. }));
-        assert!(e.to_string().contains("/nonexistent/lifeboat/keyring"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent/lifeboat/keyring"),
+            "{e}"
+        );
     }
 
     #[cfg(unix)]

@@ -12,9 +12,9 @@
 //! authenticated connection.
 
 use crate::app::{AppRejection, Application};
+use crate::digest::SealError;
 use crate::digest::SealedDigest;
 use crate::ids::{DatacenterId, DeviceId, SessionId};
-use crate::digest::SealError;
 use crate::keyring::{DeviceToken, KeyId};
 use crate::limits::{LimitExceeded, LimitKind};
 use crate::version::VersionVector;

@@ -46,7 +46,8 @@ fn arb_point() -> impl Strategy<Value = GeoPoint> {
 
 fn arb_op() -> impl Strategy<Value = TripOp> {
     prop_oneof![
-        (arb_point(), arb_point()).prop_map(|(pickup, dropoff)| TripOp::Request { pickup, dropoff }),
+        (arb_point(), arb_point())
+            .prop_map(|(pickup, dropoff)| TripOp::Request { pickup, dropoff }),
         Just(TripOp::Arrived),
         Just(TripOp::StartTrip),
         arb_point().prop_map(|at| TripOp::Location { at }),
@@ -59,15 +60,20 @@ fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
     let keyring = fixed_keyring();
     let digest = support::fuzz_targets::genuine_digest(&keyring);
     prop_oneof![
-        (any::<u64>(), any::<[u8; 32]>(), any::<bool>(), 0..4usize, any::<bool>()).prop_map(
-            move |(d, token, available, n, more)| ClientMsg::Hello {
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<bool>(),
+            0..4usize,
+            any::<bool>()
+        )
+            .prop_map(move |(d, token, available, n, more)| ClientMsg::Hello {
                 device: DeviceId(d),
                 token,
                 available,
                 digests: vec![digest.clone(); n],
                 more,
-            }
-        ),
+            }),
         (any::<u64>(), any::<u64>(), arb_op()).prop_map(|(s, seq, op)| ClientMsg::Submit {
             session: SessionId(s),
             seq,
@@ -255,7 +261,9 @@ fn random_bytes_loop() {
             panic!("seed {seed} iteration {i}: input {input:?}");
         }
         // Core scripts are slower: a shorter random script on every iteration.
-        let script: Vec<u8> = (0..rng.random_range(0..2_000)).map(|_| rng.random()).collect();
+        let script: Vec<u8> = (0..rng.random_range(0..2_000))
+            .map(|_| rng.random())
+            .collect();
         match std::panic::catch_unwind(|| core_script(&script)) {
             Ok(stats) => support::fuzz_targets::add_stats(&mut reached, &stats),
             Err(_) => panic!("seed {seed} iteration {i}: core script {script:?}"),

@@ -74,7 +74,10 @@ pub struct KeyringStatus {
 pub enum Reload {
     Unchanged,
     /// The new keyring is in use; `auth_changed` means every device credential changed.
-    Reloaded { active: KeyId, auth_changed: bool },
+    Reloaded {
+        active: KeyId,
+        auth_changed: bool,
+    },
 }
 
 impl KeyringWatch {
@@ -164,7 +167,9 @@ impl KeyringWatch {
             }) => {
                 tracing::info!(path = %self.path.display(), active_key = active, "keyring reloaded");
                 if auth_changed {
-                    tracing::warn!("the device-credential key changed: every device needs a new credential");
+                    tracing::warn!(
+                        "the device-credential key changed: every device needs a new credential"
+                    );
                 }
             }
             Err(e) => {

@@ -315,8 +315,7 @@ async fn serve(
                     incoming.refuse();
                     continue;
                 }
-                let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters)
-                else {
+                let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters) else {
                     continue;
                 };
                 let (incoming, slot) = slot;
@@ -660,10 +659,13 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
         while more {
             frames += 1;
             if frames > ctx.max_upload_frames {
-                return Ok(Err(limit(ctx, LimitKind::UploadFrames, ctx.max_upload_frames)));
+                return Ok(Err(limit(
+                    ctx,
+                    LimitKind::UploadFrames,
+                    ctx.max_upload_frames,
+                )));
             }
-            match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames)
-                .await?
+            match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await?
             {
                 Some(ClientMsg::Upload {
                     digests: more_digests,

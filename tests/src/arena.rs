@@ -43,10 +43,9 @@ impl Arena {
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Arena> {
         let mut cluster = Cluster::new(1, extra_args)?;
         let stats_file = cluster.path().join("dc1-status.json");
-        cluster.specs[0].extra_args.extend([
-            "--stats-file".to_string(),
-            stats_file.display().to_string(),
-        ]);
+        cluster.specs[0]
+            .extra_args
+            .extend(["--stats-file".to_string(), stats_file.display().to_string()]);
         cluster.start(0)?;
         let driver = cluster.device(HONEST_DRIVER, true).await?;
         let rider = cluster.device(HONEST_RIDER, false).await?;
@@ -119,7 +118,12 @@ impl Arena {
 
     /// A raw device with its genuine credential.
     pub fn raw(&self, id: u64) -> anyhow::Result<RawDevice> {
-        RawDevice::new(id, &self.cluster.keyring, &self.cluster.ca_pem, self.server())
+        RawDevice::new(
+            id,
+            &self.cluster.keyring,
+            &self.cluster.ca_pem,
+            self.server(),
+        )
     }
 
     /// Honest location ops committed so far.
@@ -182,7 +186,11 @@ impl Arena {
 
     /// The datacenter's resident memory (KiB), from /proc.
     pub fn rss_kib(&mut self) -> anyhow::Result<u64> {
-        let pid = self.cluster.process(0).context("datacenter not running")?.pid();
+        let pid = self
+            .cluster
+            .process(0)
+            .context("datacenter not running")?
+            .pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()

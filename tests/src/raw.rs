@@ -34,7 +34,12 @@ pub struct RawDevice {
 
 impl RawDevice {
     /// Device `id` with its genuine credential from `keyring`.
-    pub fn new(id: u64, keyring: &Keyring, ca_pem: &[u8], server: SocketAddr) -> anyhow::Result<Self> {
+    pub fn new(
+        id: u64,
+        keyring: &Keyring,
+        ca_pem: &[u8],
+        server: SocketAddr,
+    ) -> anyhow::Result<Self> {
         Self::with_window(id, keyring, ca_pem, server, None)
     }
 
@@ -72,9 +77,9 @@ impl RawDevice {
 
     /// A QUIC connection, no stream and no frame yet.
     pub async fn connect(&self) -> anyhow::Result<quinn::Connection> {
-        let connecting = self
-            .endpoint
-            .connect_with(self.client_cfg.clone(), self.server, "localhost")?;
+        let connecting =
+            self.endpoint
+                .connect_with(self.client_cfg.clone(), self.server, "localhost")?;
         Ok(tokio::time::timeout(ANSWER_WAIT, connecting)
             .await
             .context("QUIC handshake timed out")??)
@@ -156,9 +161,12 @@ impl RawConn {
     /// The next frame from the datacenter (`None`: it finished the stream), within
     /// [`ANSWER_WAIT`].
     pub async fn recv(&mut self) -> anyhow::Result<Option<Msg>> {
-        let msg = tokio::time::timeout(ANSWER_WAIT, read_frame::<Msg, _>(&mut self.recv, &mut self.buf))
-            .await
-            .context("no frame from the datacenter in time")??;
+        let msg = tokio::time::timeout(
+            ANSWER_WAIT,
+            read_frame::<Msg, _>(&mut self.recv, &mut self.buf),
+        )
+        .await
+        .context("no frame from the datacenter in time")??;
         if let Some(m) = &msg {
             self.remember(m);
         }
@@ -172,7 +180,8 @@ impl RawConn {
             _ => None,
         };
         if let Some(u) = update {
-            self.latest.insert(u.digest.header.session, u.digest.clone());
+            self.latest
+                .insert(u.digest.header.session, u.digest.clone());
         }
     }
 

@@ -24,7 +24,12 @@ use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// Short timeouts so the slow-sender scenarios stay fast.
-const ARGS: &[&str] = &["--handshake-timeout-ms", "1500", "--frame-timeout-ms", "500"];
+const ARGS: &[&str] = &[
+    "--handshake-timeout-ms",
+    "1500",
+    "--frame-timeout-ms",
+    "500",
+];
 
 /// Memory an attack may add to the datacenter (KiB). It catches allocations sized by what a
 /// peer claims (gigabytes) or state kept per attack, not allocator noise; the datacenter
@@ -39,7 +44,10 @@ fn request() -> TripOp {
 }
 
 /// The attacker's own trip, created by hand: its connection and first digest.
-async fn own_trip(dev: &RawDevice, session: u64) -> anyhow::Result<(RawConn, SessionId, SealedDigest)> {
+async fn own_trip(
+    dev: &RawDevice,
+    session: u64,
+) -> anyhow::Result<(RawConn, SessionId, SealedDigest)> {
     let (mut c, _) = dev.hello(false, vec![]).await?;
     let s = SessionId(session);
     let (outcome, update) = c.submit(s, 1, request()).await?;
@@ -135,7 +143,10 @@ async fn digest_of_another_session_is_refused() -> anyhow::Result<()> {
     // Nor can it act on the session it does not take part in.
     let (outcome, update) = c.submit(victim_session, 2, TripOp::Cancel).await?;
     assert_eq!(outcome, OpOutcome::Rejected(OpRejection::NotParticipant));
-    assert!(update.is_none(), "a non-participant must not get the digest");
+    assert!(
+        update.is_none(),
+        "a non-participant must not get the digest"
+    );
     arena.wait_stat("/core/uploads_refused", 2).await?;
     arena.finish().await
 }
@@ -157,7 +168,9 @@ async fn replayed_older_digest_cannot_roll_back_a_session() -> anyhow::Result<()
     // Replay the older copy: the datacenter keeps its newer one and pushes it back.
     let (mut r, results) = rider.hello(false, vec![assigned.clone()]).await?;
     assert_eq!(outcomes(&results), vec![UploadOutcome::Stale]);
-    let pushed = r.push_where(session, |g| g.header.version != assigned.header.version).await?;
+    let pushed = r
+        .push_where(session, |g| g.header.version != assigned.header.version)
+        .await?;
     assert_eq!(
         pushed.header.version.compare(&assigned.header.version),
         lifeboat_common::VersionOrder::Newer
@@ -165,15 +178,13 @@ async fn replayed_older_digest_cannot_roll_back_a_session() -> anyhow::Result<()
     arena.wait_stat("/core/uploads_stale", 1).await?;
 
     // Finish the trip (the fare is computed), then try to undo it with the old copy.
-    let mut seq = 2;
-    for op in [
+    for (seq, op) in (2..).zip([
         TripOp::StartTrip,
         TripOp::Location { at: route_point(3) },
         TripOp::Complete,
-    ] {
+    ]) {
         let (o, _) = d.submit(session, seq, op).await?;
         ensure!(o == OpOutcome::Applied, "driver op {seq}: {o:?}");
-        seq += 1;
     }
     drop(r);
     let (mut r, results) = rider.hello(false, vec![assigned]).await?;
@@ -312,7 +323,10 @@ async fn garbage_frames_are_refused() -> anyhow::Result<()> {
             h.hello(false, vec![]).await?.0
         };
         c.send_raw(&frame_with_len(len as u32, &body)).await?;
-        let e = c.expect_error().await.with_context(|| format!("seed {seed} round {round}"))?;
+        let e = c
+            .expect_error()
+            .await
+            .with_context(|| format!("seed {seed} round {round}"))?;
         assert!(
             matches!(e, ProtocolError::BadFrame(_) | ProtocolError::ExpectedHello),
             "seed {seed} round {round}: {e}"
@@ -344,7 +358,10 @@ async fn truncated_frame_is_refused() -> anyhow::Result<()> {
     let (mut c, _) = h.hello(false, vec![]).await?;
     c.send_raw(&frame_with_len(100, &[7u8; 10])).await?;
     c.send.finish()?;
-    let e = c.expect_error().await.context("truncated frame after Welcome")?;
+    let e = c
+        .expect_error()
+        .await
+        .context("truncated frame after Welcome")?;
     assert!(matches!(e, ProtocolError::BadFrame(_)), "{e}");
 
     // Only part of a length prefix.
@@ -381,13 +398,17 @@ async fn oversized_length_prefix_is_refused_before_allocation() -> anyhow::Resul
     }
     // After Welcome, a real 20,000-byte frame.
     let (mut c, _) = h.hello(false, vec![]).await?;
-    c.send_raw(&frame_with_len(20_000, &vec![0u8; 20_000])).await?;
+    c.send_raw(&frame_with_len(20_000, &vec![0u8; 20_000]))
+        .await?;
     let e = c.expect_error().await?;
     assert!(too_large(&e), "{e}");
     arena.wait_stat("/limits/frame_bytes", 5).await?;
     let rss_after = arena.rss_kib()?;
     println!("datacenter RSS {rss_before} KiB before, {rss_after} KiB after");
-    ensure!(rss_after < rss_before + RSS_GROWTH_MAX_KIB, "RSS grew from {rss_before} to {rss_after} KiB");
+    ensure!(
+        rss_after < rss_before + RSS_GROWTH_MAX_KIB,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
     arena.finish().await
 }
 
@@ -411,8 +432,12 @@ async fn frame_claiming_a_huge_vector_is_refused() -> anyhow::Result<()> {
     body.extend_from_slice(&u64::MAX.to_be_bytes());
     body.push(0);
     let mut c = h.open().await?;
-    c.send_raw(&frame_with_len(body.len() as u32, &body)).await?;
-    assert!(matches!(c.expect_error().await?, ProtocolError::BadFrame(_)));
+    c.send_raw(&frame_with_len(body.len() as u32, &body))
+        .await?;
+    assert!(matches!(
+        c.expect_error().await?,
+        ProtocolError::BadFrame(_)
+    ));
 
     // After Welcome: an Ack whose version vector claims 2^32 entries.
     let (mut c, _) = h.hello(false, vec![]).await?;
@@ -425,7 +450,10 @@ async fn frame_claiming_a_huge_vector_is_refused() -> anyhow::Result<()> {
     ack.push(0xfc);
     ack.extend_from_slice(&u32::MAX.to_be_bytes());
     c.send_raw(&frame_with_len(ack.len() as u32, &ack)).await?;
-    assert!(matches!(c.expect_error().await?, ProtocolError::BadFrame(_)));
+    assert!(matches!(
+        c.expect_error().await?,
+        ProtocolError::BadFrame(_)
+    ));
 
     arena.wait_stat("/bad_frames", 2).await?;
     let rss_after = arena.rss_kib()?;
@@ -461,7 +489,13 @@ async fn connect_upload_over_its_limits_is_refused() -> anyhow::Result<()> {
     }
     let e = c.expect_error().await?;
     assert!(
-        matches!(e, ProtocolError::Limit(LimitExceeded { kind: LimitKind::UploadFrames, max: 2 })),
+        matches!(
+            e,
+            ProtocolError::Limit(LimitExceeded {
+                kind: LimitKind::UploadFrames,
+                max: 2
+            })
+        ),
         "{e}"
     );
 
@@ -482,7 +516,13 @@ async fn connect_upload_over_its_limits_is_refused() -> anyhow::Result<()> {
     .await?;
     let e = c.expect_error().await?;
     assert!(
-        matches!(e, ProtocolError::Limit(LimitExceeded { kind: LimitKind::DigestsPerFrame, max: 64 })),
+        matches!(
+            e,
+            ProtocolError::Limit(LimitExceeded {
+                kind: LimitKind::DigestsPerFrame,
+                max: 64
+            })
+        ),
         "{e}"
     );
     arena.wait_stat("/limits/upload_frames", 1).await?;
@@ -524,7 +564,11 @@ async fn connection_flood_is_bounded_in_count_and_time() -> anyhow::Result<()> {
         t0.elapsed().as_millis()
     );
     // The honest pair holds 2 of the 16 slots of 127.0.0.1.
-    ensure!(accepted.len() <= 14, "{} flood connections accepted", accepted.len());
+    ensure!(
+        accepted.len() <= 14,
+        "{} flood connections accepted",
+        accepted.len()
+    );
     ensure!(refused >= flood - 14);
     // Accepted but silent: each is closed by the handshake timeout.
     for conn in &accepted {
@@ -532,7 +576,11 @@ async fn connection_flood_is_bounded_in_count_and_time() -> anyhow::Result<()> {
             .await
             .context("a flood connection outlived the handshake timeout")?;
     }
-    ensure!(t0.elapsed() < Duration::from_secs(15), "flood took {:?}", t0.elapsed());
+    ensure!(
+        t0.elapsed() < Duration::from_secs(15),
+        "flood took {:?}",
+        t0.elapsed()
+    );
     arena
         .wait_stat("/limits/connections_per_address", (flood - 14) as u64)
         .await?;
@@ -582,14 +630,16 @@ async fn slowloris_senders_are_cut_off() -> anyhow::Result<()> {
     }
     // After Welcome: a small frame dribbled one byte every 150 ms.
     let (mut c, _) = h.hello(false, vec![]).await?;
-    let frame = lifeboat_common::wire::encode_frame(&ClientMsg::<Trip>::SetAvailable {
-        available: false,
-    })?;
+    let frame =
+        lifeboat_common::wire::encode_frame(&ClientMsg::<Trip>::SetAvailable { available: false })?;
     let (e, took) = c
         .dribble_until_error(&frame, Duration::from_millis(150))
         .await?;
     ensure!(cut_off(&e), "{e}");
-    println!("slow sender after Welcome cut off after {} ms", took.as_millis());
+    println!(
+        "slow sender after Welcome cut off after {} ms",
+        took.as_millis()
+    );
     arena
         .wait_stat("/limits/frame_timeout", slow as u64 + 1)
         .await?;
@@ -616,11 +666,13 @@ async fn in_flight_flood_gets_typed_retryable_rejections() -> anyhow::Result<()>
     let n = 60u64;
     let mut burst = Vec::new();
     for seq in 2..2 + n {
-        burst.extend(lifeboat_common::wire::encode_frame(&ClientMsg::<Trip>::Submit {
-            session,
-            seq,
-            op: TripOp::Location { at: route_point(1) },
-        })?);
+        burst.extend(lifeboat_common::wire::encode_frame(
+            &ClientMsg::<Trip>::Submit {
+                session,
+                seq,
+                op: TripOp::Location { at: route_point(1) },
+            },
+        )?);
     }
     c.send_raw(&burst).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -628,7 +680,10 @@ async fn in_flight_flood_gets_typed_retryable_rejections() -> anyhow::Result<()>
     while answered.len() < n as usize {
         match c.next_answer().await? {
             lifeboat_tests::raw::Msg::OpResult { seq, outcome, .. } => {
-                ensure!(answered.insert(seq, outcome).is_none(), "op {seq} answered twice");
+                ensure!(
+                    answered.insert(seq, outcome).is_none(),
+                    "op {seq} answered twice"
+                );
             }
             other => bail!("unexpected {other:?}"),
         }
@@ -642,12 +697,17 @@ async fn in_flight_flood_gets_typed_retryable_rejections() -> anyhow::Result<()>
             _ => None,
         })
         .collect();
-    println!("{n} ops, {} refused over the in-flight limit", limited.len());
+    println!(
+        "{n} ops, {} refused over the in-flight limit",
+        limited.len()
+    );
     ensure!(!limited.is_empty(), "no op hit the in-flight limit");
     for (r, max) in &limited {
         ensure!(*max == 8 && r.is_retryable());
     }
-    arena.wait_stat("/limits/in_flight_ops", limited.len() as u64).await?;
+    arena
+        .wait_stat("/limits/in_flight_ops", limited.len() as u64)
+        .await?;
     arena.finish().await
 }
 

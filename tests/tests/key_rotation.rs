@@ -50,7 +50,10 @@ async fn key_rotation_during_traffic_keeps_old_digests_open() -> anyhow::Result<
     let listed = keys(&arena, &["add"])?;
     assert!(listed.contains("key 2\n"), "{listed}");
     arena.wait_stat("/keyring/reloads", 1).await?;
-    assert_eq!(arena.stats()?["keyring"]["key_ids"], serde_json::json!([1, 2]));
+    assert_eq!(
+        arena.stats()?["keyring"]["key_ids"],
+        serde_json::json!([1, 2])
+    );
     assert_eq!(arena.stat("/keyring/active_key")?, 1);
     // Phase 2: seal with it.
     let listed = keys(&arena, &["activate", "2"])?;
@@ -58,7 +61,9 @@ async fn key_rotation_during_traffic_keeps_old_digests_open() -> anyhow::Result<
     arena.wait_stat("/keyring/active_key", 2).await?;
     // Honest traffic rode through, and its trip is now sealed with the new key.
     arena.honest_progress(5).await?;
-    arena.wait_stat("/keyring/active_sessions_by_key/2", 1).await?;
+    arena
+        .wait_stat("/keyring/active_sessions_by_key/2", 1)
+        .await?;
 
     // The old digest still opens (the datacenter's copy is that very version).
     let (mut c, results) = h.hello(false, vec![old.clone()]).await?;

@@ -75,8 +75,14 @@ pub fn genuine_digest(keyring: &Keyring) -> SealedDigest {
     };
     let state = match <Trip as lifeboat_common::Application>::create(
         &TripOp::Request {
-            pickup: GeoPoint { lat_e6: 1, lon_e6: 2 },
-            dropoff: GeoPoint { lat_e6: 3, lon_e6: 4 },
+            pickup: GeoPoint {
+                lat_e6: 1,
+                lon_e6: 2,
+            },
+            dropoff: GeoPoint {
+                lat_e6: 3,
+                lon_e6: 4,
+            },
         },
         5,
     ) {
@@ -95,7 +101,10 @@ pub fn digest_bytes(data: &[u8]) {
     let keyring = fixed_keyring();
     if let Ok(d) = decode_exact::<SealedDigest>(data, MAX_DIGEST_BYTES) {
         // Bytes off the wire never open: forging needs the region key.
-        assert!(d.open::<TripState>(&keyring).is_err(), "forged digest opened");
+        assert!(
+            d.open::<TripState>(&keyring).is_err(),
+            "forged digest opened"
+        );
     }
     // Flip bits of a genuine digest's encoding at positions the bytes choose.
     let genuine = genuine_digest(&keyring);
@@ -139,10 +148,22 @@ const POOL: usize = 48;
 fn point(b: u8) -> GeoPoint {
     match b % 4 {
         // Near each other (small steps), far (over the jump limit), out of range.
-        0 => GeoPoint { lat_e6: 52_520_000, lon_e6: 13_405_000 },
-        1 => GeoPoint { lat_e6: 52_520_000 + i32::from(b) * 90, lon_e6: 13_405_000 },
-        2 => GeoPoint { lat_e6: 10_000_000, lon_e6: 13_405_000 },
-        _ => GeoPoint { lat_e6: i32::MAX, lon_e6: i32::MIN },
+        0 => GeoPoint {
+            lat_e6: 52_520_000,
+            lon_e6: 13_405_000,
+        },
+        1 => GeoPoint {
+            lat_e6: 52_520_000 + i32::from(b) * 90,
+            lon_e6: 13_405_000,
+        },
+        2 => GeoPoint {
+            lat_e6: 10_000_000,
+            lon_e6: 13_405_000,
+        },
+        _ => GeoPoint {
+            lat_e6: i32::MAX,
+            lon_e6: i32::MIN,
+        },
     }
 }
 
@@ -154,7 +175,9 @@ fn op(c: &mut Cursor) -> TripOp {
         },
         2 => TripOp::Arrived,
         3 => TripOp::StartTrip,
-        4 => TripOp::Location { at: point(c.next()) },
+        4 => TripOp::Location {
+            at: point(c.next()),
+        },
         5 => TripOp::Complete,
         _ => TripOp::Cancel,
     }
@@ -247,14 +270,22 @@ impl World {
         let mut uploaded: Option<Vec<SealedDigest>> = None;
         match c.next() % 9 {
             0 => {
-                let available = c.next() % 2 == 0;
+                let available = c.next() & 1 == 0;
                 let n = c.next() % 3;
                 let digests: Vec<_> = (0..n).filter_map(|_| self.pick_digest(c)).collect();
                 uploaded = Some(digests.clone());
                 if self.trace {
                     let what: Vec<_> = digests
                         .iter()
-                        .map(|d| (d.header.session, d.header.version.to_string(), d.header.rider, d.header.driver, d.header.tombstone))
+                        .map(|d| {
+                            (
+                                d.header.session,
+                                d.header.version.to_string(),
+                                d.header.rider,
+                                d.header.driver,
+                                d.header.tombstone,
+                            )
+                        })
                         .collect();
                     eprintln!("dc{dc} t={now} connect {device} available={available} {what:?}");
                 }
@@ -282,14 +313,14 @@ impl World {
             5 => {
                 let session = SessionId(1 + u64::from(c.next() % SESSIONS));
                 let version = match self.pick_digest(c) {
-                    Some(d) if c.next() % 2 == 0 => d.header.version,
+                    Some(d) if c.next() & 1 == 0 => d.header.version,
                     // Whatever the script says, sorted or not, zero or not.
                     _ => decode_exact(&[1, c.next() % 4, c.next()], 16).unwrap_or_default(),
                 };
                 self.dcs[dc].handle_ack(device, session, version);
             }
             6 => {
-                let a = c.next() % 2 == 0;
+                let a = c.next() & 1 == 0;
                 if self.trace {
                     eprintln!("dc{dc} t={now} {device} available={a}");
                 }
@@ -314,11 +345,16 @@ impl World {
 
     /// An upload's outcome agrees with what the datacenter holds now.
     fn check_upload(&self, dc: usize, outcome: &UploadOutcome, d: &SealedDigest) {
-        let held = self.dcs[dc].session(d.header.session).map(|(h, _)| h.clone());
+        let held = self.dcs[dc]
+            .session(d.header.session)
+            .map(|(h, _)| h.clone());
         let opens = d.open::<TripState>(&self.keyring).is_ok();
         match outcome {
             UploadOutcome::Refused(_) => {}
-            _ => assert!(opens, "a digest that does not open was accepted: {outcome:?}"),
+            _ => assert!(
+                opens,
+                "a digest that does not open was accepted: {outcome:?}"
+            ),
         }
         let Some(held) = held else {
             assert!(
@@ -332,7 +368,10 @@ impl World {
         let order = held.version.compare(&d.header.version);
         match outcome {
             UploadOutcome::Restored | UploadOutcome::Current => assert!(
-                matches!(order, VersionOrder::Equal | VersionOrder::Newer | VersionOrder::Concurrent),
+                matches!(
+                    order,
+                    VersionOrder::Equal | VersionOrder::Newer | VersionOrder::Concurrent
+                ),
                 "{outcome:?} but held {} vs uploaded {}",
                 held.version,
                 d.header.version
@@ -354,9 +393,19 @@ impl World {
         if self.trace {
             for (d, m) in &fx.send {
                 let short = match m {
-                    ServerMsg::OpResult { session, seq, outcome, update } => format!(
+                    ServerMsg::OpResult {
+                        session,
+                        seq,
+                        outcome,
+                        update,
+                    } => format!(
                         "OpResult {session} seq {seq} {outcome:?} {:?}",
-                        update.as_ref().map(|u| (u.digest.header.version.to_string(), u.digest.header.rider, u.digest.header.driver, u.view.phase))
+                        update.as_ref().map(|u| (
+                            u.digest.header.version.to_string(),
+                            u.digest.header.rider,
+                            u.digest.header.driver,
+                            u.view.phase
+                        ))
                     ),
                     ServerMsg::Push { update } => format!(
                         "Push {} {} rider {} driver {:?} {:?}",
@@ -469,7 +518,11 @@ impl World {
         assert!(core.create_budget_len() <= usize::from(DEVICES));
         assert!(core.dispatch_pool_len() <= 2 * usize::from(DEVICES) + 65);
         for (id, header, _) in core.sessions() {
-            assert_ne!(Some(header.rider), header.driver, "rider assigned as driver");
+            assert_ne!(
+                Some(header.rider),
+                header.driver,
+                "rider assigned as driver"
+            );
             if let Some((old, tomb)) = self.seen[dc].get(&id) {
                 // C3: never older, never revived.
                 assert!(
