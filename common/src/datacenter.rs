@@ -29,15 +29,21 @@
 //!   partner's committed ops would diverge.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
 //! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
-//!   hitting one is a typed rejection, never a panic.
+//!   hitting one is a typed rejection, never a panic. A device may create a session only
+//!   while it takes part in fewer than `max_active_sessions_per_device` active sessions, and
+//!   at most `session_creates_per_minute` times a minute (a token bucket per device; the
+//!   bucket map holds only devices that created within the last minute).
 
 use crate::app::{AppRejection, Application};
 use crate::dedup::{DedupEntry, Seen};
 use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
 use crate::ids::{DatacenterId, DeviceId, ReplicaId, Role, SessionId};
 use crate::keyring::Keyring;
+use crate::limits::{LimitExceeded, LimitKind};
 use crate::version::{VersionOrder, VersionVector};
-use crate::wire::{OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadResult};
+use crate::wire::{
+    OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadRefusal, UploadResult,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// When a server-side change (dispatch) counts as committed.
@@ -86,6 +92,10 @@ pub struct DcConfig {
     pub max_sessions: usize,
     /// Most ops parked per session behind a restore barrier.
     pub max_parked_per_session: usize,
+    /// A device taking part in this many active sessions may not create another.
+    pub max_active_sessions_per_device: usize,
+    /// Session creates a device may make per minute (also the burst size); 0: unlimited.
+    pub session_creates_per_minute: u32,
 }
 
 impl DcConfig {
@@ -97,6 +107,8 @@ impl DcConfig {
             restore_grace_ms: 10_000,
             max_sessions: 1_000_000,
             max_parked_per_session: 128,
+            max_active_sessions_per_device: 16,
+            session_creates_per_minute: 10,
         }
     }
 }
@@ -139,7 +151,7 @@ pub enum DcEvent {
     UploadRefused {
         session: SessionId,
         from: DeviceId,
-        reason: String,
+        reason: UploadRefusal,
     },
     Diverged {
         session: SessionId,
@@ -185,6 +197,23 @@ pub struct DcStats {
     pub dispatched: u64,
     pub server_changes_committed: u64,
     pub barriers_timed_out: u64,
+    /// Creates refused: the device was in too many active sessions.
+    #[serde(default)]
+    pub limited_sessions_per_device: u64,
+    /// Creates refused: the device created sessions too fast.
+    #[serde(default)]
+    pub limited_create_rate: u64,
+    /// Creates and restores refused: the datacenter held `max_sessions`.
+    #[serde(default)]
+    pub limited_sessions: u64,
+}
+
+/// A device's create budget (token bucket).
+#[derive(Clone, Copy, Debug)]
+struct CreateBudget {
+    tokens: u32,
+    /// When `tokens` was last brought up to date.
+    at_ms: u64,
 }
 
 struct Pending {
@@ -226,6 +255,8 @@ pub struct DatacenterCore<A: Application> {
     in_pool: HashSet<DeviceId>,
     /// Sessions waiting for a driver (validated lazily when popped).
     waiting: VecDeque<SessionId>,
+    /// Devices that created sessions within the last minute (see the module docs).
+    create_budget: HashMap<DeviceId, CreateBudget>,
     effects: Effects<A>,
     stats: DcStats,
 }
@@ -241,6 +272,7 @@ impl<A: Application> DatacenterCore<A> {
             pool: VecDeque::new(),
             in_pool: HashSet::new(),
             waiting: VecDeque::new(),
+            create_budget: HashMap::new(),
             effects: Effects::default(),
             stats: DcStats::default(),
         }
@@ -283,6 +315,16 @@ impl<A: Application> DatacenterCore<A> {
             .values()
             .filter(|e| !e.header.tombstone)
             .count()
+    }
+
+    /// Active sessions by the id of the key their current digest is sealed with (a key can
+    /// be retired once no active session anywhere in the region uses it).
+    pub fn active_sessions_by_key(&self) -> std::collections::BTreeMap<crate::keyring::KeyId, u64> {
+        let mut by_key = std::collections::BTreeMap::new();
+        for e in self.sessions.values().filter(|e| !e.header.tombstone) {
+            *by_key.entry(e.sealed.key_id).or_insert(0) += 1;
+        }
+        by_key
     }
 
     /// Header and state of a session, if held.
@@ -518,7 +560,7 @@ impl<A: Application> DatacenterCore<A> {
 
     fn upload_one(&mut self, now_ms: u64, device: DeviceId, sealed: SealedDigest) -> UploadOutcome {
         let session = sealed.header.session;
-        let refuse = |this: &mut Self, reason: String| {
+        let refuse = |this: &mut Self, reason: UploadRefusal| {
             this.stats.uploads_refused += 1;
             this.effects.events.push(DcEvent::UploadRefused {
                 session,
@@ -530,14 +572,16 @@ impl<A: Application> DatacenterCore<A> {
         // Authenticate before trusting anything in the header.
         let body: DigestBody<A::State> = match sealed.open(&self.keyring) {
             Ok(b) => b,
-            Err(e) => return refuse(self, e.to_string()),
+            Err(e) => return refuse(self, e.into()),
         };
         if sealed.header.role_of(device).is_none() {
-            return refuse(self, "uploader is not a participant of the session".into());
+            return refuse(self, UploadRefusal::NotParticipant);
         }
         let Some(entry) = self.sessions.get_mut(&session) else {
             if self.sessions.len() >= self.cfg.max_sessions {
-                return refuse(self, "datacenter session limit reached".into());
+                self.stats.limited_sessions += 1;
+                let limit = LimitExceeded::new(LimitKind::Sessions, self.cfg.max_sessions);
+                return refuse(self, UploadRefusal::Limit(limit));
             }
             let header = sealed.header.clone();
             let connected = &self.connected;
@@ -809,6 +853,12 @@ impl<A: Application> DatacenterCore<A> {
 
     /// Advance time: release barriers whose grace ran out, then dispatch.
     pub fn handle_tick(&mut self, now_ms: u64) {
+        // Forget devices whose create budget is full again (C6: the map stays small).
+        let per_minute = self.cfg.session_creates_per_minute;
+        self.create_budget.retain(|_, b| {
+            Self::refill(b, per_minute, now_ms);
+            b.tokens < per_minute
+        });
         let expired: Vec<SessionId> = self
             .sessions
             .iter()
@@ -850,7 +900,7 @@ impl<A: Application> DatacenterCore<A> {
                 self.effects.events.push(DcEvent::UploadRefused {
                     session,
                     from: driver,
-                    reason: format!("dispatch failed: {e}"),
+                    reason: UploadRefusal::Malformed(format!("dispatch failed: {e}")),
                 });
                 self.offer_driver(driver);
                 continue;
@@ -909,6 +959,10 @@ impl<A: Application> DatacenterCore<A> {
         let Durability::EdgeAck(k) = self.cfg.durability else {
             return;
         };
+        // A vector from the wire is untrusted: a malformed one could compare as anything.
+        if version.validate().is_err() {
+            return;
+        }
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -989,7 +1043,11 @@ impl<A: Application> DatacenterCore<A> {
                 return reject(self, OpRejection::UnknownSession, false);
             }
             if self.sessions.len() >= self.cfg.max_sessions {
+                self.stats.limited_sessions += 1;
                 return reject(self, OpRejection::Overloaded, false);
+            }
+            if let Err(limit) = self.admit_create(now_ms, device) {
+                return reject(self, OpRejection::Limit(limit), false);
             }
             return self.create(now_ms, device, session, op, false);
         };
@@ -1080,6 +1138,57 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
+    /// Whether `device` may create one more session now; takes a create token if so.
+    fn admit_create(&mut self, now_ms: u64, device: DeviceId) -> Result<(), LimitExceeded> {
+        let active = self.by_device.get(&device).map_or(0, Vec::len);
+        if active >= self.cfg.max_active_sessions_per_device {
+            self.stats.limited_sessions_per_device += 1;
+            return Err(LimitExceeded::new(
+                LimitKind::SessionsPerDevice,
+                self.cfg.max_active_sessions_per_device,
+            ));
+        }
+        let per_minute = self.cfg.session_creates_per_minute;
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let budget = self.create_budget.entry(device).or_insert(CreateBudget {
+            tokens: per_minute,
+            at_ms: now_ms,
+        });
+        Self::refill(budget, per_minute, now_ms);
+        if budget.tokens == 0 {
+            self.stats.limited_create_rate += 1;
+            return Err(LimitExceeded::new(LimitKind::SessionCreateRate, per_minute));
+        }
+        budget.tokens -= 1;
+        Ok(())
+    }
+
+    /// Add the tokens earned since the budget was last brought up to date (one per
+    /// `60_000 / per_minute` ms, up to `per_minute`).
+    fn refill(budget: &mut CreateBudget, per_minute: u32, now_ms: u64) {
+        let every_ms = (60_000 / u64::from(per_minute.max(1))).max(1);
+        let earned = now_ms.saturating_sub(budget.at_ms) / every_ms;
+        if earned == 0 {
+            return;
+        }
+        let tokens = u64::from(budget.tokens).saturating_add(earned);
+        if tokens >= u64::from(per_minute) {
+            budget.tokens = per_minute;
+            budget.at_ms = now_ms;
+        } else {
+            // `tokens < per_minute`, so it fits; keep the remainder of the interval.
+            budget.tokens = u32::try_from(tokens).unwrap_or(per_minute);
+            budget.at_ms = budget.at_ms.saturating_add(earned * every_ms);
+        }
+    }
+
+    /// Devices tracked for the create rate limit (bounded: see the module docs).
+    pub fn create_budget_len(&self) -> usize {
+        self.create_budget.len()
+    }
+
     /// An op sent again after its connection was lost (see [`crate::wire::ClientMsg::Resubmit`]). The
     /// same as a submit, except that a session created from it waits out the restore grace
     /// before it is dispatched: the datacenter that may have created it first may already have
@@ -1095,8 +1204,14 @@ impl<A: Application> DatacenterCore<A> {
     ) {
         if !self.sessions.contains_key(&session) && A::is_create(&op) && seq == 1 {
             if self.sessions.len() >= self.cfg.max_sessions {
+                self.stats.limited_sessions += 1;
                 self.stats.ops_rejected += 1;
                 let r = OpOutcome::Rejected(OpRejection::Overloaded);
+                return self.reply(device, session, seq, r, false);
+            }
+            if let Err(limit) = self.admit_create(now_ms, device) {
+                self.stats.ops_rejected += 1;
+                let r = OpOutcome::Rejected(OpRejection::Limit(limit));
                 return self.reply(device, session, seq, r, false);
             }
             return self.create(now_ms, device, session, op, true);

@@ -24,7 +24,7 @@ use crate::ids::{DatacenterId, DeviceId, OpId, SessionId};
 use crate::keyring::DeviceToken;
 use crate::version::{VersionOrder, VersionVector};
 use crate::wire::{
-    ClientMsg, OpOutcome, OpRejection, SessionUpdate, UploadOutcome, UploadResult,
+    ClientMsg, OpOutcome, OpRejection, SessionUpdate, UploadOutcome, UploadRefusal, UploadResult,
     MAX_DIGESTS_PER_FRAME,
 };
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ pub enum EdgeEvent<A: Application> {
     /// The datacenter refused a digest this device uploaded.
     UploadRefused {
         session: SessionId,
-        reason: String,
+        reason: UploadRefusal,
     },
     OpRejected {
         op: OpId,

@@ -7,12 +7,15 @@
 //! auth <64 hex>
 //! key 1 <64 hex>
 //! key 2 <64 hex> active
+//! revoke 1234
 //! ```
 //!
 //! Invariants: exactly one key is active (new seals use it); every listed key can open
 //! digests sealed with it; key ids are unique. Device credentials are
 //! `HMAC-SHA256(auth, "lifeboat-device-v1" || device_id)`, so any datacenter of the region
-//! verifies a device without a shared database.
+//! verifies a device without a shared database. A `revoke <device id>` line withdraws one
+//! device's credential (a stolen phone) without touching anyone else's; the list is bounded
+//! by the file size limit.
 
 use crate::ids::DeviceId;
 use hmac::{Hmac, Mac};
@@ -30,6 +33,8 @@ pub type DeviceToken = [u8; 32];
 
 const HEADER: &str = "lifeboat-keyring v1";
 const TOKEN_CONTEXT: &[u8] = b"lifeboat-device-v1";
+/// Largest keyring file accepted (about 4,000 keys).
+const MAX_KEYRING_BYTES: u64 = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -50,6 +55,10 @@ pub enum KeyringError {
     UnknownKey(KeyId),
     #[error("key id {0} is active; activate another key before retiring it")]
     RetireActive(KeyId),
+    #[error(
+        "keyring {path} is readable or writable by others (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    InsecurePermissions { path: String, mode: u32 },
 }
 
 /// The region's keys.
@@ -58,6 +67,8 @@ pub struct Keyring {
     active: KeyId,
     keys: BTreeMap<KeyId, [u8; 32]>,
     auth: [u8; 32],
+    /// Devices whose credentials are withdrawn.
+    revoked: std::collections::BTreeSet<DeviceId>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -104,6 +115,7 @@ impl Keyring {
             active: 1,
             keys,
             auth: random_key(),
+            revoked: Default::default(),
         }
     }
 
@@ -121,10 +133,27 @@ impl Keyring {
 
     /// Add a new key (next id) and make it active; older keys stay open-only.
     pub fn rotate(&mut self) -> KeyId {
-        let id = self.keys.keys().next_back().map(|k| k + 1).unwrap_or(1);
-        self.keys.insert(id, random_key());
+        let id = self.add();
         self.active = id;
         id
+    }
+
+    /// Add a new open-only key (next id). With several datacenters, add the key everywhere
+    /// first and [`Keyring::activate`] it only then: a datacenter must be able to open a
+    /// digest before any other datacenter seals with its key.
+    pub fn add(&mut self) -> KeyId {
+        let id = self.keys.keys().next_back().map(|k| k + 1).unwrap_or(1);
+        self.keys.insert(id, random_key());
+        id
+    }
+
+    /// Make an existing key the one new seals use.
+    pub fn activate(&mut self, id: KeyId) -> Result<(), KeyringError> {
+        if !self.keys.contains_key(&id) {
+            return Err(KeyringError::UnknownKey(id));
+        }
+        self.active = id;
+        Ok(())
     }
 
     /// Drop an open-only key. Digests sealed with it can no longer be opened.
@@ -145,8 +174,29 @@ impl Keyring {
         mac.finalize().into_bytes().into()
     }
 
-    /// Constant-time check of a device credential.
+    /// Withdraw a device's credential (a stolen or retired phone).
+    pub fn revoke(&mut self, device: DeviceId) -> bool {
+        self.revoked.insert(device)
+    }
+
+    /// Give a revoked device its credential back.
+    pub fn unrevoke(&mut self, device: DeviceId) -> bool {
+        self.revoked.remove(&device)
+    }
+
+    pub fn is_revoked(&self, device: DeviceId) -> bool {
+        self.revoked.contains(&device)
+    }
+
+    pub fn revoked(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.revoked.iter().copied()
+    }
+
+    /// Constant-time check of a device credential; a revoked device is refused.
     pub fn verify_device(&self, device: DeviceId, token: &[u8]) -> bool {
+        if self.revoked.contains(&device) {
+            return false;
+        }
         let mut mac = self.mac();
         mac.update(&device.0.to_be_bytes());
         mac.verify_slice(token).is_ok()
@@ -160,12 +210,20 @@ impl Keyring {
         mac
     }
 
+    /// Whether both keyrings issue the same device credentials.
+    pub fn same_auth_key(&self, other: &Keyring) -> bool {
+        self.auth == other.auth
+    }
+
     /// Text form (see the module docs).
     pub fn to_text(&self) -> String {
         let mut s = format!("{HEADER}\nauth {}\n", to_hex(&self.auth));
         for (id, k) in &self.keys {
             let active = if *id == self.active { " active" } else { "" };
             let _ = writeln!(s, "key {id} {}{active}", to_hex(k));
+        }
+        for d in &self.revoked {
+            let _ = writeln!(s, "revoke {}", d.0);
         }
         s
     }
@@ -186,6 +244,7 @@ impl Keyring {
             }
         }
         let (mut auth, mut active, mut keys) = (None, None, BTreeMap::new());
+        let mut revoked = std::collections::BTreeSet::new();
         for (line, l) in lines {
             let bad = |msg: &str| KeyringError::Parse {
                 line,
@@ -194,6 +253,9 @@ impl Keyring {
             let parts: Vec<&str> = l.split_whitespace().collect();
             match parts.as_slice() {
                 ["auth", hex] => auth = Some(from_hex32(hex).ok_or_else(|| bad("bad auth key"))?),
+                ["revoke", id] => {
+                    revoked.insert(DeviceId(id.parse().map_err(|_| bad("bad device id"))?));
+                }
                 ["key", id, hex, rest @ ..] => {
                     let id: KeyId = id.parse().map_err(|_| bad("bad key id"))?;
                     let key = from_hex32(hex).ok_or_else(|| bad("key must be 64 hex digits"))?;
@@ -217,14 +279,43 @@ impl Keyring {
             active: active.ok_or(KeyringError::NoActiveKey)?,
             keys,
             auth: auth.ok_or(KeyringError::NoAuthKey)?,
+            revoked,
         })
     }
 
+    /// Read a keyring file. On Unix the file must not be accessible to group or others
+    /// (mode 0600 or stricter): a keyring anyone on the host can read lets them read and
+    /// forge every digest and every device credential of the region.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
+        let io = |source| KeyringError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyringError::InsecurePermissions {
+                    path: path.display().to_string(),
+                    mode,
+                });
+            }
+        }
+        let mut text = String::new();
+        use std::io::Read;
+        // A keyring is a few hundred bytes per key; refuse to read a runaway file.
+        (&file)
+            .take(MAX_KEYRING_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_KEYRING_BYTES {
+            return Err(KeyringError::Parse {
+                line: 0,
+                msg: format!("file is over {MAX_KEYRING_BYTES} bytes"),
+            });
+        }
         Self::parse(&text)
     }
 
@@ -245,6 +336,13 @@ impl Keyring {
                 opts.mode(0o600);
             }
             let mut f = opts.open(&tmp).map_err(io)?;
+            // `mode` applies only when the file is created: tighten a left-over temp file too.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
             f.write_all(self.to_text().as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
@@ -264,6 +362,18 @@ mod tests {
         assert_eq!(back.active_key_id(), 2);
         assert_eq!(back.key_ids().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(back.device_token(DeviceId(9)), k.device_token(DeviceId(9)));
+    }
+
+    #[test]
+    fn two_phase_rotation_adds_an_open_only_key_then_activates_it() {
+        let mut k = Keyring::generate();
+        let id = k.add();
+        assert_eq!((id, k.active_key_id()), (2, 1));
+        assert!(matches!(k.activate(9), Err(KeyringError::UnknownKey(9))));
+        k.activate(id).unwrap();
+        assert_eq!(k.active_key_id(), 2);
+        k.retire(1).unwrap();
+        assert_eq!(k.key_ids().collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
@@ -292,5 +402,51 @@ mod tests {
         ));
         let mut k = Keyring::generate();
         assert!(matches!(k.retire(1), Err(KeyringError::RetireActive(1))));
+        assert!(matches!(k.retire(7), Err(KeyringError::UnknownKey(7))));
+    }
+
+    #[test]
+    fn revoked_device_is_refused_and_the_revocation_survives_the_file() {
+        let mut k = Keyring::generate();
+        let token = k.device_token(DeviceId(7));
+        assert!(k.revoke(DeviceId(7)));
+        assert!(!k.verify_device(DeviceId(7), &token));
+        let back = Keyring::parse(&k.to_text()).unwrap();
+        assert!(back.is_revoked(DeviceId(7)));
+        assert!(!back.verify_device(DeviceId(7), &token));
+        assert!(back.verify_device(DeviceId(8), &back.device_token(DeviceId(8))));
+        k.unrevoke(DeviceId(7));
+        assert!(k.verify_device(DeviceId(7), &token));
+    }
+
+    #[test]
+    fn missing_keyring_file_names_the_path() {
+        let e = Keyring::load(Path::new("/nonexistent/lifeboat/keyring")).unwrap_err();
+        assert!(matches!(e, KeyringError::Io { .. }));
+        assert!(
+            e.to_string().contains("/nonexistent/lifeboat/keyring"),
+            "{e}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keyring_readable_by_others_is_refused_and_saved_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lifeboat-keyring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keyring");
+        Keyring::generate().save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(Keyring::load(&path).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Keyring::load(&path).unwrap_err();
+        assert!(
+            matches!(e, KeyringError::InsecurePermissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,6 +9,7 @@
 //! - [`app`] and [`trip`]: the application behind a session, and the built-in trip model;
 //! - [`keyring`] and [`digest`]: the region's keys and the sealed digest devices store (C4);
 //! - [`wire`]: wire messages and the bounded frame codec (C6);
+//! - [`limits`]: the names of the limits a datacenter enforces (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
 //! - [`edge`]: the device-side state machine (outbox, held digests, replay).
 //!
@@ -23,6 +24,7 @@ pub mod edge;
 pub mod frame_io;
 pub mod ids;
 pub mod keyring;
+pub mod limits;
 pub mod trip;
 pub mod version;
 pub mod wire;

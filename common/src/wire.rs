@@ -12,9 +12,11 @@
 //! authenticated connection.
 
 use crate::app::{AppRejection, Application};
+use crate::digest::SealError;
 use crate::digest::SealedDigest;
 use crate::ids::{DatacenterId, DeviceId, SessionId};
-use crate::keyring::DeviceToken;
+use crate::keyring::{DeviceToken, KeyId};
+use crate::limits::{LimitExceeded, LimitKind};
 use crate::version::VersionVector;
 use bincode::config::{BigEndian, Configuration, Limit, Varint};
 use serde::de::DeserializeOwned;
@@ -157,7 +159,37 @@ pub enum UploadOutcome {
     /// and pushes it; the device surfaces the conflict to the application.
     Diverged,
     /// The digest was refused (C4): not a participant, failed authentication, unknown key.
-    Refused(String),
+    Refused(UploadRefusal),
+}
+
+/// Why a datacenter refused an uploaded digest. Nothing changed at the datacenter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum UploadRefusal {
+    /// Sealed with a key id the datacenter does not hold (retired, or another region).
+    #[error("digest sealed with key {0}, which this datacenter does not hold")]
+    UnknownKey(KeyId),
+    /// The authentication tag does not check out: changed bytes, another region's key.
+    #[error("digest failed authentication (tampered, or sealed by another region)")]
+    Tampered,
+    /// The digest is over the size limit or its header breaks the invariants.
+    #[error("malformed digest: {0}")]
+    Malformed(String),
+    /// The uploading device is not a participant of the digest's session.
+    #[error("uploader is not a participant of the session")]
+    NotParticipant,
+    /// The datacenter is at a limit (its session count).
+    #[error(transparent)]
+    Limit(LimitExceeded),
+}
+
+impl From<SealError> for UploadRefusal {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::UnknownKey(id) => UploadRefusal::UnknownKey(id),
+            SealError::Tampered => UploadRefusal::Tampered,
+            other => UploadRefusal::Malformed(other.to_string()),
+        }
+    }
 }
 
 /// Per-digest result of the connect upload.
@@ -182,12 +214,23 @@ pub enum OpRejection {
     OutOfOrder { expected: u64 },
     #[error("the datacenter is busy; retry")]
     Overloaded,
+    /// A per-device or per-connection limit (C6). Nothing was recorded.
+    #[error(transparent)]
+    Limit(LimitExceeded),
 }
 
 impl OpRejection {
     /// The device should keep the op and retry later (nothing was recorded).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, OpRejection::UnknownSession | OpRejection::Overloaded)
+        match self {
+            OpRejection::UnknownSession | OpRejection::Overloaded => true,
+            // These clear by themselves: answers drain, the create budget refills.
+            OpRejection::Limit(l) => matches!(
+                l.kind,
+                LimitKind::InFlightOps | LimitKind::SessionCreateRate | LimitKind::Sessions
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -255,7 +298,7 @@ pub enum ProtocolError {
     #[error("bad frame: {0}")]
     BadFrame(String),
     #[error("limit exceeded: {0}")]
-    Limit(String),
+    Limit(LimitExceeded),
     #[error("replaced by a newer connection of the same device")]
     Replaced,
     #[error("datacenter shutting down")]

@@ -55,12 +55,30 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KeysAction {
+    /// Write a fresh keyring (mode 0600) into the region directory; refuses to overwrite one.
+    Generate,
     /// List key ids and which one is active.
     List,
-    /// Add a new key and make it active; older keys still open digests.
+    /// Add a new key and make it active; older keys still open digests. With several
+    /// datacenters use `add`, copy the keyring everywhere, then `activate` (see SECURITY.md).
     Rotate,
+    /// Add a new key that opens digests but does not seal yet (phase 1 of a rotation).
+    Add,
+    /// Make a key the one new seals use (phase 2 of a rotation).
+    Activate { id: u32 },
     /// Remove an old key: digests sealed with it can no longer be opened.
     Retire { id: u32 },
+    /// Withdraw a device's credential (a stolen phone); running datacenters refuse it and
+    /// close its connection on their next keyring check.
+    Revoke {
+        #[arg(long)]
+        device: u64,
+    },
+    /// Give a revoked device its credential back.
+    Unrevoke {
+        #[arg(long)]
+        device: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -108,6 +126,37 @@ struct ServeArgs {
     /// Messages queued per connection before it counts as a slow consumer and is closed.
     #[arg(long, default_value_t = 1024)]
     conn_queue: usize,
+    /// Most upload frames after `Hello` (each up to 64 digests) in one connect upload.
+    #[arg(long, default_value_t = 16)]
+    max_upload_frames: usize,
+    /// Largest frame accepted from a device (bytes, at most 65536).
+    #[arg(long, default_value_t = 65_536)]
+    max_frame_bytes: usize,
+    /// A frame whose first byte arrived must be complete within this (ms): slow senders are
+    /// cut off.
+    #[arg(long, default_value_t = 5_000)]
+    frame_timeout_ms: u64,
+    /// Most simultaneous connections from one IP address (0: unlimited). Loopback is exempt
+    /// unless --limit-loopback.
+    #[arg(long, default_value_t = 1_024)]
+    max_conns_per_addr: usize,
+    /// Apply --max-conns-per-addr to loopback addresses too.
+    #[arg(long)]
+    limit_loopback: bool,
+    /// Most ops submitted and not yet answered on one connection; more get a retryable
+    /// rejection.
+    #[arg(long, default_value_t = 1_024)]
+    max_inflight_ops: usize,
+    /// A device in this many active sessions may not create another.
+    #[arg(long, default_value_t = 16)]
+    max_sessions_per_device: usize,
+    /// Session creates per device per minute, also the burst (0: unlimited).
+    #[arg(long, default_value_t = 10)]
+    session_creates_per_minute: u32,
+    /// Check the keyring file for changes this often (ms; 0: only on SIGHUP). A rotated or
+    /// retired key takes effect without a restart.
+    #[arg(long, default_value_t = 1_000)]
+    keyring_poll_ms: u64,
     /// Write a JSON status snapshot to this file every 500 ms.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -115,19 +164,56 @@ struct ServeArgs {
 
 fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
     let path = Region::keyring_path(&region);
+    if let KeysAction::Generate = action {
+        anyhow::ensure!(
+            !path.exists(),
+            "{} exists already; use `keys rotate` to add a key",
+            path.display()
+        );
+        std::fs::create_dir_all(&region)
+            .with_context(|| format!("creating {}", region.display()))?;
+        Keyring::generate().save(&path)?;
+        println!("wrote a new keyring to {}", path.display());
+    }
     let mut k = Keyring::load(&path)?;
     match action {
-        KeysAction::List => {}
+        KeysAction::List | KeysAction::Generate => {}
         KeysAction::Rotate => {
             let id = k.rotate();
             k.save(&path)?;
-            println!("new active key {id}; restart or signal the datacenters to pick it up");
+            println!(
+                "new active key {id}; running datacenters pick it up within --keyring-poll-ms \
+                 (or at once on SIGHUP); copy the keyring to every datacenter of the region"
+            );
+        }
+        KeysAction::Add => {
+            let id = k.add();
+            k.save(&path)?;
+            println!("added key {id} (open-only); copy the keyring to every datacenter, then `keys activate {id}`");
+        }
+        KeysAction::Activate { id } => {
+            k.activate(id)?;
+            k.save(&path)?;
+            println!("key {id} is active");
         }
         KeysAction::Retire { id } => {
             k.retire(id)?;
             k.save(&path)?;
             println!("retired key {id}");
         }
+        KeysAction::Revoke { device } => {
+            k.revoke(DeviceId(device));
+            k.save(&path)?;
+            println!("revoked device {device}");
+        }
+        KeysAction::Unrevoke { device } => {
+            k.unrevoke(DeviceId(device));
+            k.save(&path)?;
+            println!("device {device} may connect again");
+        }
+    }
+    for d in k.revoked() {
+        println!("revoked device {}", d.0);
     }
     for id in k.key_ids() {
         let active = if id == k.active_key_id() {
@@ -197,6 +283,20 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_sessions = a.max_sessions;
     cfg.conn_queue = a.conn_queue;
     cfg.stats_file = a.stats_file;
+    cfg.max_upload_frames = a.max_upload_frames;
+    cfg.limits.max_frame_bytes = a.max_frame_bytes;
+    cfg.limits.frame_timeout_ms = a.frame_timeout_ms;
+    cfg.limits.max_conns_per_addr = a.max_conns_per_addr;
+    cfg.limits.limit_loopback = a.limit_loopback;
+    cfg.limits.max_inflight_ops = a.max_inflight_ops;
+    cfg.max_sessions_per_device = a.max_sessions_per_device;
+    cfg.session_creates_per_minute = a.session_creates_per_minute;
+    cfg.keyring_poll_ms = a.keyring_poll_ms;
+    anyhow::ensure!(
+        (1..=lifeboat_common::wire::MAX_FRAME_BYTES).contains(&a.max_frame_bytes),
+        "--max-frame-bytes must be between 1 and {}",
+        lifeboat_common::wire::MAX_FRAME_BYTES
+    );
     let region_dir = cfg.region_dir.clone();
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg.clone()).await?;
@@ -224,9 +324,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                // SIGHUP: reload the keyring now (key rotation without restart).
+                let keys = server.keys.clone();
+                let _ = tokio::task::spawn_blocking(move || keys.check_and_log(true)).await;
+            }
+        }
     }
     server.shutdown().await;
     eprintln!("lifeboat-server dc{} stopped cleanly", cfg.dc.0);

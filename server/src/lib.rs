@@ -3,10 +3,13 @@
 //! A thin driver around [`lifeboat_common::datacenter::DatacenterCore`]: QUIC (quinn, rustls
 //! with ring) in front, a sled store behind, one actor owning the core. See
 //! [`service`] for the task layout and its invariants, [`store`] for what is on disk and
-//! [`region`] for the keys and certificates shared by the datacenters of a region.
+//! [`region`] for the keys and certificates shared by the datacenters of a region, [`limits`]
+//! for the connection limits and [`keyring_watch`] for key rotation without restart.
 
 pub mod cli;
 pub mod crash;
+pub mod keyring_watch;
+pub mod limits;
 pub mod process;
 pub mod region;
 pub mod service;

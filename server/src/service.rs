@@ -13,13 +13,17 @@
 //! connection of the same device replaces the first.
 
 use crate::crash::CrashPoint;
+use crate::keyring_watch::{KeyringStatus, KeyringWatch};
+use crate::limits::{AddressLimiter, InflightGate, LimitCounters, Limits};
 use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError};
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
 use lifeboat_common::digest::SealedDigest;
-use lifeboat_common::frame_io::{read_frame, FrameReadError};
+use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
+use lifeboat_common::limits::LimitKind;
 use lifeboat_common::wire::{
-    encode_frame, ClientMsg, OpOutcome, ProtocolError, ServerMsg, MAX_DIGESTS_PER_FRAME,
+    encode_frame, ClientMsg, CodecError, OpOutcome, OpRejection, ProtocolError, ServerMsg,
+    MAX_DIGESTS_PER_FRAME,
 };
 use lifeboat_common::{DatacenterId, DeviceId, Trip};
 use serde::Serialize;
@@ -56,6 +60,14 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Write a JSON status snapshot here every 500 ms.
     pub stats_file: Option<PathBuf>,
+    /// Connection-level limits (see [`crate::limits`]).
+    pub limits: Limits,
+    /// A device in this many active sessions may not create another.
+    pub max_sessions_per_device: usize,
+    /// Session creates per device per minute (0: unlimited).
+    pub session_creates_per_minute: u32,
+    /// Poll the keyring file for changes this often (ms); 0: only on SIGHUP.
+    pub keyring_poll_ms: u64,
 }
 
 impl ServerConfig {
@@ -82,6 +94,10 @@ impl ServerConfig {
             core_queue: 65_536,
             max_sessions: 1_000_000,
             stats_file: None,
+            limits: Limits::default(),
+            max_sessions_per_device: 16,
+            session_creates_per_minute: 10,
+            keyring_poll_ms: 1_000,
         }
     }
 }
@@ -126,6 +142,9 @@ pub struct Status {
     pub slow_consumers: u64,
     pub store_errors: u64,
     pub core: DcStats,
+    /// How often each limit was hit, by limit name (see `SECURITY.md`).
+    pub limits: std::collections::BTreeMap<&'static str, u64>,
+    pub keyring: KeyringStatus,
 }
 
 enum Input {
@@ -160,6 +179,8 @@ pub struct Server {
     pub moved_aside: Option<PathBuf>,
     pub loaded_sessions: usize,
     pub region_created: bool,
+    /// The keyring in use; `check(true)` reloads it now (SIGHUP).
+    pub keys: Arc<KeyringWatch>,
     shutdown: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -175,6 +196,8 @@ impl Server {
         dc_cfg.durability = cfg.durability;
         dc_cfg.restore_grace_ms = cfg.restore_grace_ms;
         dc_cfg.max_sessions = cfg.max_sessions;
+        dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
+        dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
         let mut core = Core::new(dc_cfg, region.keyring.clone());
         let now = now_ms();
         let mut loaded = 0;
@@ -196,6 +219,7 @@ impl Server {
             ))
             .max_concurrent_bidi_streams(1u32.into())
             .max_concurrent_uni_streams(0u32.into());
+        cfg.limits.apply_transport(&mut transport);
         let mut server_cfg = quinn::ServerConfig::with_single_cert(
             region.cert_chain.clone(),
             region.key.clone_key(),
@@ -224,8 +248,11 @@ impl Server {
             counters: counters.clone(),
             stats_file: cfg.stats_file.clone(),
             listen: local_addr,
+            limit_hits: Arc::new(LimitCounters::default()),
+            keys: KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring),
         };
-        let keyring = Arc::new(region.keyring);
+        let keyring = actor.keys.clone();
+        let keyring_for_handle = keyring.clone();
         let done = tokio::spawn(serve(
             cfg,
             endpoint,
@@ -241,6 +268,7 @@ impl Server {
             moved_aside: opened.moved_aside,
             loaded_sessions: loaded,
             region_created,
+            keys: keyring_for_handle,
             shutdown: Some(shutdown_tx),
             done,
         })
@@ -268,21 +296,29 @@ async fn serve(
     core_tx: mpsc::Sender<Input>,
     mut core_rx: mpsc::Receiver<Input>,
     mut shutdown_rx: oneshot::Receiver<()>,
-    keyring: Arc<lifeboat_common::keyring::Keyring>,
+    keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
 ) {
     let next_conn = Arc::new(AtomicU64::new(1));
+    let per_addr = AddressLimiter::new(&cfg.limits);
     let accept = {
         let endpoint = endpoint.clone();
         let cfg = cfg.clone();
         let counters = counters.clone();
+        let limit_hits = actor.limit_hits.clone();
+        let keyring = keyring.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 if counters.connections.load(Ordering::Relaxed) >= cfg.max_connections {
                     counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    limit_hits.hit(LimitKind::Connections);
                     incoming.refuse();
                     continue;
                 }
+                let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters) else {
+                    continue;
+                };
+                let (incoming, slot) = slot;
                 let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
                 let ctx = ConnCtx {
                     conn_id,
@@ -292,8 +328,12 @@ async fn serve(
                     handshake: Duration::from_millis(cfg.handshake_timeout_ms),
                     max_upload_frames: cfg.max_upload_frames,
                     conn_queue: cfg.conn_queue,
+                    frames: cfg.limits.frame_limits(),
+                    limits: cfg.limits.clone(),
+                    limit_hits: limit_hits.clone(),
                 };
                 tokio::spawn(async move {
+                    let _slot = slot;
                     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = handle_conn(incoming, &ctx).await {
                         tracing::debug!(conn = ctx.conn_id, error = %e, "connection ended");
@@ -303,6 +343,9 @@ async fn serve(
             }
         })
     };
+    let keyring_poll = (cfg.keyring_poll_ms > 0)
+        .then(|| keyring.spawn_poll(Duration::from_millis(cfg.keyring_poll_ms)));
+    let mut keyring_seen = keyring.generation();
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -326,6 +369,16 @@ async fn serve(
                 actor.flush_effects().await;
             }
             _ = tick.tick() => {
+                if let Some(k) = keyring.changed_since(&mut keyring_seen) {
+                    // A revoked device loses its open connection too.
+                    for d in k.revoked() {
+                        if let Some((_, _, conn)) = actor.conns.remove(&d) {
+                            conn.close(1u32.into(), ProtocolError::BadCredential.to_string().as_bytes());
+                            actor.core.handle_disconnect(d);
+                        }
+                    }
+                    actor.core.set_keyring((*k).clone());
+                }
                 actor.core.handle_tick(now_ms());
                 actor.flush_effects().await;
             }
@@ -340,6 +393,9 @@ async fn serve(
     }
     endpoint.close(0u32.into(), b"shutdown");
     accept.abort();
+    if let Some(p) = keyring_poll {
+        p.abort();
+    }
     if let Err(e) = actor.store.flush() {
         tracing::error!(error = %e, "store flush at shutdown failed");
     }
@@ -356,6 +412,8 @@ struct Actor {
     counters: Arc<DriverCounters>,
     stats_file: Option<PathBuf>,
     listen: SocketAddr,
+    limit_hits: Arc<LimitCounters>,
+    keys: Arc<KeyringWatch>,
 }
 
 impl Actor {
@@ -508,6 +566,8 @@ impl Actor {
             slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
             core: self.core.stats().clone(),
+            limits: self.limit_hits.snapshot(self.core.stats()),
+            keyring: self.keys.status(self.core.active_sessions_by_key()),
         }
     }
 
@@ -529,11 +589,14 @@ impl Actor {
 struct ConnCtx {
     conn_id: u64,
     core_tx: mpsc::Sender<Input>,
-    keyring: Arc<lifeboat_common::keyring::Keyring>,
+    keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
     handshake: Duration,
     max_upload_frames: usize,
     conn_queue: usize,
+    frames: FrameLimits,
+    limits: Limits,
+    limit_hits: Arc<LimitCounters>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -567,16 +630,21 @@ async fn refuse(
 }
 
 async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), ConnError> {
+    let timed_out = |_| {
+        ctx.limit_hits.hit(LimitKind::HandshakeTimeout);
+        ConnError::Timeout
+    };
     let conn = tokio::time::timeout(ctx.handshake, incoming)
         .await
-        .map_err(|_| ConnError::Timeout)??;
+        .map_err(timed_out)??;
     let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
         .await
-        .map_err(|_| ConnError::Timeout)??;
+        .map_err(timed_out)??;
     let mut buf = Vec::new();
     // The whole connect upload must arrive within the handshake timeout (slowloris).
     let hello = tokio::time::timeout(ctx.handshake, async {
-        let first: Option<ClientMsg<Trip>> = read_frame(&mut recv, &mut buf).await?;
+        let first: Option<ClientMsg<Trip>> =
+            read_frame_limited(&mut recv, &mut buf, &ctx.frames).await?;
         let Some(ClientMsg::Hello {
             device,
             token,
@@ -587,27 +655,30 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
         else {
             return Ok::<_, FrameReadError>(Err(ProtocolError::ExpectedHello));
         };
-        if !ctx.keyring.verify_device(device, &token) {
+        if !ctx.keyring.current().verify_device(device, &token) {
             return Ok(Err(ProtocolError::BadCredential));
         }
         let mut frames = 0;
         while more {
             frames += 1;
             if frames > ctx.max_upload_frames {
-                return Ok(Err(ProtocolError::Limit(format!(
-                    "more than {} upload frames ({} digests)",
+                return Ok(Err(limit(
+                    ctx,
+                    LimitKind::UploadFrames,
                     ctx.max_upload_frames,
-                    (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME
-                ))));
+                )));
             }
-            match read_frame::<ClientMsg<Trip>, _>(&mut recv, &mut buf).await? {
+            match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await?
+            {
                 Some(ClientMsg::Upload {
                     digests: more_digests,
                     more: m,
                 }) => {
                     if more_digests.len() > MAX_DIGESTS_PER_FRAME {
-                        return Ok(Err(ProtocolError::Limit(
-                            "too many digests in one frame".into(),
+                        return Ok(Err(limit(
+                            ctx,
+                            LimitKind::DigestsPerFrame,
+                            MAX_DIGESTS_PER_FRAME,
                         )));
                     }
                     digests.extend(more_digests);
@@ -616,31 +687,33 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
                 _ => return Ok(Err(ProtocolError::ExpectedHello)),
             }
         }
-        if digests.len() > (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME {
-            return Ok(Err(ProtocolError::Limit("too many digests".into())));
+        let max_digests = (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME;
+        if digests.len() > max_digests {
+            return Ok(Err(limit(ctx, LimitKind::DigestsPerConnect, max_digests)));
         }
         Ok(Ok((device, available, digests)))
     })
     .await;
     let (device, available, digests) = match hello {
         Err(_) => {
-            return Err(refuse(
-                &mut send,
-                &conn,
-                ProtocolError::Limit("connect upload too slow".into()),
-            )
-            .await)
+            let ms = ctx.handshake.as_millis();
+            let err = limit(ctx, LimitKind::HandshakeTimeout, ms);
+            return Err(refuse(&mut send, &conn, err).await);
         }
         Ok(Err(e)) => {
-            ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-            let err = ProtocolError::BadFrame(e.to_string());
+            let err = frame_error(ctx, e);
             return Err(refuse(&mut send, &conn, err).await);
         }
         Ok(Ok(Err(e))) => {
-            if e == ProtocolError::BadCredential {
-                ctx.counters.bad_credentials.fetch_add(1, Ordering::Relaxed);
-            } else {
-                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            match e {
+                ProtocolError::BadCredential => {
+                    ctx.counters.bad_credentials.fetch_add(1, Ordering::Relaxed);
+                }
+                // Counted where it was detected.
+                ProtocolError::Limit(_) => {}
+                _ => {
+                    ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                }
             }
             return Err(refuse(&mut send, &conn, e).await);
         }
@@ -648,6 +721,9 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
     };
 
     let (tx, mut rx) = mpsc::channel::<Msg>(ctx.conn_queue);
+    let reply_tx = tx.clone();
+    let inflight = InflightGate::new(ctx.limits.max_inflight_ops);
+    let writer_inflight = inflight.clone();
     ctx.core_tx
         .send(Input::Connect {
             conn_id: ctx.conn_id,
@@ -661,8 +737,11 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
         .map_err(|_| ConnError::CoreGone)?;
 
     let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
+            if matches!(msg, ServerMsg::OpResult { .. }) {
+                writer_inflight.answered();
+            }
             let last = matches!(msg, ServerMsg::Error { .. });
             let Ok(frame) = encode_frame(&msg) else {
                 continue;
@@ -680,7 +759,22 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
     });
 
     let result = loop {
-        match read_frame::<ClientMsg<Trip>, _>(&mut recv, &mut buf).await {
+        match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await {
+            Ok(Some(ClientMsg::Submit { session, seq, .. })) if !inflight.submit() => {
+                // Over the in-flight limit: a typed, retryable answer; the core never sees it.
+                let exceeded = ctx.limits.exceeded(LimitKind::InFlightOps);
+                ctx.limit_hits.hit(LimitKind::InFlightOps);
+                let outcome = OpOutcome::Rejected(OpRejection::Limit(exceeded));
+                let answer = ServerMsg::OpResult {
+                    session,
+                    seq,
+                    outcome,
+                    update: None,
+                };
+                if reply_tx.try_send(answer).is_err() {
+                    inflight.answered();
+                }
+            }
             Ok(Some(
                 msg @ (ClientMsg::Submit { .. }
                 | ClientMsg::Resubmit { .. }
@@ -703,15 +797,31 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
                 )));
             }
             Ok(None) => break Ok(()),
-            Err(FrameReadError::Codec(e)) => {
-                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                break Err(ConnError::Protocol(ProtocolError::BadFrame(e.to_string())));
+            // `Closed` here is a stream that ended mid-frame (a truncated frame).
+            Err(
+                e @ (FrameReadError::Codec(_)
+                | FrameReadError::TooSlow { .. }
+                | FrameReadError::Closed),
+            ) => {
+                break Err(ConnError::Protocol(frame_error(ctx, e)));
             }
-            Err(e) => break Err(e.into()),
+            Err(e) => {
+                if matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut)) {
+                    ctx.limit_hits.hit(LimitKind::IdleTimeout);
+                }
+                break Err(e.into());
+            }
         }
     };
     if let Err(ConnError::Protocol(e)) = &result {
-        // The close reason carries the typed error's text to the device.
+        // The typed error goes out as the last frame (bounded wait), and the close reason
+        // carries its text too.
+        if reply_tx
+            .try_send(ServerMsg::Error { error: e.clone() })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(1_000), &mut writer).await;
+        }
         conn.close(1u32.into(), e.to_string().as_bytes());
     }
     let _ = ctx
@@ -723,6 +833,53 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
         .await;
     writer.abort();
     result
+}
+
+/// Count a limit hit and build its typed error.
+fn limit(ctx: &ConnCtx, kind: LimitKind, max: impl TryInto<u64>) -> ProtocolError {
+    ctx.limit_hits.hit(kind);
+    ProtocolError::Limit(lifeboat_common::limits::LimitExceeded::new(kind, max))
+}
+
+/// The typed error for a frame that could not be read: a limit, or a bad frame.
+fn frame_error(ctx: &ConnCtx, e: FrameReadError) -> ProtocolError {
+    match e {
+        FrameReadError::Codec(CodecError::TooLarge { max, .. }) => {
+            limit(ctx, LimitKind::FrameBytes, max)
+        }
+        FrameReadError::TooSlow { timeout_ms } => limit(ctx, LimitKind::FrameTimeout, timeout_ms),
+        other => {
+            ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            ProtocolError::BadFrame(other.to_string())
+        }
+    }
+}
+
+/// The per-address limit at accept time: a slot, or the connection refused (or asked to
+/// prove its address with a QUIC retry when the address is busy).
+fn admit_address(
+    incoming: quinn::Incoming,
+    per_addr: &Arc<AddressLimiter>,
+    limit_hits: &LimitCounters,
+    counters: &DriverCounters,
+) -> Option<(quinn::Incoming, crate::limits::AddressSlot)> {
+    let addr = incoming.remote_address();
+    if per_addr.is_busy(addr) && !incoming.remote_address_validated() {
+        // A spoofed source cannot answer a retry, so it cannot hold a victim's slots.
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().refuse();
+        }
+        return None;
+    }
+    match per_addr.try_acquire(addr) {
+        Some(slot) => Some((incoming, slot)),
+        None => {
+            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            limit_hits.hit(LimitKind::ConnectionsPerAddress);
+            incoming.refuse();
+            None
+        }
+    }
 }
 
 /// A session as read back from a datacenter's store.

@@ -3,6 +3,9 @@
 //!
 //! Everything lives in one temporary directory per test; every wait is bounded.
 
+pub mod arena;
+pub mod raw;
+
 use anyhow::{bail, Context};
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripPhase};

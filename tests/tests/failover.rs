@@ -329,7 +329,10 @@ async fn s9_devices_return_to_the_preferred_datacenter_when_it_comes_back() -> a
         ensure!(
             start.elapsed() < Duration::from_secs(20),
             "devices did not return to dc1: {:?}",
-            everyone.iter().map(|d| d.connected_dc()).collect::<Vec<_>>()
+            everyone
+                .iter()
+                .map(|d| d.connected_dc())
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
