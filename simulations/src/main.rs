@@ -103,6 +103,10 @@ pub struct Opts {
     /// How long a restored session waits for its other participant (ms).
     #[arg(long, default_value_t = 10_000)]
     restore_grace_ms: u64,
+    /// How many devices start (connect) per second: a whole city handshaking in the same
+    /// instant is a storm no real fleet produces.
+    #[arg(long, default_value_t = 2_000)]
+    start_rate: usize,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,

@@ -177,7 +177,7 @@ async fn run_one(
 
     let mut tasks = Vec::new();
     for (i, (d, f)) in city.drivers.iter().zip(driver_faults).enumerate() {
-        pace_start(i).await;
+        pace_start(i, opts.start_rate).await;
         tasks.push(tokio::spawn(driver_task(
             d.clone(),
             cfg.clone(),
@@ -197,7 +197,7 @@ async fn run_one(
     let kill_ms = traffic_start_ms + kill_ms;
     let end_ms = traffic_start_ms + end_ms;
     for (i, (r, f)) in city.riders.iter().zip(rider_faults).enumerate() {
-        pace_start(i).await;
+        pace_start(i, opts.start_rate).await;
         let f = match f {
             DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
             other => other,
@@ -315,14 +315,12 @@ async fn run_one(
     Ok((report, samples, marks))
 }
 
-/// Devices start at most [`STARTS_PER_S`] a second: a whole city handshaking at once is a
-/// connection storm no real fleet produces (phones come online over minutes).
-const STARTS_PER_S: usize = 2_000;
-
-async fn pace_start(i: usize) {
+/// Devices start at most `per_s` a second (`--start-rate`): a whole city handshaking at once
+/// is a connection storm no real fleet produces (phones come online over minutes).
+async fn pace_start(i: usize, per_s: usize) {
     const BATCH: usize = 100;
     if i > 0 && i.is_multiple_of(BATCH) {
-        tokio::time::sleep(Duration::from_millis((1_000 * BATCH / STARTS_PER_S) as u64)).await;
+        tokio::time::sleep(Duration::from_millis((1_000 * BATCH / per_s.max(1)) as u64)).await;
     }
 }
 

@@ -398,7 +398,15 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         && report.devices_not_resynced == 0
         && report.ops_unresolved == 0
         && report.trips_restored == report.trips_active_at_failure
-        && report.trips_total > 0;
+        && report.trips_total > 0
+        && (kill == u64::MAX || report.trips_active_at_failure > 0);
+    if kill != u64::MAX && report.trips_active_at_failure == 0 {
+        add(
+            &mut violations,
+            "no trip was active at the failure: the run tested nothing (the city never got going)"
+                .to_string(),
+        );
+    }
     if report.ops_unresolved > 0 {
         add(
             &mut violations,
