@@ -43,11 +43,14 @@ pub struct EdgeConfig {
     /// behind loses the oldest events and is told so (`RecvError::Lagged`); the state itself
     /// is always available from `sessions()`.
     pub event_queue: usize,
+    /// Finished sessions' tombstones older than this are deleted from the device store when
+    /// the client starts (`None`: kept until the count bound, `limits.max_tombstones`).
+    pub tombstone_ttl: Option<Duration>,
 }
 
 impl EdgeConfig {
     /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
-    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s.
+    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s, tombstones kept 7 days.
     pub fn new(
         device: DeviceId,
         token: DeviceToken,
@@ -73,6 +76,7 @@ impl EdgeConfig {
             endpoint: None,
             client_config: None,
             event_queue: 64,
+            tombstone_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
