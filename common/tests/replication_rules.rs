@@ -801,18 +801,38 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
             },
         );
         assert_eq!(r.phase(0, s), Some(TripPhase::Assigned), "trip {k}");
-        live.push(r.edges[&rider].held(s).expect("rider holds it").digest.clone());
+        live.push(
+            r.edges[&rider]
+                .held(s)
+                .expect("rider holds it")
+                .digest
+                .clone(),
+        );
         r.submit(driver, s, TripOp::Arrived);
         r.submit(driver, s, TripOp::StartTrip);
         let done = r.submit(driver, s, TripOp::Complete);
         assert!(r.committed(done), "trip {k} completed");
-        assert!(r.edges[&rider].held(s).expect("held").digest.header.tombstone);
+        assert!(
+            r.edges[&rider]
+                .held(s)
+                .expect("held")
+                .digest
+                .header
+                .tombstone
+        );
         trips.push(s);
     }
     let kept: Vec<SessionId> = r.edges[&rider].tombstones().collect();
-    assert_eq!(kept, trips[2..].to_vec(), "the two most recent tombstones are kept");
+    assert_eq!(
+        kept,
+        trips[2..].to_vec(),
+        "the two most recent tombstones are kept"
+    );
     for s in &trips[..2] {
-        assert!(r.edges[&rider].held(*s).is_none(), "{s} dropped from the phone");
+        assert!(
+            r.edges[&rider].held(*s).is_none(),
+            "{s} dropped from the phone"
+        );
     }
     // The phone (or a restored backup of the app) uploads the oldest trip's live copy.
     r.kill_link(rider);

@@ -235,6 +235,18 @@ impl EdgeStore {
                 _ => loaded.unreadable += 1,
             }
         }
+        // Tombstones in the order they finished (the core drops the first ones beyond its
+        // count bound); unknown times sort first, live sessions keep key order.
+        loaded.sessions.sort_by_cached_key(|(s, h)| {
+            if !h.digest.header.tombstone {
+                return (false, 0);
+            }
+            let t = self.finished.get(s.0.to_be_bytes()).ok().flatten();
+            let ms = t
+                .and_then(|t| t.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            (true, ms)
+        });
         for kv in self.outbox.iter() {
             let (k, v) = kv?;
             let key: Option<[u8; 16]> = k.as_ref().try_into().ok();
@@ -361,8 +373,8 @@ mod tests {
     fn tombstones_older_than_the_ttl_are_deleted_at_load_and_live_sessions_stay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let keyring = Keyring::generate();
-        let store = EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1))
-            .expect("open");
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
         let op = OpId {
             session: SessionId(7),
             device: DeviceId(1),
@@ -393,7 +405,11 @@ mod tests {
         assert_eq!(old.expired, 2);
         assert_eq!(old.ops.len(), 1, "queued ops never expire");
         let again = store.load().expect("load");
-        assert_eq!(ids(&again), vec![7], "the expired tombstones are gone from disk");
+        assert_eq!(
+            ids(&again),
+            vec![7],
+            "the expired tombstones are gone from disk"
+        );
         assert_eq!(store.finished.len(), 0, "their finish times are gone too");
     }
 
@@ -401,15 +417,21 @@ mod tests {
     fn a_tombstone_rewritten_later_keeps_its_first_finish_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let keyring = Keyring::generate();
-        let store = EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1))
-            .expect("open");
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
         store
-            .apply(&[StoreWrite::PutSession(SessionId(8), held(&keyring, 8, true))])
+            .apply(&[StoreWrite::PutSession(
+                SessionId(8),
+                held(&keyring, 8, true),
+            )])
             .expect("apply");
         let first = store.finished.get(8u64.to_be_bytes()).expect("get");
         std::thread::sleep(Duration::from_millis(5));
         store
-            .apply(&[StoreWrite::PutSession(SessionId(8), held(&keyring, 8, true))])
+            .apply(&[StoreWrite::PutSession(
+                SessionId(8),
+                held(&keyring, 8, true),
+            )])
             .expect("apply");
         let second = store.finished.get(8u64.to_be_bytes()).expect("get");
         assert!(first.is_some());
@@ -418,5 +440,36 @@ mod tests {
             .apply(&[StoreWrite::DeleteSession(SessionId(8))])
             .expect("apply");
         assert_eq!(store.finished.len(), 0);
+    }
+
+    #[test]
+    fn tombstones_load_in_the_order_they_finished_after_live_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::generate();
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
+        for id in [9u64, 8] {
+            store
+                .apply(&[StoreWrite::PutSession(
+                    SessionId(id),
+                    held(&keyring, id, true),
+                )])
+                .expect("apply");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        store
+            .apply(&[StoreWrite::PutSession(
+                SessionId(7),
+                held(&keyring, 7, false),
+            )])
+            .expect("apply");
+        let order: Vec<u64> = store
+            .load()
+            .expect("load")
+            .sessions
+            .iter()
+            .map(|(s, _)| s.0)
+            .collect();
+        assert_eq!(order, vec![7, 9, 8]);
     }
 }

@@ -665,9 +665,7 @@ pub unsafe extern "C" fn lifeboat_submit(
             },
             LIFEBOAT_ACTION_COMPLETE => TripAction::Complete,
             LIFEBOAT_ACTION_CANCEL => TripAction::Cancel,
-            other => {
-                return Err(LifeboatError::invalid(format!("unknown action {other}")).into())
-            }
+            other => return Err(LifeboatError::invalid(format!("unknown action {other}")).into()),
         };
         let r = core.submit(session, action, timeout_ms, unsafe { cancel_arg(cancel) });
         finish_submit(r, out_commit)
@@ -931,7 +929,15 @@ mod tests {
             let mut commit = LifeboatCommit::default();
             let p = LifeboatPoint::default();
             assert_eq!(
-                lifeboat_submit(null(), 1, LIFEBOAT_ACTION_ARRIVED, p, 1000, null(), &mut commit),
+                lifeboat_submit(
+                    null(),
+                    1,
+                    LIFEBOAT_ACTION_ARRIVED,
+                    p,
+                    1000,
+                    null(),
+                    &mut commit
+                ),
                 LIFEBOAT_ERR_NULL
             );
             assert!(last_error().contains("client is NULL"), "{}", last_error());
@@ -947,11 +953,20 @@ mod tests {
             );
             assert!(cfg.is_null());
             assert!(last_error().contains("token_hex"));
-            assert_eq!(lifeboat_config_add_datacenter(null_mut(), s), LIFEBOAT_ERR_NULL);
-            assert_eq!(lifeboat_poll_event(null(), 0, null_mut()), LIFEBOAT_ERR_NULL);
+            assert_eq!(
+                lifeboat_config_add_datacenter(null_mut(), s),
+                LIFEBOAT_ERR_NULL
+            );
+            assert_eq!(
+                lifeboat_poll_event(null(), 0, null_mut()),
+                LIFEBOAT_ERR_NULL
+            );
             assert_eq!(lifeboat_cancel_trigger(null()), LIFEBOAT_ERR_NULL);
             let mut client: *mut LifeboatClient = null_mut();
-            assert_eq!(lifeboat_client_start(null(), &mut client), LIFEBOAT_ERR_NULL);
+            assert_eq!(
+                lifeboat_client_start(null(), &mut client),
+                LIFEBOAT_ERR_NULL
+            );
             // Frees accept NULL.
             lifeboat_config_free(null_mut());
             lifeboat_client_free(null_mut());
@@ -991,7 +1006,9 @@ mod tests {
     fn messages_are_truncated_at_a_character_boundary_and_terminated() {
         let mut buf = [1 as c_char; 8];
         copy_str("abcdeé€x", &mut buf);
-        let s = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().expect("utf-8");
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_str()
+            .expect("utf-8");
         assert_eq!(s, "abcdeé");
         let mut small = [1 as c_char; 4];
         copy_str("", &mut small);

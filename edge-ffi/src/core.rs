@@ -298,7 +298,10 @@ impl Core {
 
     /// The datacenter serving the client now, if connected.
     pub fn connected_dc(&self) -> Option<u16> {
-        self.client().ok().and_then(|c| c.connected_dc()).map(|d| d.0)
+        self.client()
+            .ok()
+            .and_then(|c| c.connected_dc())
+            .map(|d| d.0)
     }
 
     /// Wait (at most `timeout_ms`) until connected; the datacenter, or `None` on timeout.

@@ -25,7 +25,9 @@ pub enum LifeboatError {
         op_seq: u64,
         timeout_ms: u64,
     },
-    #[error("cancelled (op {session}/{op_seq} stays queued if it was; its outcome arrives as an event)")]
+    #[error(
+        "cancelled (op {session}/{op_seq} stays queued if it was; its outcome arrives as an event)"
+    )]
     Cancelled { session: u64, op_seq: u64 },
     #[error("refused: {message}")]
     Rejected { message: String },
@@ -92,7 +94,9 @@ mod tests {
         let all = [
             LifeboatError::invalid("x"),
             LifeboatError::config("x"),
-            LifeboatError::Store { message: "x".into() },
+            LifeboatError::Store {
+                message: "x".into(),
+            },
             LifeboatError::Paused,
             LifeboatError::Closed,
             LifeboatError::Timeout {
@@ -104,8 +108,12 @@ mod tests {
                 session: 1,
                 op_seq: 1,
             },
-            LifeboatError::Rejected { message: "x".into() },
-            LifeboatError::Runtime { message: "x".into() },
+            LifeboatError::Rejected {
+                message: "x".into(),
+            },
+            LifeboatError::Runtime {
+                message: "x".into(),
+            },
         ];
         let mut codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
         assert!(codes.iter().all(|c| *c < 0));

@@ -210,7 +210,8 @@ mod tests {
     #[test]
     fn bad_settings_are_clear_config_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cases: Vec<(&str, Box<dyn Fn(&mut Settings)>)> = vec![
+        type Change = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("no datacenters", Box::new(|s| s.datacenters.clear())),
             (
                 "bad address",

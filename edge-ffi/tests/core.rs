@@ -74,7 +74,9 @@ fn an_op_whose_wait_timed_out_or_was_cancelled_is_committed_once_a_datacenter_is
         Err(LifeboatError::Cancelled { session, op_seq }) => (session, op_seq),
         other => bail!("expected a cancel, got {other:?}"),
     };
-    canceller.join().map_err(|_| anyhow::anyhow!("canceller panicked"))?;
+    canceller
+        .join()
+        .map_err(|_| anyhow::anyhow!("canceller panicked"))?;
     ensure!(second.1 == 1 && second.0 != first.0);
     // A cancelled token ends later waits at once, before anything is queued.
     match core.request_trip(HERE, HERE, 60_000, Some(&token)) {
@@ -94,7 +96,10 @@ fn an_op_whose_wait_timed_out_or_was_cancelled_is_committed_once_a_datacenter_is
     expected.sort();
     ensure!(committed == expected, "{committed:?} != {expected:?}");
     let trips = core.sessions()?;
-    ensure!(trips.len() == 2, "exactly the two queued trips exist: {trips:?}");
+    ensure!(
+        trips.len() == 2,
+        "exactly the two queued trips exist: {trips:?}"
+    );
     Ok(())
 }
 
@@ -107,7 +112,10 @@ fn rebind_moves_to_a_new_socket_and_keeps_the_quic_connection() -> anyhow::Resul
     core.request_trip(HERE, HERE, 10_000, None)?;
     let before = core.stats();
     let addr = core.rebind()?;
-    ensure!(addr != before.local_addr, "same socket after rebind: {addr}");
+    ensure!(
+        addr != before.local_addr,
+        "same socket after rebind: {addr}"
+    );
     let commit = core
         .request_trip(HERE, HERE, 10_000, None)
         .context("request after the network change")?;

@@ -63,7 +63,10 @@ fn python_bindings_ride_through_a_primary_datacenter_kill() -> anyhow::Result<()
     let kt = files_with_ext(&kotlin, "kt");
     ensure!(!kt.is_empty(), "no Kotlin source generated");
     let kt_src = std::fs::read_to_string(&kt[0])?;
-    ensure!(kt_src.contains("class EmbeddedClient"), "Kotlin lacks EmbeddedClient");
+    ensure!(
+        kt_src.contains("class EmbeddedClient"),
+        "Kotlin lacks EmbeddedClient"
+    );
     let swift = c.path().join("swift");
     generate(&lib, "swift", &swift)?;
     let sw = files_with_ext(&swift, "swift");
@@ -88,6 +91,9 @@ fn python_bindings_ride_through_a_primary_datacenter_kill() -> anyhow::Result<()
         out.contains("cancelled before it was queued"),
         "cancel demo missing:\n{out}"
     );
-    ensure!(out.contains("async location committed"), "async demo missing:\n{out}");
+    ensure!(
+        out.contains("async location committed"),
+        "async demo missing:\n{out}"
+    );
     check_backup_store(&mut c, trip)
 }
