@@ -789,8 +789,8 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
     let mut trips = Vec::new();
     let mut live = Vec::new();
     for k in 0..4u64 {
-        let driver = r.add_device(10 + k);
-        r.connect(driver, 0, true);
+        let fresh = r.add_device(10 + k);
+        r.connect(fresh, 0, true);
         let s = SessionId(500 + k);
         r.submit(
             rider,
@@ -801,6 +801,14 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
             },
         );
         assert_eq!(r.phase(0, s), Some(TripPhase::Assigned), "trip {k}");
+        // Dispatch may pick any available driver (an earlier one is free again).
+        let driver = r
+            .dc(0)
+            .session(s)
+            .expect("held")
+            .0
+            .driver
+            .expect("assigned");
         live.push(
             r.edges[&rider]
                 .held(s)

@@ -57,7 +57,7 @@ fn an_op_whose_wait_timed_out_or_was_cancelled_is_committed_once_a_datacenter_is
     let mut c = Cluster::new(1, &[])?;
     let core = Core::start(&settings(&c, 1))?;
     // No datacenter yet: the request is queued durably, the wait times out.
-    let first = match core.request_trip(HERE, HERE, 300, None) {
+    let first = match core.request_trip(HERE, HERE, 2_000, None) {
         Err(LifeboatError::Timeout {
             session, op_seq, ..
         }) => (session, op_seq),
@@ -67,7 +67,8 @@ fn an_op_whose_wait_timed_out_or_was_cancelled_is_committed_once_a_datacenter_is
     let token = std::sync::Arc::new(CancelToken::default());
     let t2 = token.clone();
     let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        // Long enough for the op to be queued (flushed) on a slow disk first.
+        std::thread::sleep(Duration::from_millis(1_000));
         t2.cancel();
     });
     let second = match core.request_trip(HERE, HERE, 60_000, Some(&token)) {
