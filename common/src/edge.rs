@@ -39,6 +39,11 @@ pub struct EdgeLimits {
     pub max_sessions: usize,
     /// Retries of an op the datacenter could not take yet (unknown session, busy).
     pub max_retries: u32,
+    /// Tombstones (finished sessions) held at most; beyond it the ones that finished first
+    /// are dropped from the device store. The newest tombstone is always kept, so at least
+    /// one is. Dropping is safe for C3: the datacenter keeps its own tombstone, and that is
+    /// what refuses an older live digest.
+    pub max_tombstones: usize,
 }
 
 impl Default for EdgeLimits {
@@ -47,6 +52,7 @@ impl Default for EdgeLimits {
             max_outbox: 1024,
             max_sessions: 256,
             max_retries: 120,
+            max_tombstones: 64,
         }
     }
 }
@@ -183,6 +189,8 @@ pub struct EdgeCore<A: Application> {
     fresh: BTreeMap<SessionId, u64>,
     outbox: BTreeMap<(SessionId, u64), Queued<A>>,
     connected: Option<DatacenterId>,
+    /// Held tombstones in the order they finished (loaded ones first, in load order).
+    tombstones: std::collections::VecDeque<SessionId>,
     effects: EdgeEffects<A>,
 }
 
@@ -195,6 +203,7 @@ impl<A: Application> EdgeCore<A> {
             fresh: BTreeMap::new(),
             outbox: BTreeMap::new(),
             connected: None,
+            tombstones: std::collections::VecDeque::new(),
             effects: EdgeEffects::default(),
         }
     }
@@ -214,7 +223,11 @@ impl<A: Application> EdgeCore<A> {
 
     /// Restore a held session from the device store at start-up.
     pub fn load_session(&mut self, session: SessionId, held: HeldSession<A>) {
+        let finished = held.digest.header.tombstone;
         self.held.insert(session, held);
+        if finished {
+            self.note_tombstone(session);
+        }
     }
 
     /// Restore an unanswered op from the device store at start-up.
@@ -460,7 +473,11 @@ impl<A: Application> EdgeCore<A> {
             .writes
             .push(StoreWrite::PutSession(session, held.clone()));
         self.effects.flush = true;
+        let finished = held.digest.header.tombstone;
         self.held.insert(session, held);
+        if finished {
+            self.note_tombstone(session);
+        }
     }
 
     /// Keep the number of held sessions bounded by dropping the oldest tombstone.
@@ -468,16 +485,37 @@ impl<A: Application> EdgeCore<A> {
         if self.held.len() < self.limits.max_sessions {
             return;
         }
-        let victim = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.digest.header.tombstone)
-            .min_by_key(|(_, h)| h.digest.header.version.total())
-            .map(|(id, _)| *id);
-        if let Some(id) = victim {
+        if let Some(id) = self.tombstones.pop_front() {
             self.held.remove(&id);
             self.effects.writes.push(StoreWrite::DeleteSession(id));
         }
+    }
+
+    /// Record that `session` is now a tombstone, then drop the tombstones that finished
+    /// first while more than `max_tombstones` are held (never `session` itself: an op that
+    /// finished it must be covered by a held digest when it is reported committed).
+    fn note_tombstone(&mut self, session: SessionId) {
+        if !self.tombstones.contains(&session) {
+            self.tombstones.push_back(session);
+        }
+        let keep = self.limits.max_tombstones.max(1);
+        while self.tombstones.len() > keep {
+            let Some(victim) = self.tombstones.pop_front() else {
+                break;
+            };
+            if victim == session {
+                self.tombstones.push_back(victim);
+                continue;
+            }
+            self.held.remove(&victim);
+            self.effects.writes.push(StoreWrite::DeleteSession(victim));
+            self.effects.flush = true;
+        }
+    }
+
+    /// Tombstones held, in the order they finished.
+    pub fn tombstones(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.tombstones.iter().copied()
     }
 
     /// The answer to one of this device's ops.

@@ -916,3 +916,82 @@ fn s3_resubmitted_request_is_not_dispatched_twice_and_joins_the_first_driver() {
     assert!(r.committed(arrived));
     assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(driver));
 }
+
+/// Mobile store bound: a phone keeps only its `max_tombstones` most recently finished trips.
+/// The dropped ones stay finished: the datacenter keeps its own tombstone and still refuses
+/// an older live digest of them (C3, S10).
+#[test]
+fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_live_digests() {
+    let mut r = Region::new(1, Durability::Async);
+    let rider = DeviceId(1);
+    let limits = EdgeLimits {
+        max_tombstones: 2,
+        ..EdgeLimits::default()
+    };
+    r.edges.insert(rider, EdgeCore::new(rider, limits));
+    r.connect(rider, 0, false);
+    let mut trips = Vec::new();
+    let mut live = Vec::new();
+    for k in 0..4u64 {
+        let fresh = r.add_device(10 + k);
+        r.connect(fresh, 0, true);
+        let s = SessionId(500 + k);
+        r.submit(
+            rider,
+            s,
+            TripOp::Request {
+                pickup: P,
+                dropoff: Q,
+            },
+        );
+        assert_eq!(r.phase(0, s), Some(TripPhase::Assigned), "trip {k}");
+        // Dispatch may pick any available driver (an earlier one is free again).
+        let driver = r
+            .dc(0)
+            .session(s)
+            .expect("held")
+            .0
+            .driver
+            .expect("assigned");
+        live.push(
+            r.edges[&rider]
+                .held(s)
+                .expect("rider holds it")
+                .digest
+                .clone(),
+        );
+        r.submit(driver, s, TripOp::Arrived);
+        r.submit(driver, s, TripOp::StartTrip);
+        let done = r.submit(driver, s, TripOp::Complete);
+        assert!(r.committed(done), "trip {k} completed");
+        assert!(
+            r.edges[&rider]
+                .held(s)
+                .expect("held")
+                .digest
+                .header
+                .tombstone
+        );
+        trips.push(s);
+    }
+    let kept: Vec<SessionId> = r.edges[&rider].tombstones().collect();
+    assert_eq!(
+        kept,
+        trips[2..].to_vec(),
+        "the two most recent tombstones are kept"
+    );
+    for s in &trips[..2] {
+        assert!(
+            r.edges[&rider].held(*s).is_none(),
+            "{s} dropped from the phone"
+        );
+    }
+    // The phone (or a restored backup of the app) uploads the oldest trip's live copy.
+    r.kill_link(rider);
+    let now = r.now;
+    let dc = r.dcs[0].as_mut().expect("up");
+    dc.handle_connect(now, rider, false, vec![live[0].clone()]);
+    let welcome = welcome_results(dc);
+    assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
+    assert!(r.dc(0).session(trips[0]).expect("kept").0.tombstone);
+}

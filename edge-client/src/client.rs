@@ -205,7 +205,7 @@ impl EdgeClient {
         };
         let probe_board = cfg.probe_board.clone().unwrap_or_default();
         let store = EdgeStore::open(&cfg.store, cfg.device)?;
-        let loaded = store.load()?;
+        let loaded = store.load_expiring(cfg.tombstone_ttl, std::time::SystemTime::now())?;
         let mut core = EdgeCore::new(cfg.device, cfg.limits.clone());
         for (s, h) in loaded.sessions {
             core.load_session(s, h);

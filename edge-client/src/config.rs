@@ -52,6 +52,9 @@ pub struct EdgeConfig {
     /// Share what probes learned between many clients in one process (a simulation); each
     /// client has its own when `None`.
     pub probe_board: Option<Arc<crate::client::ProbeBoard>>,
+    /// Finished sessions' tombstones older than this are deleted from the device store when
+    /// the client starts (`None`: kept until the count bound, `limits.max_tombstones`).
+    pub tombstone_ttl: Option<Duration>,
 }
 
 impl EdgeConfig {
@@ -62,7 +65,7 @@ impl EdgeConfig {
 
     /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
     /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s, probe of a preferred
-    /// datacenter every 2 s while away from it.
+    /// datacenter every 2 s while away from it, tombstones kept 7 days.
     pub fn new(
         device: DeviceId,
         token: DeviceToken,
@@ -90,6 +93,7 @@ impl EdgeConfig {
             event_queue: 64,
             home_probe: Some(Duration::from_millis(2_000)),
             probe_board: None,
+            tombstone_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

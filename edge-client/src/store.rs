@@ -7,6 +7,13 @@
 //!
 //! Invariant: the client calls [`EdgeStore::flush`] after writing and before it reports
 //! anything committed; sled otherwise keeps writes in memory for up to its flush interval.
+//!
+//! Tombstone expiry (a bounded store on a phone): the store notes, in a small `finished`
+//! tree, the wall-clock time it first wrote each session as a tombstone. At start-up
+//! ([`EdgeStore::load_expiring`]) tombstones older than the configured age are deleted and
+//! not loaded; the count bound is [`lifeboat_common::edge::EdgeLimits::max_tombstones`].
+//! Only tombstones expire, never a live session or a queued op, and the datacenter keeps its
+//! own tombstone, so an older live digest is still refused there (C3).
 
 use lifeboat_common::edge::{HeldSession, StoreWrite};
 use lifeboat_common::wire::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
@@ -14,6 +21,7 @@ use lifeboat_common::{DeviceId, OpId, SessionId, Trip, TripOp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a device keeps its store.
 #[derive(Clone)]
@@ -73,7 +81,7 @@ impl SharedDb {
     /// Delete one device's trees (an app reinstall wipes its store). The device's client
     /// must be shut down first.
     pub fn wipe_device(&self, name: &str) -> Result<(), StoreError> {
-        for tree in ["sessions", "outbox"] {
+        for tree in ["sessions", "outbox", "finished"] {
             self.db.drop_tree(format!("{name}/{tree}"))?;
         }
         Ok(())
@@ -118,6 +126,8 @@ pub struct Loaded {
     pub ops: Vec<(OpId, TripOp)>,
     /// Records that could not be decoded (reported, kept on disk, not loaded).
     pub unreadable: usize,
+    /// Tombstones older than the configured age, deleted from the store at load.
+    pub expired: usize,
 }
 
 pub struct EdgeStore {
@@ -125,7 +135,15 @@ pub struct EdgeStore {
     shared: Option<SharedDb>,
     sessions: sled::Tree,
     outbox: sled::Tree,
+    /// Session id -> unix time (ms, big endian) it was first stored as a tombstone.
+    finished: sled::Tree,
     device: DeviceId,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn op_key(op: OpId) -> [u8; 16] {
@@ -153,29 +171,82 @@ impl EdgeStore {
         };
         let sessions = db.open_tree(format!("{prefix}sessions"))?;
         let outbox = db.open_tree(format!("{prefix}outbox"))?;
+        let finished = db.open_tree(format!("{prefix}finished"))?;
         Ok(Self {
             db,
             shared,
             sessions,
             outbox,
+            finished,
             device,
         })
     }
 
+    /// Everything in the store, nothing expired.
     pub fn load(&self) -> Result<Loaded, StoreError> {
+        self.load_expiring(None, SystemTime::now())
+    }
+
+    /// Everything in the store, except tombstones first stored more than `tombstone_ttl`
+    /// before `now`: those are deleted. A tombstone with no recorded time (written by an
+    /// older version) gets `now`, so its age counts from this start.
+    pub fn load_expiring(
+        &self,
+        tombstone_ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded {
             sessions: Vec::new(),
             ops: Vec::new(),
             unreadable: 0,
+            expired: 0,
         };
+        let now_ms = unix_ms(now);
         for kv in self.sessions.iter() {
             let (k, v) = kv?;
             let key: Option<[u8; 8]> = k.as_ref().try_into().ok();
             match (key, decode_exact::<HeldSession<Trip>>(&v, MAX_FRAME_BYTES)) {
-                (Some(k), Ok(h)) => loaded.sessions.push((SessionId(u64::from_be_bytes(k)), h)),
+                (Some(key), Ok(h)) => {
+                    if h.digest.header.tombstone {
+                        if let Some(ttl) = tombstone_ttl {
+                            let since_ms = match self.finished.get(key)? {
+                                Some(t) => t
+                                    .as_ref()
+                                    .try_into()
+                                    .map(u64::from_be_bytes)
+                                    .unwrap_or(now_ms),
+                                None => {
+                                    self.finished.insert(key, &now_ms.to_be_bytes())?;
+                                    now_ms
+                                }
+                            };
+                            if now_ms.saturating_sub(since_ms) >= ttl.as_millis() as u64 {
+                                self.sessions.remove(key)?;
+                                self.finished.remove(key)?;
+                                loaded.expired += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    loaded
+                        .sessions
+                        .push((SessionId(u64::from_be_bytes(key)), h))
+                }
                 _ => loaded.unreadable += 1,
             }
         }
+        // Tombstones in the order they finished (the core drops the first ones beyond its
+        // count bound); unknown times sort first, live sessions keep key order.
+        loaded.sessions.sort_by_cached_key(|(s, h)| {
+            if !h.digest.header.tombstone {
+                return (false, 0);
+            }
+            let t = self.finished.get(s.0.to_be_bytes()).ok().flatten();
+            let ms = t
+                .and_then(|t| t.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            (true, ms)
+        });
         for kv in self.outbox.iter() {
             let (k, v) = kv?;
             let key: Option<[u8; 16]> = k.as_ref().try_into().ok();
@@ -205,9 +276,19 @@ impl EdgeStore {
             match w {
                 StoreWrite::PutSession(s, h) => {
                     self.sessions.insert(s.0.to_be_bytes(), encode(h)?)?;
+                    if h.digest.header.tombstone {
+                        // Keep the first time only: the age counts from when it finished.
+                        let now = unix_ms(SystemTime::now()).to_be_bytes();
+                        let _ = self.finished.compare_and_swap(
+                            s.0.to_be_bytes(),
+                            None as Option<&[u8]>,
+                            Some(&now[..]),
+                        )?;
+                    }
                 }
                 StoreWrite::DeleteSession(s) => {
                     self.sessions.remove(s.0.to_be_bytes())?;
+                    self.finished.remove(s.0.to_be_bytes())?;
                 }
                 StoreWrite::PutOp(id, op) => {
                     self.outbox.insert(op_key(*id), encode(op)?)?;
@@ -230,5 +311,165 @@ impl EdgeStore {
     /// Bytes of the store on disk (sled's own estimate).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::digest::{DigestBody, DigestHeader, SealedDigest};
+    use lifeboat_common::keyring::Keyring;
+    use lifeboat_common::{GeoPoint, TripPhase, TripState, VersionVector};
+
+    fn held(keyring: &Keyring, session: u64, tombstone: bool) -> HeldSession<Trip> {
+        let here = GeoPoint {
+            lat_e6: 52_520_000,
+            lon_e6: 13_405_000,
+        };
+        let view = TripState {
+            phase: if tombstone {
+                TripPhase::Completed
+            } else {
+                TripPhase::Requested
+            },
+            pickup: here,
+            dropoff: here,
+            requested_ms: 0,
+            last_position: None,
+            started_ms: 0,
+            duration_ms: 0,
+            distance_m: 0,
+            location_updates: 0,
+            fare_cents: None,
+            cancelled_by: None,
+        };
+        let header = DigestHeader {
+            session: SessionId(session),
+            version: VersionVector::new(),
+            rider: DeviceId(1),
+            driver: None,
+            tombstone,
+        };
+        let body = DigestBody {
+            state: view.clone(),
+            dedup: Vec::new(),
+        };
+        HeldSession {
+            digest: SealedDigest::seal(keyring, header, &body).expect("seal"),
+            view,
+            last_seq: 1,
+            next_seq: 2,
+            committed: true,
+        }
+    }
+
+    fn ids(l: &Loaded) -> Vec<u64> {
+        let mut v: Vec<u64> = l.sessions.iter().map(|(s, _)| s.0).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn tombstones_older_than_the_ttl_are_deleted_at_load_and_live_sessions_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::generate();
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
+        let op = OpId {
+            session: SessionId(7),
+            device: DeviceId(1),
+            seq: 2,
+        };
+        store
+            .apply(&[
+                StoreWrite::PutSession(SessionId(7), held(&keyring, 7, false)),
+                StoreWrite::PutSession(SessionId(8), held(&keyring, 8, true)),
+                StoreWrite::PutSession(SessionId(9), held(&keyring, 9, true)),
+                StoreWrite::PutOp(op, TripOp::Cancel),
+            ])
+            .expect("apply");
+        let ttl = Some(Duration::from_secs(3600));
+        let now = SystemTime::now();
+        let young = store.load_expiring(ttl, now).expect("load");
+        assert_eq!(ids(&young), vec![7, 8, 9]);
+        assert_eq!(young.expired, 0);
+        // Without a ttl nothing expires, however old.
+        let kept = store
+            .load_expiring(None, now + Duration::from_secs(30 * 24 * 3600))
+            .expect("load");
+        assert_eq!(ids(&kept), vec![7, 8, 9]);
+        let old = store
+            .load_expiring(ttl, now + Duration::from_secs(2 * 3600))
+            .expect("load");
+        assert_eq!(ids(&old), vec![7], "only the live session is left");
+        assert_eq!(old.expired, 2);
+        assert_eq!(old.ops.len(), 1, "queued ops never expire");
+        let again = store.load().expect("load");
+        assert_eq!(
+            ids(&again),
+            vec![7],
+            "the expired tombstones are gone from disk"
+        );
+        assert_eq!(store.finished.len(), 0, "their finish times are gone too");
+    }
+
+    #[test]
+    fn a_tombstone_rewritten_later_keeps_its_first_finish_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::generate();
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
+        store
+            .apply(&[StoreWrite::PutSession(
+                SessionId(8),
+                held(&keyring, 8, true),
+            )])
+            .expect("apply");
+        let first = store.finished.get(8u64.to_be_bytes()).expect("get");
+        std::thread::sleep(Duration::from_millis(5));
+        store
+            .apply(&[StoreWrite::PutSession(
+                SessionId(8),
+                held(&keyring, 8, true),
+            )])
+            .expect("apply");
+        let second = store.finished.get(8u64.to_be_bytes()).expect("get");
+        assert!(first.is_some());
+        assert_eq!(first, second);
+        store
+            .apply(&[StoreWrite::DeleteSession(SessionId(8))])
+            .expect("apply");
+        assert_eq!(store.finished.len(), 0);
+    }
+
+    #[test]
+    fn tombstones_load_in_the_order_they_finished_after_live_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::generate();
+        let store =
+            EdgeStore::open(&StoreLocation::Path(dir.path().into()), DeviceId(1)).expect("open");
+        for id in [9u64, 8] {
+            store
+                .apply(&[StoreWrite::PutSession(
+                    SessionId(id),
+                    held(&keyring, id, true),
+                )])
+                .expect("apply");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        store
+            .apply(&[StoreWrite::PutSession(
+                SessionId(7),
+                held(&keyring, 7, false),
+            )])
+            .expect("apply");
+        let order: Vec<u64> = store
+            .load()
+            .expect("load")
+            .sessions
+            .iter()
+            .map(|(s, _)| s.0)
+            .collect();
+        assert_eq!(order, vec![7, 9, 8]);
     }
 }

@@ -1,0 +1,124 @@
+//! The one error type of the embedding API, and its C status codes.
+//!
+//! Each variant says whether anything changed: only `Timeout` and `Cancelled` can leave an
+//! op behind, durably queued on the device (its outcome arrives later as an event); every
+//! other error means the call changed nothing. The C status codes are defined (and
+//! documented for C) in [`crate::c_api`].
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum LifeboatError {
+    #[error("invalid argument: {message}")]
+    InvalidArgument { message: String },
+    #[error("configuration: {message}")]
+    Config { message: String },
+    #[error("device store: {message}")]
+    Store { message: String },
+    #[error("the client is paused; resume it first")]
+    Paused,
+    #[error("the client has stopped")]
+    Closed,
+    /// `op_seq` is the queued op's sequence number (0: not known to be queued).
+    #[error("no answer within {timeout_ms} ms (op {session}/{op_seq} stays queued; its outcome arrives as an event)")]
+    Timeout {
+        session: u64,
+        op_seq: u64,
+        timeout_ms: u64,
+    },
+    #[error(
+        "cancelled (op {session}/{op_seq} stays queued if it was; its outcome arrives as an event)"
+    )]
+    Cancelled { session: u64, op_seq: u64 },
+    #[error("refused: {message}")]
+    Rejected { message: String },
+    #[error("runtime: {message}")]
+    Runtime { message: String },
+}
+
+impl LifeboatError {
+    /// The C status code of this error (`LIFEBOAT_ERR_*` in `lifeboat.h`).
+    pub fn code(&self) -> i32 {
+        use crate::c_api as code;
+        match self {
+            LifeboatError::InvalidArgument { .. } => code::LIFEBOAT_ERR_INVALID_ARGUMENT,
+            LifeboatError::Config { .. } => code::LIFEBOAT_ERR_CONFIG,
+            LifeboatError::Store { .. } => code::LIFEBOAT_ERR_STORE,
+            LifeboatError::Paused => code::LIFEBOAT_ERR_PAUSED,
+            LifeboatError::Closed => code::LIFEBOAT_ERR_CLOSED,
+            LifeboatError::Timeout { .. } => code::LIFEBOAT_ERR_TIMEOUT,
+            LifeboatError::Cancelled { .. } => code::LIFEBOAT_ERR_CANCELLED,
+            LifeboatError::Rejected { .. } => code::LIFEBOAT_ERR_REJECTED,
+            LifeboatError::Runtime { .. } => code::LIFEBOAT_ERR_RUNTIME,
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        LifeboatError::InvalidArgument {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        LifeboatError::Config {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<lifeboat_edge::EdgeError> for LifeboatError {
+    fn from(e: lifeboat_edge::EdgeError) -> Self {
+        use lifeboat_edge::EdgeError as E;
+        match e {
+            E::NoDatacenters | E::Tls(_) => LifeboatError::config(e.to_string()),
+            E::Store(s) => LifeboatError::Store {
+                message: s.to_string(),
+            },
+            E::Io(io) => LifeboatError::Runtime {
+                message: io.to_string(),
+            },
+            E::Submit(s) => LifeboatError::Rejected {
+                message: s.to_string(),
+            },
+            E::Closed => LifeboatError::Closed,
+            E::Runtime(m) => LifeboatError::Runtime { message: m },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_distinct_negative_code() {
+        let all = [
+            LifeboatError::invalid("x"),
+            LifeboatError::config("x"),
+            LifeboatError::Store {
+                message: "x".into(),
+            },
+            LifeboatError::Paused,
+            LifeboatError::Closed,
+            LifeboatError::Timeout {
+                session: 1,
+                op_seq: 1,
+                timeout_ms: 1,
+            },
+            LifeboatError::Cancelled {
+                session: 1,
+                op_seq: 1,
+            },
+            LifeboatError::Rejected {
+                message: "x".into(),
+            },
+            LifeboatError::Runtime {
+                message: "x".into(),
+            },
+        ];
+        let mut codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
+        assert!(codes.iter().all(|c| *c < 0));
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+}

@@ -1,0 +1,331 @@
+//! Events for the app, in a bounded queue that the app polls.
+//!
+//! Why polling and not callbacks: a callback would run on the client's runtime thread and
+//! call into foreign code (Swift, Kotlin, Python, C) that may block, re-enter the library,
+//! take its own locks or unwind; each of those can stall or deadlock the client, and the
+//! rules differ per language. A poll call runs on the app's own thread, at the app's pace,
+//! with nothing foreign ever running inside the library.
+//!
+//! Invariants: the queue holds at most `capacity` events; when it is full the oldest event is
+//! dropped and counted, and the next poll returns one `EventsDropped` event with the count
+//! before the remaining events. Events are hints: the state itself is always available from
+//! `sessions()`, so an app that lost events loses nothing but notifications.
+
+use crate::types::{CommitInfo, Phase};
+use lifeboat_common::edge::EdgeEvent;
+use lifeboat_common::Trip;
+use lifeboat_edge::ClientEvent;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum EventKind {
+    /// Connected to datacenter `dc` at `addr`.
+    Connected,
+    /// A connection attempt to `addr` failed (`message`).
+    ConnectFailed,
+    /// The connection to `addr` was lost (`message`).
+    Disconnected,
+    /// The client lost its datacenter (`addr`) and is looking for another.
+    FailoverStarted,
+    /// Connected again to `dc` at `addr` after `stalled_ms` without a datacenter.
+    FailoverFinished,
+    /// A new copy of trip `session` arrived (`phase`, `version`).
+    SessionUpdated,
+    /// A server-side change of `session` reached its edge-ack quorum.
+    ServerChangeCommitted,
+    /// The datacenter holds a diverged copy of `session` (S13); `message` says which.
+    Conflict,
+    /// The datacenter refused a digest this device uploaded (`message`).
+    UploadRefused,
+    /// Op `session`/`op_seq` was committed (also ops whose wait timed out or was cancelled,
+    /// and ops queued before an app restart).
+    OpCommitted,
+    /// Op `session`/`op_seq` was refused (`message`).
+    OpRejected,
+    /// The device store failed; the client stopped (`message`).
+    StoreFailed,
+    /// `count` events were dropped because the app did not poll fast enough.
+    EventsDropped,
+    /// A more preferred datacenter (`addr`) answered again and the client moved there from
+    /// `message` (no failover: the new connection was up before the old one closed).
+    Moved,
+}
+
+/// One event. Fields that do not apply to the kind are 0 / empty / None.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Event {
+    pub kind: EventKind,
+    pub session: u64,
+    pub op_seq: u64,
+    pub dc: u16,
+    pub addr: String,
+    pub stalled_ms: u64,
+    pub phase: Option<Phase>,
+    pub version: String,
+    pub version_total: u64,
+    pub count: u64,
+    pub message: String,
+}
+
+impl Event {
+    fn new(kind: EventKind) -> Self {
+        Event {
+            kind,
+            session: 0,
+            op_seq: 0,
+            dc: 0,
+            addr: String::new(),
+            stalled_ms: 0,
+            phase: None,
+            version: String::new(),
+            version_total: 0,
+            count: 0,
+            message: String::new(),
+        }
+    }
+
+    /// The app's view of a client event; `None` for events another one already covers.
+    pub fn from_client(e: ClientEvent) -> Option<Event> {
+        Some(match e {
+            ClientEvent::Connected { dc, addr } => Event {
+                dc: dc.0,
+                addr: addr.to_string(),
+                ..Event::new(EventKind::Connected)
+            },
+            ClientEvent::ConnectFailed { addr, reason } => Event {
+                addr: addr.to_string(),
+                message: reason,
+                ..Event::new(EventKind::ConnectFailed)
+            },
+            ClientEvent::Disconnected { addr, reason } => Event {
+                addr: addr.to_string(),
+                message: reason,
+                ..Event::new(EventKind::Disconnected)
+            },
+            ClientEvent::Moved { from, to } => Event {
+                addr: to.to_string(),
+                message: from.to_string(),
+                ..Event::new(EventKind::Moved)
+            },
+            ClientEvent::FailoverStarted { from } => Event {
+                addr: from.to_string(),
+                ..Event::new(EventKind::FailoverStarted)
+            },
+            ClientEvent::FailoverFinished {
+                dc,
+                addr,
+                stalled_ms,
+            } => Event {
+                dc: dc.0,
+                addr: addr.to_string(),
+                stalled_ms,
+                ..Event::new(EventKind::FailoverFinished)
+            },
+            ClientEvent::Session(s) => return Self::from_session(s),
+            ClientEvent::OpResolved { op, result } => match result {
+                Ok(c) => {
+                    let c = CommitInfo::from(&c);
+                    Event {
+                        session: c.session,
+                        op_seq: c.op_seq,
+                        version: c.version,
+                        version_total: c.version_total,
+                        ..Event::new(EventKind::OpCommitted)
+                    }
+                }
+                Err(e) => Event {
+                    session: op.session.0,
+                    op_seq: op.seq,
+                    message: e.to_string(),
+                    ..Event::new(EventKind::OpRejected)
+                },
+            },
+            ClientEvent::StoreFailed(m) => Event {
+                message: m,
+                ..Event::new(EventKind::StoreFailed)
+            },
+        })
+    }
+
+    fn from_session(e: EdgeEvent<Trip>) -> Option<Event> {
+        Some(match e {
+            EdgeEvent::SessionUpdated {
+                session,
+                version,
+                view,
+                ..
+            } => Event {
+                session: session.0,
+                phase: Some(view.phase.into()),
+                version: version.to_string(),
+                version_total: version.total(),
+                ..Event::new(EventKind::SessionUpdated)
+            },
+            EdgeEvent::ServerChangeCommitted { session, version } => Event {
+                session: session.0,
+                version: version.to_string(),
+                version_total: version.total(),
+                ..Event::new(EventKind::ServerChangeCommitted)
+            },
+            EdgeEvent::Conflict {
+                session,
+                ours,
+                theirs,
+                ..
+            } => Event {
+                session: session.0,
+                version: theirs.to_string(),
+                version_total: theirs.total(),
+                message: format!("this device held {ours}, the datacenter holds {theirs}"),
+                ..Event::new(EventKind::Conflict)
+            },
+            EdgeEvent::UploadRefused { session, reason } => Event {
+                session: session.0,
+                message: reason.to_string(),
+                ..Event::new(EventKind::UploadRefused)
+            },
+            // The same rejection also arrives as `OpResolved`, which covers every op.
+            EdgeEvent::OpRejected { .. } => return None,
+        })
+    }
+}
+
+struct Inner {
+    queue: VecDeque<Event>,
+    dropped: u64,
+    dropped_total: u64,
+}
+
+/// The bounded queue between the client's runtime and the app's polling thread(s).
+pub struct EventQueue {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl EventQueue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                dropped: 0,
+                dropped_total: 0,
+            }),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked while holding it; the queue
+        // itself is still consistent (every update is a single push or pop).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, e: Event) {
+        let mut g = self.lock();
+        if g.queue.len() >= self.capacity {
+            g.queue.pop_front();
+            g.dropped += 1;
+            g.dropped_total += 1;
+        }
+        g.queue.push_back(e);
+        drop(g);
+        self.ready.notify_one();
+    }
+
+    /// Count events lost before they reached the queue.
+    pub fn note_dropped(&self, n: u64) {
+        let mut g = self.lock();
+        g.dropped += n;
+        g.dropped_total += n;
+        drop(g);
+        self.ready.notify_one();
+    }
+
+    /// The next event, waiting at most `timeout` for one.
+    pub fn poll(&self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if g.dropped > 0 {
+                let count = std::mem::take(&mut g.dropped);
+                return Some(Event {
+                    count,
+                    ..Event::new(EventKind::EventsDropped)
+                });
+            }
+            if let Some(e) = g.queue.pop_front() {
+                return Some(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            g = match self.ready.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.lock().dropped_total
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(n: u64) -> Event {
+        Event {
+            count: n,
+            ..Event::new(EventKind::Connected)
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_says_how_many() {
+        let q = EventQueue::new(3);
+        for n in 1..=5 {
+            q.push(numbered(n));
+        }
+        assert_eq!(q.len(), 3);
+        let first = q.poll(Duration::ZERO).expect("event");
+        assert_eq!(first.kind, EventKind::EventsDropped);
+        assert_eq!(first.count, 2);
+        let rest: Vec<u64> = std::iter::from_fn(|| q.poll(Duration::ZERO))
+            .map(|e| e.count)
+            .collect();
+        assert_eq!(rest, vec![3, 4, 5], "the newest events survive, in order");
+        assert_eq!(q.dropped_total(), 2);
+    }
+
+    #[test]
+    fn poll_waits_at_most_its_timeout_and_wakes_on_a_push() {
+        let q = std::sync::Arc::new(EventQueue::new(4));
+        let start = Instant::now();
+        assert!(q.poll(Duration::from_millis(30)).is_none());
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            q2.push(numbered(9));
+        });
+        let e = q.poll(Duration::from_secs(10)).expect("woken by the push");
+        assert_eq!(e.count, 9);
+        t.join().expect("pusher");
+    }
+}

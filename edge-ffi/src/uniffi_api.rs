@@ -1,0 +1,130 @@
+//! UniFFI wrapper: the [`Core`] as an object for Kotlin, Swift and Python.
+//!
+//! Blocking methods park the calling (foreign) thread, as in C. `submit_async` is the one
+//! async method: its work runs on the client's own runtime and the foreign language awaits
+//! it (Python `await`, Kotlin `suspend`, Swift `async`); cancel it explicitly with a
+//! [`CancelToken`] (dropping the foreign future ends only the wait).
+
+use crate::cancel::CancelToken;
+use crate::core::Core;
+use crate::error::LifeboatError;
+use crate::events::Event;
+use crate::settings::Settings;
+use crate::types::{CommitInfo, Point, Stats, TripAction, TripView};
+use std::sync::Arc;
+
+/// An embedded edge client (see [`Core`]).
+#[derive(uniffi::Object)]
+pub struct EmbeddedClient {
+    core: Core,
+}
+
+#[uniffi::export]
+impl EmbeddedClient {
+    /// Validate the settings, open the store and start connecting.
+    #[uniffi::constructor]
+    pub fn new(settings: Settings) -> Result<Arc<Self>, LifeboatError> {
+        Ok(Arc::new(Self {
+            core: Core::start(&settings)?,
+        }))
+    }
+
+    /// Rider: request a trip; waits at most `timeout_ms` for the commit.
+    pub fn request_trip(
+        &self,
+        pickup: Point,
+        dropoff: Point,
+        timeout_ms: u64,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<CommitInfo, LifeboatError> {
+        self.core
+            .request_trip(pickup, dropoff, timeout_ms, cancel.as_deref())
+    }
+
+    /// An op on an existing trip; waits at most `timeout_ms` for the commit.
+    pub fn submit(
+        &self,
+        session: u64,
+        action: TripAction,
+        timeout_ms: u64,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<CommitInfo, LifeboatError> {
+        self.core
+            .submit(session, action, timeout_ms, cancel.as_deref())
+    }
+
+    /// [`EmbeddedClient::submit`] for async code; runs on the client's own runtime.
+    pub async fn submit_async(
+        &self,
+        session: u64,
+        action: TripAction,
+        timeout_ms: u64,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<CommitInfo, LifeboatError> {
+        let task = self
+            .core
+            .spawn_submit(session, action, timeout_ms, cancel.as_deref())?;
+        task.await.map_err(|e| LifeboatError::Runtime {
+            message: format!("submit task: {e}"),
+        })?
+    }
+
+    pub fn set_available(&self, available: bool) -> Result<(), LifeboatError> {
+        self.core.set_available(available)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<TripView>, LifeboatError> {
+        self.core.sessions()
+    }
+
+    pub fn trip(&self, session: u64) -> Result<Option<TripView>, LifeboatError> {
+        self.core.trip(session)
+    }
+
+    /// The next event, waiting at most `timeout_ms` (0: do not wait).
+    pub fn poll_event(&self, timeout_ms: u64) -> Result<Option<Event>, LifeboatError> {
+        self.core.poll_event(timeout_ms)
+    }
+
+    pub fn connected_dc(&self) -> Option<u16> {
+        self.core.connected_dc()
+    }
+
+    pub fn wait_connected(&self, timeout_ms: u64) -> Result<Option<u16>, LifeboatError> {
+        self.core.wait_connected(timeout_ms)
+    }
+
+    /// App backgrounded: stop the client, keep the store.
+    pub fn pause(&self) -> Result<(), LifeboatError> {
+        self.core.pause()
+    }
+
+    /// App foregrounded: start again over the same store.
+    pub fn resume(&self) -> Result<(), LifeboatError> {
+        self.core.resume()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.core.is_paused()
+    }
+
+    /// Network change: new UDP socket, same QUIC connection. Returns the new local address.
+    pub fn rebind(&self) -> Result<String, LifeboatError> {
+        self.core.rebind()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Stop for good (also done when the object is freed).
+    pub fn shutdown(&self) {
+        self.core.shutdown()
+    }
+}
+
+/// This library's version.
+#[uniffi::export]
+pub fn library_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
