@@ -10,7 +10,8 @@
 //! - [`keyring`] and [`digest`]: the region's keys and the sealed digest devices store (C4);
 //! - [`wire`]: wire messages and the bounded frame codec (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
-//! - [`edge`]: the device-side state machine (outbox, held digests, replay).
+//! - [`edge`]: the device-side state machine (outbox, held digests, replay);
+//! - [`samples`]: representative trip digests for benchmarks and size reports.
 //!
 //! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
 //! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`].
@@ -23,6 +24,7 @@ pub mod edge;
 pub mod frame_io;
 pub mod ids;
 pub mod keyring;
+pub mod samples;
 pub mod trip;
 pub mod version;
 pub mod wire;
