@@ -34,6 +34,9 @@ const RIDER_QUEUE: usize = 1024;
 const ROLE_DRIVER: u32 = 0;
 const ROLE_RIDER: u32 = 1;
 
+/// Rider connections by pair id: where a driver's request sends its push.
+type Riders = Arc<Mutex<HashMap<u32, mpsc::Sender<Arc<Vec<u8>>>>>>;
+
 /// Message sizes, each including the 4-byte length prefix.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Sizes {
@@ -123,7 +126,7 @@ async fn serve_async(args: EchoServerArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let riders: Arc<Mutex<HashMap<u32, mpsc::Sender<Arc<Vec<u8>>>>>> = Arc::default();
+    let riders: Riders = Arc::default();
     let reply = Arc::new(frame(args.reply_bytes));
     let push = Arc::new(frame(args.push_bytes));
     let dropped = Arc::new(AtomicU64::new(0));
@@ -153,7 +156,7 @@ async fn serve_async(args: EchoServerArgs) -> anyhow::Result<()> {
 
 async fn echo_conn(
     incoming: quinn::Incoming,
-    riders: Arc<Mutex<HashMap<u32, mpsc::Sender<Arc<Vec<u8>>>>>>,
+    riders: Riders,
     reply: Arc<Vec<u8>>,
     push: Arc<Vec<u8>>,
     dropped: Arc<AtomicU64>,

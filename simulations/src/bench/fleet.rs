@@ -279,7 +279,7 @@ impl Fleet {
         server_pid: u32,
         seed: u64,
     ) -> anyhow::Result<PhaseResult> {
-        if !(rate > 0.0) {
+        if rate.is_nan() || rate <= 0.0 {
             bail!("open loop needs a positive rate, not {rate}");
         }
         let drivers = self.trips.len().max(1) as f64;
