@@ -338,14 +338,21 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
             sizes.reply_bytes.to_string(),
             "--push-bytes".into(),
             sizes.push_bytes.to_string(),
+            "--idle-timeout-ms".into(),
+            "30000".into(),
         ],
     )?;
+    // Same TLS and endpoints as the devices, but a lenient idle timeout: the baseline is not
+    // about failure detection, and on a busy shared machine a 3 s timeout can drop an idle
+    // connection before its pair starts.
+    let echo_cfg =
+        lifeboat_edge::client_config(&ca_pem, Duration::from_secs(1), Duration::from_secs(30))?;
     let echo_server = DcProcess::spawn(echo_spec).context("starting the echo server")?;
     let echo_pid = echo_server.pid().as_raw() as u32;
     let echo = rt.block_on(echo::run_closed_loop(
         echo_server.addr,
         &endpoints,
-        &client_cfg,
+        &echo_cfg,
         trips,
         sizes,
         warm_up,

@@ -33,6 +33,11 @@ const MAX_FRAME: usize = 64 * 1024;
 const RIDER_QUEUE: usize = 1024;
 const ROLE_DRIVER: u32 = 0;
 const ROLE_RIDER: u32 = 1;
+/// Bound on each step of a connection set-up (handshake, stream, hello) and on one reply.
+const SETUP: Duration = Duration::from_secs(30);
+/// Connections set up at once (a loaded 2-core machine cannot do 1,000 handshakes at once
+/// within any sensible timeout).
+const CONNECT_CONCURRENCY: usize = 64;
 
 /// Rider connections by pair id: where a driver's request sends its push.
 type Riders = Arc<Mutex<HashMap<u32, mpsc::Sender<Arc<Vec<u8>>>>>>;
@@ -161,11 +166,16 @@ async fn echo_conn(
     push: Arc<Vec<u8>>,
     dropped: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let conn = tokio::time::timeout(Duration::from_secs(5), incoming).await??;
-    let (mut send, mut recv) =
-        tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await??;
+    let conn = tokio::time::timeout(SETUP, incoming)
+        .await
+        .context("handshake timed out")??;
+    let (mut send, mut recv) = tokio::time::timeout(SETUP, conn.accept_bi())
+        .await
+        .context("stream open timed out")??;
     let mut hello = [0u8; 8];
-    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut hello)).await??;
+    tokio::time::timeout(SETUP, recv.read_exact(&mut hello))
+        .await
+        .context("hello timed out")??;
     let pair = u32::from_be_bytes([hello[0], hello[1], hello[2], hello[3]]);
     let role = u32::from_be_bytes([hello[4], hello[5], hello[6], hello[7]]);
     if role == ROLE_RIDER {
@@ -222,17 +232,20 @@ async fn open(
     role: u32,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let conn = tokio::time::timeout(
-        Duration::from_secs(10),
+        SETUP,
         endpoint.connect_with(cfg.clone(), addr, "localhost")?,
     )
-    .await??;
+    .await
+    .context("echo handshake timed out")??;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut hello = [0u8; 8];
     hello[..4].copy_from_slice(&pair.to_be_bytes());
     hello[4..].copy_from_slice(&role.to_be_bytes());
     send.write_all(&hello).await?;
     let mut ok = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut ok)).await??;
+    tokio::time::timeout(SETUP, recv.read_exact(&mut ok))
+        .await
+        .context("echo hello answer timed out")??;
     Ok((conn, send, recv))
 }
 
@@ -251,10 +264,13 @@ pub async fn run_closed_loop(
     server_pid: u32,
 ) -> anyhow::Result<EchoResult> {
     let mut set = tokio::task::JoinSet::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     for p in 0..pairs {
         let ep = endpoints[p % endpoints.len()].clone();
         let cfg = cfg.clone();
+        let gate = gate.clone();
         set.spawn(async move {
+            let _turn = gate.acquire().await?;
             // Rider first, so that every push finds its receiver.
             let (rc, _rs, rr) = open(&ep, &cfg, addr, p as u32, ROLE_RIDER).await?;
             let driver = open(&ep, &cfg, addr, p as u32, ROLE_DRIVER).await?;
@@ -300,11 +316,9 @@ pub async fn run_closed_loop(
                     break;
                 }
                 send.write_all(&request).await?;
-                let got = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    read_frame_raw(&mut recv, &mut buf),
-                )
-                .await??;
+                let got = tokio::time::timeout(SETUP, read_frame_raw(&mut recv, &mut buf))
+                    .await
+                    .context("echo reply timed out")??;
                 if !got {
                     bail!("echo server closed the stream");
                 }

@@ -78,10 +78,11 @@ async fn raw_connect(
     device: DeviceId,
 ) -> anyhow::Result<RawDevice> {
     let conn = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         endpoint.connect_with(cfg.clone(), addr, "localhost")?,
     )
-    .await??;
+    .await
+    .context("loader handshake timed out")??;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello: ClientMsg<Trip> = ClientMsg::Hello {
         device,
@@ -92,7 +93,10 @@ async fn raw_connect(
     };
     send.write_all(&encode_frame(&hello)?).await?;
     let mut buf = Vec::new();
-    match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, &mut buf)).await?? {
+    let welcome = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv, &mut buf))
+        .await
+        .context("loader Welcome timed out")??;
+    match welcome {
         Some(ServerMsg::<Trip>::Welcome { .. }) => {}
         other => bail!("expected Welcome, got {other:?}"),
     }

@@ -57,7 +57,10 @@ mod tests {
         let start = std::time::Instant::now();
         let mut x = 0u64;
         while cpu_us(me).unwrap() == before {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "CPU time never moved");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "CPU time never moved"
+            );
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
