@@ -312,7 +312,7 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
         .iter()
         .map(|t| t.driver.stats().ops_committed)
         .sum();
-    let (driver_bytes, rider_bytes) = rt.block_on(fleet.shutdown());
+    let (driver_bytes, rider_bytes) = rt.block_on(fleet.shutdown())?;
 
     eprintln!("   server memory over {} sessions", opts.footprint_sessions);
     let server_fp = rt.block_on(footprint::server_per_session(

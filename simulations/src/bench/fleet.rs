@@ -319,16 +319,31 @@ impl Fleet {
     }
 
     /// Stop every client; returns the UDP bytes (QUIC included) of drivers and of riders.
-    pub async fn shutdown(self) -> (u64, u64) {
-        let (mut drivers, mut riders) = (0, 0);
+    ///
+    /// A client adds its connection's byte counts to its stats only as its task ends, which
+    /// is after `shutdown` returns; a client whose task has ended refuses commands, so wait
+    /// (bounded) for that before reading the stats.
+    pub async fn shutdown(self) -> anyhow::Result<(u64, u64)> {
         for t in &self.trips {
             t.driver.shutdown().await;
             t.rider.shutdown().await;
+        }
+        let deadline = Instant::now() + DRAIN;
+        let (mut drivers, mut riders) = (0, 0);
+        for t in &self.trips {
+            for c in [&t.driver, &t.rider] {
+                while c.sessions().await.is_ok() {
+                    if Instant::now() >= deadline {
+                        bail!("device {} did not stop within {DRAIN:?}", c.device());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             let (d, r) = (t.driver.stats(), t.rider.stats());
             drivers += d.bytes_up + d.bytes_down;
             riders += r.bytes_up + r.bytes_down;
         }
-        (drivers, riders)
+        Ok((drivers, riders))
     }
 }
 
