@@ -11,7 +11,8 @@
 //! - [`wire`]: wire messages and the bounded frame codec (C6);
 //! - [`limits`]: the names of the limits a datacenter enforces (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
-//! - [`edge`]: the device-side state machine (outbox, held digests, replay).
+//! - [`edge`]: the device-side state machine (outbox, held digests, replay);
+//! - [`samples`]: representative trip digests for benchmarks and size reports.
 //!
 //! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
 //! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`].
@@ -25,6 +26,7 @@ pub mod frame_io;
 pub mod ids;
 pub mod keyring;
 pub mod limits;
+pub mod samples;
 pub mod trip;
 pub mod version;
 pub mod wire;

@@ -310,8 +310,14 @@ async fn start_device(
 }
 
 async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) {
-    let s = live.client.stats();
     live.client.shutdown().await;
+    // The client counts a connection's bytes when that connection ends, which is just after
+    // `shutdown` returns: wait (bounded) until its task is gone before reading them.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while live.client.sessions().await.is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = live.client.stats();
     dev.connected_dc.store(0, Ordering::Relaxed);
     if let Ok(mut l) = log.lock() {
         l.bytes_up += s.bytes_up;

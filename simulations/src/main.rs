@@ -4,6 +4,7 @@
 //! as real edge clients over QUIC, runs trips through a scripted failure from the catalogue,
 //! then verifies every device's ledger against the surviving datacenters' own stores.
 
+mod bench;
 mod city;
 mod cluster;
 mod report;
@@ -32,6 +33,13 @@ enum Cmd {
     /// Run scenarios from the failure catalogue.
     #[command(flatten)]
     Scenario(ScenarioCmd),
+    /// Throughput, latency and footprint of one datacenter beside a bare-QUIC baseline.
+    Bench(bench::BenchOpts),
+    #[command(name = "__bench-helper", hide = true)]
+    BenchHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Internal: run a datacenter (the `lifeboat-server` command line) in this process.
     #[command(name = "__datacenter", hide = true)]
     Datacenter {
@@ -119,6 +127,8 @@ pub struct Opts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Bench(opts) => bench::main(opts),
+        Cmd::BenchHelper { args } => bench::helper(args),
         Cmd::Datacenter { args } => match lifeboat_server::cli::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
