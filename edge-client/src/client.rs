@@ -400,6 +400,20 @@ impl ProbeBoard {
     }
 }
 
+/// Write to the datacenter, giving up after `limit`: a datacenter that stops reading (flow
+/// control never opens) must not freeze the client, which could then not even be shut down.
+/// The caller treats the error as a lost connection; the outbox replays on the next one.
+async fn write_bounded(
+    send: &mut quinn::SendStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit.max(Duration::from_secs(1)), send.write_all(bytes)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("the datacenter did not read for {limit:?}")),
+    }
+}
+
 /// Wait for a running probe (never resolves without one; the caller guards on that).
 async fn join_probe(
     probe: &mut Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>>,
@@ -611,7 +625,7 @@ impl Actor {
                 Err(e) => return (format!("encoding hello: {e}"), false, None),
             }
         }
-        if let Err(e) = send.write_all(&hello).await {
+        if let Err(e) = write_bounded(&mut send, &hello, self.cfg.idle_timeout).await {
             reader.abort();
             return (e.to_string(), false, None);
         }
@@ -792,7 +806,7 @@ impl Actor {
                         if let Ok(f) =
                             encode_frame(&ClientMsg::<Trip>::SetAvailable { available: a })
                         {
-                            let _ = send.write_all(&f).await;
+                            let _ = write_bounded(send, &f, self.cfg.idle_timeout).await;
                         }
                     }
                 }
@@ -848,7 +862,7 @@ impl Actor {
         }
         if !out.is_empty() {
             if let Some(send) = send {
-                send.write_all(&out).await.map_err(|e| e.to_string())?;
+                write_bounded(send, &out, self.cfg.idle_timeout).await?;
             }
         }
         Ok(())

@@ -310,11 +310,26 @@ async fn start_device(
 }
 
 async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) {
-    live.client.shutdown().await;
+    // Bounded: a stuck client must not hold up the run's verdict.
+    let bound = Duration::from_secs(5);
+    if tokio::time::timeout(bound, live.client.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            device = dev.id.0,
+            "client did not shut down within {bound:?}"
+        );
+    }
     // The client counts a connection's bytes when that connection ends, which is just after
     // `shutdown` returns: wait (bounded) until its task is gone before reading them.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while live.client.sessions().await.is_ok() && Instant::now() < deadline {
+    while Instant::now() < deadline
+        && matches!(
+            tokio::time::timeout(Duration::from_millis(200), live.client.sessions()).await,
+            Ok(Ok(_)) | Err(_)
+        )
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let s = live.client.stats();

@@ -178,12 +178,10 @@ async fn run_one(
     let mut tasks = Vec::new();
     for (i, (d, f)) in city.drivers.iter().zip(driver_faults).enumerate() {
         pace_start(i, opts.start_rate).await;
-        tasks.push(tokio::spawn(driver_task(
-            d.clone(),
-            cfg.clone(),
-            shared.clone(),
-            f,
-        )));
+        tasks.push((
+            d.id,
+            tokio::spawn(driver_task(d.clone(), cfg.clone(), shared.clone(), f)),
+        ));
     }
     // Let drivers connect before riders request (bounded wait).
     let t0 = Instant::now();
@@ -202,13 +200,10 @@ async fn run_one(
             DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
             other => other,
         };
-        tasks.push(tokio::spawn(rider_task(
-            r.clone(),
-            i,
-            cfg.clone(),
-            shared.clone(),
-            f,
-        )));
+        tasks.push((
+            r.id,
+            tokio::spawn(rider_task(r.clone(), i, cfg.clone(), shared.clone(), f)),
+        ));
     }
 
     // The fault script runs on its own thread: it blocks on process signals.
@@ -261,9 +256,11 @@ async fn run_one(
     bar.set_message("draining and verifying");
     script.await.context("fault script")??;
     let mut logs: Vec<DeviceLog> = Vec::new();
-    for t in tasks {
-        if let Ok(Ok(log)) = tokio::time::timeout(Duration::from_secs(90), t).await {
-            logs.push(log);
+    let mut unfinished = Vec::new();
+    for (id, t) in tasks {
+        match tokio::time::timeout(Duration::from_secs(90), t).await {
+            Ok(Ok(log)) => logs.push(log),
+            _ => unfinished.push(id.0),
         }
     }
     bar.finish_and_clear();
@@ -296,8 +293,9 @@ async fn run_one(
     if logs.len() != city.drivers.len() + city.riders.len() {
         report.passed = false;
         report.violations.push(format!(
-            "{} device tasks did not finish",
-            city.drivers.len() + city.riders.len() - logs.len()
+            "{} device tasks did not finish: devices {:?}",
+            unfinished.len(),
+            &unfinished[..unfinished.len().min(10)]
         ));
     }
     if opts.keep {
