@@ -7,10 +7,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::samples::typical_trip;
-use lifeboat_common::wire::{
-    decode_exact, encode_frame, ClientMsg, OpOutcome, ServerMsg, SessionUpdate, MAX_FRAME_BYTES,
-};
-use lifeboat_common::{GeoPoint, SessionId, Trip, TripOp};
+use lifeboat_common::wire::{decode_exact, encode_frame, ClientMsg, ServerMsg, MAX_FRAME_BYTES};
+use lifeboat_common::Trip;
 use std::hint::black_box;
 
 fn frames(c: &mut Criterion) {
@@ -20,27 +18,7 @@ fn frames(c: &mut Criterion) {
         Ok(d) => d,
         Err(e) => panic!("sealing the sample: {e}"),
     };
-    let submit: ClientMsg<Trip> = ClientMsg::Submit {
-        session: sample.header.session,
-        seq: 27,
-        op: TripOp::Location {
-            at: GeoPoint {
-                lat_e6: 52_514_300,
-                lon_e6: 13_398_050,
-            },
-        },
-    };
-    let result: ServerMsg<Trip> = ServerMsg::OpResult {
-        session: SessionId(sample.header.session.0),
-        seq: 27,
-        outcome: OpOutcome::Applied,
-        update: Some(SessionUpdate {
-            digest,
-            view: sample.body.state.clone(),
-            your_last_seq: 27,
-            committed: true,
-        }),
-    };
+    let (submit, result) = sample.hot_path(digest);
     let submit_frame = encode_frame(&submit).unwrap_or_default();
     let result_frame = encode_frame(&result).unwrap_or_default();
     assert!(!submit_frame.is_empty() && !result_frame.is_empty());

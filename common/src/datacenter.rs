@@ -1034,6 +1034,19 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
+        self.submit(now_ms, device, session, seq, op, false)
+    }
+
+    /// A submit; `resubmitted` only matters for a create (see [`Self::handle_resubmit`]).
+    fn submit(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        session: SessionId,
+        seq: u64,
+        op: A::Op,
+        resubmitted: bool,
+    ) {
         let reject = |this: &mut Self, r: OpRejection, with_update: bool| {
             this.stats.ops_rejected += 1;
             this.reply(device, session, seq, OpOutcome::Rejected(r), with_update);
@@ -1049,7 +1062,7 @@ impl<A: Application> DatacenterCore<A> {
             if let Err(limit) = self.admit_create(now_ms, device) {
                 return reject(self, OpRejection::Limit(limit), false);
             }
-            return self.create(now_ms, device, session, op, false);
+            return self.create(now_ms, device, session, op, resubmitted);
         };
         let Some(role) = entry.header.role_of(device) else {
             return reject(self, OpRejection::NotParticipant, false);
@@ -1202,21 +1215,7 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
-        if !self.sessions.contains_key(&session) && A::is_create(&op) && seq == 1 {
-            if self.sessions.len() >= self.cfg.max_sessions {
-                self.stats.limited_sessions += 1;
-                self.stats.ops_rejected += 1;
-                let r = OpOutcome::Rejected(OpRejection::Overloaded);
-                return self.reply(device, session, seq, r, false);
-            }
-            if let Err(limit) = self.admit_create(now_ms, device) {
-                self.stats.ops_rejected += 1;
-                let r = OpOutcome::Rejected(OpRejection::Limit(limit));
-                return self.reply(device, session, seq, r, false);
-            }
-            return self.create(now_ms, device, session, op, true);
-        }
-        self.handle_submit(now_ms, device, session, seq, op)
+        self.submit(now_ms, device, session, seq, op, true)
     }
 
     fn create(

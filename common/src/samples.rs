@@ -17,8 +17,9 @@ use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
 use crate::ids::{DeviceId, ReplicaId, Role, SessionId};
 use crate::keyring::Keyring;
 use crate::trip::{fare_cents, GeoPoint, TripPhase, TripState};
+use crate::trip::{Trip, TripOp};
 use crate::version::VersionVector;
-use crate::wire::{encode, CodecError};
+use crate::wire::{encode, ClientMsg, CodecError, OpOutcome, ServerMsg, SessionUpdate};
 
 /// A trip's digest before sealing.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,6 +145,35 @@ impl SampleTrip {
     /// Seal under the keyring's active key.
     pub fn seal(&self, keyring: &Keyring) -> Result<SealedDigest, SealError> {
         SealedDigest::seal(keyring, self.header.clone(), &self.body)
+    }
+
+    /// The hot path's messages for this trip: the driver's `Submit` of a location op, and
+    /// the datacenter's `OpResult` answering it with the new digest (a partner's `Push`
+    /// carries the same update).
+    pub fn hot_path(&self, digest: SealedDigest) -> (ClientMsg<Trip>, ServerMsg<Trip>) {
+        const SEQ: u64 = 27;
+        let submit = ClientMsg::Submit {
+            session: self.header.session,
+            seq: SEQ,
+            op: TripOp::Location {
+                at: GeoPoint {
+                    lat_e6: 52_514_300,
+                    lon_e6: 13_398_050,
+                },
+            },
+        };
+        let result = ServerMsg::OpResult {
+            session: self.header.session,
+            seq: SEQ,
+            outcome: OpOutcome::Applied,
+            update: Some(SessionUpdate {
+                digest,
+                view: self.body.state.clone(),
+                your_last_seq: SEQ,
+                committed: true,
+            }),
+        };
+        (submit, result)
     }
 
     /// Encoded header plus encoded body: what a digest would be without sealing.

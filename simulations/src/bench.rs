@@ -32,8 +32,8 @@ use anyhow::Context;
 use clap::Parser;
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::samples::typical_trip;
-use lifeboat_common::wire::{encode_frame, ClientMsg, OpOutcome, ServerMsg, SessionUpdate};
-use lifeboat_common::{GeoPoint, Trip, TripOp};
+use lifeboat_common::wire::{encode_frame, ServerMsg};
+use lifeboat_common::Trip;
 use lifeboat_server::process::{DcProcess, DcSpawn};
 use lifeboat_server::region::Region;
 use rand::Rng;
@@ -169,29 +169,16 @@ pub struct BenchReport {
 fn message_sizes(keyring: &Keyring) -> anyhow::Result<echo::Sizes> {
     let sample = typical_trip();
     let digest = sample.seal(keyring)?;
-    let update = SessionUpdate::<Trip> {
-        digest,
-        view: sample.body.state.clone(),
-        your_last_seq: 27,
-        committed: true,
-    };
-    let submit: ClientMsg<Trip> = ClientMsg::Submit {
-        session: sample.header.session,
-        seq: 27,
-        op: TripOp::Location {
-            at: GeoPoint {
-                lat_e6: 52_514_300,
-                lon_e6: 13_398_050,
-            },
+    let (submit, result) = sample.hot_path(digest);
+    let push: ServerMsg<Trip> = match &result {
+        ServerMsg::OpResult {
+            update: Some(update),
+            ..
+        } => ServerMsg::Push {
+            update: update.clone(),
         },
+        _ => anyhow::bail!("the sample's OpResult carries no update"),
     };
-    let result: ServerMsg<Trip> = ServerMsg::OpResult {
-        session: sample.header.session,
-        seq: 27,
-        outcome: OpOutcome::Applied,
-        update: Some(update.clone()),
-    };
-    let push: ServerMsg<Trip> = ServerMsg::Push { update };
     Ok(echo::Sizes {
         request_bytes: encode_frame(&submit)?.len(),
         reply_bytes: encode_frame(&result)?.len(),

@@ -239,6 +239,34 @@ async fn s12_both_datacenters_restart_with_empty_disks_everything_comes_back() -
     check_against_store(&ledgers, &stored)
 }
 
+type DriveTask = tokio::task::JoinHandle<anyhow::Result<TripLedger>>;
+
+/// Every rider requests a trip; every driver drives the one it gets (`steps` locations).
+async fn request_and_drive(
+    f: &Fleet,
+    steps: u32,
+    pause: Duration,
+) -> anyhow::Result<(Arc<AtomicU64>, Vec<DriveTask>)> {
+    let progress = Arc::new(AtomicU64::new(0));
+    for r in &f.riders {
+        r.request_trip(PICKUP, route_point(50)).await?;
+    }
+    let tasks = f
+        .drivers
+        .iter()
+        .map(|d| tokio::spawn(drive(d.clone(), steps, progress.clone(), pause)))
+        .collect();
+    Ok((progress, tasks))
+}
+
+async fn collect(tasks: Vec<DriveTask>) -> anyhow::Result<Vec<TripLedger>> {
+    let mut ledgers = Vec::new();
+    for t in tasks {
+        ledgers.push(t.await??);
+    }
+    Ok(ledgers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_failback_to_the_primary_on_its_old_disk_never_rolls_back() -> anyhow::Result<()> {
     let mut c = Cluster::new(2, &[])?;
@@ -246,19 +274,7 @@ async fn s2_failback_to_the_primary_on_its_old_disk_never_rolls_back() -> anyhow
     c.start(1)?;
     let f = fleet(&c, 4).await?;
     let c = Arc::new(std::sync::Mutex::new(c));
-    let progress = Arc::new(AtomicU64::new(0));
-    for r in &f.riders {
-        r.request_trip(PICKUP, route_point(50)).await?;
-    }
-    let mut tasks = Vec::new();
-    for d in &f.drivers {
-        tasks.push(tokio::spawn(drive(
-            d.clone(),
-            40,
-            progress.clone(),
-            Duration::from_millis(25),
-        )));
-    }
+    let (progress, tasks) = request_and_drive(&f, 40, Duration::from_millis(25)).await?;
     wait_progress(&progress, 4 * 8).await?;
     // Primary dies, disk kept. Traffic moves to the backup and goes on.
     c.lock()
@@ -272,10 +288,7 @@ async fn s2_failback_to_the_primary_on_its_old_disk_never_rolls_back() -> anyhow
         c.start(0)?;
         c.kill(1, true)?;
     }
-    let mut ledgers = Vec::new();
-    for t in tasks {
-        ledgers.push(t.await??);
-    }
+    let ledgers = collect(tasks).await?;
     let stored = c
         .lock()
         .map_err(|_| anyhow::anyhow!("lock"))?
@@ -293,19 +306,7 @@ async fn s9_devices_return_to_the_preferred_datacenter_when_it_comes_back() -> a
     c.start(1)?;
     let f = fleet(&c, 3).await?;
     let c = Arc::new(std::sync::Mutex::new(c));
-    let progress = Arc::new(AtomicU64::new(0));
-    for r in &f.riders {
-        r.request_trip(PICKUP, route_point(50)).await?;
-    }
-    let mut tasks = Vec::new();
-    for d in &f.drivers {
-        tasks.push(tokio::spawn(drive(
-            d.clone(),
-            60,
-            progress.clone(),
-            Duration::from_millis(50),
-        )));
-    }
+    let (progress, tasks) = request_and_drive(&f, 60, Duration::from_millis(50)).await?;
     wait_progress(&progress, 3 * 5).await?;
     c.lock()
         .map_err(|_| anyhow::anyhow!("lock"))?
@@ -336,10 +337,7 @@ async fn s9_devices_return_to_the_preferred_datacenter_when_it_comes_back() -> a
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut ledgers = Vec::new();
-    for t in tasks {
-        ledgers.push(t.await??);
-    }
+    let ledgers = collect(tasks).await?;
     let stored = c
         .lock()
         .map_err(|_| anyhow::anyhow!("lock"))?
