@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub session_creates_per_minute: u32,
     /// Poll the keyring file for changes this often (ms); 0: only on SIGHUP.
     pub keyring_poll_ms: u64,
+    /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
+    /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ServerConfig {
@@ -98,6 +101,7 @@ impl ServerConfig {
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
             keyring_poll_ms: 1_000,
+            endpoint: None,
         }
     }
 }
@@ -225,12 +229,18 @@ impl Server {
             region.key.clone_key(),
         )?;
         server_cfg.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen).map_err(|source| {
-            ServerError::Bind {
-                addr: cfg.listen,
-                source,
+        let endpoint = match &cfg.endpoint {
+            Some(endpoint) => {
+                endpoint.set_server_config(Some(server_cfg));
+                endpoint.clone()
             }
-        })?;
+            None => quinn::Endpoint::server(server_cfg, cfg.listen).map_err(|source| {
+                ServerError::Bind {
+                    addr: cfg.listen,
+                    source,
+                }
+            })?,
+        };
         let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
