@@ -1,9 +1,12 @@
 //! The device store: held digests and the outbox, in sled.
 //!
 //! One device normally owns one sled database ([`StoreLocation::Path`]). A process that hosts
-//! many simulated devices (the harness, load tests) can give each device its own trees in one
-//! shared database ([`StoreLocation::Shared`]): still a real sled store on disk with real
-//! flushes, without one background flusher and page cache per device.
+//! many simulated devices (the harness, load tests) can give each device its own key space in
+//! one shared database ([`StoreLocation::Shared`]): still a real sled store on disk with real
+//! flushes, without one background flusher and page cache per device. Devices share the three
+//! trees and every key starts with the device's length-prefixed name, so adding a device costs
+//! the same with 20,000 devices as with one (a sled tree per device does not: sled rewrites
+//! its whole tree table on every `open_tree`, quadratic over a city of devices).
 //!
 //! Invariant: the client calls [`EdgeStore::flush`] after writing and before it reports
 //! anything committed; sled otherwise keeps writes in memory for up to its flush interval.
@@ -28,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub enum StoreLocation {
     /// A sled database of its own in this directory.
     Path(PathBuf),
-    /// Trees named after `name` inside a shared sled database.
+    /// The key space named `name` inside a shared sled database (at most 1,024 bytes).
     Shared { db: SharedDb, name: String },
 }
 
@@ -78,11 +81,17 @@ impl SharedDb {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Delete one device's trees (an app reinstall wipes its store). The device's client
+    /// Delete one device's records (an app reinstall wipes its store). The device's client
     /// must be shut down first.
     pub fn wipe_device(&self, name: &str) -> Result<(), StoreError> {
-        for tree in ["sessions", "outbox", "finished"] {
-            self.db.drop_tree(format!("{name}/{tree}"))?;
+        let prefix = device_prefix(name)?;
+        for tree in TREES {
+            let tree = self.db.open_tree(tree)?;
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(&prefix).keys() {
+                batch.remove(k?);
+            }
+            tree.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -105,6 +114,27 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("device store flush task: {0}")]
     Flush(String),
+    #[error("shared store name of {0} bytes (at most {MAX_NAME_BYTES})")]
+    NameTooLong(usize),
+}
+
+/// The trees of a device store (shared by all devices of a [`SharedDb`]).
+const TREES: [&str; 3] = ["sessions", "outbox", "finished"];
+
+/// Longest [`StoreLocation::Shared`] name.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// The key prefix of a device in a shared database: its name's length, then the name (no
+/// name is a prefix of another's key space).
+fn device_prefix(name: &str) -> Result<Vec<u8>, StoreError> {
+    let len = u16::try_from(name.len())
+        .ok()
+        .filter(|l| usize::from(*l) <= MAX_NAME_BYTES)
+        .ok_or(StoreError::NameTooLong(name.len()))?;
+    let mut p = Vec::with_capacity(2 + name.len());
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(name.as_bytes());
+    Ok(p)
 }
 
 /// Flush a sled database on tokio's blocking pool.
@@ -137,6 +167,8 @@ pub struct EdgeStore {
     outbox: sled::Tree,
     /// Session id -> unix time (ms, big endian) it was first stored as a tombstone.
     finished: sled::Tree,
+    /// Prepended to every key (empty for a database of its own).
+    prefix: Vec<u8>,
     device: DeviceId,
 }
 
@@ -153,6 +185,10 @@ fn op_key(op: OpId) -> [u8; 16] {
     k
 }
 
+fn session_key(s: SessionId) -> [u8; 8] {
+    s.0.to_be_bytes()
+}
+
 impl EdgeStore {
     pub fn open(location: &StoreLocation, device: DeviceId) -> Result<Self, StoreError> {
         let (db, shared, prefix) = match location {
@@ -163,23 +199,39 @@ impl EdgeStore {
                     .flush_every_ms(None)
                     .open()?,
                 None,
-                String::new(),
+                Vec::new(),
             ),
             StoreLocation::Shared { db, name } => {
-                (db.db.clone(), Some(db.clone()), format!("{name}/"))
+                (db.db.clone(), Some(db.clone()), device_prefix(name)?)
             }
         };
-        let sessions = db.open_tree(format!("{prefix}sessions"))?;
-        let outbox = db.open_tree(format!("{prefix}outbox"))?;
-        let finished = db.open_tree(format!("{prefix}finished"))?;
+        let [sessions, outbox, finished] = TREES;
         Ok(Self {
+            sessions: db.open_tree(sessions)?,
+            outbox: db.open_tree(outbox)?,
+            finished: db.open_tree(finished)?,
             db,
             shared,
-            sessions,
-            outbox,
-            finished,
+            prefix,
             device,
         })
+    }
+
+    /// This device's key for `k`.
+    fn key(&self, k: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + k.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(k);
+        out
+    }
+
+    /// This device's records of `tree`, keys without the prefix.
+    fn records<'a>(
+        &'a self,
+        tree: &'a sled::Tree,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> + 'a {
+        tree.scan_prefix(&self.prefix)
+            .map(|kv| kv.map(|(k, v)| (k[self.prefix.len()..].to_vec(), v)))
     }
 
     /// Everything in the store, nothing expired.
@@ -202,27 +254,28 @@ impl EdgeStore {
             expired: 0,
         };
         let now_ms = unix_ms(now);
-        for kv in self.sessions.iter() {
+        for kv in self.records(&self.sessions) {
             let (k, v) = kv?;
-            let key: Option<[u8; 8]> = k.as_ref().try_into().ok();
+            let key: Option<[u8; 8]> = k.as_slice().try_into().ok();
             match (key, decode_exact::<HeldSession<Trip>>(&v, MAX_FRAME_BYTES)) {
                 (Some(key), Ok(h)) => {
                     if h.digest.header.tombstone {
                         if let Some(ttl) = tombstone_ttl {
-                            let since_ms = match self.finished.get(key)? {
+                            let since_ms = match self.finished.get(self.key(&key))? {
                                 Some(t) => t
                                     .as_ref()
                                     .try_into()
                                     .map(u64::from_be_bytes)
                                     .unwrap_or(now_ms),
                                 None => {
-                                    self.finished.insert(key, &now_ms.to_be_bytes())?;
+                                    self.finished
+                                        .insert(self.key(&key), &now_ms.to_be_bytes())?;
                                     now_ms
                                 }
                             };
                             if now_ms.saturating_sub(since_ms) >= ttl.as_millis() as u64 {
-                                self.sessions.remove(key)?;
-                                self.finished.remove(key)?;
+                                self.sessions.remove(self.key(&key))?;
+                                self.finished.remove(self.key(&key))?;
                                 loaded.expired += 1;
                                 continue;
                             }
@@ -241,15 +294,15 @@ impl EdgeStore {
             if !h.digest.header.tombstone {
                 return (false, 0);
             }
-            let t = self.finished.get(s.0.to_be_bytes()).ok().flatten();
+            let t = self.finished.get(self.key(&session_key(*s))).ok().flatten();
             let ms = t
                 .and_then(|t| t.as_ref().try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);
             (true, ms)
         });
-        for kv in self.outbox.iter() {
+        for kv in self.records(&self.outbox) {
             let (k, v) = kv?;
-            let key: Option<[u8; 16]> = k.as_ref().try_into().ok();
+            let key: Option<[u8; 16]> = k.as_slice().try_into().ok();
             match (key, decode_exact::<TripOp>(&v, MAX_FRAME_BYTES)) {
                 (Some(k), Ok(op)) => {
                     let mut s = [0u8; 8];
@@ -275,26 +328,28 @@ impl EdgeStore {
         for w in writes {
             match w {
                 StoreWrite::PutSession(s, h) => {
-                    self.sessions.insert(s.0.to_be_bytes(), encode(h)?)?;
+                    let key = self.key(&session_key(*s));
+                    self.sessions.insert(&key, encode(h)?)?;
                     if h.digest.header.tombstone {
                         // Keep the first time only: the age counts from when it finished.
                         let now = unix_ms(SystemTime::now()).to_be_bytes();
                         let _ = self.finished.compare_and_swap(
-                            s.0.to_be_bytes(),
+                            key,
                             None as Option<&[u8]>,
                             Some(&now[..]),
                         )?;
                     }
                 }
                 StoreWrite::DeleteSession(s) => {
-                    self.sessions.remove(s.0.to_be_bytes())?;
-                    self.finished.remove(s.0.to_be_bytes())?;
+                    let key = self.key(&session_key(*s));
+                    self.sessions.remove(&key)?;
+                    self.finished.remove(key)?;
                 }
                 StoreWrite::PutOp(id, op) => {
-                    self.outbox.insert(op_key(*id), encode(op)?)?;
+                    self.outbox.insert(self.key(&op_key(*id)), encode(op)?)?;
                 }
                 StoreWrite::DeleteOp(id) => {
-                    self.outbox.remove(op_key(*id))?;
+                    self.outbox.remove(self.key(&op_key(*id)))?;
                 }
             }
         }
@@ -367,6 +422,53 @@ mod tests {
         let mut v: Vec<u64> = l.sessions.iter().map(|(s, _)| s.0).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn devices_sharing_a_database_see_only_their_own_records_and_a_wipe_removes_only_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::generate();
+        let db = SharedDb::open(dir.path(), 1 << 20).expect("open shared");
+        // "a" is a prefix of "ab": the length prefix keeps their key spaces apart.
+        let open = |name: &str, device: u64| {
+            let loc = StoreLocation::Shared {
+                db: db.clone(),
+                name: name.into(),
+            };
+            EdgeStore::open(&loc, DeviceId(device)).expect("open device")
+        };
+        let (a, ab) = (open("a", 1), open("ab", 2));
+        let op = |device: u64| OpId {
+            session: SessionId(9),
+            device: DeviceId(device),
+            seq: 3,
+        };
+        a.apply(&[
+            StoreWrite::PutSession(SessionId(5), held(&keyring, 5, false)),
+            StoreWrite::PutOp(op(1), TripOp::Cancel),
+        ])
+        .expect("apply a");
+        ab.apply(&[StoreWrite::PutSession(
+            SessionId(6),
+            held(&keyring, 6, true),
+        )])
+        .expect("apply ab");
+        let (la, lab) = (a.load().expect("load a"), ab.load().expect("load ab"));
+        assert_eq!(ids(&la), vec![5]);
+        assert_eq!(la.ops.len(), 1);
+        assert_eq!(la.ops[0].0, op(1));
+        assert_eq!(ids(&lab), vec![6]);
+        assert!(lab.ops.is_empty());
+        assert_eq!(la.unreadable + lab.unreadable, 0);
+
+        db.wipe_device("a").expect("wipe a");
+        let (la, lab) = (a.load().expect("reload a"), ab.load().expect("reload ab"));
+        assert!(la.sessions.is_empty() && la.ops.is_empty());
+        assert_eq!(ids(&lab), vec![6]);
+        assert!(matches!(
+            device_prefix(&"x".repeat(MAX_NAME_BYTES + 1)),
+            Err(StoreError::NameTooLong(_))
+        ));
     }
 
     #[test]
