@@ -38,11 +38,15 @@ pub enum LimitKind {
     SessionCreateRate,
     /// The datacenter holds as many sessions as it may.
     Sessions,
+    /// As many QUIC handshakes in progress as the datacenter serves at once: the connection
+    /// is refused at once (cheaply, before any crypto) and the device retries after a
+    /// jittered backoff, instead of every handshake timing out in a reconnect storm.
+    Handshakes,
 }
 
 impl LimitKind {
     /// Every kind, in a stable order (for counters and docs).
-    pub const ALL: [LimitKind; 13] = [
+    pub const ALL: [LimitKind; 14] = [
         LimitKind::FrameBytes,
         LimitKind::DigestsPerConnect,
         LimitKind::UploadFrames,
@@ -56,6 +60,7 @@ impl LimitKind {
         LimitKind::SessionsPerDevice,
         LimitKind::SessionCreateRate,
         LimitKind::Sessions,
+        LimitKind::Handshakes,
     ];
 
     /// A short snake_case name, used as the counter name in the status JSON.
@@ -74,6 +79,7 @@ impl LimitKind {
             LimitKind::SessionsPerDevice => "sessions_per_device",
             LimitKind::SessionCreateRate => "session_create_rate",
             LimitKind::Sessions => "sessions",
+            LimitKind::Handshakes => "handshakes",
         }
     }
 }

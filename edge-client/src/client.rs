@@ -372,6 +372,23 @@ enum Step {
     Stop,
 }
 
+/// Why a connect attempt did not give a connection.
+enum ConnectFailure {
+    /// The datacenter answered and refused: it is at its handshake limit (alive, busy).
+    Busy(String),
+    /// No answer, or the handshake failed.
+    Failed(String),
+}
+
+/// The datacenter refused the connection before the handshake (its handshake limit).
+fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
 /// What a client (or every client sharing it, as in a simulation of thousands) knows about
 /// datacenters that recently did not answer: a probe skips one that failed less than the
 /// probe interval ago, so a dead datacenter costs one handshake attempt per interval, not
@@ -481,7 +498,19 @@ impl Actor {
                     match self.connect(addr).await {
                         Ok(Some(conn)) => (idx, conn),
                         Ok(None) => break, // shut down while connecting
-                        Err(reason) => {
+                        Err(ConnectFailure::Busy(reason)) => {
+                            // Alive but at its handshake limit (a reconnect storm): not a
+                            // failure to route around; come back after a jittered backoff.
+                            self.emit(ClientEvent::ConnectFailed { addr, reason });
+                            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
+                            if !self.idle_for(backoff + Duration::from_millis(jitter)).await {
+                                break;
+                            }
+                            backoff = (backoff * 2).min(self.cfg.backoff_max);
+                            queue.push_front(idx);
+                            continue;
+                        }
+                        Err(ConnectFailure::Failed(reason)) => {
                             self.probe_board.record(addr, false);
                             self.emit(ClientEvent::ConnectFailed { addr, reason });
                             continue;
@@ -563,11 +592,14 @@ impl Actor {
     }
 
     /// Connect, serving commands meanwhile. `Ok(None)`: shut down while connecting.
-    async fn connect(&mut self, addr: SocketAddr) -> Result<Option<quinn::Connection>, String> {
+    async fn connect(
+        &mut self,
+        addr: SocketAddr,
+    ) -> Result<Option<quinn::Connection>, ConnectFailure> {
         let connecting = self
             .endpoint
             .connect_with((*self.client_cfg).clone(), addr, &self.cfg.server_name)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
         let attempt = tokio::time::timeout(self.cfg.connect_timeout, connecting);
         tokio::pin!(attempt);
         loop {
@@ -575,8 +607,9 @@ impl Actor {
                 r = &mut attempt => {
                     return match r {
                         Ok(Ok(conn)) => Ok(Some(conn)),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("connect timed out".into()),
+                        Ok(Err(e)) if is_refusal(&e) => Err(ConnectFailure::Busy(e.to_string())),
+                        Ok(Err(e)) => Err(ConnectFailure::Failed(e.to_string())),
+                        Err(_) => Err(ConnectFailure::Failed("connect timed out".into())),
                     };
                 }
                 cmd = self.cmd_rx.recv() => {

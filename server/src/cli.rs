@@ -117,6 +117,16 @@ struct ServeArgs {
     /// sled page cache (bytes).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     cache_bytes: u64,
+    /// Most QUIC handshakes in progress at once (0: no bound). More are refused at once, so
+    /// that in a reconnect storm the datacenter completes handshakes at its capacity instead
+    /// of starting all of them and finishing none before the devices give up.
+    #[arg(long, default_value_t = 256)]
+    max_handshakes: usize,
+    /// UDP receive/send buffer to ask the kernel for (bytes; 0: system default). Thousands
+    /// of devices reconnecting at once overflow the default buffer; the kernel caps the
+    /// request at net.core.rmem_max / wmem_max (a warning says so).
+    #[arg(long, default_value_t = 4 << 20)]
+    udp_buffer_bytes: usize,
     /// Most simultaneous device connections.
     #[arg(long, default_value_t = 50_000)]
     max_connections: usize,
@@ -279,6 +289,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.idle_timeout_ms = a.idle_timeout_ms;
     cfg.handshake_timeout_ms = a.handshake_timeout_ms;
     cfg.cache_bytes = a.cache_bytes;
+    cfg.udp_buffer_bytes = a.udp_buffer_bytes;
+    cfg.max_handshakes = a.max_handshakes;
     cfg.max_connections = a.max_connections;
     cfg.max_sessions = a.max_sessions;
     cfg.conn_queue = a.conn_queue;

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod process;
 pub mod region;
 pub mod service;
+pub mod socket;
 pub mod store;
 
 pub use service::{Server, ServerConfig, ServerError, Status};

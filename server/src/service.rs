@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
     /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
     pub endpoint: Option<quinn::Endpoint>,
+    /// Most QUIC handshakes in progress at once; more are refused at once (see
+    /// [`LimitKind::Handshakes`]). 0: no bound.
+    pub max_handshakes: usize,
+    /// UDP receive and send buffer to ask the kernel for (0: system default); see
+    /// [`crate::socket`] for why a datacenter needs a large one.
+    pub udp_buffer_bytes: usize,
 }
 
 impl ServerConfig {
@@ -102,6 +108,8 @@ impl ServerConfig {
             session_creates_per_minute: 10,
             keyring_poll_ms: 1_000,
             endpoint: None,
+            udp_buffer_bytes: 4 << 20,
+            max_handshakes: 256,
         }
     }
 }
@@ -234,12 +242,29 @@ impl Server {
                 endpoint.set_server_config(Some(server_cfg));
                 endpoint.clone()
             }
-            None => quinn::Endpoint::server(server_cfg, cfg.listen).map_err(|source| {
-                ServerError::Bind {
+            None => {
+                let bind_err = |source| ServerError::Bind {
                     addr: cfg.listen,
                     source,
+                };
+                let bound =
+                    crate::socket::bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(bind_err)?;
+                if bound.recv_buffer_bytes < cfg.udp_buffer_bytes {
+                    tracing::warn!(
+                        asked = cfg.udp_buffer_bytes,
+                        granted = bound.recv_buffer_bytes,
+                        "UDP receive buffer capped by the kernel: handshake bursts may be \
+                         dropped; raise net.core.rmem_max"
+                    );
                 }
-            })?,
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(server_cfg),
+                    bound.socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(bind_err)?
+            }
         };
         let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
             addr: cfg.listen,
@@ -311,6 +336,11 @@ async fn serve(
 ) {
     let next_conn = Arc::new(AtomicU64::new(1));
     let per_addr = AddressLimiter::new(&cfg.limits);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(if cfg.max_handshakes == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        cfg.max_handshakes
+    }));
     let accept = {
         let endpoint = endpoint.clone();
         let cfg = cfg.clone();
@@ -325,6 +355,12 @@ async fn serve(
                     incoming.refuse();
                     continue;
                 }
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    limit_hits.hit(LimitKind::Handshakes);
+                    incoming.refuse();
+                    continue;
+                };
                 let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters) else {
                     continue;
                 };
@@ -345,7 +381,7 @@ async fn serve(
                 tokio::spawn(async move {
                     let _slot = slot;
                     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = handle_conn(incoming, &ctx).await {
+                    if let Err(e) = handle_conn(incoming, handshake, &ctx).await {
                         tracing::debug!(conn = ctx.conn_id, error = %e, "connection ended");
                     }
                     ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
@@ -639,7 +675,11 @@ async fn refuse(
     ConnError::Protocol(error)
 }
 
-async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), ConnError> {
+async fn handle_conn(
+    incoming: quinn::Incoming,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+    ctx: &ConnCtx,
+) -> Result<(), ConnError> {
     let timed_out = |_| {
         ctx.limit_hits.hit(LimitKind::HandshakeTimeout);
         ConnError::Timeout
@@ -647,6 +687,8 @@ async fn handle_conn(incoming: quinn::Incoming, ctx: &ConnCtx) -> Result<(), Con
     let conn = tokio::time::timeout(ctx.handshake, incoming)
         .await
         .map_err(timed_out)??;
+    // The crypto is done: the next device may start its handshake.
+    drop(handshake);
     let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
         .await
         .map_err(timed_out)??;
