@@ -13,9 +13,7 @@
 
 use lifeboat_common::edge::{EdgeEvent, EdgeLimits};
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase, VersionVector};
-use lifeboat_edge::{
-    client_config, client_endpoint, ClientEvent, EdgeClient, EdgeConfig, SharedDb, StoreLocation,
-};
+use lifeboat_edge::{client_config, ClientEvent, EdgeClient, EdgeConfig, SharedDb, StoreLocation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -38,7 +36,11 @@ pub struct CityConfig {
     pub cancel_probability: f64,
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+    /// Device stores share this many sled databases.
     pub shards: usize,
+    /// Devices sharing one UDP socket (phones have one each; the harness shares a few so that
+    /// 20,000 devices do not need 20,000 sockets, each with a large buffer).
+    pub devices_per_socket: usize,
     /// Bound on one op's wait for its commit.
     pub op_timeout: Duration,
 }
@@ -177,11 +179,15 @@ impl City {
     ) -> anyhow::Result<Self> {
         let shards = cfg.shards.max(1);
         let qcfg = Arc::new(client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?);
+        let devices = cfg.drivers + cfg.trips;
+        let per_socket = cfg.devices_per_socket.max(1);
         let mut endpoints = Vec::new();
+        for _ in 0..devices.div_ceil(per_socket).max(1) {
+            endpoints.push(device_endpoint(&datacenters)?);
+        }
         let mut dbs = Vec::new();
         let board = Arc::new(lifeboat_edge::ProbeBoard::default());
         for k in 0..shards {
-            endpoints.push(client_endpoint(&datacenters)?);
             dbs.push(SharedDb::open(
                 &dir.join(format!("devices-{k}")),
                 16 * 1024 * 1024,
@@ -204,7 +210,7 @@ impl City {
             c.keep_alive = cfg.keep_alive;
             c.idle_timeout = cfg.idle_timeout;
             c.available = available;
-            c.endpoint = Some(endpoints[k].clone());
+            c.endpoint = Some(endpoints[id as usize % endpoints.len()].clone());
             c.client_config = Some(qcfg.clone());
             c.probe_board = Some(board.clone());
             c.limits = EdgeLimits::default();
@@ -637,4 +643,20 @@ async fn finish(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) -> D
 
 fn take(log: &Arc<Mutex<DeviceLog>>) -> DeviceLog {
     log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// A UDP socket shared by several simulated devices, with a large buffer: the kernel's
+/// default drops datagrams when a few thousand handshakes arrive together.
+fn device_endpoint(datacenters: &[SocketAddr]) -> anyhow::Result<quinn::Endpoint> {
+    let bind: SocketAddr = match datacenters.first() {
+        Some(SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        _ => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+    };
+    let bound = lifeboat_server::socket::bind_udp(bind, 4 << 20)?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        bound.socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }

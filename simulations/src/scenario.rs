@@ -124,6 +124,7 @@ async fn run_one(
         keep_alive: Duration::from_millis((opts.idle_timeout_ms / 3).max(100)),
         idle_timeout: Duration::from_millis(opts.idle_timeout_ms),
         shards: 8,
+        devices_per_socket: 256,
         op_timeout: Duration::from_secs(60),
     };
     let city = City::build(
@@ -177,7 +178,7 @@ async fn run_one(
 
     let mut tasks = Vec::new();
     for (i, (d, f)) in city.drivers.iter().zip(driver_faults).enumerate() {
-        pace_start(i, opts.start_rate).await;
+        pace_start(i, opts.start_rate, &city, i).await;
         tasks.push((
             d.id,
             tokio::spawn(driver_task(d.clone(), cfg.clone(), shared.clone(), f)),
@@ -195,7 +196,7 @@ async fn run_one(
     let kill_ms = traffic_start_ms + kill_ms;
     let end_ms = traffic_start_ms + end_ms;
     for (i, (r, f)) in city.riders.iter().zip(rider_faults).enumerate() {
-        pace_start(i, opts.start_rate).await;
+        pace_start(i, opts.start_rate, &city, city.drivers.len() + i).await;
         let f = match f {
             DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
             other => other,
@@ -222,7 +223,15 @@ async fn run_one(
     let mut samples = Vec::new();
     let mut last_ops = 0u64;
     let mut last_t = shared.now_ms();
-    while shared.now_ms() < end_ms {
+    // After the traffic window, keep sampling until every device is connected again (a
+    // device still failing over when the run stops would be judged on a half-done
+    // failover), for at most SETTLE_MAX.
+    let devices_total = city.drivers.len() + city.riders.len();
+    let settle_until = end_ms + SETTLE_MAX.as_millis() as u64;
+    while shared.now_ms() < end_ms
+        || (shared.now_ms() < settle_until
+            && city.connected_per_dc(2).iter().sum::<usize>() < devices_total)
+    {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = shared.now_ms();
         let ops = shared.ops_committed.load(Ordering::Relaxed);
@@ -315,12 +324,26 @@ async fn run_one(
 
 /// Devices start at most `per_s` a second (`--start-rate`): a whole city handshaking at once
 /// is a connection storm no real fleet produces (phones come online over minutes).
-async fn pace_start(i: usize, per_s: usize) {
+async fn pace_start(i: usize, per_s: usize, city: &City, started: usize) {
     const BATCH: usize = 100;
     if i > 0 && i.is_multiple_of(BATCH) {
         tokio::time::sleep(Duration::from_millis((1_000 * BATCH / per_s.max(1)) as u64)).await;
+        // Closed loop: at most MAX_CONNECTING devices handshaking at once, so the start-up
+        // runs at what the machine can do instead of piling up handshakes that time out.
+        let t0 = Instant::now();
+        while started.saturating_sub(city.connected_per_dc(2).iter().sum()) > MAX_CONNECTING
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
+
+/// Most devices started and not yet connected while the city starts (see [`pace_start`]).
+const MAX_CONNECTING: usize = 500;
+
+/// Longest wait after the traffic window for every device to be connected again.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
 
 fn sleep_until(shared: &Shared, at_ms: u64) {
     let now = shared.now_ms();
