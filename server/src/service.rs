@@ -399,21 +399,10 @@ async fn serve(
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Timers first: under a steady stream of inputs a core-first order never ran
+            // the tick (barrier expiry, dispatch retries, key changes) or the status file.
             biased;
             _ = &mut shutdown_rx => break,
-            input = core_rx.recv() => {
-                let Some(input) = input else { break };
-                let now = now_ms();
-                actor.handle(now, input);
-                // Batch whatever else is queued: one persist, then the sends.
-                for _ in 0..512 {
-                    match core_rx.try_recv() {
-                        Ok(input) => actor.handle(now, input),
-                        Err(_) => break,
-                    }
-                }
-                actor.flush_effects().await;
-            }
             _ = tick.tick() => {
                 if let Some(k) = keyring.changed_since(&mut keyring_seen) {
                     // A revoked device loses its open connection too.
@@ -429,6 +418,19 @@ async fn serve(
                 actor.flush_effects().await;
             }
             _ = status_every.tick() => actor.write_status(),
+            input = core_rx.recv() => {
+                let Some(input) = input else { break };
+                let now = now_ms();
+                actor.handle(now, input);
+                // Batch whatever else is queued: one persist, then the sends.
+                for _ in 0..512 {
+                    match core_rx.try_recv() {
+                        Ok(input) => actor.handle(now, input),
+                        Err(_) => break,
+                    }
+                }
+                actor.flush_effects().await;
+            }
         }
     }
     tracing::info!(dc = %cfg.dc, "shutting down");
