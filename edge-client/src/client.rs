@@ -169,6 +169,11 @@ pub fn client_config(
         .map_err(|e| EdgeError::Tls(e.to_string()))?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive));
+    // The client opens its one stream; it accepts none from the datacenter (and so sets up
+    // no per-stream state for them on every connect attempt).
+    transport
+        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(0u32.into());
     let idle = quinn::IdleTimeout::try_from(idle_timeout)
         .map_err(|e| EdgeError::Tls(format!("idle timeout: {e}")))?;
     transport.max_idle_timeout(Some(idle));
