@@ -127,13 +127,13 @@ async fn run_one(
         devices_per_socket: 256,
         op_timeout: Duration::from_secs(60),
     };
-    let city = City::build(
+    let city = Arc::new(City::build(
         &cfg,
         &dir,
         cluster.addrs(),
         &cluster.keyring,
         &cluster.ca_pem,
-    )?;
+    )?);
     let kill_ms = (opts.kill_at * 1000.0) as u64;
     let end_ms = (opts.duration * 1000.0) as u64;
 
@@ -195,19 +195,8 @@ async fn run_one(
     let traffic_start_ms = shared.now_ms();
     let kill_ms = traffic_start_ms + kill_ms;
     let end_ms = traffic_start_ms + end_ms;
-    for (i, (r, f)) in city.riders.iter().zip(rider_faults).enumerate() {
-        pace_start(i, opts.start_rate, &city, city.drivers.len() + i).await;
-        let f = match f {
-            DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
-            other => other,
-        };
-        tasks.push((
-            r.id,
-            tokio::spawn(rider_task(r.clone(), i, cfg.clone(), shared.clone(), f)),
-        ));
-    }
-
-    // The fault script runs on its own thread: it blocks on process signals.
+    // The fault script runs on its own thread: it blocks on process signals. It starts
+    // before the riders so that the kill comes on time even while a big city still starts.
     let cluster = Arc::new(Mutex::new(cluster));
     let marks = Arc::new(Mutex::new(Vec::<Mark>::new()));
     let script = {
@@ -216,6 +205,27 @@ async fn run_one(
         let marks = marks.clone();
         tokio::task::spawn_blocking(move || {
             fault_script(kind, &cluster, &shared, &marks, kill_ms, end_ms)
+        })
+    };
+
+    // Riders start on their own task, so that sampling covers a big city's start too.
+    let riders = {
+        let (city, cfg, shared) = (city.clone(), cfg.clone(), shared.clone());
+        let start_rate = opts.start_rate;
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for (i, (r, f)) in city.riders.iter().zip(rider_faults).enumerate() {
+                pace_start(i, start_rate, &city, city.drivers.len() + i).await;
+                let f = match f {
+                    DeviceFault::Reinstall { .. } => DeviceFault::Reinstall { at_ms: kill_ms },
+                    other => other,
+                };
+                tasks.push((
+                    r.id,
+                    tokio::spawn(rider_task(r.clone(), i, cfg.clone(), shared.clone(), f)),
+                ));
+            }
+            tasks
         })
     };
 
@@ -264,6 +274,7 @@ async fn run_one(
     shared.stop.store(true, Ordering::Relaxed);
     bar.set_message("draining and verifying");
     script.await.context("fault script")??;
+    tasks.extend(riders.await.context("rider start-up task")?);
     let mut logs: Vec<DeviceLog> = Vec::new();
     let mut unfinished = Vec::new();
     for (id, t) in tasks {
