@@ -7,8 +7,11 @@
 //! (and `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then
 //! serve. QUIC keep-alives and the idle timeout detect a dead datacenter; the client then
 //! tries the datacenters in preference order with the one that just failed last, with a
-//! bounded exponential backoff after a full round of failures. Ops submitted while
-//! disconnected wait in the outbox (bounded) and go out after the next `Welcome`.
+//! bounded exponential backoff after a full round of failures. A datacenter that refuses
+//! the connection (QUIC `CONNECTION_REFUSED`: it is at its handshake limit in a reconnect
+//! storm) is busy, not down: the client retries that same one after a jittered backoff
+//! rather than fall over to the next. Ops submitted while disconnected wait in the outbox
+//! (bounded) and go out after the next `Welcome`.
 //!
 //! Converging: the datacenter list is an order of preference shared by the devices of a
 //! region. While connected to any but the first, the client probes the more preferred ones
