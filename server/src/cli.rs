@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a datacenter.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a region directory (keyring, CA, server certificate) and print its paths.
     Init {
         /// Region directory to create.
@@ -276,7 +276,7 @@ where
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(serve(a))
+            rt.block_on(serve(*a))
         }
     }
 }
