@@ -41,6 +41,8 @@ pub struct CityConfig {
     pub shards: usize,
     /// Bound on one op's wait for its commit.
     pub op_timeout: Duration,
+    /// The devices' impaired link (`--loss`, `--delay-ms`, ...); `None`: a perfect one.
+    pub link: Option<crate::network::Link>,
 }
 
 /// What kind of op a ledger entry is.
@@ -181,7 +183,10 @@ impl City {
         let mut dbs = Vec::new();
         let board = Arc::new(lifeboat_edge::ProbeBoard::default());
         for k in 0..shards {
-            endpoints.push(client_endpoint(&datacenters)?);
+            endpoints.push(match &cfg.link {
+                Some(link) => link.endpoint(&datacenters, k)?,
+                None => client_endpoint(&datacenters)?,
+            });
             dbs.push(SharedDb::open(
                 &dir.join(format!("devices-{k}")),
                 16 * 1024 * 1024,
