@@ -187,7 +187,10 @@ mod tests {
         for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
             let e = Impairment::none().with_loss(bad).validate().unwrap_err();
             assert!(matches!(e, ConfigError::Probability { field: "loss", .. }));
-            let e = Impairment::none().with_duplicate(bad).validate().unwrap_err();
+            let e = Impairment::none()
+                .with_duplicate(bad)
+                .validate()
+                .unwrap_err();
             assert!(matches!(
                 e,
                 ConfigError::Probability {

@@ -453,13 +453,13 @@ impl ImpairedSocket {
                 continue;
             }
             bufs[n][..len].copy_from_slice(&d.data);
-            let mut m = RecvMeta::default();
-            m.addr = d.peer;
-            m.len = len;
-            m.stride = len;
-            m.ecn = d.ecn;
-            m.dst_ip = d.local_ip;
-            meta[n] = m;
+            meta[n] = RecvMeta {
+                addr: d.peer,
+                len,
+                stride: len,
+                ecn: d.ecn,
+                dst_ip: d.local_ip,
+            };
             bump(&c.delivered);
             n += 1;
         }

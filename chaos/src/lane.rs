@@ -231,14 +231,24 @@ mod tests {
             for c in f.copies.iter().flatten() {
                 copies += 1;
                 reordered += c.reordered as u32;
-                let max = cfg.delay + cfg.jitter + if c.reordered { cfg.reorder_gap } else { Duration::ZERO };
+                let max = cfg.delay
+                    + cfg.jitter
+                    + if c.reordered {
+                        cfg.reorder_gap
+                    } else {
+                        Duration::ZERO
+                    };
                 assert!(c.hold >= cfg.delay && c.hold <= max, "hold {:?}", c.hold);
             }
             assert!(!(f.dropped && f.copies.iter().any(Option::is_some)));
         }
         let rate = |k: u32, of: u32| k as f64 / of as f64;
         // Wide margins: with n = 20,000 the standard error is below 0.004.
-        assert!((rate(dropped, n) - 0.3).abs() < 0.03, "loss {}", rate(dropped, n));
+        assert!(
+            (rate(dropped, n) - 0.3).abs() < 0.03,
+            "loss {}",
+            rate(dropped, n)
+        );
         assert!((rate(dup, n - dropped) - 0.2).abs() < 0.03);
         assert!((rate(reordered, copies) - 0.25).abs() < 0.03);
     }

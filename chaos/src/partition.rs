@@ -75,7 +75,9 @@ impl Partition {
     pub fn repair(&self, peer: SocketAddr) {
         let mut peers = self.peers();
         peers.remove(&peer);
-        self.cuts.any_peer.store(!peers.is_empty(), Ordering::SeqCst);
+        self.cuts
+            .any_peer
+            .store(!peers.is_empty(), Ordering::SeqCst);
     }
 
     /// Whether datagrams to or from `peer` are blackholed right now.

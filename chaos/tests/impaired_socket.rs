@@ -116,11 +116,8 @@ impl Impaired {
 async fn drain(rx: &mut mpsc::Receiver<Got>, quiet: Duration, max: Duration) -> Vec<Got> {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + max;
-    while let Ok(Some(x)) = tokio::time::timeout_at(
-        deadline.min(tokio::time::Instant::now() + quiet),
-        rx.recv(),
-    )
-    .await
+    while let Ok(Some(x)) =
+        tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + quiet), rx.recv()).await
     {
         got.push(x);
     }
@@ -128,7 +125,11 @@ async fn drain(rx: &mut mpsc::Receiver<Got>, quiet: Duration, max: Duration) -> 
 }
 
 /// A plain socket and a task forwarding what it receives.
-async fn plain() -> (Arc<UdpSocket>, mpsc::Receiver<Got>, tokio::task::JoinHandle<()>) {
+async fn plain() -> (
+    Arc<UdpSocket>,
+    mpsc::Receiver<Got>,
+    tokio::task::JoinHandle<()>,
+) {
     let s = Arc::new(UdpSocket::bind(LOCAL).await.expect("bind"));
     let (tx, rx) = mpsc::channel(100_000);
     let r = s.clone();
@@ -194,7 +195,10 @@ async fn seeded_loss_makes_the_same_decisions_at_roughly_the_configured_rate() {
         let (c, _) = lossy_run(dir, seed + 1, N).await;
         let stats = ha.stats();
         let lane = if dir.send() { stats.send } else { stats.recv };
-        assert_eq!(lane.offered, N as u64, "{dir:?} seed {seed}: every datagram offered");
+        assert_eq!(
+            lane.offered, N as u64,
+            "{dir:?} seed {seed}: every datagram offered"
+        );
         assert_eq!(
             a.len() as u64,
             lane.delivered,
@@ -243,7 +247,14 @@ async fn duplicates_and_reordering_actually_happen_in_both_directions() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let got = numbers(&drain(&mut plain_rx, Duration::from_millis(200), Duration::from_secs(5)).await);
+    let got = numbers(
+        &drain(
+            &mut plain_rx,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        )
+        .await,
+    );
     task.abort();
     let s = layer.handle.stats().send;
     let mut seen: HashMap<u32, u32> = HashMap::new();
@@ -253,8 +264,15 @@ async fn duplicates_and_reordering_actually_happen_in_both_directions() {
     let doubled = seen.values().filter(|c| **c == 2).count() as u64;
     assert_eq!(seen.len() as u32, N, "seed {seed}: nothing lost");
     assert!(seen.values().all(|c| *c <= 2));
-    assert_eq!(doubled, s.duplicated, "seed {seed}: every duplicate arrived");
-    assert!(s.duplicated > 20, "seed {seed}: {} duplicates", s.duplicated);
+    assert_eq!(
+        doubled, s.duplicated,
+        "seed {seed}: every duplicate arrived"
+    );
+    assert!(
+        s.duplicated > 20,
+        "seed {seed}: {} duplicates",
+        s.duplicated
+    );
     assert!(s.reordered > 20, "seed {seed}: {} held back", s.reordered);
     assert!(
         late_arrivals(&got) > 20,
@@ -265,17 +283,30 @@ async fn duplicates_and_reordering_actually_happen_in_both_directions() {
     let mut layer = impaired(imp, seed);
     let (plain_sock, _rx, task) = plain().await;
     for n in 0..N {
-        plain_sock.send_to(&payload(n), layer.addr).await.expect("send");
+        plain_sock
+            .send_to(&payload(n), layer.addr)
+            .await
+            .expect("send");
         if n % 4 == 3 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let got = numbers(&drain(&mut layer.rx, Duration::from_millis(200), Duration::from_secs(5)).await);
+    let got = numbers(
+        &drain(
+            &mut layer.rx,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        )
+        .await,
+    );
     task.abort();
     let r = layer.handle.stats().recv;
     assert_eq!(got.len() as u64, N as u64 + r.duplicated, "seed {seed}");
     assert!(r.duplicated > 20 && r.reordered > 20, "seed {seed}: {r:?}");
-    assert!(late_arrivals(&got) > 20, "seed {seed}: receive side kept order");
+    assert!(
+        late_arrivals(&got) > 20,
+        "seed {seed}: receive side kept order"
+    );
 }
 
 #[tokio::test]
@@ -296,7 +327,10 @@ async fn delay_and_jitter_hold_datagrams_for_the_configured_time() {
     let rest = drain(&mut rx, Duration::from_millis(300), Duration::from_secs(5)).await;
     let all_ms = t0.elapsed().as_millis();
     task.abort();
-    assert!(first_ms >= 115, "first datagram after {first_ms} ms, expected ≥ 120");
+    assert!(
+        first_ms >= 115,
+        "first datagram after {first_ms} ms, expected ≥ 120"
+    );
     assert_eq!(rest.len() + 1, 20, "all arrive: first {first:?}");
     // The last one is due within 180 ms; the 300 ms quiet period follows it.
     assert!(all_ms < 180 + 300 + 400, "took {all_ms} ms");
@@ -319,8 +353,14 @@ async fn a_cut_blackholes_both_directions_and_the_repair_restores_them() {
         a.send(b, n).await;
     }
     send_many_plain(&b_sock, a.addr, 10).await;
-    assert!(drain(&mut b_rx, quiet, max).await.is_empty(), "a -> b crossed a cut");
-    assert!(drain(&mut a.rx, quiet, max).await.is_empty(), "b -> a crossed a cut");
+    assert!(
+        drain(&mut b_rx, quiet, max).await.is_empty(),
+        "a -> b crossed a cut"
+    );
+    assert!(
+        drain(&mut a.rx, quiet, max).await.is_empty(),
+        "b -> a crossed a cut"
+    );
     let s = a.handle.stats();
     assert_eq!((s.send.blackholed, s.recv.blackholed), (10, 10));
 
@@ -365,9 +405,13 @@ async fn datagrams_held_back_when_the_cut_starts_are_blackholed_when_due() {
     }
     layer.handle.partition().cut(b).expect("cut");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(drain(&mut b_rx, Duration::from_millis(100), Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(drain(
+        &mut b_rx,
+        Duration::from_millis(100),
+        Duration::from_secs(2)
+    )
+    .await
+    .is_empty());
     let s = layer.handle.stats().send;
     assert_eq!((s.delayed, s.blackholed, s.delivered), (10, 10, 0));
     task.abort();
@@ -384,19 +428,33 @@ async fn the_delay_queue_is_bounded_and_counts_what_it_drops() {
     for n in 0..100 {
         layer.send(b_sock.local_addr().expect("addr"), n).await;
     }
-    let got = drain(&mut b_rx, Duration::from_millis(300), Duration::from_secs(3)).await;
+    let got = drain(
+        &mut b_rx,
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await;
     task.abort();
     let s = layer.handle.stats().send;
     assert_eq!(got.len(), 16);
     assert_eq!((s.overflowed, s.delivered, s.offered), (84, 16, 100));
-    assert_eq!(numbers(&got), (0..16).collect::<Vec<_>>(), "the first 16 are kept");
+    assert_eq!(
+        numbers(&got),
+        (0..16).collect::<Vec<_>>(),
+        "the first 16 are kept"
+    );
     // Receive side.
     let mut layer = impaired(imp, 2);
     let (a_sock, _rx, task) = plain().await;
     for n in 0..100 {
         a_sock.send_to(&payload(n), layer.addr).await.expect("send");
     }
-    let got = drain(&mut layer.rx, Duration::from_millis(300), Duration::from_secs(3)).await;
+    let got = drain(
+        &mut layer.rx,
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await;
     task.abort();
     let r = layer.handle.stats().recv;
     assert_eq!(got.len(), 16);
@@ -479,11 +537,13 @@ impl AsyncUdpSocket for GroOnce {
             batch.extend(seg);
         }
         bufs[0][..batch.len()].copy_from_slice(&batch);
-        let mut m = RecvMeta::default();
-        m.addr = "127.0.0.1:9".parse().expect("literal");
-        m.len = batch.len();
-        m.stride = 100;
-        meta[0] = m;
+        meta[0] = RecvMeta {
+            addr: "127.0.0.1:9".parse().expect("literal"),
+            len: batch.len(),
+            stride: 100,
+            ecn: None,
+            dst_ip: None,
+        };
         Poll::Ready(Ok(1))
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -529,7 +589,11 @@ async fn an_invalid_impairment_is_refused_with_a_typed_error_at_build_and_at_run
     assert!(matches!(e, lifeboat_chaos::ImpairError::Config(_)), "{e}");
     let layer = impaired(Impairment::none().with_loss(0.1), 0);
     assert!(layer.handle.set_impairment(bad).is_err());
-    assert_eq!(layer.handle.impairment().loss, 0.1, "unchanged after a refusal");
+    assert_eq!(
+        layer.handle.impairment().loss,
+        0.1,
+        "unchanged after a refusal"
+    );
 }
 
 #[test]

@@ -93,7 +93,10 @@ async fn s8_lossy_duplicating_reordering_slow_link_is_slower_but_never_wrong() -
         }
         for d in &drivers {
             ensure!(
-                d.client.wait_connected(Duration::from_secs(30)).await.is_some(),
+                d.client
+                    .wait_connected(Duration::from_secs(30))
+                    .await
+                    .is_some(),
                 "driver {} did not connect over the lossy link",
                 d.client.device()
             );

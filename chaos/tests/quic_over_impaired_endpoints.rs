@@ -53,7 +53,9 @@ async fn a_stream_survives_a_lossy_duplicating_reordering_path_byte_for_byte() -
 
     let data: Vec<u8> = (0..BYTES).map(|i| (i * 7 % 251) as u8).collect();
     let back = tokio::time::timeout(Duration::from_secs(30), async {
-        let conn = client.connect_with(client_cfg, server_addr, "localhost")?.await?;
+        let conn = client
+            .connect_with(client_cfg, server_addr, "localhost")?
+            .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&data).await?;
         send.finish()?;
@@ -70,9 +72,15 @@ async fn a_stream_survives_a_lossy_duplicating_reordering_path_byte_for_byte() -
 
     let c = client_handle.stats();
     let s = server_handle.stats();
-    assert!(c.send.dropped > 0 && c.recv.dropped > 0, "seed {seed}: {c:?}");
+    assert!(
+        c.send.dropped > 0 && c.recv.dropped > 0,
+        "seed {seed}: {c:?}"
+    );
     assert!(c.total().duplicated > 0, "seed {seed}: {c:?}");
-    assert!(c.total().reordered > 0 && s.total().reordered > 0, "seed {seed}");
+    assert!(
+        c.total().reordered > 0 && s.total().reordered > 0,
+        "seed {seed}"
+    );
     assert!(c.send.delivered > 0 && s.recv.delivered > 0);
     eprintln!("seed {seed}: client {c:?}\nserver {s:?}");
     Ok(())

@@ -116,7 +116,11 @@ impl Link {
 
     /// An impaired client endpoint for device shard `shard` (its RNG seeded from the run
     /// seed and the shard), on loopback when the datacenters are.
-    pub fn endpoint(&self, datacenters: &[SocketAddr], shard: usize) -> anyhow::Result<quinn::Endpoint> {
+    pub fn endpoint(
+        &self,
+        datacenters: &[SocketAddr],
+        shard: usize,
+    ) -> anyhow::Result<quinn::Endpoint> {
         let ip: IpAddr = match datacenters.first() {
             Some(SocketAddr::V6(a)) if a.ip().is_loopback() => Ipv6Addr::LOCALHOST.into(),
             Some(SocketAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),

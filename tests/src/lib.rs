@@ -156,7 +156,12 @@ impl Cluster {
 
     /// The configuration [`Cluster::device_with`] starts a client with, to adjust (e.g. its
     /// QUIC endpoint) before starting it.
-    pub fn device_config(&self, id: u64, available: bool, datacenters: Vec<SocketAddr>) -> EdgeConfig {
+    pub fn device_config(
+        &self,
+        id: u64,
+        available: bool,
+        datacenters: Vec<SocketAddr>,
+    ) -> EdgeConfig {
         let d = DeviceId(id);
         let mut cfg = EdgeConfig::new(
             d,
