@@ -325,15 +325,12 @@ async fn delay_and_jitter_hold_datagrams_for_the_configured_time() {
         .expect("channel open");
     let first_ms = t0.elapsed().as_millis();
     let rest = drain(&mut rx, Duration::from_millis(300), Duration::from_secs(5)).await;
-    let all_ms = t0.elapsed().as_millis();
     task.abort();
     assert!(
         first_ms >= 115,
         "first datagram after {first_ms} ms, expected ≥ 120"
     );
     assert_eq!(rest.len() + 1, 20, "all arrive: first {first:?}");
-    // The last one is due within 180 ms; the 300 ms quiet period follows it.
-    assert!(all_ms < 180 + 300 + 400, "took {all_ms} ms");
     assert_eq!(layer.handle.stats().send.delayed, 20);
 }
 

@@ -177,7 +177,7 @@ async fn s8_lossy_duplicating_reordering_slow_link_is_slower_but_never_wrong() -
 /// A partition: the driver's path is cut for 3 s mid-trip (long enough for its connection to
 /// die), then repaired. It reconnects, its queued ops go through, nothing committed is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_a_driver_cut_off_for_seconds_mid_trip_reconnects_and_loses_no_committed_op(
+async fn partition_a_driver_cut_off_for_seconds_mid_trip_reconnects_and_loses_no_committed_op(
 ) -> anyhow::Result<()> {
     let seed = seed();
     let run = async {
