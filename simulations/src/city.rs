@@ -43,6 +43,8 @@ pub struct CityConfig {
     pub devices_per_socket: usize,
     /// Bound on one op's wait for its commit.
     pub op_timeout: Duration,
+    /// The devices' impaired link (`--loss`, `--delay-ms`, ...); `None`: a perfect one.
+    pub link: Option<crate::network::Link>,
 }
 
 /// What kind of op a ledger entry is.
@@ -182,8 +184,11 @@ impl City {
         let devices = cfg.drivers + cfg.trips;
         let per_socket = cfg.devices_per_socket.max(1);
         let mut endpoints = Vec::new();
-        for _ in 0..devices.div_ceil(per_socket).max(1) {
-            endpoints.push(device_endpoint(&datacenters)?);
+        for k in 0..devices.div_ceil(per_socket).max(1) {
+            endpoints.push(match &cfg.link {
+                Some(link) => link.endpoint(&datacenters, k)?,
+                None => device_endpoint(&datacenters)?,
+            });
         }
         let mut dbs = Vec::new();
         let board = Arc::new(lifeboat_edge::ProbeBoard::default());

@@ -7,6 +7,7 @@
 mod bench;
 mod city;
 mod cluster;
+mod network;
 mod report;
 mod scenario;
 mod svg;
@@ -90,12 +91,9 @@ pub struct Opts {
     /// `async` or `edge-ack:K`.
     #[arg(long, default_value = "async")]
     durability: Durability,
-    /// Packet loss in percent (needs the impairment layer, not built yet).
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    /// Added one-way delay in ms (needs the impairment layer, not built yet).
-    #[arg(long, default_value_t = 0)]
-    delay_ms: u64,
+    /// The devices' link: loss, delay, jitter, duplication, reordering.
+    #[command(flatten)]
+    network: network::NetworkOpts,
     /// Write the machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,

@@ -122,6 +122,10 @@ pub fn table(r: &Report) -> String {
             "",
         ),
     ];
+    let mut rows = rows;
+    if let Some(n) = &r.network {
+        rows.insert(2, crate::network::table_row(n));
+    }
     let mut s = String::new();
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
     for (k, v, c) in rows {

@@ -40,12 +40,7 @@ impl Kind {
 
 /// Run scenarios in turn; true if all passed.
 pub fn run_all(kinds: &[Kind], opts: &Opts) -> anyhow::Result<bool> {
-    if opts.loss > 0.0 || opts.delay_ms > 0 {
-        bail!(
-            "--loss and --delay-ms need the packet impairment layer, which is not built yet \
-             (see the chaos-testing issue); run without them"
-        );
-    }
+    opts.network.impairment()?;
     if opts.kill_at >= opts.duration {
         bail!(
             "--kill-at ({}) must be before the end of --duration ({})",
@@ -60,11 +55,12 @@ pub fn run_all(kinds: &[Kind], opts: &Opts) -> anyhow::Result<bool> {
     let mut reports = Vec::new();
     for kind in kinds {
         eprintln!(
-            "== {} with {} trips, seed {seed} (replay: lifeboat-sim {} --seed {seed} --trips {})",
+            "== {} with {} trips, seed {seed} (replay: lifeboat-sim {} --seed {seed} --trips {}{})",
             kind.name(),
             opts.trips,
             kind.name(),
-            opts.trips
+            opts.trips,
+            opts.network.args()
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -126,6 +122,7 @@ async fn run_one(
         shards: 8,
         devices_per_socket: 256,
         op_timeout: Duration::from_secs(60),
+        link: crate::network::Link::new(&opts.network, seed)?,
     };
     let city = Arc::new(City::build(
         &cfg,
@@ -299,6 +296,7 @@ async fn run_one(
         devices: city.drivers.len() + city.riders.len(),
         duration_s: opts.duration,
         kill_at_s: opts.kill_at,
+        network: cfg.link.as_ref().map(|l| l.report()),
         ..Default::default()
     };
     verify(

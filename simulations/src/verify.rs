@@ -46,6 +46,9 @@ pub struct Report {
     pub edge_bytes_per_op: f64,
     pub digest_bytes_p50: u64,
     pub digest_bytes_max: u64,
+    /// The devices' impaired link and what it did (absent on a perfect link).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkReport>,
     pub passed: bool,
     /// The first violations, each with its session, for a person to read.
     pub violations: Vec<String>,

@@ -69,11 +69,55 @@ fn small_failover_run_passes_and_reports_every_field() {
 }
 
 #[test]
-fn impairment_flags_are_refused_until_the_layer_exists() {
+fn impairment_flags_out_of_range_are_refused_with_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
         .args(["failover", "--trips", "2", "--loss", "10", "--quiet"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("impairment"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loss must be a probability in 0..=1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn small_failover_run_over_a_lossy_slow_link_passes_and_reports_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args([
+            "failover",
+            "--trips",
+            "10",
+            "--duration",
+            "10",
+            "--kill-at",
+            "4",
+        ])
+        .args(["--loss", "0.05", "--delay-ms", "20", "--jitter-ms", "10"])
+        .args(["--duplicate", "0.02", "--reorder", "0.02", "--quiet"])
+        .args(["--seed", "12", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness failed (seed 12)\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("device link (each way)"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let n = &v["network"];
+    assert_eq!(n["loss"], 0.05);
+    assert_eq!(n["delay_ms"], 20);
+    for counter in ["datagrams", "dropped", "delayed"] {
+        assert!(
+            n[counter].as_u64().unwrap_or(0) > 0,
+            "seed 12: no {counter} in {n}"
+        );
+    }
+    assert_eq!(v["passed"], true);
 }

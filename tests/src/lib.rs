@@ -5,6 +5,7 @@
 
 pub mod arena;
 pub mod raw;
+pub mod trips;
 
 use anyhow::{bail, Context};
 use lifeboat_common::keyring::Keyring;
@@ -150,6 +151,17 @@ impl Cluster {
         available: bool,
         datacenters: Vec<SocketAddr>,
     ) -> anyhow::Result<EdgeClient> {
+        Ok(EdgeClient::start(self.device_config(id, available, datacenters)).await?)
+    }
+
+    /// The configuration [`Cluster::device_with`] starts a client with, to adjust (e.g. its
+    /// QUIC endpoint) before starting it.
+    pub fn device_config(
+        &self,
+        id: u64,
+        available: bool,
+        datacenters: Vec<SocketAddr>,
+    ) -> EdgeConfig {
         let d = DeviceId(id);
         let mut cfg = EdgeConfig::new(
             d,
@@ -162,7 +174,7 @@ impl Cluster {
         cfg.idle_timeout = Duration::from_millis(TEST_IDLE_MS);
         cfg.connect_timeout = Duration::from_millis(1_500);
         cfg.available = available;
-        Ok(EdgeClient::start(cfg).await?)
+        cfg
     }
 
     pub fn log(&self, i: usize) -> String {

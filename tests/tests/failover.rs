@@ -4,121 +4,15 @@
 //! against the devices' ledger of what they were told was committed.
 
 use anyhow::{ensure, Context};
-use lifeboat_common::{SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_common::{SessionId, TripOp, TripPhase};
 use lifeboat_edge::EdgeClient;
 use lifeboat_server::service::StoredSession;
+use lifeboat_tests::trips::{check_against_store, drive, wait_progress, TripLedger, WAIT};
 use lifeboat_tests::{route_point, wait_for_assignment, wait_for_session, Cluster, PICKUP};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(60);
-/// No single op may take longer than this, failovers included.
-const OP_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn submit(
-    client: &EdgeClient,
-    session: SessionId,
-    op: TripOp,
-) -> anyhow::Result<lifeboat_edge::Commit> {
-    let what = format!("{op:?} on {session} by {}", client.device());
-    tokio::time::timeout(OP_TIMEOUT, client.submit(session, op))
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {OP_TIMEOUT:?}"))?
-        .with_context(|| what.clone())
-}
-
-/// What a driver's device was told was committed for its trip.
-#[derive(Debug, Clone)]
-struct TripLedger {
-    session: SessionId,
-    locations_committed: u32,
-    completed: bool,
-    /// The newest version any commit reported.
-    last_version: VersionVector,
-}
-
-/// Drive one assigned trip: arrive, start, `steps` location updates, complete.
-async fn drive(
-    driver: EdgeClient,
-    steps: u32,
-    progress: Arc<AtomicU64>,
-    pause: Duration,
-) -> anyhow::Result<TripLedger> {
-    let session = wait_for_assignment(&driver, WAIT).await?;
-    let mut ledger = TripLedger {
-        session,
-        locations_committed: 0,
-        completed: false,
-        last_version: VersionVector::new(),
-    };
-    for op in [TripOp::Arrived, TripOp::StartTrip] {
-        let c = submit(&driver, session, op).await?;
-        ledger.last_version = c.version;
-    }
-    for k in 1..=steps {
-        let c = submit(&driver, session, TripOp::Location { at: route_point(k) }).await?;
-        ledger.locations_committed += 1;
-        ledger.last_version = c.version;
-        progress.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(pause).await;
-    }
-    let c = driver
-        .submit(session, TripOp::Complete)
-        .await
-        .context("complete")?;
-    ledger.last_version = c.version;
-    ledger.completed = true;
-    Ok(ledger)
-}
-
-async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    while progress.load(Ordering::Relaxed) < at_least {
-        ensure!(
-            start.elapsed() < WAIT,
-            "traffic did not reach {at_least} ops"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
-/// Every trip in the ledger is in the store, exactly as committed, never older.
-fn check_against_store(ledgers: &[TripLedger], stored: &[StoredSession]) -> anyhow::Result<()> {
-    let by_id: HashMap<SessionId, &StoredSession> =
-        stored.iter().map(|s| (s.0.session, s)).collect();
-    for l in ledgers {
-        let (header, body) = by_id
-            .get(&l.session)
-            .with_context(|| format!("trip {} lost: not in the surviving store", l.session))?;
-        ensure!(
-            body.state.location_updates == l.locations_committed,
-            "trip {}: {} location ops committed on the device, {} applied at the datacenter",
-            l.session,
-            l.locations_committed,
-            body.state.location_updates
-        );
-        ensure!(
-            header.version.covers(&l.last_version),
-            "trip {}: datacenter version {} is older than committed {}",
-            l.session,
-            header.version,
-            l.last_version
-        );
-        if l.completed {
-            ensure!(
-                header.tombstone,
-                "trip {} completed but not tombstoned",
-                l.session
-            );
-            ensure!(body.state.phase == TripPhase::Completed);
-            ensure!(body.state.fare_cents.is_some());
-        }
-    }
-    Ok(())
-}
 
 struct Fleet {
     riders: Vec<EdgeClient>,
