@@ -613,12 +613,16 @@ impl<A: Application> DatacenterCore<A> {
                 UploadOutcome::Diverged
             }
             VersionOrder::Equal => UploadOutcome::Current,
+            // Also against a tombstone: a live branch the tombstone has fully processed (an
+            // op applied at two datacenters) is reconciled, so the device holding it gets a
+            // tombstone above its copy rather than one beside it. `reconcile` never lets a
+            // live copy replace a tombstone.
+            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
             _ if entry.header.tombstone => UploadOutcome::Tombstoned,
             VersionOrder::Older => {
                 self.stats.uploads_stale += 1;
                 UploadOutcome::Stale
             }
-            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
             VersionOrder::Newer => {
                 let was_tombstone = sealed.header.tombstone;
                 let old_participants: Vec<DeviceId> = entry.header.participants().collect();

@@ -995,3 +995,75 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
     assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
     assert!(r.dc(0).session(trips[0]).expect("kept").0.tombstone);
 }
+
+/// The real-process chaos suite found this (a frozen primary, `tests/tests/chaos_process.rs`):
+/// the driver moved back to the thawed primary while its op was in flight at the backup. The
+/// backup applied it and pushed it to the rider, still there; the driver resubmitted it at
+/// the primary, which applied it too, and the trip finished at the primary before the rider
+/// came back. The rider's live branch and the primary's tombstone were then concurrent: the
+/// primary answered `Tombstoned` and the rider was handed a tombstone that did not cover its
+/// copy (its version went backwards, C3) and told of a conflict, though nothing was lost.
+/// The tombstone has processed every op of the branch, so it is reconciled like any other
+/// copy: kept, with a version above both.
+#[test]
+fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partner_returned() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let frozen = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    // dc1 freezes: both fail over to dc2 and go on there.
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    r.submit(driver, s, TripOp::Location { at: Q });
+    // dc1 thaws with its old copy in memory.
+    let mut thawed = r.dc_with_disk(0, 1);
+    thawed.load_persisted(r.now, frozen).unwrap();
+    r.dcs[0] = Some(thawed);
+    // The driver's next op is applied at dc2 (the rider sees it), but the driver moves home
+    // before the reply arrives, and resubmits it there.
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.connect(driver, 0, false);
+    r.tick(3_000); // the rider is still at dc2: the barrier's grace runs out at dc1
+    assert!(r.committed(x), "the resubmitted op commits at dc1");
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    // The rider moves home with its live branch.
+    let branch = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(rider, 0, false);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(h.tombstone, "the trip stays finished");
+    assert!(
+        h.version.covers(&branch),
+        "{} vs the branch {branch}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 2, "the op counts once");
+    let held = r.edges[&rider].held(s).unwrap().digest.header.clone();
+    assert!(held.tombstone);
+    assert!(
+        held.version.covers(&branch),
+        "the rider went from {branch} to {}",
+        held.version
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+}
