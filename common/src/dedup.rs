@@ -81,10 +81,22 @@ impl DedupEntry {
     /// remembers. Outcomes this one has forgotten cannot be checked, so the answer is then
     /// `false` (the caller treats the copies as a real conflict rather than guess).
     pub fn covers(&self, other: &DedupEntry) -> bool {
+        self.covers_last(other, DEDUP_WINDOW)
+    }
+
+    /// Like [`DedupEntry::covers`], comparing outcomes over `other`'s last `n` ops only: the
+    /// caller knows that the ops before them were processed in history both copies share
+    /// (see `DatacenterCore`'s reconcile). Two long histories that share all but their last
+    /// few ops can be compared although neither remembers the outcomes of the shared ones.
+    /// More than [`DEDUP_WINDOW`] ops to compare cannot be checked: `false`.
+    pub fn covers_last(&self, other: &DedupEntry, n: u64) -> bool {
         if self.device != other.device || self.last_seq < other.last_seq {
             return false;
         }
-        let window = other.last_seq.min(DEDUP_WINDOW);
+        let window = other.last_seq.min(n);
+        if window > DEDUP_WINDOW {
+            return false;
+        }
         (0..window).all(|i| {
             let seq = other.last_seq - i;
             let age = self.last_seq - seq;
@@ -144,5 +156,32 @@ mod tests {
         }
         assert_eq!(d.check(1), Seen::Forgotten);
         assert_eq!(d.check(6), Seen::Duplicate { applied: true });
+    }
+
+    #[test]
+    fn long_shared_histories_are_compared_over_their_last_ops_only() {
+        let (mut ours, mut theirs) = (DedupEntry::new(DeviceId(2)), DedupEntry::new(DeviceId(2)));
+        for i in 0..100 {
+            ours.record(i % 7 != 0);
+            theirs.record(i % 7 != 0);
+        }
+        // One more op on their branch, the same op and 40 more on ours.
+        theirs.record(true);
+        ours.record(true);
+        for _ in 0..40 {
+            ours.record(true);
+        }
+        assert!(!ours.covers(&theirs), "the whole window cannot be checked");
+        assert!(
+            ours.covers_last(&theirs, 1),
+            "the one op only they may lack"
+        );
+        assert!(!theirs.covers_last(&ours, 41), "they lack our last 40");
+        // Their one op had another outcome on our side: not covered.
+        let mut rejected = theirs.clone();
+        rejected.applied_bits ^= 1;
+        assert!(!ours.covers_last(&rejected, 1));
+        // More ops to compare than anyone remembers: cannot be checked.
+        assert!(!ours.covers_last(&theirs, DEDUP_WINDOW + 1));
     }
 }

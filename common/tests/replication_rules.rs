@@ -1067,3 +1067,80 @@ fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partn
     );
     assert_eq!(r.dc(0).stats().uploads_merged, 1);
 }
+
+/// Found by the real-process chaos suite (a frozen primary, long trips): as above, the
+/// driver moved home with an op in flight at the backup, which applied it and pushed it to
+/// the rider. This time the trip is long (more than 64 driver ops) and still running when
+/// the rider returns with its branch, after the primary applied dozens more ops. The
+/// primary's copy has processed every op of the branch (the one op only the branch had was
+/// applied at the primary too), but the check compared the branch's whole dedup window,
+/// most of it history both copies share and the primary no longer remembers: the copies
+/// were declared in conflict, the rider told so and handed a copy that did not cover its
+/// own. Only the ops the branch has and the primary may lack (at most as many as the
+/// changes of the branch the primary does not know of) need comparing.
+#[test]
+fn s9_long_trip_branch_with_one_op_applied_on_both_sides_is_reconciled_after_many_more_ops() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    for _ in 0..70 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let frozen = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    r.submit(driver, s, TripOp::Location { at: P });
+    let mut thawed = r.dc_with_disk(0, 1);
+    thawed.load_persisted(r.now, frozen).unwrap();
+    r.dcs[0] = Some(thawed);
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.connect(driver, 0, false);
+    r.tick(3_000);
+    assert!(r.committed(x), "the resubmitted op commits at dc1");
+    for _ in 0..40 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let branch = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(rider, 0, false);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(
+        h.version.covers(&branch),
+        "{} vs the branch {branch}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 70 + 1 + 1 + 40, "each op counts once");
+    let held = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    assert!(
+        held.covers(&branch),
+        "the rider went from {branch} to {held}"
+    );
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+}
