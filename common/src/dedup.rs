@@ -81,15 +81,26 @@ impl DedupEntry {
     /// remembers. Outcomes this one has forgotten cannot be checked, so the answer is then
     /// `false` (the caller treats the copies as a real conflict rather than guess).
     pub fn covers(&self, other: &DedupEntry) -> bool {
-        self.covers_last(other, DEDUP_WINDOW)
+        self.compare(other, DEDUP_WINDOW, false)
     }
 
-    /// Like [`DedupEntry::covers`], comparing outcomes over `other`'s last `n` ops only: the
-    /// caller knows that the ops before them were processed in history both copies share
-    /// (see `DatacenterCore`'s reconcile). Two long histories that share all but their last
-    /// few ops can be compared although neither remembers the outcomes of the shared ones.
-    /// More than [`DEDUP_WINDOW`] ops to compare cannot be checked: `false`.
+    /// Whether this watermark has processed every op of `other` that matters when `other`
+    /// belongs to a copy concurrent with this one's, whose changes this one does not know
+    /// of number `n` (see `DatacenterCore`'s reconcile).
+    ///
+    /// - Only `other`'s last `n` ops are compared: the ops only `other`'s copy processed are
+    ///   among its unknown changes, a suffix of its history; the ones before are shared.
+    ///   More than [`DEDUP_WINDOW`] of them cannot be checked: `false`.
+    /// - An outcome this one no longer remembers is not compared: this one went on to
+    ///   process [`DEDUP_WINDOW`] more ops of that device on a history without `other`'s
+    ///   changes, so the device never held `other`'s copy meanwhile (its next connection
+    ///   would have brought it here) and was never told `other`'s outcome of that op.
+    ///   Nothing acknowledged depends on it.
     pub fn covers_last(&self, other: &DedupEntry, n: u64) -> bool {
+        self.compare(other, n, true)
+    }
+
+    fn compare(&self, other: &DedupEntry, n: u64, forgotten_ok: bool) -> bool {
         if self.device != other.device || self.last_seq < other.last_seq {
             return false;
         }
@@ -100,7 +111,10 @@ impl DedupEntry {
         (0..window).all(|i| {
             let seq = other.last_seq - i;
             let age = self.last_seq - seq;
-            age < DEDUP_WINDOW && (self.applied_bits >> age) & 1 == (other.applied_bits >> i) & 1
+            if age >= DEDUP_WINDOW {
+                return forgotten_ok;
+            }
+            (self.applied_bits >> age) & 1 == (other.applied_bits >> i) & 1
         })
     }
 
@@ -183,5 +197,16 @@ mod tests {
         assert!(!ours.covers_last(&rejected, 1));
         // More ops to compare than anyone remembers: cannot be checked.
         assert!(!ours.covers_last(&theirs, DEDUP_WINDOW + 1));
+        // Their one op is one we processed 64 ops ago and no longer remember the outcome of:
+        // the device went on with us, never told their outcome (see `covers_last`).
+        for _ in 0..30 {
+            ours.record(true);
+        }
+        assert!(!ours.covers(&theirs));
+        assert!(ours.covers_last(&theirs, 1));
+        assert!(
+            ours.covers_last(&rejected, 1),
+            "an outcome we forgot is not compared"
+        );
     }
 }

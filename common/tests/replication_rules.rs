@@ -1144,3 +1144,65 @@ fn s9_long_trip_branch_with_one_op_applied_on_both_sides_is_reconciled_after_man
     let done = r.submit(driver, s, TripOp::Complete);
     assert!(r.committed(done));
 }
+
+/// S2 with S3 on a long trip, found by the real-process chaos suite (a thawed primary that
+/// still had an op in its socket): the primary applied the driver's op and died before the
+/// reply left (its disk kept). The driver retried at the backup and went on for more than
+/// 64 ops there. The primary came back on its disk, the backup died, and the devices failed
+/// back. The primary's copy has one change the driver's copy lacks: the same op, which the
+/// driver's copy processed too but whose outcome it no longer remembers. The copies were
+/// declared in conflict, the primary kept its stale copy and handed it to the driver, which
+/// then refused every new op (too many in flight): the trip was stuck, its committed ops
+/// gone from every live copy. The driver went on for 64 ops past that op without the
+/// primary's change, so it was never told the primary's outcome of it: the driver's copy
+/// is kept (reconciled above both).
+#[test]
+fn s2_failback_to_a_primary_holding_an_unreplied_op_after_a_long_trip_at_the_backup() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // Nobody gets what dc1 applies next: the rider is away, the driver's reply is lost.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    let primary_disk = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    assert!(r.committed(x), "the retry commits at the backup");
+    for _ in 0..80 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let committed = r.edges[&driver]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    let mut primary = r.dc_with_disk(0, 1);
+    primary.load_persisted(r.now, primary_disk).unwrap();
+    r.dcs[0] = Some(primary);
+    r.kill(1);
+    r.connect(driver, 0, false);
+    r.connect(rider, 0, false);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(
+        h.version.covers(&committed),
+        "{} vs committed {committed}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 81, "each op counts once");
+    r.tick(3_000);
+    let next = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(r.committed(next), "the trip goes on");
+}
