@@ -192,7 +192,7 @@ mod tests {
         );
         assert!(!theirs.covers_last(&ours, 41), "they lack our last 40");
         // Their one op had another outcome on our side: not covered.
-        let mut rejected = theirs.clone();
+        let mut rejected = theirs;
         rejected.applied_bits ^= 1;
         assert!(!ours.covers_last(&rejected, 1));
         // More ops to compare than anyone remembers: cannot be checked.
