@@ -4,182 +4,16 @@
 //! against the devices' ledger of what they were told was committed.
 
 use anyhow::{ensure, Context};
-use lifeboat_common::{SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_common::{TripOp, TripPhase};
 use lifeboat_edge::EdgeClient;
-use lifeboat_server::service::StoredSession;
+use lifeboat_tests::check::{check_against_store, newest_copies};
+use lifeboat_tests::trips::{
+    collect, drive, fleet, request_and_drive, run_trips, wait_progress, WAIT,
+};
 use lifeboat_tests::{route_point, wait_for_assignment, wait_for_session, Cluster, PICKUP};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(60);
-/// No single op may take longer than this, failovers included.
-const OP_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn submit(
-    client: &EdgeClient,
-    session: SessionId,
-    op: TripOp,
-) -> anyhow::Result<lifeboat_edge::Commit> {
-    let what = format!("{op:?} on {session} by {}", client.device());
-    tokio::time::timeout(OP_TIMEOUT, client.submit(session, op))
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {OP_TIMEOUT:?}"))?
-        .with_context(|| what.clone())
-}
-
-/// What a driver's device was told was committed for its trip.
-#[derive(Debug, Clone)]
-struct TripLedger {
-    session: SessionId,
-    locations_committed: u32,
-    completed: bool,
-    /// The newest version any commit reported.
-    last_version: VersionVector,
-}
-
-/// Drive one assigned trip: arrive, start, `steps` location updates, complete.
-async fn drive(
-    driver: EdgeClient,
-    steps: u32,
-    progress: Arc<AtomicU64>,
-    pause: Duration,
-) -> anyhow::Result<TripLedger> {
-    let session = wait_for_assignment(&driver, WAIT).await?;
-    let mut ledger = TripLedger {
-        session,
-        locations_committed: 0,
-        completed: false,
-        last_version: VersionVector::new(),
-    };
-    for op in [TripOp::Arrived, TripOp::StartTrip] {
-        let c = submit(&driver, session, op).await?;
-        ledger.last_version = c.version;
-    }
-    for k in 1..=steps {
-        let c = submit(&driver, session, TripOp::Location { at: route_point(k) }).await?;
-        ledger.locations_committed += 1;
-        ledger.last_version = c.version;
-        progress.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(pause).await;
-    }
-    let c = driver
-        .submit(session, TripOp::Complete)
-        .await
-        .context("complete")?;
-    ledger.last_version = c.version;
-    ledger.completed = true;
-    Ok(ledger)
-}
-
-async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    while progress.load(Ordering::Relaxed) < at_least {
-        ensure!(
-            start.elapsed() < WAIT,
-            "traffic did not reach {at_least} ops"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
-/// Every trip in the ledger is in the store, exactly as committed, never older.
-fn check_against_store(ledgers: &[TripLedger], stored: &[StoredSession]) -> anyhow::Result<()> {
-    let by_id: HashMap<SessionId, &StoredSession> =
-        stored.iter().map(|s| (s.0.session, s)).collect();
-    for l in ledgers {
-        let (header, body) = by_id
-            .get(&l.session)
-            .with_context(|| format!("trip {} lost: not in the surviving store", l.session))?;
-        ensure!(
-            body.state.location_updates == l.locations_committed,
-            "trip {}: {} location ops committed on the device, {} applied at the datacenter",
-            l.session,
-            l.locations_committed,
-            body.state.location_updates
-        );
-        ensure!(
-            header.version.covers(&l.last_version),
-            "trip {}: datacenter version {} is older than committed {}",
-            l.session,
-            header.version,
-            l.last_version
-        );
-        if l.completed {
-            ensure!(
-                header.tombstone,
-                "trip {} completed but not tombstoned",
-                l.session
-            );
-            ensure!(body.state.phase == TripPhase::Completed);
-            ensure!(body.state.fare_cents.is_some());
-        }
-    }
-    Ok(())
-}
-
-struct Fleet {
-    riders: Vec<EdgeClient>,
-    drivers: Vec<EdgeClient>,
-}
-
-async fn fleet(c: &Cluster, pairs: u64) -> anyhow::Result<Fleet> {
-    let mut drivers = Vec::new();
-    for i in 0..pairs {
-        drivers.push(c.device(1000 + i, true).await?);
-    }
-    // Drivers connect first so that dispatch has someone to assign.
-    for d in &drivers {
-        ensure!(
-            d.wait_connected(Duration::from_secs(10)).await.is_some(),
-            "driver {} did not connect",
-            d.device()
-        );
-    }
-    let mut riders = Vec::new();
-    for i in 0..pairs {
-        riders.push(c.device(1 + i, false).await?);
-    }
-    Ok(Fleet { riders, drivers })
-}
-
-/// Riders request; drivers drive; `kill` runs once `kill_after` location ops committed.
-async fn run_trips(
-    f: &Fleet,
-    steps: u32,
-    kill_after: u64,
-    kill: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<TripLedger>> {
-    let progress = Arc::new(AtomicU64::new(0));
-    let mut rider_tasks = Vec::new();
-    for r in &f.riders {
-        let r = r.clone();
-        rider_tasks.push(tokio::spawn(async move {
-            r.request_trip(PICKUP, route_point(50)).await
-        }));
-    }
-    let mut driver_tasks = Vec::new();
-    for d in &f.drivers {
-        driver_tasks.push(tokio::spawn(drive(
-            d.clone(),
-            steps,
-            progress.clone(),
-            Duration::from_millis(15),
-        )));
-    }
-    wait_progress(&progress, kill_after).await?;
-    kill()?;
-    let mut ledgers = Vec::new();
-    for t in driver_tasks {
-        ledgers.push(t.await??);
-    }
-    for t in rider_tasks {
-        t.await??;
-    }
-    Ok(ledgers)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_primary_killed_mid_traffic_with_disk_lost_backup_restores_every_trip(
@@ -226,45 +60,8 @@ async fn s12_both_datacenters_restart_with_empty_disks_everything_comes_back() -
     let mut stored = c.stop_and_read(0)?;
     stored.extend(c.stop_and_read(1)?);
     // Devices may have landed on either datacenter; keep the newest copy of each session.
-    let mut newest: HashMap<SessionId, StoredSession> = HashMap::new();
-    for s in stored {
-        match newest.get(&s.0.session) {
-            Some(old) if old.0.version.covers(&s.0.version) => {}
-            _ => {
-                newest.insert(s.0.session, s);
-            }
-        }
-    }
-    let stored: Vec<StoredSession> = newest.into_values().collect();
+    let stored = newest_copies(stored);
     check_against_store(&ledgers, &stored)
-}
-
-type DriveTask = tokio::task::JoinHandle<anyhow::Result<TripLedger>>;
-
-/// Every rider requests a trip; every driver drives the one it gets (`steps` locations).
-async fn request_and_drive(
-    f: &Fleet,
-    steps: u32,
-    pause: Duration,
-) -> anyhow::Result<(Arc<AtomicU64>, Vec<DriveTask>)> {
-    let progress = Arc::new(AtomicU64::new(0));
-    for r in &f.riders {
-        r.request_trip(PICKUP, route_point(50)).await?;
-    }
-    let tasks = f
-        .drivers
-        .iter()
-        .map(|d| tokio::spawn(drive(d.clone(), steps, progress.clone(), pause)))
-        .collect();
-    Ok((progress, tasks))
-}
-
-async fn collect(tasks: Vec<DriveTask>) -> anyhow::Result<Vec<TripLedger>> {
-    let mut ledgers = Vec::new();
-    for t in tasks {
-        ledgers.push(t.await??);
-    }
-    Ok(ledgers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
