@@ -1,7 +1,7 @@
 //! Network faults end to end: a real `lifeboat-server` process on loopback, real edge clients
 //! with sled stores on disk, each device's QUIC endpoint on an impaired socket. Each test
 //! drives trips to completion and checks the datacenter's own store against what the drivers
-//! were told was committed (`lifeboat_tests::trips::check_against_store`: every committed op
+//! were told was committed (`lifeboat_tests::check::check_against_store`: every committed op
 //! present exactly once, no version older than committed, finished trips tombstoned).
 //!
 //! Seeds: the impairment RNGs are seeded from `LIFEBOAT_SEED` (a fixed default otherwise) and
@@ -11,7 +11,8 @@
 use anyhow::{ensure, Context};
 use lifeboat_chaos::{client_endpoint, ImpairHandle, ImpairStats, Impairment};
 use lifeboat_edge::{ClientEvent, EdgeClient, EdgeConfig};
-use lifeboat_tests::trips::{check_against_store, drive, wait_progress, WAIT};
+use lifeboat_tests::check::check_against_store;
+use lifeboat_tests::trips::{drive, wait_progress, WAIT};
 use lifeboat_tests::{route_point, wait_for_session, Cluster, PICKUP};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -613,12 +613,16 @@ impl<A: Application> DatacenterCore<A> {
                 UploadOutcome::Diverged
             }
             VersionOrder::Equal => UploadOutcome::Current,
+            // Also against a tombstone: a live branch the tombstone has fully processed (an
+            // op applied at two datacenters) is reconciled, so the device holding it gets a
+            // tombstone above its copy rather than one beside it. `reconcile` never lets a
+            // live copy replace a tombstone.
+            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
             _ if entry.header.tombstone => UploadOutcome::Tombstoned,
             VersionOrder::Older => {
                 self.stats.uploads_stale += 1;
                 UploadOutcome::Stale
             }
-            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
             VersionOrder::Newer => {
                 let was_tombstone = sealed.header.tombstone;
                 let old_participants: Vec<DeviceId> = entry.header.participants().collect();
@@ -687,12 +691,17 @@ impl<A: Application> DatacenterCore<A> {
         let Ok(joined) = entry.header.version.join(&sealed.header.version) else {
             return diverged(self);
         };
+        // The ops only one copy processed are among its changes the other copy does not
+        // know of (a suffix of its history: anything after them would carry them along), so
+        // only that many of its last ops need comparing; the ones before are shared history.
+        let theirs_only = changes_unknown_to(&sealed.header.version, &entry.header.version);
+        let ours_only = changes_unknown_to(&entry.header.version, &sealed.header.version);
         let ours_covers = rider_same
             && (ours_driver == theirs_driver || theirs_driver.is_none())
-            && ops_cover(&entry.body.dedup, &body.dedup);
+            && ops_cover(&entry.body.dedup, &body.dedup, theirs_only);
         let theirs_covers = rider_same
             && (ours_driver == theirs_driver || ours_driver.is_none())
-            && ops_cover(&body.dedup, &entry.body.dedup);
+            && ops_cover(&body.dedup, &entry.body.dedup, ours_only);
         let ours_tombstone = entry.header.tombstone;
         let keep_theirs =
             theirs_covers && !ours_covers && (sealed.header.tombstone || !ours_tombstone);
@@ -1282,9 +1291,21 @@ impl<A: Application> DatacenterCore<A> {
     }
 }
 
-/// Every participant's watermark in `theirs` is covered by ours (see [`DedupEntry::covers`]).
-fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry]) -> bool {
-    theirs
+/// Every participant's watermark in `theirs` is covered by ours, comparing outcomes over
+/// each participant's last `since` ops (see [`DedupEntry::covers_last`]).
+fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry], since: u64) -> bool {
+    theirs.iter().all(|t| {
+        t.last_seq == 0
+            || ours
+                .iter()
+                .any(|o| o.device == t.device && o.covers_last(t, since))
+    })
+}
+
+/// How many changes `v` has that `other` does not know of.
+fn changes_unknown_to(v: &VersionVector, other: &VersionVector) -> u64 {
+    v.entries()
         .iter()
-        .all(|t| t.last_seq == 0 || ours.iter().any(|o| o.device == t.device && o.covers(t)))
+        .map(|(replica, n)| n.saturating_sub(other.get(*replica)))
+        .sum()
 }

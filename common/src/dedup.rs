@@ -81,14 +81,40 @@ impl DedupEntry {
     /// remembers. Outcomes this one has forgotten cannot be checked, so the answer is then
     /// `false` (the caller treats the copies as a real conflict rather than guess).
     pub fn covers(&self, other: &DedupEntry) -> bool {
+        self.compare(other, DEDUP_WINDOW, false)
+    }
+
+    /// Whether this watermark has processed every op of `other` that matters when `other`
+    /// belongs to a copy concurrent with this one's, whose changes this one does not know
+    /// of number `n` (see `DatacenterCore`'s reconcile).
+    ///
+    /// - Only `other`'s last `n` ops are compared: the ops only `other`'s copy processed are
+    ///   among its unknown changes, a suffix of its history; the ones before are shared.
+    ///   More than [`DEDUP_WINDOW`] of them cannot be checked: `false`.
+    /// - An outcome this one no longer remembers is not compared: this one went on to
+    ///   process [`DEDUP_WINDOW`] more ops of that device on a history without `other`'s
+    ///   changes, so the device never held `other`'s copy meanwhile (its next connection
+    ///   would have brought it here) and was never told `other`'s outcome of that op.
+    ///   Nothing acknowledged depends on it.
+    pub fn covers_last(&self, other: &DedupEntry, n: u64) -> bool {
+        self.compare(other, n, true)
+    }
+
+    fn compare(&self, other: &DedupEntry, n: u64, forgotten_ok: bool) -> bool {
         if self.device != other.device || self.last_seq < other.last_seq {
             return false;
         }
-        let window = other.last_seq.min(DEDUP_WINDOW);
+        let window = other.last_seq.min(n);
+        if window > DEDUP_WINDOW {
+            return false;
+        }
         (0..window).all(|i| {
             let seq = other.last_seq - i;
             let age = self.last_seq - seq;
-            age < DEDUP_WINDOW && (self.applied_bits >> age) & 1 == (other.applied_bits >> i) & 1
+            if age >= DEDUP_WINDOW {
+                return forgotten_ok;
+            }
+            (self.applied_bits >> age) & 1 == (other.applied_bits >> i) & 1
         })
     }
 
@@ -144,5 +170,43 @@ mod tests {
         }
         assert_eq!(d.check(1), Seen::Forgotten);
         assert_eq!(d.check(6), Seen::Duplicate { applied: true });
+    }
+
+    #[test]
+    fn long_shared_histories_are_compared_over_their_last_ops_only() {
+        let (mut ours, mut theirs) = (DedupEntry::new(DeviceId(2)), DedupEntry::new(DeviceId(2)));
+        for i in 0..100 {
+            ours.record(i % 7 != 0);
+            theirs.record(i % 7 != 0);
+        }
+        // One more op on their branch, the same op and 40 more on ours.
+        theirs.record(true);
+        ours.record(true);
+        for _ in 0..40 {
+            ours.record(true);
+        }
+        assert!(!ours.covers(&theirs), "the whole window cannot be checked");
+        assert!(
+            ours.covers_last(&theirs, 1),
+            "the one op only they may lack"
+        );
+        assert!(!theirs.covers_last(&ours, 41), "they lack our last 40");
+        // Their one op had another outcome on our side: not covered.
+        let mut rejected = theirs;
+        rejected.applied_bits ^= 1;
+        assert!(!ours.covers_last(&rejected, 1));
+        // More ops to compare than anyone remembers: cannot be checked.
+        assert!(!ours.covers_last(&theirs, DEDUP_WINDOW + 1));
+        // Their one op is one we processed 64 ops ago and no longer remember the outcome of:
+        // the device went on with us, never told their outcome (see `covers_last`).
+        for _ in 0..30 {
+            ours.record(true);
+        }
+        assert!(!ours.covers(&theirs));
+        assert!(ours.covers_last(&theirs, 1));
+        assert!(
+            ours.covers_last(&rejected, 1),
+            "an outcome we forgot is not compared"
+        );
     }
 }

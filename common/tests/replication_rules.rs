@@ -995,3 +995,214 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
     assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
     assert!(r.dc(0).session(trips[0]).expect("kept").0.tombstone);
 }
+
+/// The real-process chaos suite found this (a frozen primary, `tests/tests/chaos_process.rs`):
+/// the driver moved back to the thawed primary while its op was in flight at the backup. The
+/// backup applied it and pushed it to the rider, still there; the driver resubmitted it at
+/// the primary, which applied it too, and the trip finished at the primary before the rider
+/// came back. The rider's live branch and the primary's tombstone were then concurrent: the
+/// primary answered `Tombstoned` and the rider was handed a tombstone that did not cover its
+/// copy (its version went backwards, C3) and told of a conflict, though nothing was lost.
+/// The tombstone has processed every op of the branch, so it is reconciled like any other
+/// copy: kept, with a version above both.
+#[test]
+fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partner_returned() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let frozen = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    // dc1 freezes: both fail over to dc2 and go on there.
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    r.submit(driver, s, TripOp::Location { at: Q });
+    // dc1 thaws with its old copy in memory.
+    let mut thawed = r.dc_with_disk(0, 1);
+    thawed.load_persisted(r.now, frozen).unwrap();
+    r.dcs[0] = Some(thawed);
+    // The driver's next op is applied at dc2 (the rider sees it), but the driver moves home
+    // before the reply arrives, and resubmits it there.
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.connect(driver, 0, false);
+    r.tick(3_000); // the rider is still at dc2: the barrier's grace runs out at dc1
+    assert!(r.committed(x), "the resubmitted op commits at dc1");
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    // The rider moves home with its live branch.
+    let branch = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(rider, 0, false);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(h.tombstone, "the trip stays finished");
+    assert!(
+        h.version.covers(&branch),
+        "{} vs the branch {branch}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 2, "the op counts once");
+    let held = r.edges[&rider].held(s).unwrap().digest.header.clone();
+    assert!(held.tombstone);
+    assert!(
+        held.version.covers(&branch),
+        "the rider went from {branch} to {}",
+        held.version
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+}
+
+/// Found by the real-process chaos suite (a frozen primary, long trips): as above, the
+/// driver moved home with an op in flight at the backup, which applied it and pushed it to
+/// the rider. This time the trip is long (more than 64 driver ops) and still running when
+/// the rider returns with its branch, after the primary applied dozens more ops. The
+/// primary's copy has processed every op of the branch (the one op only the branch had was
+/// applied at the primary too), but the check compared the branch's whole dedup window,
+/// most of it history both copies share and the primary no longer remembers: the copies
+/// were declared in conflict, the rider told so and handed a copy that did not cover its
+/// own. Only the ops the branch has and the primary may lack (at most as many as the
+/// changes of the branch the primary does not know of) need comparing.
+#[test]
+fn s9_long_trip_branch_with_one_op_applied_on_both_sides_is_reconciled_after_many_more_ops() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    for _ in 0..70 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let frozen = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    r.submit(driver, s, TripOp::Location { at: P });
+    let mut thawed = r.dc_with_disk(0, 1);
+    thawed.load_persisted(r.now, frozen).unwrap();
+    r.dcs[0] = Some(thawed);
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.connect(driver, 0, false);
+    r.tick(3_000);
+    assert!(r.committed(x), "the resubmitted op commits at dc1");
+    for _ in 0..40 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let branch = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(rider, 0, false);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(
+        h.version.covers(&branch),
+        "{} vs the branch {branch}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 70 + 1 + 1 + 40, "each op counts once");
+    let held = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    assert!(
+        held.covers(&branch),
+        "the rider went from {branch} to {held}"
+    );
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+}
+
+/// S2 with S3 on a long trip, found by the real-process chaos suite (a thawed primary that
+/// still had an op in its socket): the primary applied the driver's op and died before the
+/// reply left (its disk kept). The driver retried at the backup and went on for more than
+/// 64 ops there. The primary came back on its disk, the backup died, and the devices failed
+/// back. The primary's copy has one change the driver's copy lacks: the same op, which the
+/// driver's copy processed too but whose outcome it no longer remembers. The copies were
+/// declared in conflict, the primary kept its stale copy and handed it to the driver, which
+/// then refused every new op (too many in flight): the trip was stuck, its committed ops
+/// gone from every live copy. The driver went on for 64 ops past that op without the
+/// primary's change, so it was never told the primary's outcome of it: the driver's copy
+/// is kept (reconciled above both).
+#[test]
+fn s2_failback_to_a_primary_holding_an_unreplied_op_after_a_long_trip_at_the_backup() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // Nobody gets what dc1 applies next: the rider is away, the driver's reply is lost.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    let seq = r.edges[&driver].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((driver, s, seq));
+    let x = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(!r.committed(x));
+    let primary_disk = r.dc(0).sealed(s).expect("dc1 holds it").clone();
+    r.kill(0);
+    r.connect(driver, 1, false);
+    r.connect(rider, 1, false);
+    assert!(r.committed(x), "the retry commits at the backup");
+    for _ in 0..80 {
+        r.submit(driver, s, TripOp::Location { at: Q });
+    }
+    let committed = r.edges[&driver]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
+    let mut primary = r.dc_with_disk(0, 1);
+    primary.load_persisted(r.now, primary_disk).unwrap();
+    r.dcs[0] = Some(primary);
+    r.kill(1);
+    r.connect(driver, 0, false);
+    r.connect(rider, 0, false);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
+        "no conflict surfaced for a reconcilable copy"
+    );
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(
+        h.version.covers(&committed),
+        "{} vs committed {committed}",
+        h.version
+    );
+    assert_eq!(st.location_updates, 81, "each op counts once");
+    r.tick(3_000);
+    let next = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(r.committed(next), "the trip goes on");
+}

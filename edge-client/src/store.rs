@@ -116,6 +116,12 @@ pub enum StoreError {
     Flush(String),
     #[error("shared store name of {0} bytes (at most {MAX_NAME_BYTES})")]
     NameTooLong(usize),
+    /// The store's files are damaged so badly that the storage engine panicked opening them
+    /// (seen with sled 0.34.7 on a garbled log). Nothing was changed; the app decides
+    /// whether to move the store aside (the device then re-syncs from its partners, as
+    /// after a reinstall, S6).
+    #[error("device store is unreadable: {0}")]
+    Unreadable(String),
 }
 
 /// The trees of a device store (shared by all devices of a [`SharedDb`]).
@@ -189,18 +195,36 @@ fn session_key(s: SessionId) -> [u8; 8] {
     s.0.to_be_bytes()
 }
 
+/// Open a device's own sled database; a panic inside sled (damaged files) becomes
+/// [`StoreError::Unreadable`] instead of taking the app down.
+fn open_catching(path: &std::path::Path) -> Result<sled::Db, StoreError> {
+    let open = || {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+        Ok(r) => Ok(r?),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(StoreError::Unreadable(format!(
+                "{}: the storage engine panicked: {msg}",
+                path.display()
+            )))
+        }
+    }
+}
+
 impl EdgeStore {
     pub fn open(location: &StoreLocation, device: DeviceId) -> Result<Self, StoreError> {
         let (db, shared, prefix) = match location {
-            StoreLocation::Path(p) => (
-                sled::Config::new()
-                    .path(p)
-                    .cache_capacity(1024 * 1024)
-                    .flush_every_ms(None)
-                    .open()?,
-                None,
-                Vec::new(),
-            ),
+            StoreLocation::Path(p) => (open_catching(p)?, None, Vec::new()),
             StoreLocation::Shared { db, name } => {
                 (db.db.clone(), Some(db.clone()), device_prefix(name)?)
             }
@@ -573,5 +597,52 @@ mod tests {
             .map(|(s, _)| s.0)
             .collect();
         assert_eq!(order, vec![7, 9, 8]);
+    }
+
+    /// A device store whose log is garbled in an early segment makes sled 0.34.7 panic while
+    /// opening; the client gets a typed error instead of the app crashing.
+    #[test]
+    fn a_store_sled_panics_on_is_a_typed_error_not_a_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("device");
+        {
+            let db = sled::Config::new()
+                .path(&path)
+                .flush_every_ms(None)
+                .open()
+                .expect("open");
+            for i in 0u64..2_000 {
+                db.insert(i.to_be_bytes(), vec![i as u8; 150])
+                    .expect("insert");
+                if i % 100 == 99 {
+                    db.flush().expect("flush");
+                }
+            }
+            db.flush().expect("flush");
+        }
+        let mut log = std::fs::read(path.join("db")).expect("log");
+        assert!(log.len() > 600_000, "the log spans several segments");
+        for b in &mut log[100_000..100_512] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(path.join("db"), log).expect("garble");
+        let location = StoreLocation::Path(path.clone());
+        // sled releases the previous open's lock from a background thread: retry briefly.
+        let start = std::time::Instant::now();
+        let r = loop {
+            match EdgeStore::open(&location, DeviceId(1)) {
+                Err(StoreError::Sled(sled::Error::Io(_)))
+                    if start.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => break other,
+            }
+        };
+        match r {
+            Err(StoreError::Unreadable(msg)) => assert!(msg.contains("panicked"), "{msg}"),
+            Err(e) => panic!("expected Unreadable, got {e}"),
+            Ok(_) => panic!("a store sled panics on was opened"),
+        }
     }
 }

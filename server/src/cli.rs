@@ -2,6 +2,7 @@
 //! simulation harness) can run the very same datacenter in a child process of their own.
 
 use crate::region::Region;
+use crate::store::UnreadableStore;
 use crate::{Server, ServerConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -170,6 +171,13 @@ struct ServeArgs {
     /// Write a JSON status snapshot to this file every 500 ms.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// What to do when the store in --data-dir cannot be opened or read (corrupt):
+    /// `move-aside` (default) renames it to `<data-dir>.corrupt-<unix-ms>`, logs an error and
+    /// starts empty, the sessions come back from the devices; `refuse` exits with an error
+    /// and leaves it untouched. A store locked by another running process, or one this
+    /// process may not open, is never moved aside.
+    #[arg(long, default_value = "move-aside")]
+    unreadable_store: UnreadableStore,
 }
 
 fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
@@ -304,6 +312,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_sessions_per_device = a.max_sessions_per_device;
     cfg.session_creates_per_minute = a.session_creates_per_minute;
     cfg.keyring_poll_ms = a.keyring_poll_ms;
+    cfg.unreadable_store = a.unreadable_store;
     anyhow::ensure!(
         (1..=lifeboat_common::wire::MAX_FRAME_BYTES).contains(&a.max_frame_bytes),
         "--max-frame-bytes must be between 1 and {}",
@@ -320,7 +329,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(aside) = &server.moved_aside {
-        eprintln!("WARNING: unreadable store moved to {}", aside.display());
+        eprintln!(
+            "WARNING: the store in {} was unreadable; moved to {} and started empty \
+             (sessions come back from the devices)",
+            data_dir.display(),
+            aside.display()
+        );
     }
     // Tests and the harness wait for this exact line.
     println!(

@@ -16,7 +16,7 @@ use crate::crash::CrashPoint;
 use crate::keyring_watch::{KeyringStatus, KeyringWatch};
 use crate::limits::{AddressLimiter, InflightGate, LimitCounters, Limits};
 use crate::region::{Region, RegionError};
-use crate::store::{DcStore, StoreError};
+use crate::store::{DcStore, StoreError, UnreadableStore};
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
@@ -77,6 +77,8 @@ pub struct ServerConfig {
     /// UDP receive and send buffer to ask the kernel for (0: system default); see
     /// [`crate::socket`] for why a datacenter needs a large one.
     pub udp_buffer_bytes: usize,
+    /// What to do with a store that cannot be opened or read (see [`crate::store`]).
+    pub unreadable_store: UnreadableStore,
 }
 
 impl ServerConfig {
@@ -110,6 +112,7 @@ impl ServerConfig {
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
             max_handshakes: 256,
+            unreadable_store: UnreadableStore::MoveAside,
         }
     }
 }
@@ -201,7 +204,7 @@ impl Server {
     /// Open the store, load it into the core, bind and start serving.
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
         let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
-        let opened = DcStore::open(&cfg.data_dir, cfg.cache_bytes)?;
+        let opened = DcStore::open_with(&cfg.data_dir, cfg.cache_bytes, cfg.unreadable_store)?;
         let replica = opened.replica;
         let store = opened.store;
         let mut dc_cfg = DcConfig::new(cfg.dc, replica);
@@ -213,7 +216,7 @@ impl Server {
         let mut core = Core::new(dc_cfg, region.keyring.clone());
         let now = now_ms();
         let mut loaded = 0;
-        for item in store.load_all() {
+        for item in opened.digests {
             match item.map(|d| core.load_persisted(now, d).map_err(|e| e.to_string())) {
                 Ok(Ok(())) => loaded += 1,
                 Ok(Err(e)) | Err(e) => {
@@ -948,10 +951,10 @@ pub fn read_store(
     data_dir: &std::path::Path,
     keyring: &lifeboat_common::keyring::Keyring,
 ) -> Result<Vec<StoredSession>, ServerError> {
-    let opened = DcStore::open(data_dir, 8 * 1024 * 1024)?;
+    // Reading never moves a store aside.
+    let opened = DcStore::open_with(data_dir, 8 * 1024 * 1024, UnreadableStore::Refuse)?;
     Ok(opened
-        .store
-        .load_all()
+        .digests
         .into_iter()
         .flatten()
         .filter_map(|d| d.open(keyring).ok().map(|body| (d.header, body)))

@@ -7,8 +7,35 @@
 //! sealed, so a stolen disk reveals nothing. The store also keeps the datacenter's
 //! [`ReplicaId`], made when the store is created.
 //!
-//! A store that cannot be opened (corrupt after a crash) is moved aside, loudly, and the
-//! datacenter starts empty: the devices hold the truth.
+//! # A damaged store
+//!
+//! Opening reads every record, so a store that cannot be read is found at start-up, not
+//! mid-traffic. What sled 0.34.7 does with damaged files (measured with seeded random
+//! truncation and garbling of its files; see `docs/CHAOS-process.md`):
+//! - a damaged `conf` file, or a `db` file damaged in its header: `open` fails with
+//!   `Corruption` or `Unsupported`;
+//! - some damaged `db` files make `open` panic (`tried to serialize Uninitialized`, while
+//!   it rewrites its snapshot);
+//! - most damage to the `db` log is silently cut off: sled keeps the longest valid prefix, so
+//!   the store opens with older or fewer sessions. That is a stale disk, which the version
+//!   rules already handle (S2, S4): the devices' newer copies win.
+//!
+//! Invariants:
+//! - an unreadable store (an error other than I/O, a panic in sled, a record that cannot be
+//!   read) never crashes the datacenter. By default ([`UnreadableStore::MoveAside`]) it is
+//!   renamed to `<dir>.corrupt-<unix-ms>`, with a loud error in the log, and the datacenter
+//!   starts empty with a new replica id: the sessions come back from the devices (as after a
+//!   lost disk, S1). With [`UnreadableStore::Refuse`] it is left untouched and opening fails
+//!   with [`StoreError::Unreadable`].
+//! - an I/O error while opening (permissions, not a directory, the store locked by another
+//!   running datacenter) says nothing about the data: the store is never moved aside for it,
+//!   opening fails with [`StoreError::Unavailable`]. (Moving a store aside because another
+//!   process holds its lock would pull the live store from under a running datacenter.)
+//! - a single record that does not decode as a digest is reported in [`Opened::digests`] and
+//!   skipped by the caller; the rest of the store is used.
+//!
+//! `sled` can only be caught panicking if the binary unwinds on panic (the default; do not
+//! build the server with `panic = "abort"`).
 
 use lifeboat_common::digest::{SealedDigest, MAX_DIGEST_BYTES};
 use lifeboat_common::ids::ReplicaId;
@@ -21,11 +48,21 @@ use std::path::{Path, PathBuf};
 pub enum StoreError {
     #[error("store {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
-    #[error("could not move the unreadable store {path} aside: {source}")]
-    MoveAside {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The store could not be opened for a reason outside its content (nothing changed).
+    #[error(
+        "store {path} cannot be opened: {source} (left untouched: check permissions, and \
+         that no other datacenter process uses this --data-dir)"
+    )]
+    Unavailable { path: PathBuf, source: sled::Error },
+    /// The store's content cannot be read and the policy is to refuse (nothing changed).
+    #[error(
+        "store {path} is unreadable: {reason} (left untouched because of \
+         --unreadable-store refuse; move it aside or remove it to start empty, the sessions \
+         come back from the devices)"
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("could not move the unreadable store {path} aside: {reason}")]
+    MoveAside { path: PathBuf, reason: String },
     #[error("store write: {0}")]
     Write(#[from] sled::Error),
     #[error("store encode: {0}")]
@@ -34,7 +71,39 @@ pub enum StoreError {
     Flush(String),
 }
 
+/// What opening does with a store whose content cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnreadableStore {
+    /// Rename it to `<dir>.corrupt-<unix-ms>`, log loudly, start empty (the default).
+    #[default]
+    MoveAside,
+    /// Leave it untouched and fail ([`StoreError::Unreadable`]).
+    Refuse,
+}
+
+impl std::str::FromStr for UnreadableStore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "move-aside" => Ok(Self::MoveAside),
+            "refuse" => Ok(Self::Refuse),
+            _ => Err(format!("expected 'move-aside' or 'refuse', not '{s}'")),
+        }
+    }
+}
+
+impl std::fmt::Display for UnreadableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MoveAside => "move-aside",
+            Self::Refuse => "refuse",
+        })
+    }
+}
+
 const REPLICA_KEY: &[u8] = b"replica-id";
+/// Largest stored record we decode (a digest plus its encoding overhead).
+const MAX_RECORD_BYTES: usize = MAX_DIGEST_BYTES + 256;
 
 /// The sled-backed digest store.
 pub struct DcStore {
@@ -49,6 +118,27 @@ pub struct Opened {
     pub replica: ReplicaId,
     /// Where an unreadable store was moved to, if it was.
     pub moved_aside: Option<PathBuf>,
+    /// Why it was moved aside.
+    pub unreadable_reason: Option<String>,
+    /// Every stored digest, read while opening; a record that does not decode is an `Err`
+    /// (report it and go on).
+    pub digests: Vec<Result<SealedDigest, String>>,
+}
+
+/// Why a store could not be opened and read.
+enum OpenFailure {
+    /// Outside the content: permissions, locks, not a directory. Never moved aside.
+    Environment(sled::Error),
+    /// The content: corruption, an unknown format, a panic in sled, a failed read.
+    Content(String),
+}
+
+/// A store opened and read through.
+struct ReadThrough {
+    db: sled::Db,
+    sessions: sled::Tree,
+    replica: Option<ReplicaId>,
+    digests: Vec<Result<SealedDigest, String>>,
 }
 
 fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
@@ -59,53 +149,174 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
         .open()
 }
 
+fn content(what: &str, e: sled::Error) -> OpenFailure {
+    OpenFailure::Content(format!("{what}: {e}"))
+}
+
+/// Open the database and read every record. sled errors at open time are sorted into
+/// environment and content failures; any failure while reading is a content failure.
+fn read_through(dir: &Path, cache_bytes: u64) -> Result<ReadThrough, OpenFailure> {
+    let db = open_db(dir, cache_bytes).map_err(|e| match e {
+        sled::Error::Io(ref io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            OpenFailure::Environment(e)
+        }
+        other => content("open", other),
+    })?;
+    let replica = match db.get(REPLICA_KEY).map_err(|e| content("replica id", e))? {
+        None => None,
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
+                OpenFailure::Content(format!("replica id record of {} bytes", v.len()))
+            })?;
+            Some(ReplicaId(u32::from_be_bytes(bytes)))
+        }
+    };
+    let sessions = db
+        .open_tree("sessions")
+        .map_err(|e| content("sessions tree", e))?;
+    let mut digests = Vec::new();
+    for kv in sessions.iter() {
+        let (_, v) = kv.map_err(|e| content("reading a session record", e))?;
+        digests.push(decode_exact::<SealedDigest>(&v, MAX_RECORD_BYTES).map_err(|e| e.to_string()));
+    }
+    Ok(ReadThrough {
+        db,
+        sessions,
+        replica,
+        digests,
+    })
+}
+
+/// [`read_through`], with a panic inside sled turned into a content failure.
+fn read_through_catching(dir: &Path, cache_bytes: u64) -> Result<ReadThrough, OpenFailure> {
+    catch_panic(|| read_through(dir, cache_bytes))
+}
+
+fn catch_panic(
+    f: impl FnOnce() -> Result<ReadThrough, OpenFailure>,
+) -> Result<ReadThrough, OpenFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(OpenFailure::Content(format!("sled panicked: {msg}")))
+    })
+}
+
+/// `<dir>.corrupt-<unix-ms>` (with `-N` appended if that exists already).
+fn aside_path(dir: &Path, unix_ms: u128) -> Result<PathBuf, String> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| "the data directory has no name to rename".to_string())?
+        .to_string_lossy()
+        .into_owned();
+    let base = dir.with_file_name(format!("{name}.corrupt-{unix_ms}"));
+    if !base.exists() {
+        return Ok(base);
+    }
+    (1..100)
+        .map(|n| dir.with_file_name(format!("{name}.corrupt-{unix_ms}-{n}")))
+        .find(|p| !p.exists())
+        .ok_or_else(|| "too many moved-aside stores with the same time stamp".into())
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 impl DcStore {
+    /// Open with the default policy for an unreadable store ([`UnreadableStore::MoveAside`]).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Opened, StoreError> {
-        let (db, moved_aside) = match open_db(dir, cache_bytes) {
-            Ok(db) => (db, None),
-            Err(e) => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let aside = dir.with_extension(format!("corrupt-{stamp}"));
+        Self::open_with(dir, cache_bytes, UnreadableStore::default())
+    }
+
+    /// Open the store in `dir` (created if missing) and read every record.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        policy: UnreadableStore,
+    ) -> Result<Opened, StoreError> {
+        Self::open_reading(dir, cache_bytes, policy, &read_through_catching)
+    }
+
+    fn open_reading(
+        dir: &Path,
+        cache_bytes: u64,
+        policy: UnreadableStore,
+        read: &dyn Fn(&Path, u64) -> Result<ReadThrough, OpenFailure>,
+    ) -> Result<Opened, StoreError> {
+        let path = dir.to_path_buf();
+        let (found, moved_aside, unreadable_reason) = match read(dir, cache_bytes) {
+            Ok(found) => (found, None, None),
+            Err(OpenFailure::Environment(source)) => {
+                return Err(StoreError::Unavailable { path, source })
+            }
+            Err(OpenFailure::Content(reason)) if policy == UnreadableStore::Refuse => {
                 tracing::error!(
                     store = %dir.display(),
-                    error = %e,
-                    moved_to = %aside.display(),
-                    "STORE UNREADABLE: moving it aside and starting empty; sessions will be restored from the devices"
+                    %reason,
+                    "STORE UNREADABLE: refusing to start (--unreadable-store refuse); the store is left as it is"
                 );
-                std::fs::rename(dir, &aside).map_err(|source| StoreError::MoveAside {
-                    path: dir.to_path_buf(),
-                    source,
+                return Err(StoreError::Unreadable { path, reason });
+            }
+            Err(OpenFailure::Content(reason)) => {
+                let aside = aside_path(dir, unix_ms()).map_err(|reason| StoreError::MoveAside {
+                    path: path.clone(),
+                    reason,
                 })?;
-                let db = open_db(dir, cache_bytes).map_err(|source| StoreError::Sled {
-                    path: dir.to_path_buf(),
-                    source,
+                tracing::error!(
+                    store = %dir.display(),
+                    %reason,
+                    moved_to = %aside.display(),
+                    "STORE UNREADABLE: moving it aside and starting empty with a new replica id; \
+                     sessions will be restored from the devices"
+                );
+                std::fs::rename(dir, &aside).map_err(|e| StoreError::MoveAside {
+                    path: path.clone(),
+                    reason: e.to_string(),
                 })?;
-                (db, Some(aside))
+                let fresh = read(dir, cache_bytes).map_err(|e| match e {
+                    OpenFailure::Environment(source) => StoreError::Unavailable {
+                        path: path.clone(),
+                        source,
+                    },
+                    OpenFailure::Content(reason) => StoreError::MoveAside {
+                        path: path.clone(),
+                        reason: format!("the new empty store cannot be opened: {reason}"),
+                    },
+                })?;
+                (fresh, Some(aside), Some(reason))
             }
         };
-        let sessions = db
-            .open_tree("sessions")
-            .map_err(|source| StoreError::Sled {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        let replica = match db.get(REPLICA_KEY)? {
-            Some(v) if v.len() == 4 => ReplicaId(u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
-            _ => {
+        let replica = match found.replica {
+            Some(r) => r,
+            None => {
                 // A new (or lost) disk: a new slot, durable before anything is sealed with it.
                 let id = rand::rng().random_range(1..=u32::MAX);
-                db.insert(REPLICA_KEY, &id.to_be_bytes())?;
-                db.flush()?;
+                found.db.insert(REPLICA_KEY, &id.to_be_bytes())?;
+                found.db.flush()?;
                 ReplicaId(id)
             }
         };
         Ok(Opened {
-            store: DcStore { db, sessions },
+            store: DcStore {
+                db: found.db,
+                sessions: found.sessions,
+            },
             replica,
             moved_aside,
+            unreadable_reason,
+            digests: found.digests,
         })
     }
 
@@ -115,7 +326,7 @@ impl DcStore {
             .iter()
             .map(|kv| {
                 let (_, v) = kv.map_err(|e| e.to_string())?;
-                decode_exact::<SealedDigest>(&v, MAX_DIGEST_BYTES + 256).map_err(|e| e.to_string())
+                decode_exact::<SealedDigest>(&v, MAX_RECORD_BYTES).map_err(|e| e.to_string())
             })
             .collect()
     }
@@ -151,5 +362,306 @@ impl DcStore {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::keyring::Keyring;
+    use lifeboat_common::samples::typical_trip;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use std::time::{Duration, Instant};
+
+    const CACHE: u64 = 4 * 1024 * 1024;
+
+    /// A store with `n` sealed digests written as the server does (small batches, one
+    /// flush each), closed. Returns its replica id.
+    fn filled(dir: &Path, n: u64) -> ReplicaId {
+        let keyring = Keyring::generate();
+        let digest = typical_trip().seal(&keyring).expect("sealing the sample");
+        let opened = DcStore::open(dir, CACHE).expect("a new store opens");
+        for i in 0..n {
+            opened
+                .store
+                .persist(&[(SessionId(i), digest.clone())])
+                .expect("persist");
+            if i % 100 == 99 {
+                opened.store.flush().expect("flush");
+            }
+        }
+        opened.store.flush().expect("flush");
+        opened.replica
+    }
+
+    /// sled releases its file lock from background threads shortly after the last handle is
+    /// dropped: retry (bounded) while the store is still locked by the previous open.
+    fn open_when_unlocked(dir: &Path, policy: UnreadableStore) -> Result<Opened, StoreError> {
+        let start = Instant::now();
+        loop {
+            match DcStore::open_with(dir, CACHE, policy) {
+                Err(StoreError::Unavailable { .. }) if start.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn moved_aside_siblings(dir: &Path) -> Vec<PathBuf> {
+        let name = dir
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .into_owned();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.parent().expect("parent"))
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}.corrupt-")))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn garbled_conf_is_moved_aside_and_the_datacenter_starts_empty_with_a_new_replica() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1.data");
+        let old_replica = filled(&dir, 20);
+        std::fs::write(dir.join("conf"), b"garbage garbage garbage").expect("garble");
+        let opened = open_when_unlocked(&dir, UnreadableStore::MoveAside).expect("starts");
+        let aside = opened.moved_aside.clone().expect("moved aside");
+        assert_eq!(moved_aside_siblings(&dir), vec![aside.clone()]);
+        let name = aside
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .into_owned();
+        let stamp = name
+            .strip_prefix("dc1.data.corrupt-")
+            .expect("<dir>.corrupt-<ms>");
+        assert!(
+            stamp.parse::<u128>().is_ok_and(|ms| ms > 1_600_000_000_000),
+            "{name}"
+        );
+        assert!(
+            aside.join("conf").is_file(),
+            "the damaged store is kept for inspection"
+        );
+        assert!(opened.digests.is_empty(), "starts empty");
+        assert!(opened.store.is_empty());
+        assert_ne!(
+            opened.replica, old_replica,
+            "a new slot: no version is reissued"
+        );
+    }
+
+    #[test]
+    fn unreadable_store_with_the_refuse_policy_is_left_untouched() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        filled(&dir, 5);
+        std::fs::write(dir.join("conf"), b"garbage garbage garbage").expect("garble");
+        let before = std::fs::read(dir.join("db")).expect("db file");
+        match open_when_unlocked(&dir, UnreadableStore::Refuse) {
+            Err(e @ StoreError::Unreadable { .. }) => {
+                assert!(e.to_string().contains("unreadable"), "{e}")
+            }
+            Err(e) => panic!("expected Unreadable, got {e}"),
+            Ok(_) => panic!("an unreadable store was opened under the refuse policy"),
+        }
+        assert!(moved_aside_siblings(&dir).is_empty());
+        assert_eq!(
+            std::fs::read(dir.join("conf")).expect("conf"),
+            b"garbage garbage garbage"
+        );
+        assert_eq!(std::fs::read(dir.join("db")).expect("db"), before);
+    }
+
+    #[test]
+    fn store_in_use_by_another_datacenter_is_unavailable_and_never_moved_aside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        let running = DcStore::open(&dir, CACHE).expect("first open");
+        match DcStore::open_with(&dir, CACHE, UnreadableStore::MoveAside) {
+            Err(e @ StoreError::Unavailable { .. }) => {
+                assert!(e.to_string().contains("no other datacenter"), "{e}")
+            }
+            Err(e) => panic!("expected Unavailable, got {e}"),
+            Ok(_) => panic!("a store locked by a running datacenter was opened again"),
+        }
+        assert!(
+            moved_aside_siblings(&dir).is_empty(),
+            "the live store was moved"
+        );
+        let keyring = Keyring::generate();
+        let d = typical_trip().seal(&keyring).expect("seal");
+        running
+            .store
+            .persist(&[(SessionId(1), d)])
+            .expect("still writable");
+        running.store.flush().expect("still flushes");
+    }
+
+    #[test]
+    fn panic_inside_sled_while_opening_is_caught_and_the_store_moved_aside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        filled(&dir, 3);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let read = |d: &Path, c: u64| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            catch_panic(|| {
+                if first {
+                    panic!("tried to serialize Uninitialized (injected)");
+                }
+                read_through(d, c)
+            })
+        };
+        let start = Instant::now();
+        let opened = loop {
+            calls.store(0, std::sync::atomic::Ordering::SeqCst);
+            match DcStore::open_reading(&dir, CACHE, UnreadableStore::MoveAside, &read) {
+                Err(StoreError::MoveAside { .. }) | Err(StoreError::Unavailable { .. })
+                    if start.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => break other.expect("a panic in sled does not stop the datacenter"),
+            }
+        };
+        assert!(opened.moved_aside.is_some());
+        assert!(opened.digests.is_empty());
+        let refused = DcStore::open_reading(
+            &tmp.path().join("other"),
+            CACHE,
+            UnreadableStore::Refuse,
+            &|_: &Path, _: u64| catch_panic(|| panic!("boom")),
+        );
+        match refused {
+            Err(StoreError::Unreadable { reason, .. }) => {
+                assert!(reason.contains("sled panicked: boom"), "{reason}")
+            }
+            Err(e) => panic!("expected Unreadable, got {e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn truncated_log_opens_as_an_older_store_with_the_same_replica() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        let replica = filled(&dir, 400);
+        let db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("db"))
+            .expect("db file");
+        let len = db.metadata().expect("meta").len();
+        db.set_len(len / 2).expect("truncate");
+        drop(db);
+        let opened = open_when_unlocked(&dir, UnreadableStore::Refuse).expect("opens");
+        assert!(opened.moved_aside.is_none());
+        assert_eq!(
+            opened.replica, replica,
+            "same slot: this is a stale disk (S2, S4)"
+        );
+        assert!(opened.digests.len() <= 400);
+        assert!(opened.digests.iter().all(|d| d.is_ok()));
+    }
+
+    /// Found by seeded damage (the test below): a few hundred bytes garbled in an early
+    /// segment of sled's log, with later segments behind it, make sled 0.34.7 panic inside
+    /// `Config::open` ("tried to serialize Uninitialized"). Before the panic was caught, such
+    /// a store crashed the datacenter at every start.
+    #[test]
+    fn sled_panic_on_a_garbled_early_log_segment_is_caught_and_the_store_moved_aside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        filled(&dir, 2_000);
+        let mut db = std::fs::read(dir.join("db")).expect("db file");
+        assert!(db.len() > 600_000, "the log spans several segments");
+        for b in &mut db[100_000..100_512] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(dir.join("db"), db).expect("garble");
+        let opened = open_when_unlocked(&dir, UnreadableStore::MoveAside).expect("starts");
+        let reason = opened.unreadable_reason.clone().unwrap_or_default();
+        assert!(opened.moved_aside.is_some(), "not moved aside");
+        assert!(reason.contains("sled panicked"), "{reason}");
+        assert!(opened.digests.is_empty());
+    }
+
+    #[test]
+    fn aside_path_appends_to_the_name_and_avoids_collisions() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1.v2");
+        let first = aside_path(&dir, 1_700_000_000_123).expect("path");
+        assert_eq!(first, tmp.path().join("dc1.v2.corrupt-1700000000123"));
+        std::fs::create_dir(&first).expect("mkdir");
+        let second = aside_path(&dir, 1_700_000_000_123).expect("path");
+        assert_eq!(second, tmp.path().join("dc1.v2.corrupt-1700000000123-1"));
+        assert!(aside_path(Path::new("/"), 1).is_err());
+    }
+
+    /// Seeded random damage to the store's files (truncation, flipped bytes, garbled
+    /// ranges): opening never panics and never fails; the datacenter either keeps what sled
+    /// could recover or starts empty, and the store it ends up with works.
+    #[test]
+    fn random_damage_never_stops_the_datacenter_from_starting() {
+        use rand::Rng;
+        let seed0: u64 = std::env::var("LIFEBOAT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5eed_0001);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for seed in seed0..seed0 + 24 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let dir = tmp.path().join(format!("dc-{seed}"));
+            filled(&dir, 300);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .expect("list")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            let file = &files[rng.random_range(0..files.len())];
+            let mut bytes = std::fs::read(file).expect("read");
+            match rng.random_range(0..3) {
+                0 => bytes.truncate(rng.random_range(0..=bytes.len())),
+                1 => {
+                    for _ in 0..rng.random_range(1..50) {
+                        if !bytes.is_empty() {
+                            let i = rng.random_range(0..bytes.len());
+                            bytes[i] = rng.random();
+                        }
+                    }
+                }
+                _ => {
+                    if !bytes.is_empty() {
+                        let i = rng.random_range(0..bytes.len());
+                        let n = rng.random_range(1..8192).min(bytes.len() - i);
+                        rng.fill(&mut bytes[i..i + n]);
+                    }
+                }
+            }
+            std::fs::write(file, &bytes).expect("damage");
+            let opened = open_when_unlocked(&dir, UnreadableStore::MoveAside)
+                .unwrap_or_else(|e| panic!("seed {seed} ({}): {e}", file.display()));
+            assert!(opened.digests.len() <= 300, "seed {seed}");
+            let keyring = Keyring::generate();
+            let d = typical_trip().seal(&keyring).expect("seal");
+            opened
+                .store
+                .persist(&[(SessionId(7_000), d)])
+                .unwrap_or_else(|e| panic!("seed {seed}: write after open: {e}"));
+            opened
+                .store
+                .flush()
+                .unwrap_or_else(|e| panic!("seed {seed}: flush after open: {e}"));
+        }
     }
 }

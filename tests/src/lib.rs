@@ -1,11 +1,24 @@
 //! Fixtures for Lifeboat's end-to-end tests: a region directory, real `lifeboat-server`
 //! processes on loopback, and real edge clients with sled stores on disk.
 //!
+//! - [`Cluster`]: the region and its datacenter processes; SIGKILL, restart, and (in
+//!   [`dc_faults`]) SIGSTOP/SIGCONT and store damage;
+//! - [`trips`]: the trip workload and the drivers' ledgers; [`check`]: the contract checked
+//!   against the datacenters' stores and the devices' held versions;
+//! - [`device_process`]: a device in a process of its own (SIGKILL, SIGSTOP, wipe);
+//!   [`tunnel`]: a device's network path that can be cut (offline);
+//! - [`arena`], [`raw`]: the hostile-client fixtures; [`seed`]: seeds and replay.
+//!
 //! Everything lives in one temporary directory per test; every wait is bounded.
 
 pub mod arena;
+pub mod check;
+pub mod dc_faults;
+pub mod device_process;
 pub mod raw;
+pub mod seed;
 pub mod trips;
+pub mod tunnel;
 
 use anyhow::{bail, Context};
 use lifeboat_common::keyring::Keyring;
@@ -65,8 +78,13 @@ pub struct Cluster {
 
 impl Cluster {
     /// Create the region and the datacenter specs (not started).
+    /// `LIFEBOAT_KEEP_TEST_DIR=1` keeps the directory (logs, stores) after the test.
     pub fn new(n: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let mut dir = tempfile::tempdir()?;
+        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test directory kept: {}", dir.path().display());
+        }
         let region_dir = dir.path().join("region");
         Region::init(&region_dir)?;
         let keyring = Keyring::load(&Region::keyring_path(&region_dir))?;
@@ -80,7 +98,8 @@ impl Cluster {
                 .chain(extra_args.iter())
                 .map(|s| s.to_string())
                 .collect();
-            spec.env = vec![("RUST_LOG".into(), "info".into())];
+            let log = std::env::var("LIFEBOAT_DC_LOG").unwrap_or_else(|_| "info".into());
+            spec.env = vec![("RUST_LOG".into(), log)];
             specs.push(spec);
         }
         let dcs = specs.iter().map(|_| None).collect();
@@ -102,6 +121,17 @@ impl Cluster {
         let p = DcProcess::spawn(self.specs[i].clone())
             .with_context(|| format!("starting dc{}", i + 1))?;
         self.dcs[i] = Some(p);
+        Ok(())
+    }
+
+    /// Start datacenter `i` with more arguments than its spec has (this start only).
+    pub fn start_with_args(&mut self, i: usize, args: &[&str]) -> anyhow::Result<()> {
+        let mut spec = self.specs[i].clone();
+        spec.extra_args.extend(args.iter().map(|s| s.to_string()));
+        self.dcs[i] = Some(
+            DcProcess::spawn(spec)
+                .with_context(|| format!("starting dc{} with {args:?}", i + 1))?,
+        );
         Ok(())
     }
 
@@ -127,6 +157,8 @@ impl Cluster {
     /// SIGTERM (clean, flushed) and read back every session in its store.
     pub fn stop_and_read(&mut self, i: usize) -> anyhow::Result<Vec<StoredSession>> {
         if let Some(p) = self.dcs[i].take() {
+            // A frozen process would only act on SIGTERM once thawed.
+            let _ = p.thaw();
             p.terminate()?;
         }
         Ok(read_store(&self.specs[i].data_dir, &self.keyring)?)

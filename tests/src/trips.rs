@@ -1,25 +1,24 @@
-//! Driving trips and checking the outcome, shared by the end-to-end suites: a driver's ledger
-//! of what it was told was committed ([`TripLedger`], filled by [`drive`]) and the check of a
-//! datacenter's own store against it ([`check_against_store`]: every committed op present
-//! exactly once, no version older than committed, finished trips tombstoned).
+//! The trip workload shared by the end-to-end tests: a fleet of real edge clients (drivers
+//! and riders), drivers driving their assigned trips op by op, and each driver's ledger of
+//! what its device was told was committed.
 //!
-//! Every wait is bounded ([`WAIT`], [`OP_TIMEOUT`]).
+//! Every wait is bounded: an op that gets no answer within [`OP_TIMEOUT`] fails the test
+//! (failovers included), and every other wait gives up after [`WAIT`].
 
-use crate::{route_point, wait_for_assignment};
+use crate::{route_point, wait_for_assignment, Cluster, PICKUP};
 use anyhow::{ensure, Context};
-use lifeboat_common::{SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_common::{SessionId, TripOp, VersionVector};
 use lifeboat_edge::EdgeClient;
-use lifeboat_server::service::StoredSession;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Bound on waiting for an assignment, a session state or traffic progress.
+/// Longest wait for anything that is not a single op.
 pub const WAIT: Duration = Duration::from_secs(60);
 /// No single op may take longer than this, failovers included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Submit and wait (bounded) for the commit.
 pub async fn submit(
     client: &EdgeClient,
     session: SessionId,
@@ -42,6 +41,17 @@ pub struct TripLedger {
     pub last_version: VersionVector,
 }
 
+impl TripLedger {
+    pub fn new(session: SessionId) -> Self {
+        Self {
+            session,
+            locations_committed: 0,
+            completed: false,
+            last_version: VersionVector::new(),
+        }
+    }
+}
+
 /// Drive one assigned trip: arrive, start, `steps` location updates, complete.
 pub async fn drive(
     driver: EdgeClient,
@@ -50,12 +60,7 @@ pub async fn drive(
     pause: Duration,
 ) -> anyhow::Result<TripLedger> {
     let session = wait_for_assignment(&driver, WAIT).await?;
-    let mut ledger = TripLedger {
-        session,
-        locations_committed: 0,
-        completed: false,
-        last_version: VersionVector::new(),
-    };
+    let mut ledger = TripLedger::new(session);
     for op in [TripOp::Arrived, TripOp::StartTrip] {
         let c = submit(&driver, session, op).await?;
         ledger.last_version = c.version;
@@ -67,8 +72,7 @@ pub async fn drive(
         progress.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(pause).await;
     }
-    let c = driver
-        .submit(session, TripOp::Complete)
+    let c = submit(&driver, session, TripOp::Complete)
         .await
         .context("complete")?;
     ledger.last_version = c.version;
@@ -76,49 +80,121 @@ pub async fn drive(
     Ok(ledger)
 }
 
+/// Wait (bounded) until `progress` reaches `at_least`.
 pub async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while progress.load(Ordering::Relaxed) < at_least {
         ensure!(
             start.elapsed() < WAIT,
-            "traffic did not reach {at_least} ops"
+            "traffic did not reach {at_least} ops (at {})",
+            progress.load(Ordering::Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
 
-/// Every trip in the ledger is in the store, exactly as committed, never older.
-pub fn check_against_store(ledgers: &[TripLedger], stored: &[StoredSession]) -> anyhow::Result<()> {
-    let by_id: HashMap<SessionId, &StoredSession> =
-        stored.iter().map(|s| (s.0.session, s)).collect();
-    for l in ledgers {
-        let (header, body) = by_id
-            .get(&l.session)
-            .with_context(|| format!("trip {} lost: not in the surviving store", l.session))?;
-        ensure!(
-            body.state.location_updates == l.locations_committed,
-            "trip {}: {} location ops committed on the device, {} applied at the datacenter",
-            l.session,
-            l.locations_committed,
-            body.state.location_updates
-        );
-        ensure!(
-            header.version.covers(&l.last_version),
-            "trip {}: datacenter version {} is older than committed {}",
-            l.session,
-            header.version,
-            l.last_version
-        );
-        if l.completed {
-            ensure!(
-                header.tombstone,
-                "trip {} completed but not tombstoned",
-                l.session
-            );
-            ensure!(body.state.phase == TripPhase::Completed);
-            ensure!(body.state.fare_cents.is_some());
-        }
+/// Drivers (ids 1000..) and riders (ids 1..), one pair per trip.
+pub struct Fleet {
+    pub riders: Vec<EdgeClient>,
+    pub drivers: Vec<EdgeClient>,
+}
+
+impl Fleet {
+    /// Every device, drivers first.
+    pub fn everyone(&self) -> Vec<EdgeClient> {
+        self.drivers
+            .iter()
+            .chain(self.riders.iter())
+            .cloned()
+            .collect()
     }
-    Ok(())
+}
+
+/// Start `pairs` drivers (connected before any rider starts, so dispatch has someone to
+/// assign) and `pairs` riders.
+pub async fn fleet(c: &Cluster, pairs: u64) -> anyhow::Result<Fleet> {
+    let mut drivers = Vec::new();
+    for i in 0..pairs {
+        drivers.push(c.device(1000 + i, true).await?);
+    }
+    for d in &drivers {
+        ensure!(
+            d.wait_connected(Duration::from_secs(10)).await.is_some(),
+            "driver {} did not connect",
+            d.device()
+        );
+    }
+    let mut riders = Vec::new();
+    for i in 0..pairs {
+        riders.push(c.device(1 + i, false).await?);
+    }
+    Ok(Fleet { riders, drivers })
+}
+
+/// Riders request; drivers drive; `kill` runs once `kill_after` location ops committed.
+pub async fn run_trips(
+    f: &Fleet,
+    steps: u32,
+    kill_after: u64,
+    kill: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<TripLedger>> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut rider_tasks = Vec::new();
+    for r in &f.riders {
+        let r = r.clone();
+        rider_tasks.push(tokio::spawn(async move {
+            r.request_trip(PICKUP, route_point(50)).await
+        }));
+    }
+    let mut driver_tasks = Vec::new();
+    for d in &f.drivers {
+        driver_tasks.push(tokio::spawn(drive(
+            d.clone(),
+            steps,
+            progress.clone(),
+            Duration::from_millis(15),
+        )));
+    }
+    wait_progress(&progress, kill_after).await?;
+    kill()?;
+    let mut ledgers = Vec::new();
+    for t in driver_tasks {
+        ledgers.push(t.await??);
+    }
+    for t in rider_tasks {
+        t.await??;
+    }
+    Ok(ledgers)
+}
+
+pub type DriveTask = tokio::task::JoinHandle<anyhow::Result<TripLedger>>;
+
+/// Every rider requests a trip; every driver drives the one it gets (`steps` locations).
+pub async fn request_and_drive(
+    f: &Fleet,
+    steps: u32,
+    pause: Duration,
+) -> anyhow::Result<(Arc<AtomicU64>, Vec<DriveTask>)> {
+    let progress = Arc::new(AtomicU64::new(0));
+    for r in &f.riders {
+        tokio::time::timeout(OP_TIMEOUT, r.request_trip(PICKUP, route_point(50)))
+            .await
+            .context("trip request: no answer")??;
+    }
+    let tasks = f
+        .drivers
+        .iter()
+        .map(|d| tokio::spawn(drive(d.clone(), steps, progress.clone(), pause)))
+        .collect();
+    Ok((progress, tasks))
+}
+
+/// Wait for every driver's task (each bounded by its ops' timeouts).
+pub async fn collect(tasks: Vec<DriveTask>) -> anyhow::Result<Vec<TripLedger>> {
+    let mut ledgers = Vec::new();
+    for t in tasks {
+        ledgers.push(t.await??);
+    }
+    Ok(ledgers)
 }

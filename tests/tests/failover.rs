@@ -4,76 +4,16 @@
 //! against the devices' ledger of what they were told was committed.
 
 use anyhow::{ensure, Context};
-use lifeboat_common::{SessionId, TripOp, TripPhase};
+use lifeboat_common::{TripOp, TripPhase};
 use lifeboat_edge::EdgeClient;
-use lifeboat_server::service::StoredSession;
-use lifeboat_tests::trips::{check_against_store, drive, wait_progress, TripLedger, WAIT};
+use lifeboat_tests::check::{check_against_store, newest_copies};
+use lifeboat_tests::trips::{
+    collect, drive, fleet, request_and_drive, run_trips, wait_progress, WAIT,
+};
 use lifeboat_tests::{route_point, wait_for_assignment, wait_for_session, Cluster, PICKUP};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Fleet {
-    riders: Vec<EdgeClient>,
-    drivers: Vec<EdgeClient>,
-}
-
-async fn fleet(c: &Cluster, pairs: u64) -> anyhow::Result<Fleet> {
-    let mut drivers = Vec::new();
-    for i in 0..pairs {
-        drivers.push(c.device(1000 + i, true).await?);
-    }
-    // Drivers connect first so that dispatch has someone to assign.
-    for d in &drivers {
-        ensure!(
-            d.wait_connected(Duration::from_secs(10)).await.is_some(),
-            "driver {} did not connect",
-            d.device()
-        );
-    }
-    let mut riders = Vec::new();
-    for i in 0..pairs {
-        riders.push(c.device(1 + i, false).await?);
-    }
-    Ok(Fleet { riders, drivers })
-}
-
-/// Riders request; drivers drive; `kill` runs once `kill_after` location ops committed.
-async fn run_trips(
-    f: &Fleet,
-    steps: u32,
-    kill_after: u64,
-    kill: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<TripLedger>> {
-    let progress = Arc::new(AtomicU64::new(0));
-    let mut rider_tasks = Vec::new();
-    for r in &f.riders {
-        let r = r.clone();
-        rider_tasks.push(tokio::spawn(async move {
-            r.request_trip(PICKUP, route_point(50)).await
-        }));
-    }
-    let mut driver_tasks = Vec::new();
-    for d in &f.drivers {
-        driver_tasks.push(tokio::spawn(drive(
-            d.clone(),
-            steps,
-            progress.clone(),
-            Duration::from_millis(15),
-        )));
-    }
-    wait_progress(&progress, kill_after).await?;
-    kill()?;
-    let mut ledgers = Vec::new();
-    for t in driver_tasks {
-        ledgers.push(t.await??);
-    }
-    for t in rider_tasks {
-        t.await??;
-    }
-    Ok(ledgers)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_primary_killed_mid_traffic_with_disk_lost_backup_restores_every_trip(
@@ -120,45 +60,8 @@ async fn s12_both_datacenters_restart_with_empty_disks_everything_comes_back() -
     let mut stored = c.stop_and_read(0)?;
     stored.extend(c.stop_and_read(1)?);
     // Devices may have landed on either datacenter; keep the newest copy of each session.
-    let mut newest: HashMap<SessionId, StoredSession> = HashMap::new();
-    for s in stored {
-        match newest.get(&s.0.session) {
-            Some(old) if old.0.version.covers(&s.0.version) => {}
-            _ => {
-                newest.insert(s.0.session, s);
-            }
-        }
-    }
-    let stored: Vec<StoredSession> = newest.into_values().collect();
+    let stored = newest_copies(stored);
     check_against_store(&ledgers, &stored)
-}
-
-type DriveTask = tokio::task::JoinHandle<anyhow::Result<TripLedger>>;
-
-/// Every rider requests a trip; every driver drives the one it gets (`steps` locations).
-async fn request_and_drive(
-    f: &Fleet,
-    steps: u32,
-    pause: Duration,
-) -> anyhow::Result<(Arc<AtomicU64>, Vec<DriveTask>)> {
-    let progress = Arc::new(AtomicU64::new(0));
-    for r in &f.riders {
-        r.request_trip(PICKUP, route_point(50)).await?;
-    }
-    let tasks = f
-        .drivers
-        .iter()
-        .map(|d| tokio::spawn(drive(d.clone(), steps, progress.clone(), pause)))
-        .collect();
-    Ok((progress, tasks))
-}
-
-async fn collect(tasks: Vec<DriveTask>) -> anyhow::Result<Vec<TripLedger>> {
-    let mut ledgers = Vec::new();
-    for t in tasks {
-        ledgers.push(t.await??);
-    }
-    Ok(ledgers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
