@@ -601,7 +601,10 @@ impl<A: Application> DatacenterCore<A> {
             self.push_to_participants(session, Some(device));
             return UploadOutcome::Restored;
         };
-        match sealed.header.version.compare(&entry.header.version) {
+        let order = sealed.header.version.compare(&entry.header.version);
+        #[cfg(feature = "fault-injection")]
+        let order = crate::fault::distort_order(order);
+        match order {
             // Equal versions with different contents would mean a slot was reused; never
             // trust the label alone.
             VersionOrder::Equal if sealed.header != entry.header || body != entry.body => {
@@ -859,12 +862,14 @@ impl<A: Application> DatacenterCore<A> {
             Self::refill(b, per_minute, now_ms);
             b.tokens < per_minute
         });
-        let expired: Vec<SessionId> = self
+        let mut expired: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, e)| e.barrier.as_ref().is_some_and(|b| now_ms >= b.deadline_ms))
             .map(|(id, _)| *id)
             .collect();
+        // In session order, not hash order: the same inputs give the same dispatches.
+        expired.sort_unstable();
         for session in expired {
             self.release_barrier(now_ms, session, true);
         }
@@ -1092,7 +1097,10 @@ impl<A: Application> DatacenterCore<A> {
             .find(|d| d.device == device)
             .copied()
             .unwrap_or_else(|| DedupEntry::new(device));
-        match mark.check(seq) {
+        let seen = mark.check(seq);
+        #[cfg(feature = "fault-injection")]
+        let seen = crate::fault::distort_seen(seen);
+        match seen {
             Seen::Duplicate { applied } => {
                 self.stats.ops_duplicate += 1;
                 return self.reply(device, session, seq, OpOutcome::Duplicate { applied }, true);
