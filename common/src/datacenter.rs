@@ -26,7 +26,8 @@
 //!   copy loaded from the datacenter's own disk the clock starts then, not at load time).
 //!   Ops that arrive meanwhile are parked (bounded), not refused. Without it, a device could
 //!   continue an older copy while its partner is still on the way with a newer one, and the
-//!   partner's committed ops would diverge.
+//!   partner's committed ops would diverge. At release, parked ops of devices that are no
+//!   longer connected are dropped, not applied: they are still in those devices' outboxes.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
 //! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
 //!   hitting one is a typed rejection, never a panic. A device may create a session only
@@ -186,6 +187,10 @@ pub struct DcStats {
     pub ops_rejected: u64,
     pub ops_duplicate: u64,
     pub ops_parked: u64,
+    /// Parked ops not applied at barrier release because their device had gone (it
+    /// replays them wherever it connects).
+    #[serde(default)]
+    pub parked_dropped: u64,
     pub sessions_created: u64,
     pub sessions_restored: u64,
     pub uploads_stale: u64,
@@ -803,6 +808,13 @@ impl<A: Application> DatacenterCore<A> {
             .events
             .push(DcEvent::BarrierReleased { session, timed_out });
         for (device, seq, op) in barrier.parked {
+            // A device that has gone (back to another datacenter, or offline) keeps the op in
+            // its outbox and replays it wherever it connects. Applied here, unanswered, it
+            // could get a second outcome on a branch the device no longer follows.
+            if !self.connected.contains_key(&device) {
+                self.stats.parked_dropped += 1;
+                continue;
+            }
             self.handle_submit(now_ms, device, session, seq, op);
         }
     }
@@ -1290,8 +1302,9 @@ impl<A: Application> DatacenterCore<A> {
     }
 }
 
-/// Every participant's watermark in `theirs` is covered by ours (see [`DedupEntry::covers`]).
-fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry]) -> bool {
+/// Every participant's watermark in `theirs` is covered by ours (see [`DedupEntry::covers`]):
+/// the copy with `ours` has processed every op the other has, with the same outcomes.
+pub fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry]) -> bool {
     theirs
         .iter()
         .all(|t| t.last_seq == 0 || ours.iter().any(|o| o.device == t.device && o.covers(t)))
