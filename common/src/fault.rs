@@ -92,6 +92,9 @@ mod tests {
         assert!(!is_active(Fault::ForgetDedup));
         let _g = inject(Fault::AcceptOlderDigest);
         assert_eq!(distort_order(VersionOrder::Older), VersionOrder::Newer);
-        assert_eq!(distort_order(VersionOrder::Concurrent), VersionOrder::Concurrent);
+        assert_eq!(
+            distort_order(VersionOrder::Concurrent),
+            VersionOrder::Concurrent
+        );
     }
 }

@@ -1014,7 +1014,13 @@ fn parked_ops_of_a_device_that_left_are_not_applied_when_the_grace_runs_out() {
     r.connect(driver, 1, false);
     let loc = r.submit(driver, s, TripOp::Location { at: Q });
     assert!(!r.committed(loc), "parked behind dc2's restore barrier");
-    let parked_at = r.dc(1).session(s).expect("restored at dc2").0.version.clone();
+    let parked_at = r
+        .dc(1)
+        .session(s)
+        .expect("restored at dc2")
+        .0
+        .version
+        .clone();
     // Back home before the grace ends: the op is replayed and applied at dc1.
     r.kill_link(driver);
     r.connect(driver, 0, false);
@@ -1066,7 +1072,14 @@ fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
     r.tick(3_000);
     let cancel = r.submit(rider, s, TripOp::Cancel);
     assert!(r.committed(cancel));
-    assert!(r.edges[&rider].held(s).expect("held").digest.header.tombstone);
+    assert!(
+        r.edges[&rider]
+            .held(s)
+            .expect("held")
+            .digest
+            .header
+            .tombstone
+    );
     // The rider comes back to dc1, whose live copy is concurrent with its tombstone.
     r.kill(1);
     r.connect(rider, 0, false);
@@ -1077,7 +1090,12 @@ fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
         "the divergence is reported"
     );
     assert!(
-        r.edges[&rider].held(s).expect("held").digest.header.tombstone,
+        r.edges[&rider]
+            .held(s)
+            .expect("held")
+            .digest
+            .header
+            .tombstone,
         "the rider's finished trip came back to life"
     );
 }

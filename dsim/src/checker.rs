@@ -31,6 +31,7 @@
 //! final copy. The checker is pure: histories in, violations out; it depends only on the
 //! `lifeboat-common` and `lifeboat-server` types, so any suite can use it.
 
+use lifeboat_common::datacenter::ops_cover;
 use lifeboat_common::dedup::{DedupEntry, DEDUP_WINDOW};
 use lifeboat_common::edge::SubmitError;
 use lifeboat_common::wire::OpRejection;
@@ -107,9 +108,9 @@ impl Event {
             Event::Submit { session, .. }
             | Event::Saw { session, .. }
             | Event::Conflict { session, .. } => Some(*session),
-            Event::Accepted { op, .. } | Event::Committed { op, .. } | Event::Refused { op, .. } => {
-                Some(op.session)
-            }
+            Event::Accepted { op, .. }
+            | Event::Committed { op, .. }
+            | Event::Refused { op, .. } => Some(op.session),
             Event::Restarted => None,
         }
     }
@@ -224,10 +225,7 @@ impl FinalState {
     /// Add what one datacenter's store holds (`lifeboat_server::service::read_store`).
     pub fn add_store(&mut self, dc: DatacenterId, sessions: Vec<StoredSession>) {
         for s in sessions {
-            self.copies
-                .entry(s.0.session)
-                .or_default()
-                .push((dc, s));
+            self.copies.entry(s.0.session).or_default().push((dc, s));
         }
     }
 
@@ -240,15 +238,62 @@ impl FinalState {
     }
 
     /// The copy that covers every other one (what the region serves once the devices have
-    /// reported in), or `None` if there is none or the copies diverged.
+    /// reported in), or `None` if there is none.
     pub fn best(&self, session: SessionId) -> Option<&(DatacenterId, StoredSession)> {
         let copies = self.copies(session);
-        copies.iter().find(|(_, c)| {
-            copies
-                .iter()
-                .all(|(_, o)| c.0.version.covers(&o.0.version))
+        copies
+            .iter()
+            .find(|(_, c)| copies.iter().all(|(_, o)| c.0.version.covers(&o.0.version)))
+    }
+
+    /// The copy to judge a session by, and the version the region ends up with.
+    ///
+    /// If one copy's version covers the others, that copy and its version. Otherwise the
+    /// copies are concurrent (a datacenter holds a branch the devices moved away from, e.g.
+    /// ops it applied from a restore barrier after its devices had gone elsewhere): a copy
+    /// with the same participants that has processed every op of every other copy, with the
+    /// same outcomes, is what the datacenters' own reconcile keeps
+    /// ([`lifeboat_common::datacenter::ops_cover`]), under the join of all versions. `None`:
+    /// no copy covers the others either way (a real divergence).
+    pub fn judge(&self, session: SessionId) -> Option<Judged<'_>> {
+        let copies = self.copies(session);
+        if let Some((dc, c)) = self.best(session) {
+            return Some(Judged {
+                dc: *dc,
+                copy: c,
+                version: c.0.version.clone(),
+                concurrent: false,
+            });
+        }
+        let (dc, c) = copies.iter().find(|(_, c)| {
+            copies.iter().all(|(_, o)| {
+                o.0.rider == c.0.rider
+                    && (o.0.driver == c.0.driver || o.0.driver.is_none())
+                    && ops_cover(&c.1.dedup, &o.1.dedup)
+            })
+        })?;
+        let mut version = VersionVector::new();
+        for (_, o) in copies {
+            version = version.join(&o.0.version).ok()?;
+        }
+        Some(Judged {
+            dc: *dc,
+            copy: c,
+            version,
+            concurrent: true,
         })
     }
+}
+
+/// The copy a session is judged by (see [`FinalState::judge`]).
+#[derive(Clone, Debug)]
+pub struct Judged<'a> {
+    pub dc: DatacenterId,
+    pub copy: &'a StoredSession,
+    /// The version the region ends with: the copy's, or the join of concurrent copies'.
+    pub version: VersionVector,
+    /// The stores hold concurrent copies (reconciled when a device next reports in).
+    pub concurrent: bool,
 }
 
 /// What went wrong.
@@ -331,6 +376,9 @@ pub struct Summary {
     pub ops_refused: usize,
     /// Sessions for which a conflict was surfaced to a device (C1/C3 not held against them).
     pub sessions_with_conflicts: usize,
+    /// Sessions whose stores end with concurrent copies that one of them covers by ops
+    /// (information: the datacenters reconcile them when a device next reports in).
+    pub sessions_concurrent_at_end: usize,
     pub violations: usize,
 }
 
@@ -362,6 +410,9 @@ pub fn check(history: &History, finals: &FinalState) -> (Vec<Violation>, Summary
         }
         if !events.is_empty() {
             summary.sessions += 1;
+        }
+        if finals.judge(s).is_some_and(|j| j.concurrent) {
+            summary.sessions_concurrent_at_end += 1;
         }
         out.extend(check_session(s, &events, finals));
     }
@@ -435,12 +486,21 @@ impl Ctx<'_> {
 }
 
 fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> Vec<Violation> {
-    let best = finals.best(session);
+    let judged = finals.judge(session);
     let copies = finals.copies(session);
     let mut cx = Ctx {
         session,
         events,
-        final_copy: best.map(|(dc, c)| describe(*dc, c)),
+        final_copy: judged.as_ref().map(|j| {
+            let mut d = describe(j.dc, j.copy);
+            if j.concurrent {
+                d.push_str(&format!(
+                    " (concurrent copies elsewhere; joined version {})",
+                    j.version
+                ));
+            }
+            d
+        }),
         out: Vec::new(),
     };
     let conflicted = events
@@ -461,7 +521,12 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
         }
         return cx.out;
     }
-    let Some((_, (header, body))) = best else {
+    let Some(Judged {
+        copy: (header, body),
+        version: final_version,
+        ..
+    }) = judged
+    else {
         let versions: Vec<String> = copies
             .iter()
             .map(|(dc, c)| format!("{dc} {}", c.0.version))
@@ -471,7 +536,7 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
             cx.report(
                 Kind::Diverged,
                 format!(
-                    "the stores end with copies no one of which covers the others ({})",
+                    "the stores end with concurrent copies, none of which has processed every op of the others ({})",
                     versions.join(", ")
                 ),
                 &[],
@@ -507,23 +572,22 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
                         &witness,
                     );
                 }
-                if !conflicted && !header.version.covers(version) {
+                if !conflicted && !final_version.covers(version) {
                     cx.report(
                         Kind::VersionRegressed,
                         format!(
-                            "the final version {} does not cover {version}, committed for {op}",
-                            header.version
+                            "the final version {final_version} does not cover {version}, committed for {op}"
                         ),
                         &witness,
                     );
                 }
             }
-            Event::Saw { version, .. } if !conflicted && !header.version.covers(version) => {
+            Event::Saw { version, .. } if !conflicted && !final_version.covers(version) => {
                 cx.report(
                     Kind::VersionRegressed,
                     format!(
-                        "the final version {} does not cover {version}, which {} held",
-                        header.version, e.device
+                        "the final version {final_version} does not cover {version}, which {} held",
+                        e.device
                     ),
                     &[i],
                 );
@@ -696,15 +760,24 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
     cx.out
 }
 
-/// The failure message of a run: the seed, how to replay it, every violation.
+/// Violations printed in full per run (the rest are counted).
+pub const MAX_REPORTED: usize = 8;
+
+/// The failure message of a run: the seed, how to replay it, the violations.
 pub fn report(seed: u64, replay: &str, violations: &[Violation]) -> String {
     let mut s = format!(
         "seed {seed}: {} contract violation(s)\nreplay: {replay}\n",
         violations.len()
     );
-    for v in violations {
+    for v in violations.iter().take(MAX_REPORTED) {
         s.push_str(&v.to_string());
         s.push('\n');
+    }
+    if violations.len() > MAX_REPORTED {
+        s.push_str(&format!(
+            "... and {} more (replay the seed to see them all)\n",
+            violations.len() - MAX_REPORTED
+        ));
     }
     s
 }
@@ -729,4 +802,444 @@ pub fn stored(
         },
         lifeboat_common::digest::DigestBody { state, dedup },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::ids::ReplicaId;
+    use lifeboat_common::GeoPoint;
+
+    const S: SessionId = SessionId(0x5e55);
+    const RIDER: DeviceId = DeviceId(1);
+    const DRIVER: DeviceId = DeviceId(1001);
+    const DC1: ReplicaId = ReplicaId(0xdc1);
+    const DC2: ReplicaId = ReplicaId(0xdc2);
+
+    fn v(parts: &[(ReplicaId, u64)]) -> VersionVector {
+        let mut v = VersionVector::new();
+        for (r, n) in parts {
+            for _ in 0..*n {
+                v.bump(*r).expect("small counters");
+            }
+        }
+        v
+    }
+
+    fn op(device: DeviceId, seq: u64) -> OpId {
+        OpId {
+            session: S,
+            device,
+            seq,
+        }
+    }
+
+    fn state(phase: TripPhase, locations: u32) -> TripState {
+        let p = GeoPoint {
+            lat_e6: 52_520_000,
+            lon_e6: 13_405_000,
+        };
+        TripState {
+            phase,
+            pickup: p,
+            dropoff: p,
+            requested_ms: 0,
+            last_position: None,
+            started_ms: 0,
+            duration_ms: 0,
+            distance_m: 0,
+            location_updates: locations,
+            fare_cents: None,
+            cancelled_by: None,
+        }
+    }
+
+    /// A watermark with every one of `last_seq` ops applied.
+    fn mark(device: DeviceId, last_seq: u64) -> DedupEntry {
+        let mut m = DedupEntry::new(device);
+        for _ in 0..last_seq {
+            m.record(true);
+        }
+        m
+    }
+
+    fn finals(copies: Vec<(u16, StoredSession)>) -> FinalState {
+        let mut f = FinalState::new();
+        for (dc, c) in copies {
+            f.add_store(DatacenterId(dc), vec![c]);
+        }
+        f
+    }
+
+    /// A trip on the road: request, dispatch, arrive, start, `locations` reports, all
+    /// committed at dc1; the rider saw every change.
+    fn on_the_road(locations: u64) -> History {
+        let mut h = History::new();
+        let mut t = 0;
+        let mut at = |h: &mut History, d: DeviceId, e: Event| {
+            t += 100;
+            h.record(t, d, e)
+        };
+        at(
+            &mut h,
+            RIDER,
+            Event::Submit {
+                session: S,
+                kind: OpKind::Request,
+            },
+        );
+        at(
+            &mut h,
+            RIDER,
+            Event::Accepted {
+                op: op(RIDER, 1),
+                kind: OpKind::Request,
+            },
+        );
+        at(
+            &mut h,
+            RIDER,
+            Event::Committed {
+                op: op(RIDER, 1),
+                version: v(&[(DC1, 1)]),
+                duplicate: false,
+            },
+        );
+        let ops = [OpKind::Arrived, OpKind::Start]
+            .into_iter()
+            .chain((0..locations).map(|_| OpKind::Location));
+        for (i, kind) in ops.enumerate() {
+            let seq = i as u64 + 1;
+            let version = v(&[(DC1, 2 + seq)]);
+            at(&mut h, DRIVER, Event::Submit { session: S, kind });
+            at(
+                &mut h,
+                DRIVER,
+                Event::Accepted {
+                    op: op(DRIVER, seq),
+                    kind,
+                },
+            );
+            at(
+                &mut h,
+                DRIVER,
+                Event::Committed {
+                    op: op(DRIVER, seq),
+                    version: version.clone(),
+                    duplicate: false,
+                },
+            );
+            at(
+                &mut h,
+                RIDER,
+                Event::Saw {
+                    session: S,
+                    version,
+                    phase: TripPhase::OnTrip,
+                    locations: seq.saturating_sub(2) as u32,
+                },
+            );
+        }
+        h
+    }
+
+    /// The datacenter's copy after `on_the_road(locations)`.
+    fn road_copy(locations: u64) -> StoredSession {
+        stored(
+            S,
+            v(&[(DC1, 4 + locations)]),
+            RIDER,
+            Some(DRIVER),
+            state(TripPhase::OnTrip, locations as u32),
+            vec![mark(RIDER, 1), mark(DRIVER, 2 + locations)],
+        )
+    }
+
+    fn kinds(vs: &[Violation]) -> Vec<Kind> {
+        vs.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn a_history_the_final_state_agrees_with_passes() {
+        let (vs, summary) = check(&on_the_road(3), &finals(vec![(1, road_copy(3))]));
+        assert!(vs.is_empty(), "{vs:#?}");
+        assert_eq!(summary.ops_committed, 6);
+        assert_eq!(summary.sessions, 1);
+    }
+
+    #[test]
+    fn a_committed_op_the_final_copy_has_not_applied_is_lost_c1() {
+        // The last location report was committed, but the store has the copy before it.
+        let mut copy = road_copy(2);
+        copy.0.version = v(&[(DC1, 7)]); // the version even moved on (another op)
+        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
+        let lost: Vec<&Violation> = vs
+            .iter()
+            .filter(|v| v.kind == Kind::CommittedOpLost)
+            .collect();
+        assert_eq!(lost.len(), 1, "{vs:#?}");
+        // The shortest history: the op's queueing and its commit, nothing else.
+        let h = &lost[0].history;
+        assert_eq!(h.len(), 2);
+        assert!(matches!(h[0].event, Event::Accepted { op: o, .. } if o == op(DRIVER, 5)));
+        assert!(matches!(h[1].event, Event::Committed { op: o, .. } if o == op(DRIVER, 5)));
+        assert_eq!(lost[0].session_events, on_the_road(3).len());
+    }
+
+    #[test]
+    fn more_location_reports_applied_than_submitted_is_applied_twice_c2() {
+        let mut copy = road_copy(3);
+        copy.1.state.location_updates = 4;
+        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
+        assert_eq!(kinds(&vs), vec![Kind::AppliedTwice], "{vs:#?}");
+        // The witness is exactly the three location submits.
+        assert_eq!(vs[0].history.len(), 3);
+        assert!(vs[0].history.iter().all(|e| matches!(
+            e.event,
+            Event::Submit {
+                kind: OpKind::Location,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_watermark_past_every_submitted_op_is_applied_twice_c2() {
+        let mut copy = road_copy(3);
+        copy.1.dedup = vec![mark(RIDER, 1), mark(DRIVER, 7)]; // the driver queued 5 ops
+        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
+        assert_eq!(kinds(&vs), vec![Kind::AppliedTwice], "{vs:#?}");
+        assert!(vs[0].detail.contains("#5"), "{}", vs[0].detail);
+    }
+
+    #[test]
+    fn an_older_copy_after_a_newer_one_on_a_device_is_a_regression_c3() {
+        let mut h = on_the_road(1);
+        h.record(
+            5_000,
+            RIDER,
+            Event::Saw {
+                session: S,
+                version: v(&[(DC1, 3)]),
+                phase: TripPhase::DriverArrived,
+                locations: 0,
+            },
+        );
+        let (vs, _) = check(&h, &finals(vec![(1, road_copy(1))]));
+        assert_eq!(kinds(&vs), vec![Kind::VersionRegressed], "{vs:#?}");
+        assert_eq!(vs[0].history.len(), 2, "the newer copy and the older one");
+    }
+
+    #[test]
+    fn a_final_version_below_a_committed_one_is_a_regression_c3() {
+        // Same ops applied, but the store's version is older than what the driver was told.
+        let mut copy = road_copy(2);
+        copy.0.version = v(&[(DC1, 5)]);
+        let (vs, _) = check(&on_the_road(2), &finals(vec![(1, copy)]));
+        assert!(
+            vs.iter().all(|v| v.kind == Kind::VersionRegressed),
+            "{vs:#?}"
+        );
+        assert!(!vs.is_empty());
+    }
+
+    #[test]
+    fn a_finished_session_that_is_live_again_is_resurrected_c3() {
+        let mut h = on_the_road(0);
+        h.record(
+            9_000,
+            DRIVER,
+            Event::Submit {
+                session: S,
+                kind: OpKind::Complete,
+            },
+        );
+        h.record(
+            9_001,
+            DRIVER,
+            Event::Accepted {
+                op: op(DRIVER, 3),
+                kind: OpKind::Complete,
+            },
+        );
+        h.record(
+            9_100,
+            DRIVER,
+            Event::Committed {
+                op: op(DRIVER, 3),
+                version: v(&[(DC1, 5)]),
+                duplicate: false,
+            },
+        );
+        h.record(
+            9_100,
+            RIDER,
+            Event::Saw {
+                session: S,
+                version: v(&[(DC1, 5)]),
+                phase: TripPhase::Completed,
+                locations: 0,
+            },
+        );
+        // ... and the rider is later handed a live copy; the store is live too.
+        h.record(
+            9_900,
+            RIDER,
+            Event::Saw {
+                session: S,
+                version: v(&[(DC1, 5), (DC2, 1)]),
+                phase: TripPhase::OnTrip,
+                locations: 0,
+            },
+        );
+        let mut copy = road_copy(0);
+        copy.0.version = v(&[(DC1, 5), (DC2, 1)]);
+        copy.1.dedup = vec![mark(RIDER, 1), mark(DRIVER, 3)];
+        let (vs, _) = check(&h, &finals(vec![(1, copy)]));
+        let resurrected: Vec<&Violation> = vs
+            .iter()
+            .filter(|v| v.kind == Kind::TombstoneResurrected)
+            .collect();
+        assert_eq!(resurrected.len(), 2, "{vs:#?}");
+        assert!(resurrected
+            .iter()
+            .any(|v| v.detail.contains("then a live copy")));
+        assert!(resurrected
+            .iter()
+            .any(|v| v.detail.contains("final copy is live")));
+    }
+
+    #[test]
+    fn a_committed_session_no_datacenter_holds_is_missing() {
+        let (vs, _) = check(&on_the_road(1), &FinalState::new());
+        assert_eq!(kinds(&vs), vec![Kind::SessionMissing]);
+        assert_eq!(vs[0].history.len(), 1, "the first commit is the evidence");
+        assert_eq!(vs[0].final_copy, None);
+    }
+
+    #[test]
+    fn an_op_reported_rejected_that_the_final_copy_applied_is_caught() {
+        let mut h = on_the_road(0);
+        h.record(
+            9_000,
+            DRIVER,
+            Event::Submit {
+                session: S,
+                kind: OpKind::Location,
+            },
+        );
+        h.record(
+            9_001,
+            DRIVER,
+            Event::Accepted {
+                op: op(DRIVER, 3),
+                kind: OpKind::Location,
+            },
+        );
+        h.record(
+            9_100,
+            DRIVER,
+            Event::Refused {
+                op: op(DRIVER, 3),
+                reason: SubmitError::Rejected(OpRejection::App(
+                    lifeboat_common::AppRejection::InvalidOp("test".into()),
+                )),
+            },
+        );
+        let (vs, _) = check(&h, &finals(vec![(1, road_copy(1))]));
+        assert_eq!(kinds(&vs), vec![Kind::RefusedButApplied], "{vs:#?}");
+    }
+
+    #[test]
+    fn a_surfaced_conflict_excuses_c1_and_c3_but_not_c2() {
+        let mut h = on_the_road(3);
+        h.record(
+            9_000,
+            DRIVER,
+            Event::Conflict {
+                session: S,
+                ours: v(&[(DC1, 7)]),
+                theirs: v(&[(DC1, 4), (DC2, 1)]),
+            },
+        );
+        let mut copy = road_copy(0);
+        copy.0.version = v(&[(DC1, 4), (DC2, 1)]);
+        let (vs, summary) = check(&h, &finals(vec![(2, copy.clone())]));
+        assert!(vs.is_empty(), "{vs:#?}");
+        assert_eq!(summary.sessions_with_conflicts, 1);
+        copy.1.state.location_updates = 9;
+        let (vs, _) = check(&h, &finals(vec![(2, copy)]));
+        assert_eq!(kinds(&vs), vec![Kind::AppliedTwice]);
+    }
+
+    #[test]
+    fn concurrent_final_copies_are_judged_by_the_one_that_processed_every_op() {
+        // dc2 holds a branch that applied the same ops (a parked op applied late); dc1's copy
+        // has processed all of them: nothing to report, and the version to cover is the join.
+        let ahead = road_copy(3);
+        let mut branch = road_copy(3);
+        branch.0.version = v(&[(DC1, 6), (DC2, 1)]);
+        let f = finals(vec![(1, ahead.clone()), (2, branch.clone())]);
+        let j = f.judge(S).expect("judged");
+        assert!(j.concurrent);
+        assert_eq!(j.dc, DatacenterId(1));
+        assert_eq!(j.version, v(&[(DC1, 7), (DC2, 1)]));
+        let (vs, summary) = check(&on_the_road(3), &f);
+        assert!(vs.is_empty(), "{vs:#?}");
+        assert_eq!(summary.sessions_concurrent_at_end, 1);
+        // With different outcomes on the two sides, neither covers: a divergence nobody was
+        // told of.
+        let mut rejected_last = mark(DRIVER, 4);
+        rejected_last.record(false);
+        branch.1.dedup = vec![mark(RIDER, 1), rejected_last];
+        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, ahead), (2, branch)]));
+        assert_eq!(kinds(&vs), vec![Kind::Diverged], "{vs:#?}");
+    }
+
+    #[test]
+    fn the_report_names_the_seed_the_replay_the_session_and_the_short_history() {
+        let mut copy = road_copy(3);
+        copy.1.state.location_updates = 4;
+        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
+        let text = report(42, "LIFEBOAT_SEED=42 cargo test", &vs);
+        assert!(
+            text.starts_with("seed 42: 1 contract violation(s)"),
+            "{text}"
+        );
+        assert!(text.contains("replay: LIFEBOAT_SEED=42 cargo test"));
+        assert!(text.contains(&S.to_string()));
+        assert!(text.contains("history (3 of the session's"), "{text}");
+        assert!(text.contains("final: dc1"), "{text}");
+    }
+
+    #[test]
+    fn other_sessions_events_never_appear_in_a_violation() {
+        let mut h = on_the_road(3);
+        let other = SessionId(0x07e7);
+        for i in 0..20 {
+            h.record(
+                20_000 + i,
+                RIDER,
+                Event::Saw {
+                    session: other,
+                    version: v(&[(DC1, i + 1)]),
+                    phase: TripPhase::Requested,
+                    locations: 0,
+                },
+            );
+        }
+        let mut copy = road_copy(3);
+        copy.1.state.location_updates = 5;
+        let (vs, _) = check(&h, &finals(vec![(1, copy)]));
+        // The other session has no copy anywhere: it is reported on its own.
+        assert!(vs
+            .iter()
+            .any(|v| v.session == other && v.kind == Kind::SessionMissing));
+        for v in &vs {
+            assert!(v
+                .history
+                .iter()
+                .all(|e| e.event.session() == Some(v.session)));
+        }
+    }
 }

@@ -14,24 +14,42 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Kill a datacenter (its software stops; `lose_disk`: its data directory is deleted).
-    CrashDc { dc: usize, lose_disk: bool },
+    CrashDc {
+        dc: usize,
+        lose_disk: bool,
+    },
     /// Start a crashed datacenter again, on whatever its disk holds.
-    RestartDc { dc: usize },
+    RestartDc {
+        dc: usize,
+    },
     /// Kill and restart at once (disk kept or lost).
-    BounceDc { dc: usize, lose_disk: bool },
+    BounceDc {
+        dc: usize,
+        lose_disk: bool,
+    },
     /// Cut the link between a device and a datacenter (`oneway`: only datacenter to device).
     Partition {
         device: usize,
         dc: usize,
         oneway: bool,
     },
-    Repair { device: usize, dc: usize },
+    Repair {
+        device: usize,
+        dc: usize,
+    },
     /// Restart a device's app on the same store.
-    RestartDevice { device: usize },
+    RestartDevice {
+        device: usize,
+    },
     /// Drop this share of messages on every link of a device.
-    Loss { device: usize, rate_pct: u8 },
+    Loss {
+        device: usize,
+        rate_pct: u8,
+    },
     /// Messages on every link take up to this long (reordering them).
-    Latency { max_ms: u64 },
+    Latency {
+        max_ms: u64,
+    },
 }
 
 impl fmt::Display for Action {
@@ -242,7 +260,10 @@ mod tests {
                         assert!(undone(&|a| *a == Action::RestartDc { dc }), "seed {seed}")
                     }
                     Action::Partition { device, dc, .. } => {
-                        assert!(undone(&|a| *a == Action::Repair { device, dc }), "seed {seed}")
+                        assert!(
+                            undone(&|a| *a == Action::Repair { device, dc }),
+                            "seed {seed}"
+                        )
                     }
                     _ => {}
                 }

@@ -24,4 +24,5 @@ pub mod faults;
 pub mod net;
 pub mod region;
 pub mod sim;
+pub mod suite;
 pub mod workload;

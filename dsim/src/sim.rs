@@ -36,6 +36,7 @@ use lifeboat_server::store::DcStore;
 use lifeboat_server::{Server, ServerConfig};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -166,7 +167,9 @@ fn host_name(role: Role, i: usize) -> String {
 fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
-        tempfile::Builder::new().prefix("lifeboat-dsim-").tempdir_in(shm)
+        tempfile::Builder::new()
+            .prefix("lifeboat-dsim-")
+            .tempdir_in(shm)
     } else {
         tempfile::Builder::new().prefix("lifeboat-dsim-").tempdir()
     };
@@ -271,7 +274,8 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
             async move {
                 let r = run_device(&s, seed, token, dcs, ca_pem, wl, rec).await;
                 if let Err(e) = &r {
-                    err.borrow_mut().get_or_insert_with(|| format!("{}: {e:#}", s.id));
+                    err.borrow_mut()
+                        .get_or_insert_with(|| format!("{}: {e:#}", s.id));
                 }
                 r.map_err(|e| e.to_string().into())
             }
@@ -283,13 +287,19 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         .map(|n| host_name(devices[n].role, n / 2))
         .collect();
     let mut applied = Vec::new();
+    let mut net = NetFaults {
+        cut: BTreeSet::new(),
+        lossy: BTreeSet::new(),
+        latency_ms: cfg.latency_ms,
+    };
     let mut next = 0;
     let end = Duration::from_millis(cfg.end_ms());
     while sim.elapsed() < end {
         let now = sim.elapsed().as_millis() as u64;
         while next < plan.len() && plan[next].at_ms <= now {
             let action = plan[next].action.clone();
-            if let Some(done) = apply(&mut sim, &action, &dcs, &device_hosts, &dc_addrs)? {
+            if let Some(done) = apply(&mut sim, &mut net, &action, &dcs, &device_hosts, &dc_addrs)?
+            {
                 applied.push(format!("{:>6} ms {done}", now));
             }
             next += 1;
@@ -361,8 +371,20 @@ fn step(
 }
 
 /// Carry out one action; returns what was done (`None`: nothing to do).
+/// The faults in force on the network (so that undoing one that is not in force is not
+/// reported as a fault).
+#[derive(Debug)]
+struct NetFaults {
+    /// (device, datacenter) links cut.
+    cut: BTreeSet<(usize, usize)>,
+    /// Devices with message loss.
+    lossy: BTreeSet<usize>,
+    latency_ms: u64,
+}
+
 fn apply(
     sim: &mut turmoil::Sim<'_>,
+    net: &mut NetFaults,
     action: &Action,
     dcs: &[Rc<DcSlot>],
     devices: &[String],
@@ -394,6 +416,7 @@ fn apply(
             sim.bounce(dc_name(*dc));
         }
         Action::Partition { device, dc, oneway } => {
+            net.cut.insert((*device, *dc));
             let dev: IpAddr = sim.lookup(devices[*device].as_str());
             if *oneway {
                 sim.partition_oneway(dc_ip(*dc), dev);
@@ -402,17 +425,32 @@ fn apply(
             }
         }
         Action::Repair { device, dc } => {
+            if !net.cut.remove(&(*device, *dc)) {
+                return Ok(None);
+            }
             let dev: IpAddr = sim.lookup(devices[*device].as_str());
             sim.repair(dev, dc_ip(*dc));
         }
         Action::RestartDevice { device } => sim.bounce(devices[*device].as_str()),
         Action::Loss { device, rate_pct } => {
+            let was_lossy = if *rate_pct == 0 {
+                net.lossy.remove(device)
+            } else {
+                !net.lossy.insert(*device)
+            };
+            if *rate_pct == 0 && !was_lossy {
+                return Ok(None);
+            }
             let dev: IpAddr = sim.lookup(devices[*device].as_str());
             for ip in dc_addrs.iter().map(SocketAddr::ip) {
                 sim.set_link_fail_rate(dev, ip, f64::from(*rate_pct) / 100.0);
             }
         }
         Action::Latency { max_ms } => {
+            if net.latency_ms == *max_ms {
+                return Ok(None);
+            }
+            net.latency_ms = *max_ms;
             sim.set_max_message_latency(Duration::from_millis(*max_ms));
         }
     }
@@ -431,14 +469,13 @@ async fn run_datacenter(s: &DcSlot, seed: u64, region_dir: PathBuf) -> anyhow::R
     let n = s.incarnation.get() + 1;
     s.incarnation.set(n);
     let dc = DatacenterId(s.index as u16 + 1);
-    if s.data_dir.exists() {
-        // The crashed incarnation's store may still be closing (see `wait_unlocked`).
-        wait_unlocked(&s.data_dir)?;
-    } else {
+    if !s.data_dir.exists() {
         // A new disk gets a new slot, as `DcStore::open` would draw, but from the seed.
         let replica = ReplicaId((mix(seed, 0xD0 + (s.index as u64) * 1_000 + n) as u32) | 1);
         DcStore::create_with_replica(&s.data_dir, replica)?;
     }
+    // The crashed incarnation's store, or the one just created, may still be closing.
+    wait_unlocked(&s.data_dir)?;
     let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DC_PORT);
     let endpoint = net::endpoint(bind, mix(seed, 0xDC00 + s.index as u64 * 64 + n)).await?;
     let mut cfg = ServerConfig::new(dc, bind, s.data_dir.clone(), region_dir);
@@ -524,7 +561,8 @@ fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     loop {
-        let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+        let f =
+            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
         match f.try_lock() {
             Ok(()) => {
                 f.unlock()
@@ -570,8 +608,5 @@ fn trace_hash(history: &History, faults: &[String], finals: &FinalState) -> Stri
             h.update(format!("{dc} {header:?} {body:?}\n").as_bytes());
         }
     }
-    h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -163,17 +163,18 @@ pub async fn run_app(
     rec: Recorder,
 ) {
     let device = client.device();
-    let mut rng =
-        SmallRng::seed_from_u64(cfg.seed ^ device.0.wrapping_mul(0xA24B_AED4_963E_E407) ^ incarnation);
+    let mut rng = SmallRng::seed_from_u64(
+        cfg.seed ^ device.0.wrapping_mul(0xA24B_AED4_963E_E407) ^ incarnation,
+    );
     let wait = Duration::from_secs(8);
     // Bounded: one iteration per pause of at least 200 ms until `until_ms`.
     while now_ms() < cfg.until_ms {
         let Ok(held) = client.sessions().await else {
             return;
         };
-        let active = held
-            .iter()
-            .find(|s| !s.finished && !matches!(s.view.phase, TripPhase::Completed | TripPhase::Cancelled));
+        let active = held.iter().find(|s| {
+            !s.finished && !matches!(s.view.phase, TripPhase::Completed | TripPhase::Cancelled)
+        });
         match (role, active) {
             (Role::Rider, None) => {
                 let session = SessionId(rng.random::<u64>() | 1);

@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock (the same as std's unless a simulation pauses and drives it).
-use tokio::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Capacity of the app's command queue.
 const COMMAND_QUEUE: usize = 256;
