@@ -28,6 +28,9 @@
 //!   continue an older copy while its partner is still on the way with a newer one, and the
 //!   partner's committed ops would diverge. At release, parked ops of devices that are no
 //!   longer connected are dropped, not applied: they are still in those devices' outboxes.
+//! - Dispatch: a session is dispatched only while its rider is connected here. A rider that
+//!   left may have taken the trip to another datacenter, which dispatches it; dispatching a
+//!   copy left behind would send a second driver.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
 //! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
 //!   hitting one is a typed rejection, never a panic. A device may create a session only
@@ -900,6 +903,13 @@ impl<A: Application> DatacenterCore<A> {
             }
             if entry.barrier.is_some() {
                 // A device may still bring a copy where a driver was already assigned.
+                deferred.push(session);
+                continue;
+            }
+            if !self.connected.contains_key(&entry.header.rider) {
+                // The rider is not here: it may have taken the trip to another datacenter,
+                // which dispatches it; this copy may be stale. Wait until the rider reports
+                // in here again (`handle_connect` dispatches).
                 deferred.push(session);
                 continue;
             }

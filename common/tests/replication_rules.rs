@@ -1099,3 +1099,49 @@ fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
         "the rider's finished trip came back to life"
     );
 }
+
+/// Found by the deterministic simulation (lifeboat-dsim soak, seeds 309, 372, 765, 822 and
+/// 1117 before the fix). A rider requested at dc2 while dc1 was down, then moved home to
+/// dc1, which restored the trip and dispatched a driver after its grace. dc2 still had its
+/// own copy waiting for a driver, and dispatched it to the next driver that failed over to
+/// it: two drivers sent for one trip, the second one's committed ops silently lost when its
+/// branch met dc1's (it is not a participant there, so it is not even told), and a trip that
+/// had completed at dc1 assigned again at dc2 (alive again once dc1 lost its disk).
+#[test]
+fn a_datacenter_does_not_dispatch_a_trip_whose_rider_has_left() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, first, second) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    let s = SessionId(1_000_002);
+    // The rider requests at dc2; no driver there yet.
+    r.connect(rider, 1, false);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
+    // Home to dc1: restored there, dispatched to the first driver after the grace.
+    r.kill_link(rider);
+    r.connect(first, 0, true);
+    r.connect(rider, 0, false);
+    r.tick(3_000);
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    // Another driver reaches dc2, where the rider is no longer.
+    r.connect(second, 1, true);
+    r.tick(3_000);
+    assert_eq!(
+        r.phase(1, s),
+        Some(TripPhase::Requested),
+        "dc2 sent a second driver to a trip whose rider had left"
+    );
+    assert!(r.edges[&second].held(s).is_none());
+    // The rider comes back to dc2 (dc1 died): its newer copy is adopted, nothing diverges.
+    r.kill(0);
+    r.connect(rider, 1, false);
+    let (h, _) = r.dc(1).session(s).expect("held");
+    assert_eq!(h.driver, Some(first));
+    assert_eq!(r.dc(1).stats().uploads_diverged, 0);
+}
