@@ -19,7 +19,6 @@
 //! - [`Kind::SessionMissing`]: a session a device committed to or held is in no store;
 //! - [`Kind::RefusedButApplied`]: the app was told a datacenter rejected an op that the
 //!   final copy records as applied;
-//! - [`Kind::Diverged`]: the stores end with concurrent copies and no copy covers the rest.
 //!
 //! Copies replaced by a conflict that was surfaced to a device (S13: the contract allows a
 //! reported conflict, not a silent one) are not held against C1 and C3; they are counted in
@@ -246,43 +245,73 @@ impl FinalState {
             .find(|(_, c)| copies.iter().all(|(_, o)| c.0.version.covers(&o.0.version)))
     }
 
-    /// The copy to judge a session by, and the version the region ends up with.
+    /// The copy to judge a session by, and the version the region ends up with; `held`
+    /// are the versions devices were told were committed or held.
     ///
-    /// If one copy's version covers the others, that copy and its version. Otherwise the
-    /// copies are concurrent (a datacenter holds a branch the devices moved away from, e.g.
-    /// ops it applied from a restore barrier after its devices had gone elsewhere): a copy
-    /// with the same participants that has processed every op of every other copy, with the
-    /// same outcomes, is what the datacenters' own reconcile keeps
-    /// ([`lifeboat_common::datacenter::ops_cover`]), under the join of all versions. `None`:
-    /// no copy covers the others either way (a real divergence).
-    pub fn judge(&self, session: SessionId) -> Option<Judged<'_>> {
+    /// - [`Standing::Dominant`]: one copy's version covers the others'.
+    /// - [`Standing::Reconcilable`]: the copies are concurrent, but one of them (with the same
+    ///   participants) has processed every op of every other copy with the same outcomes:
+    ///   what the datacenters' own reconcile keeps
+    ///   ([`lifeboat_common::datacenter::ops_cover`]), under the join of all versions. (A
+    ///   datacenter applied the same ops on a branch the devices moved away from.)
+    /// - [`Standing::StaleBranch`]: no copy covers the others either way: some datacenter
+    ///   holds a branch with an op no other copy has (applied there, its answer lost, and
+    ///   the device answered elsewhere). The copy that covers the most of `held` is the one
+    ///   the devices follow; the checks against it tell whether anything they were told was
+    ///   lost.
+    ///
+    /// `None` only when no datacenter holds the session.
+    pub fn judge(&self, session: SessionId, held: &[&VersionVector]) -> Option<Judged<'_>> {
         let copies = self.copies(session);
         if let Some((dc, c)) = self.best(session) {
             return Some(Judged {
                 dc: *dc,
                 copy: c,
                 version: c.0.version.clone(),
-                concurrent: false,
+                standing: Standing::Dominant,
             });
         }
-        let (dc, c) = copies.iter().find(|(_, c)| {
+        let reconcilable = copies.iter().find(|(_, c)| {
             copies.iter().all(|(_, o)| {
                 o.0.rider == c.0.rider
                     && (o.0.driver == c.0.driver || o.0.driver.is_none())
                     && ops_cover(&c.1.dedup, &o.1.dedup)
             })
-        })?;
-        let mut version = VersionVector::new();
-        for (_, o) in copies {
-            version = version.join(&o.0.version).ok()?;
+        });
+        if let Some((dc, c)) = reconcilable {
+            let mut version = VersionVector::new();
+            for (_, o) in copies {
+                match version.join(&o.0.version) {
+                    Ok(v) => version = v,
+                    Err(_) => return None,
+                }
+            }
+            return Some(Judged {
+                dc: *dc,
+                copy: c,
+                version,
+                standing: Standing::Reconcilable,
+            });
         }
-        Some(Judged {
+        let followed = copies.iter().enumerate().max_by_key(|(i, (_, c))| {
+            let covered = held.iter().filter(|v| c.0.version.covers(v)).count();
+            (covered, std::cmp::Reverse(*i))
+        });
+        followed.map(|(_, (dc, c))| Judged {
             dc: *dc,
             copy: c,
-            version,
-            concurrent: true,
+            version: c.0.version.clone(),
+            standing: Standing::StaleBranch,
         })
     }
+}
+
+/// How the judged copy stands among the copies of the stores (see [`FinalState::judge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Dominant,
+    Reconcilable,
+    StaleBranch,
 }
 
 /// The copy a session is judged by (see [`FinalState::judge`]).
@@ -290,10 +319,9 @@ impl FinalState {
 pub struct Judged<'a> {
     pub dc: DatacenterId,
     pub copy: &'a StoredSession,
-    /// The version the region ends with: the copy's, or the join of concurrent copies'.
+    /// The version the region ends with: the copy's, or the join of reconcilable copies'.
     pub version: VersionVector,
-    /// The stores hold concurrent copies (reconciled when a device next reports in).
-    pub concurrent: bool,
+    pub standing: Standing,
 }
 
 /// What went wrong.
@@ -311,8 +339,6 @@ pub enum Kind {
     SessionMissing,
     /// The app was told "rejected" for an op the final copy applied.
     RefusedButApplied,
-    /// No final copy covers the others.
-    Diverged,
 }
 
 impl Kind {
@@ -323,7 +349,6 @@ impl Kind {
             Kind::VersionRegressed | Kind::TombstoneResurrected => "C3",
             Kind::SessionMissing => "presence",
             Kind::RefusedButApplied => "C1/C2",
-            Kind::Diverged => "C3/S13",
         }
     }
 }
@@ -379,6 +404,10 @@ pub struct Summary {
     /// Sessions whose stores end with concurrent copies that one of them covers by ops
     /// (information: the datacenters reconcile them when a device next reports in).
     pub sessions_concurrent_at_end: usize,
+    /// Sessions with a branch at some datacenter that no other copy covers, which no device
+    /// follows (information: a hazard if that datacenter serves the session again; see
+    /// [`Standing::StaleBranch`]).
+    pub sessions_with_stale_branch: usize,
     pub violations: usize,
 }
 
@@ -411,8 +440,11 @@ pub fn check(history: &History, finals: &FinalState) -> (Vec<Violation>, Summary
         if !events.is_empty() {
             summary.sessions += 1;
         }
-        if finals.judge(s).is_some_and(|j| j.concurrent) {
-            summary.sessions_concurrent_at_end += 1;
+        let held = held_versions(&events);
+        match finals.judge(s, &held).map(|j| j.standing) {
+            Some(Standing::Reconcilable) => summary.sessions_concurrent_at_end += 1,
+            Some(Standing::StaleBranch) => summary.sessions_with_stale_branch += 1,
+            _ => {}
         }
         out.extend(check_session(s, &events, finals));
     }
@@ -435,6 +467,17 @@ fn describe(dc: DatacenterId, c: &StoredSession) -> String {
         b.state.location_updates,
         marks.join(" ")
     )
+}
+
+/// Every version a device was told was committed, or held.
+fn held_versions<'a>(events: &[&'a Entry]) -> Vec<&'a VersionVector> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Committed { version, .. } | Event::Saw { version, .. } => Some(version),
+            _ => None,
+        })
+        .collect()
 }
 
 fn finished(phase: TripPhase) -> bool {
@@ -486,18 +529,30 @@ impl Ctx<'_> {
 }
 
 fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> Vec<Violation> {
-    let judged = finals.judge(session);
+    let held = held_versions(events);
+    let judged = finals.judge(session, &held);
     let copies = finals.copies(session);
     let mut cx = Ctx {
         session,
         events,
         final_copy: judged.as_ref().map(|j| {
             let mut d = describe(j.dc, j.copy);
-            if j.concurrent {
-                d.push_str(&format!(
-                    " (concurrent copies elsewhere; joined version {})",
+            let others: Vec<String> = copies
+                .iter()
+                .filter(|(dc, c)| *dc != j.dc && !j.copy.0.version.covers(&c.0.version))
+                .map(|(dc, c)| format!("{dc} {}", c.0.version))
+                .collect();
+            match j.standing {
+                Standing::Dominant => {}
+                Standing::Reconcilable => d.push_str(&format!(
+                    " (reconcilable with {}; joined version {})",
+                    others.join(", "),
                     j.version
-                ));
+                )),
+                Standing::StaleBranch => d.push_str(&format!(
+                    " (beside a branch no device follows: {})",
+                    others.join(", ")
+                )),
             }
             d
         }),
@@ -527,21 +582,6 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
         ..
     }) = judged
     else {
-        let versions: Vec<String> = copies
-            .iter()
-            .map(|(dc, c)| format!("{dc} {}", c.0.version))
-            .collect();
-        if !conflicted {
-            cx.final_copy = Some(versions.join("; "));
-            cx.report(
-                Kind::Diverged,
-                format!(
-                    "the stores end with concurrent copies, none of which has processed every op of the others ({})",
-                    versions.join(", ")
-                ),
-                &[],
-            );
-        }
         return cx.out;
     };
     let mark_of = |d: DeviceId| body.dedup.iter().find(|m| m.device == d);
@@ -1180,20 +1220,26 @@ mod tests {
         let mut branch = road_copy(3);
         branch.0.version = v(&[(DC1, 6), (DC2, 1)]);
         let f = finals(vec![(1, ahead.clone()), (2, branch.clone())]);
-        let j = f.judge(S).expect("judged");
-        assert!(j.concurrent);
+        let j = f.judge(S, &[]).expect("judged");
+        assert_eq!(j.standing, Standing::Reconcilable);
         assert_eq!(j.dc, DatacenterId(1));
         assert_eq!(j.version, v(&[(DC1, 7), (DC2, 1)]));
         let (vs, summary) = check(&on_the_road(3), &f);
         assert!(vs.is_empty(), "{vs:#?}");
         assert_eq!(summary.sessions_concurrent_at_end, 1);
-        // With different outcomes on the two sides, neither covers: a divergence nobody was
-        // told of.
+        // With a different outcome on dc2's branch (applied there, its answer lost, answered
+        // at dc1), neither covers: the devices follow dc1's copy, which has everything they
+        // were told; dc2's branch is reported as stale, not as a violation.
         let mut rejected_last = mark(DRIVER, 4);
         rejected_last.record(false);
         branch.1.dedup = vec![mark(RIDER, 1), rejected_last];
-        let (vs, _) = check(&on_the_road(3), &finals(vec![(1, ahead), (2, branch)]));
-        assert_eq!(kinds(&vs), vec![Kind::Diverged], "{vs:#?}");
+        let f = finals(vec![(2, branch), (1, ahead)]);
+        let (vs, summary) = check(&on_the_road(3), &f);
+        assert!(vs.is_empty(), "{vs:#?}");
+        assert_eq!(summary.sessions_with_stale_branch, 1);
+        let history = on_the_road(3);
+        let held = held_versions(&history.of_session(S));
+        assert_eq!(f.judge(S, &held).map(|j| j.dc), Some(DatacenterId(1)));
     }
 
     #[test]

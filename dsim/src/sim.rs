@@ -307,7 +307,12 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         step(&mut sim, &harness_error, &dcs)?;
     }
 
-    // Stop the datacenters cleanly (their stores flushed), then read what they hold.
+    // Freeze the region: the devices go first (their apps and clients stop; their stores
+    // stay), so that nothing fails over while the datacenters shut down. Then stop the
+    // datacenters cleanly (their stores flushed) and read what they hold.
+    for name in &device_hosts {
+        sim.crash(name.as_str());
+    }
     for d in &dcs {
         d.stop.set(true);
     }
