@@ -246,7 +246,7 @@ impl FinalState {
     }
 
     /// The copy to judge a session by, and the version the region ends up with; `held`
-    /// are the versions devices were told were committed or held.
+    /// are the versions of the copies the devices hold at the end.
     ///
     /// - [`Standing::Dominant`]: one copy's version covers the others'.
     /// - [`Standing::Reconcilable`]: the copies are concurrent, but one of them (with the same
@@ -256,9 +256,9 @@ impl FinalState {
     ///   datacenter applied the same ops on a branch the devices moved away from.)
     /// - [`Standing::StaleBranch`]: no copy covers the others either way: some datacenter
     ///   holds a branch with an op no other copy has (applied there, its answer lost, and
-    ///   the device answered elsewhere). The copy that covers the most of `held` is the one
-    ///   the devices follow; the checks against it tell whether anything they were told was
-    ///   lost.
+    ///   the device answered elsewhere), or two branches met in a conflict surfaced to the
+    ///   devices. The copy that covers the most of `held` is the one the devices follow; the
+    ///   checks against it tell whether anything they were told was lost.
     ///
     /// `None` only when no datacenter holds the session.
     pub fn judge(&self, session: SessionId, held: &[&VersionVector]) -> Option<Judged<'_>> {
@@ -469,15 +469,24 @@ fn describe(dc: DatacenterId, c: &StoredSession) -> String {
     )
 }
 
-/// Every version a device was told was committed, or held.
+/// The copy each device holds at the end: the version of its last `Saw` (or, if it never
+/// held one, of its last commit).
 fn held_versions<'a>(events: &[&'a Entry]) -> Vec<&'a VersionVector> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::Committed { version, .. } | Event::Saw { version, .. } => Some(version),
-            _ => None,
-        })
-        .collect()
+    let mut last: BTreeMap<DeviceId, &'a VersionVector> = BTreeMap::new();
+    let mut saw: BTreeSet<DeviceId> = BTreeSet::new();
+    for e in events {
+        match &e.event {
+            Event::Saw { version, .. } => {
+                saw.insert(e.device);
+                last.insert(e.device, version);
+            }
+            Event::Committed { version, .. } if !saw.contains(&e.device) => {
+                last.insert(e.device, version);
+            }
+            _ => {}
+        }
+    }
+    last.into_values().collect()
 }
 
 fn finished(phase: TripPhase) -> bool {

@@ -63,8 +63,6 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// Random fault episodes (0: a fault-free run).
     pub episodes: usize,
-    /// Record every step of the run (print it with `LIFEBOAT_TRACE=1`).
-    pub trace: bool,
 }
 
 impl SimConfig {
@@ -79,7 +77,6 @@ impl SimConfig {
             tick_ms: 10,
             latency_ms: 30,
             episodes: 6,
-            trace: false,
         }
     }
 
