@@ -21,8 +21,9 @@
 //!   final copy records as applied;
 //!
 //! Copies replaced by a conflict that was surfaced to a device (S13: the contract allows a
-//! reported conflict, not a silent one) are not held against C1 and C3; they are counted in
-//! [`Summary::sessions_with_conflicts`]. C2 and tombstones are always checked.
+//! reported conflict, not a silent one) are not held against C1, C3 and refused-but-applied;
+//! they are counted in [`Summary::sessions_with_conflicts`]. C2 and tombstones are always
+//! checked.
 //!
 //! Each [`Violation`] carries its session and the shortest history that shows it: only the
 //! events of that session that establish the breach (the op's submit and its commit, the two
@@ -529,7 +530,7 @@ impl Ctx<'_> {
         });
     }
 
-    /// Index of the event that queued `op` (or of the last submit of its kind before it).
+    /// Index of the event that queued `op`, if recorded.
     fn queued(&self, op: &OpId) -> Option<usize> {
         self.events
             .iter()
@@ -645,7 +646,9 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
                 op,
                 reason: SubmitError::Rejected(OpRejection::App(_)),
             } => {
-                if let Some(Some(true)) = processed(mark_of(op.device), op.seq) {
+                if let (false, Some(Some(true))) =
+                    (conflicted, processed(mark_of(op.device), op.seq))
+                {
                     let witness: Vec<usize> = cx.queued(op).into_iter().chain([i]).collect();
                     cx.report(
                         Kind::RefusedButApplied,

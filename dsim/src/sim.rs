@@ -540,10 +540,9 @@ async fn run_device(
     let events = client.subscribe();
     let recorder = tokio::task::spawn_local(workload::record_events(events, s.id, rec.clone()));
     workload::run_app(client.clone(), s.role, wl, n, rec).await;
-    // Keep the client (and its recorder) running until the host is stopped.
-    let r = recorder.await;
-    client.shutdown().await;
-    match r {
+    // The client goes on syncing and replaying; the recorder runs until the host is stopped
+    // (this handle keeps the client's event channel open), or fails if it missed events.
+    match recorder.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => bail!(e),
         Err(e) => bail!("recorder task: {e}"),
