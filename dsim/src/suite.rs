@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Seeds in a CI run.
-pub const CI_SEEDS: u64 = 200;
+pub const CI_SEEDS: u64 = 300;
 /// The first seed of the CI range (fixed: a CI run is reproducible as a whole).
 pub const CI_SEED_BASE: u64 = 1;
 /// Seeds in a soak run.
