@@ -22,8 +22,9 @@
 //!
 //! Copies replaced by a conflict that was surfaced to a device (S13: the contract allows a
 //! reported conflict, not a silent one) are not held against C1, C3 and refused-but-applied;
-//! they are counted in [`Summary::sessions_with_conflicts`]. C2 and tombstones are always
-//! checked.
+//! they are counted in [`Summary::sessions_with_conflicts`]. C2 is always checked, and so are
+//! tombstones, except that a session that finished on one branch and goes on live on a
+//! concurrent one, with the conflict surfaced, is a split (S13), not a resurrection.
 //!
 //! Each [`Violation`] carries its session and the shortest history that shows it: only the
 //! events of that session that establish the breach (the op's submit and its commit, the two
@@ -711,7 +712,16 @@ fn check_session(session: SessionId, events: &[&Entry], finals: &FinalState) -> 
             }
             _ => false,
         });
-        if let Some(i) = ended {
+        // A finish on a branch concurrent with the final copy, with the conflict surfaced to
+        // a device, is a split (S13), not a resurrection: the live branch never held the
+        // tombstone. A live copy that descends from a finished one always is.
+        let split = |i: usize| match &events[i].event {
+            Event::Saw { version, .. } | Event::Committed { version, .. } => {
+                conflicted && version.compare(&final_version) == VersionOrder::Concurrent
+            }
+            _ => false,
+        };
+        if let Some(i) = ended.filter(|i| !split(*i)) {
             let mut witness = vec![i];
             if let Event::Committed { op, .. } = &events[i].event {
                 witness.extend(cx.queued(op));
@@ -1159,6 +1169,42 @@ mod tests {
         assert!(resurrected
             .iter()
             .any(|v| v.detail.contains("final copy is live")));
+    }
+
+    #[test]
+    fn a_surfaced_split_between_a_tombstone_and_a_concurrent_live_branch_is_not_a_resurrection() {
+        // The rider cancelled at dc2 while the driver arrived at dc1; the rider was told of the
+        // conflict and kept its tombstone; dc1's live branch is the final copy.
+        let mut h = on_the_road(0);
+        let tomb = v(&[(DC1, 4), (DC2, 1)]);
+        h.record(
+            9_000,
+            RIDER,
+            Event::Saw {
+                session: S,
+                version: tomb.clone(),
+                phase: TripPhase::Cancelled,
+                locations: 0,
+            },
+        );
+        let mut live = road_copy(0);
+        live.0.version = v(&[(DC1, 5)]);
+        let (vs, _) = check(&h, &finals(vec![(1, live.clone())]));
+        assert!(
+            kinds(&vs).contains(&Kind::TombstoneResurrected),
+            "a silent split is reported: {vs:#?}"
+        );
+        h.record(
+            9_500,
+            RIDER,
+            Event::Conflict {
+                session: S,
+                ours: tomb,
+                theirs: live.0.version.clone(),
+            },
+        );
+        let (vs, _) = check(&h, &finals(vec![(1, live)]));
+        assert!(vs.is_empty(), "{vs:#?}");
     }
 
     #[test]

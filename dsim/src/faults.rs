@@ -52,35 +52,40 @@ pub enum Action {
     },
 }
 
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Action {
+    /// The action in words, naming device `i` as `device(i)`.
+    pub fn describe(&self, device: &dyn Fn(usize) -> String) -> String {
+        let disk = |lose: bool| if lose { " (disk lost)" } else { "" };
         match self {
-            Action::CrashDc { dc, lose_disk } => write!(
-                f,
-                "crash dc{}{}",
-                dc + 1,
-                if *lose_disk { " (disk lost)" } else { "" }
-            ),
-            Action::RestartDc { dc } => write!(f, "restart dc{}", dc + 1),
-            Action::BounceDc { dc, lose_disk } => write!(
-                f,
-                "bounce dc{}{}",
-                dc + 1,
-                if *lose_disk { " (disk lost)" } else { "" }
-            ),
-            Action::Partition { device, dc, oneway } => write!(
-                f,
-                "partition device #{device} from dc{}{}",
+            Action::CrashDc { dc, lose_disk } => format!("crash dc{}{}", dc + 1, disk(*lose_disk)),
+            Action::RestartDc { dc } => format!("restart dc{}", dc + 1),
+            Action::BounceDc { dc, lose_disk } => {
+                format!("bounce dc{}{}", dc + 1, disk(*lose_disk))
+            }
+            Action::Partition {
+                device: d,
+                dc,
+                oneway,
+            } => format!(
+                "partition {} from dc{}{}",
+                device(*d),
                 dc + 1,
                 if *oneway { " (dc to device only)" } else { "" }
             ),
-            Action::Repair { device, dc } => write!(f, "repair device #{device} - dc{}", dc + 1),
-            Action::RestartDevice { device } => write!(f, "restart device #{device}"),
-            Action::Loss { device, rate_pct } => {
-                write!(f, "{rate_pct}% loss on device #{device}")
-            }
-            Action::Latency { max_ms } => write!(f, "latency up to {max_ms} ms"),
+            Action::Repair { device: d, dc } => format!("repair {} - dc{}", device(*d), dc + 1),
+            Action::RestartDevice { device: d } => format!("restart {}", device(*d)),
+            Action::Loss {
+                device: d,
+                rate_pct,
+            } => format!("{rate_pct}% loss on {}", device(*d)),
+            Action::Latency { max_ms } => format!("latency up to {max_ms} ms"),
         }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(&|i| format!("device #{i}")))
     }
 }
 

@@ -280,6 +280,7 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
     }
 
     // Step through the plan.
+    let device_ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
     let device_hosts: Vec<String> = (0..devices.len())
         .map(|n| host_name(devices[n].role, n / 2))
         .collect();
@@ -295,8 +296,15 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         let now = sim.elapsed().as_millis() as u64;
         while next < plan.len() && plan[next].at_ms <= now {
             let action = plan[next].action.clone();
-            if let Some(done) = apply(&mut sim, &mut net, &action, &dcs, &device_hosts, &dc_addrs)?
-            {
+            if let Some(done) = apply(
+                &mut sim,
+                &mut net,
+                &action,
+                &dcs,
+                &device_hosts,
+                &device_ids,
+                &dc_addrs,
+            )? {
                 applied.push(format!("{:>6} ms {done}", now));
             }
             next += 1;
@@ -390,6 +398,7 @@ fn apply(
     action: &Action,
     dcs: &[Rc<DcSlot>],
     devices: &[String],
+    ids: &[DeviceId],
     dc_addrs: &[SocketAddr],
 ) -> anyhow::Result<Option<String>> {
     let dc_name = |dc: usize| format!("dc{}", dc + 1);
@@ -456,7 +465,10 @@ fn apply(
             sim.set_max_message_latency(Duration::from_millis(*max_ms));
         }
     }
-    Ok(Some(action.to_string()))
+    Ok(Some(action.describe(&|i| {
+        ids.get(i)
+            .map_or_else(|| format!("device #{i}"), |d| format!("device {d}"))
+    })))
 }
 
 /// A lost disk: the data directory is gone.
