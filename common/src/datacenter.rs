@@ -26,7 +26,11 @@
 //!   copy loaded from the datacenter's own disk the clock starts then, not at load time).
 //!   Ops that arrive meanwhile are parked (bounded), not refused. Without it, a device could
 //!   continue an older copy while its partner is still on the way with a newer one, and the
-//!   partner's committed ops would diverge.
+//!   partner's committed ops would diverge. At release, parked ops of devices that are no
+//!   longer connected are dropped, not applied: they are still in those devices' outboxes.
+//! - Dispatch: a session is dispatched only while its rider is connected here. A rider that
+//!   left may have taken the trip to another datacenter, which dispatches it; dispatching a
+//!   copy left behind would send a second driver.
 //! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
 //! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
 //!   hitting one is a typed rejection, never a panic. A device may create a session only
@@ -186,6 +190,10 @@ pub struct DcStats {
     pub ops_rejected: u64,
     pub ops_duplicate: u64,
     pub ops_parked: u64,
+    /// Parked ops not applied at barrier release because their device had gone (it
+    /// replays them wherever it connects).
+    #[serde(default)]
+    pub parked_dropped: u64,
     pub sessions_created: u64,
     pub sessions_restored: u64,
     pub uploads_stale: u64,
@@ -601,7 +609,10 @@ impl<A: Application> DatacenterCore<A> {
             self.push_to_participants(session, Some(device));
             return UploadOutcome::Restored;
         };
-        match sealed.header.version.compare(&entry.header.version) {
+        let order = sealed.header.version.compare(&entry.header.version);
+        #[cfg(feature = "fault-injection")]
+        let order = crate::fault::distort_order(order);
+        match order {
             // Equal versions with different contents would mean a slot was reused; never
             // trust the label alone.
             VersionOrder::Equal if sealed.header != entry.header || body != entry.body => {
@@ -809,6 +820,13 @@ impl<A: Application> DatacenterCore<A> {
             .events
             .push(DcEvent::BarrierReleased { session, timed_out });
         for (device, seq, op) in barrier.parked {
+            // A device that has gone (back to another datacenter, or offline) keeps the op in
+            // its outbox and replays it wherever it connects. Applied here, unanswered, it
+            // could get a second outcome on a branch the device no longer follows.
+            if !self.connected.contains_key(&device) {
+                self.stats.parked_dropped += 1;
+                continue;
+            }
             self.handle_submit(now_ms, device, session, seq, op);
         }
     }
@@ -868,12 +886,14 @@ impl<A: Application> DatacenterCore<A> {
             Self::refill(b, per_minute, now_ms);
             b.tokens < per_minute
         });
-        let expired: Vec<SessionId> = self
+        let mut expired: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, e)| e.barrier.as_ref().is_some_and(|b| now_ms >= b.deadline_ms))
             .map(|(id, _)| *id)
             .collect();
+        // In session order, not hash order: the same inputs give the same dispatches.
+        expired.sort_unstable();
         for session in expired {
             self.release_barrier(now_ms, session, true);
         }
@@ -892,6 +912,13 @@ impl<A: Application> DatacenterCore<A> {
             }
             if entry.barrier.is_some() {
                 // A device may still bring a copy where a driver was already assigned.
+                deferred.push(session);
+                continue;
+            }
+            if !self.connected.contains_key(&entry.header.rider) {
+                // The rider is not here: it may have taken the trip to another datacenter,
+                // which dispatches it; this copy may be stale. Wait until the rider reports
+                // in here again (`handle_connect` dispatches).
                 deferred.push(session);
                 continue;
             }
@@ -1101,7 +1128,10 @@ impl<A: Application> DatacenterCore<A> {
             .find(|d| d.device == device)
             .copied()
             .unwrap_or_else(|| DedupEntry::new(device));
-        match mark.check(seq) {
+        let seen = mark.check(seq);
+        #[cfg(feature = "fault-injection")]
+        let seen = crate::fault::distort_seen(seen);
+        match seen {
             Seen::Duplicate { applied } => {
                 self.stats.ops_duplicate += 1;
                 return self.reply(device, session, seq, OpOutcome::Duplicate { applied }, true);
@@ -1293,7 +1323,7 @@ impl<A: Application> DatacenterCore<A> {
 
 /// Every participant's watermark in `theirs` is covered by ours, comparing outcomes over
 /// each participant's last `since` ops (see [`DedupEntry::covers_last`]).
-fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry], since: u64) -> bool {
+pub fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry], since: u64) -> bool {
     theirs.iter().all(|t| {
         t.last_seq == 0
             || ours
@@ -1303,7 +1333,7 @@ fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry], since: u64) -> bool {
 }
 
 /// How many changes `v` has that `other` does not know of.
-fn changes_unknown_to(v: &VersionVector, other: &VersionVector) -> u64 {
+pub fn changes_unknown_to(v: &VersionVector, other: &VersionVector) -> u64 {
     v.entries()
         .iter()
         .map(|(replica, n)| n.saturating_sub(other.get(*replica)))

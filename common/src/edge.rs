@@ -14,7 +14,8 @@
 //!   seq for a different op.
 //! - C3: the held copy of a session only moves forward; an older push is ignored. A
 //!   concurrent one (divergence between datacenters) is surfaced as [`EdgeEvent::Conflict`]
-//!   with the copy it replaces, never dropped silently.
+//!   with the copy it replaces, never dropped silently; a held tombstone is never replaced by
+//!   a live copy (the conflict is reported and the tombstone kept).
 //! - C6: the outbox, the in-flight ops per session and the held sessions are bounded.
 
 use crate::app::{AppRejection, Application};
@@ -120,7 +121,9 @@ pub enum EdgeEvent<A: Application> {
         session: SessionId,
         version: VersionVector,
     },
-    /// The datacenter holds a diverged copy (S13); `replaced` is the copy this device held.
+    /// The datacenter holds a diverged copy (S13); `replaced` is the copy this device held
+    /// and gave up for it. `None`: the device kept its own copy, a tombstone (C3: a finished
+    /// session never comes back to life, however the branches diverged).
     Conflict {
         session: SessionId,
         ours: VersionVector,
@@ -438,6 +441,19 @@ impl<A: Application> EdgeCore<A> {
                         (h.next_seq, None, None)
                     }
                     VersionOrder::Newer => (h.next_seq, None, None),
+                    VersionOrder::Concurrent
+                        if h.digest.header.tombstone && !u.digest.header.tombstone =>
+                    {
+                        // Keep the tombstone (it goes up again on the next connect); report
+                        // the divergence.
+                        self.effects.events.push(EdgeEvent::Conflict {
+                            session,
+                            ours,
+                            theirs,
+                            replaced: None,
+                        });
+                        return;
+                    }
                     VersionOrder::Concurrent => (h.next_seq, Some(h.view.clone()), Some(ours)),
                 }
             }

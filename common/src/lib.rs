@@ -3,6 +3,7 @@
 //! Everything Lifeboat decides lives here, with no sockets, no disk and no clock reads, so it
 //! can be tested deterministically:
 //!
+//! - [`clock`]: where the drivers (not the cores) read wall-clock time;
 //! - [`ids`]: session, device, datacenter and op identifiers;
 //! - [`version`]: version vectors that order a session's states and detect divergence;
 //! - [`dedup`]: the per-device watermark that makes every op apply exactly once (C2);
@@ -12,16 +13,21 @@
 //! - [`limits`]: the names of the limits a datacenter enforces (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
 //! - [`edge`]: the device-side state machine (outbox, held digests, replay);
+//! - `fault` (feature `fault-injection`, off by default): deliberate bugs for the chaos
+//!   suite's checker tests;
 //! - [`samples`]: representative trip digests for benchmarks and size reports.
 //!
 //! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
 //! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`].
 
 pub mod app;
+pub mod clock;
 pub mod datacenter;
 pub mod dedup;
 pub mod digest;
 pub mod edge;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod frame_io;
 pub mod ids;
 pub mod keyring;

@@ -1206,3 +1206,153 @@ fn s2_failback_to_a_primary_holding_an_unreplied_op_after_a_long_trip_at_the_bac
     let next = r.submit(driver, s, TripOp::Location { at: P });
     assert!(r.committed(next), "the trip goes on");
 }
+
+/// Found by the deterministic simulation (lifeboat-dsim; seeds 125 and 127 of its CI range
+/// before the fix). A driver cut off from dc1 failed over to dc2, which restored the trip
+/// behind its restore barrier; the driver's op was parked there. The link came back, the
+/// driver moved home to dc1 and the op was answered there. When dc2's grace ran out it
+/// applied the parked op anyway, with nobody to answer: a second outcome for an op id that
+/// dc1 had already answered, and a live branch at dc2 that no device follows (beside dc1's
+/// tombstone, once the trip ended: the driver stays "busy" at dc2, and the trip came back to
+/// life when that branch later met the tombstone).
+#[test]
+fn parked_ops_of_a_device_that_left_are_not_applied_when_the_grace_runs_out() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The driver loses dc1 and reaches dc2, which waits for the rider: the op is parked.
+    r.kill_link(driver);
+    r.connect(driver, 1, false);
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(!r.committed(loc), "parked behind dc2's restore barrier");
+    let parked_at = r
+        .dc(1)
+        .session(s)
+        .expect("restored at dc2")
+        .0
+        .version
+        .clone();
+    // Back home before the grace ends: the op is replayed and applied at dc1.
+    r.kill_link(driver);
+    r.connect(driver, 0, false);
+    assert!(r.committed(loc));
+    // dc2's grace runs out with nobody there.
+    r.tick(3_000);
+    let (header, state) = r.dc(1).session(s).expect("dc2 keeps its copy");
+    assert_eq!(
+        header.version, parked_at,
+        "dc2 applied an op of a device that had left"
+    );
+    assert_eq!(state.location_updates, 0);
+    assert_eq!(r.dc(1).watermark(s, driver).map_or(0, |m| m.last_seq), 2);
+    // The device is not owed anything: the op was answered once, at dc1.
+    assert_eq!(r.commits.iter().filter(|(i, _)| *i == loc).count(), 1);
+}
+
+/// Found by the deterministic simulation (lifeboat-dsim, seed 125 before the fix): both
+/// participants held the tombstone of a cancelled trip; a datacenter pushed them a live copy
+/// with a concurrent version, and the edge core adopted it (as it does any concurrent copy,
+/// reporting a conflict): the finished trip was live again on the phones, and from there at
+/// every datacenter they uploaded to (C3). A datacenter never lets a live copy replace its
+/// tombstone; a device must not either.
+#[test]
+fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = SessionId(1_002);
+    r.connect(driver, 0, true);
+    r.connect(rider, 0, false);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    let shared = r.dc(0).sealed(s).expect("held").clone();
+    // Split: the driver stays with dc1 and arrives; the rider reaches dc2 (which loaded the
+    // same copy from its own disk) and cancels there after the grace.
+    r.kill_link(rider);
+    let mut other = r.dc_with_disk(1, 9);
+    other.load_persisted(r.now, shared).expect("load");
+    r.dcs[1] = Some(other);
+    r.submit(driver, s, TripOp::Arrived);
+    r.connect(rider, 1, false);
+    r.tick(3_000);
+    let cancel = r.submit(rider, s, TripOp::Cancel);
+    assert!(r.committed(cancel));
+    assert!(
+        r.edges[&rider]
+            .held(s)
+            .expect("held")
+            .digest
+            .header
+            .tombstone
+    );
+    // The rider comes back to dc1, whose live copy is concurrent with its tombstone.
+    r.kill(1);
+    r.connect(rider, 0, false);
+    assert!(
+        r.events
+            .iter()
+            .any(|(d, e)| *d == rider && matches!(e, EdgeEvent::Conflict { .. })),
+        "the divergence is reported"
+    );
+    assert!(
+        r.edges[&rider]
+            .held(s)
+            .expect("held")
+            .digest
+            .header
+            .tombstone,
+        "the rider's finished trip came back to life"
+    );
+}
+
+/// Found by the deterministic simulation (lifeboat-dsim soak, seeds 309, 372, 765, 822 and
+/// 1117 before the fix). A rider requested at dc2 while dc1 was down, then moved home to
+/// dc1, which restored the trip and dispatched a driver after its grace. dc2 still had its
+/// own copy waiting for a driver, and dispatched it to the next driver that failed over to
+/// it: two drivers sent for one trip, the second one's committed ops silently lost when its
+/// branch met dc1's (it is not a participant there, so it is not even told), and a trip that
+/// had completed at dc1 assigned again at dc2 (alive again once dc1 lost its disk).
+#[test]
+fn a_datacenter_does_not_dispatch_a_trip_whose_rider_has_left() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, first, second) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    let s = SessionId(1_000_002);
+    // The rider requests at dc2; no driver there yet.
+    r.connect(rider, 1, false);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
+    // Home to dc1: restored there, dispatched to the first driver after the grace.
+    r.kill_link(rider);
+    r.connect(first, 0, true);
+    r.connect(rider, 0, false);
+    r.tick(3_000);
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    // Another driver reaches dc2, where the rider is no longer.
+    r.connect(second, 1, true);
+    r.tick(3_000);
+    assert_eq!(
+        r.phase(1, s),
+        Some(TripPhase::Requested),
+        "dc2 sent a second driver to a trip whose rider had left"
+    );
+    assert!(r.edges[&second].held(s).is_none());
+    // The rider comes back to dc2 (dc1 died): its newer copy is adopted, nothing diverges.
+    r.kill(0);
+    r.connect(rider, 1, false);
+    let (h, _) = r.dc(1).session(s).expect("held");
+    assert_eq!(h.driver, Some(first));
+    assert_eq!(r.dc(1).stats().uploads_diverged, 0);
+}

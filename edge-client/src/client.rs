@@ -31,13 +31,16 @@ use lifeboat_common::wire::{encode_frame, ClientMsg, ServerMsg};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripState, VersionVector,
 };
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock (the same as std's unless a simulation pauses and drives it).
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Capacity of the app's command queue.
 const COMMAND_QUEUE: usize = 256;
@@ -213,7 +216,10 @@ impl EdgeClient {
         };
         let probe_board = cfg.probe_board.clone().unwrap_or_default();
         let store = EdgeStore::open(&cfg.store, cfg.device)?;
-        let loaded = store.load_expiring(cfg.tombstone_ttl, std::time::SystemTime::now())?;
+        let store = store
+            .with_clock(cfg.clock.clone())
+            .with_inline_flush(cfg.inline_flush);
+        let loaded = store.load_expiring(cfg.tombstone_ttl, cfg.clock.now())?;
         let mut core = EdgeCore::new(cfg.device, cfg.limits.clone());
         for (s, h) in loaded.sessions {
             core.load_session(s, h);
@@ -227,7 +233,12 @@ impl EdgeClient {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(cfg.event_queue.max(1));
         let stats = Arc::new(ClientStats::default());
+        let rng = match cfg.rng_seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
         let actor = Actor {
+            rng,
             available: cfg.available,
             cfg,
             core,
@@ -373,6 +384,8 @@ struct Actor {
     cmd_rx: mpsc::Receiver<Command>,
     available: bool,
     stopped: bool,
+    /// Jitter only (see `EdgeConfig::rng_seed`).
+    rng: SmallRng,
 }
 
 enum Step {
@@ -493,7 +506,7 @@ impl Actor {
                 None => {
                     let Some(idx) = queue.pop_front() else {
                         // A full round failed: wait, then start again from the most preferred.
-                        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                        let jitter = self.rng.random_range(0..=backoff.as_millis() as u64 / 2);
                         let wait = backoff + Duration::from_millis(jitter);
                         if !self.idle_for(wait).await {
                             break;
@@ -578,9 +591,9 @@ impl Actor {
 
     /// Time until the next probe of the more preferred datacenters (jittered, so a whole
     /// population does not probe in lock-step).
-    fn probe_wait(base: Duration) -> Duration {
+    fn probe_wait(&mut self, base: Duration) -> Duration {
         let ms = base.as_millis() as u64;
-        Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms))
+        Duration::from_millis(ms / 2 + self.rng.random_range(0..=ms))
     }
 
     /// Serve commands while waiting; false if the client was shut down.
@@ -588,7 +601,10 @@ impl Actor {
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         loop {
+            // `biased`: a fixed polling order instead of tokio's random one, so that a
+            // deterministic simulation replays exactly (here and in the two selects below).
             tokio::select! {
+                biased;
                 _ = &mut deadline => return true,
                 cmd = self.cmd_rx.recv() => {
                     if let Step::Stop = self.command(cmd, None).await {
@@ -612,6 +628,7 @@ impl Actor {
         tokio::pin!(attempt);
         loop {
             tokio::select! {
+                biased;
                 r = &mut attempt => {
                     return match r {
                         Ok(Ok(conn)) => Ok(Some(conn)),
@@ -673,7 +690,7 @@ impl Actor {
         // Probing the more preferred datacenters (only when this one is not the first).
         let mut probe_every = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
         let probing = idx > 0 && self.cfg.home_probe.is_some();
-        let probe_timer = tokio::time::sleep(Self::probe_wait(probe_every));
+        let probe_timer = tokio::time::sleep(self.probe_wait(probe_every));
         tokio::pin!(probe_timer);
         let mut probe: Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> = None;
         let mut moved = None;
@@ -683,7 +700,10 @@ impl Actor {
         let mut retry = tokio::time::interval(self.cfg.retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
+            // Frames before commands: both come from bounded queues fed at human and
+            // datacenter pace, so neither starves the other.
             let step = tokio::select! {
+                biased;
                 _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
                 frame = frame_rx.recv() => match frame {
                     Some(Ok(msg)) => {
@@ -729,7 +749,7 @@ impl Actor {
                             probe_every = (probe_every * 2).min(EdgeConfig::HOME_PROBE_MAX);
                             probe_timer
                                 .as_mut()
-                                .reset(tokio::time::Instant::now() + Self::probe_wait(probe_every));
+                                .reset(Instant::now() + self.probe_wait(probe_every));
                             Step::Continue
                         }
                     }

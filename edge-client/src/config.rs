@@ -1,6 +1,7 @@
 //! Edge client configuration.
 
 use crate::store::StoreLocation;
+use lifeboat_common::clock::Clock;
 use lifeboat_common::edge::EdgeLimits;
 use lifeboat_common::keyring::DeviceToken;
 use lifeboat_common::DeviceId;
@@ -55,6 +56,15 @@ pub struct EdgeConfig {
     /// Finished sessions' tombstones older than this are deleted from the device store when
     /// the client starts (`None`: kept until the count bound, `limits.max_tombstones`).
     pub tombstone_ttl: Option<Duration>,
+    /// Wall-clock time for tombstone ages: the system clock, unless a deterministic
+    /// simulation gives its simulated one.
+    pub clock: Clock,
+    /// Seed of the client's jitter (reconnect backoff, probe timing); `None`: from the OS.
+    /// A deterministic simulation fixes it so that a seed replays exactly.
+    pub rng_seed: Option<u64>,
+    /// Flush the device store on the client's own thread instead of tokio's blocking pool:
+    /// for a deterministic simulation only (it blocks the runtime thread for each flush).
+    pub inline_flush: bool,
 }
 
 impl EdgeConfig {
@@ -94,6 +104,9 @@ impl EdgeConfig {
             home_probe: Some(Duration::from_millis(2_000)),
             probe_board: None,
             tombstone_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+            clock: Clock::system(),
+            rng_seed: None,
+            inline_flush: false,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! Only tombstones expire, never a live session or a queued op, and the datacenter keeps its
 //! own tombstone, so an older live digest is still refused there (C3).
 
+use lifeboat_common::clock::Clock;
 use lifeboat_common::edge::{HeldSession, StoreWrite};
 use lifeboat_common::wire::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
 use lifeboat_common::{DeviceId, OpId, SessionId, Trip, TripOp};
@@ -176,6 +177,10 @@ pub struct EdgeStore {
     /// Prepended to every key (empty for a database of its own).
     prefix: Vec<u8>,
     device: DeviceId,
+    /// Stamps the time a session became a tombstone.
+    clock: Clock,
+    /// Flush on the calling thread (see [`EdgeStore::with_inline_flush`]).
+    inline_flush: bool,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -238,6 +243,8 @@ impl EdgeStore {
             shared,
             prefix,
             device,
+            clock: Clock::system(),
+            inline_flush: false,
         })
     }
 
@@ -258,9 +265,23 @@ impl EdgeStore {
             .map(|kv| kv.map(|(k, v)| (k[self.prefix.len()..].to_vec(), v)))
     }
 
+    /// Flush on the calling thread instead of tokio's blocking pool. For a deterministic
+    /// simulation only: there, a flush finishing on another thread at a real-time moment
+    /// would reorder what the simulated device does next. (It blocks the runtime thread.)
+    pub fn with_inline_flush(mut self, inline: bool) -> Self {
+        self.inline_flush = inline;
+        self
+    }
+
+    /// Use `clock` (instead of the system clock) for the finish times of tombstones.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Everything in the store, nothing expired.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        self.load_expiring(None, SystemTime::now())
+        self.load_expiring(None, self.clock.now())
     }
 
     /// Everything in the store, except tombstones first stored more than `tombstone_ttl`
@@ -356,7 +377,7 @@ impl EdgeStore {
                     self.sessions.insert(&key, encode(h)?)?;
                     if h.digest.header.tombstone {
                         // Keep the first time only: the age counts from when it finished.
-                        let now = unix_ms(SystemTime::now()).to_be_bytes();
+                        let now = self.clock.now_ms().to_be_bytes();
                         let _ = self.finished.compare_and_swap(
                             key,
                             None as Option<&[u8]>,
@@ -381,6 +402,10 @@ impl EdgeStore {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
+        if self.inline_flush {
+            self.db.flush()?;
+            return Ok(());
+        }
         match &self.shared {
             Some(shared) => shared.flush().await,
             None => flush_blocking(&self.db).await,

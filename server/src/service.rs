@@ -17,6 +17,7 @@ use crate::keyring_watch::{KeyringStatus, KeyringWatch};
 use crate::limits::{AddressLimiter, InflightGate, LimitCounters, Limits};
 use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
+use lifeboat_common::clock::Clock;
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
@@ -79,6 +80,12 @@ pub struct ServerConfig {
     pub udp_buffer_bytes: usize,
     /// What to do with a store that cannot be opened or read (see [`crate::store`]).
     pub unreadable_store: UnreadableStore,
+    /// Wall-clock time for grace periods, rate limits and expiries: the system clock, unless
+    /// a deterministic simulation gives its simulated one.
+    pub clock: Clock,
+    /// Flush the store on the actor's thread instead of tokio's blocking pool: for a
+    /// deterministic simulation only (see `DcStore::set_inline_flush`).
+    pub inline_flush: bool,
 }
 
 impl ServerConfig {
@@ -113,6 +120,8 @@ impl ServerConfig {
             udp_buffer_bytes: 4 << 20,
             max_handshakes: 256,
             unreadable_store: UnreadableStore::MoveAside,
+            clock: Clock::system(),
+            inline_flush: false,
         }
     }
 }
@@ -181,13 +190,6 @@ enum Input {
     },
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A started datacenter.
 pub struct Server {
     pub local_addr: SocketAddr,
@@ -206,7 +208,8 @@ impl Server {
         let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
         let opened = DcStore::open_with(&cfg.data_dir, cfg.cache_bytes, cfg.unreadable_store)?;
         let replica = opened.replica;
-        let store = opened.store;
+        let mut store = opened.store;
+        store.set_inline_flush(cfg.inline_flush);
         let mut dc_cfg = DcConfig::new(cfg.dc, replica);
         dc_cfg.durability = cfg.durability;
         dc_cfg.restore_grace_ms = cfg.restore_grace_ms;
@@ -214,7 +217,7 @@ impl Server {
         dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
         dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
         let mut core = Core::new(dc_cfg, region.keyring.clone());
-        let now = now_ms();
+        let now = cfg.clock.now_ms();
         let mut loaded = 0;
         for item in opened.digests {
             match item.map(|d| core.load_persisted(now, d).map_err(|e| e.to_string())) {
@@ -417,13 +420,13 @@ async fn serve(
                     }
                     actor.core.set_keyring((*k).clone());
                 }
-                actor.core.handle_tick(now_ms());
+                actor.core.handle_tick(cfg.clock.now_ms());
                 actor.flush_effects().await;
             }
             _ = status_every.tick() => actor.write_status(),
             input = core_rx.recv() => {
                 let Some(input) = input else { break };
-                let now = now_ms();
+                let now = cfg.clock.now_ms();
                 actor.handle(now, input);
                 // Batch whatever else is queued: one persist, then the sends.
                 for _ in 0..512 {

@@ -69,6 +69,8 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("store flush task: {0}")]
     Flush(String),
+    #[error("store {0} exists already (it has a replica id)")]
+    Exists(PathBuf),
 }
 
 /// What opening does with a store whose content cannot be read.
@@ -109,6 +111,8 @@ const MAX_RECORD_BYTES: usize = MAX_DIGEST_BYTES + 256;
 pub struct DcStore {
     db: sled::Db,
     sessions: sled::Tree,
+    /// Flush on the calling thread (see [`DcStore::set_inline_flush`]).
+    inline_flush: bool,
 }
 
 /// What opening found.
@@ -312,12 +316,30 @@ impl DcStore {
             store: DcStore {
                 db: found.db,
                 sessions: found.sessions,
+                inline_flush: false,
             },
             replica,
             moved_aside,
             unreadable_reason,
             digests: found.digests,
         })
+    }
+
+    /// Create an empty store in `dir` whose version-vector slot is `replica`, instead of the
+    /// random one [`DcStore::open`] draws for a new store. For deterministic simulation only
+    /// (every run of a seed must produce the same versions); the caller must give every
+    /// store of a region its own id. Refuses a store that already has a slot.
+    pub fn create_with_replica(dir: &Path, replica: ReplicaId) -> Result<(), StoreError> {
+        let db = open_db(dir, 1024 * 1024).map_err(|source| StoreError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if db.get(REPLICA_KEY)?.is_some() {
+            return Err(StoreError::Exists(dir.to_path_buf()));
+        }
+        db.insert(REPLICA_KEY, &replica.0.to_be_bytes())?;
+        db.flush()?;
+        Ok(())
     }
 
     /// Every stored digest; undecodable entries are reported, not fatal.
@@ -346,9 +368,20 @@ impl DcStore {
         Ok(())
     }
 
+    /// Make [`DcStore::flush_async`] flush on the calling thread instead of tokio's blocking
+    /// pool. For a deterministic simulation only: there, a flush finishing on another thread
+    /// at a real-time moment would reorder what the simulated host does next. (It blocks the
+    /// runtime thread for the flush.)
+    pub fn set_inline_flush(&mut self, inline: bool) {
+        self.inline_flush = inline;
+    }
+
     /// Flush on tokio's blocking pool. (Not `sled::Db::flush_async`, which parks sled's own
     /// IO threads and can deadlock them.)
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        if self.inline_flush {
+            return self.flush();
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await

@@ -1,0 +1,28 @@
+//! # lifeboat-dsim: deterministic simulation of Lifeboat, and the history checker
+//!
+//! Real `lifeboat-server` datacenters and real `lifeboat-edge` clients run in one process on
+//! [turmoil]'s simulated network and clock: quinn runs over turmoil through [`net`] (an
+//! `AsyncUdpSocket` on a simulated UDP socket, and a quinn `Runtime` on the simulated clock),
+//! and the server and client read wall-clock time from a simulated
+//! [`lifeboat_common::clock::Clock`]. A seeded workload of riders and drivers
+//! ([`workload`]) runs while a seeded plan of faults ([`faults`]) crashes and bounces
+//! datacenters (disk kept or lost), partitions links, drops, delays and reorders packets and
+//! restarts device apps. Afterwards every device's recorded history is checked against the
+//! datacenters' stores by [`checker`] (C1 no committed op lost, C2 none applied twice, C3 no
+//! version regressed and no tombstone resurrected, every session present).
+//!
+//! A run is a function of its seed: [`sim::run`] with the same [`sim::SimConfig`] gives the
+//! same history and the same [`sim::RunOutcome::trace_hash`], so a failing seed replays
+//! exactly (`LIFEBOAT_SEED=<seed> cargo test -p lifeboat-dsim --test chaos`). See
+//! `docs/CHAOS.md`.
+//!
+//! [`checker`] is independent of the simulation (it uses only `lifeboat-common` and
+//! `lifeboat-server` types): any suite that records a [`checker::History`] can use it.
+
+pub mod checker;
+pub mod faults;
+pub mod net;
+pub mod region;
+pub mod sim;
+pub mod suite;
+pub mod workload;
