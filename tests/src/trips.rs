@@ -36,6 +36,10 @@ pub async fn submit(
 pub struct TripLedger {
     pub session: SessionId,
     pub locations_committed: u32,
+    /// Location ops the app asked for whose outcome it never heard (its process was killed
+    /// with them in the outbox): each may be applied once, or not yet (C1 does not require
+    /// them; C2 still allows at most one application).
+    pub locations_unresolved: u32,
     pub completed: bool,
     /// The newest version any commit reported.
     pub last_version: VersionVector,
@@ -46,6 +50,7 @@ impl TripLedger {
         Self {
             session,
             locations_committed: 0,
+            locations_unresolved: 0,
             completed: false,
             last_version: VersionVector::new(),
         }

@@ -792,12 +792,20 @@ async fn s13_split_partners_on_two_sites_both_commit_the_conflict_is_surfaced_no
             }
         }
     };
-    let replaced = conflict.context("the conflict did not carry the rider's copy")?;
-    ensure!(
-        replaced.phase == TripPhase::Cancelled,
-        "the rider's acknowledged cancel is handed to the app: {:?}",
-        replaced.phase
-    );
+    match conflict {
+        // The rider took the datacenter's live copy: its acknowledged cancel is handed to
+        // the app with the conflict.
+        Some(replaced) => ensure!(
+            replaced.phase == TripPhase::Cancelled,
+            "the rider's acknowledged cancel is handed to the app: {:?}",
+            replaced.phase
+        ),
+        // The rider kept its tombstone (a finished trip is never revived on a device, C3):
+        // it must still hold the cancelled trip.
+        None => {
+            wait_for_session(&rider, WAIT, |s| s.session == session && s.finished).await?;
+        }
+    }
     // The primary kept the driver's acknowledged op; the trip goes on there.
     let mut ledger = TripLedger::new(session);
     ledger.last_version = submit(&driver, session, TripOp::StartTrip).await?.version;
