@@ -104,6 +104,30 @@ impl TripOp {
     }
 }
 
+/// The kind of a [`TripOp`], without its payload (ledgers, histories, reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TripOpKind {
+    Request,
+    Arrived,
+    Start,
+    Location,
+    Complete,
+    Cancel,
+}
+
+impl From<&TripOp> for TripOpKind {
+    fn from(op: &TripOp) -> Self {
+        match op {
+            TripOp::Request { .. } => TripOpKind::Request,
+            TripOp::Arrived => TripOpKind::Arrived,
+            TripOp::StartTrip => TripOpKind::Start,
+            TripOp::Location { .. } => TripOpKind::Location,
+            TripOp::Complete => TripOpKind::Complete,
+            TripOp::Cancel => TripOpKind::Cancel,
+        }
+    }
+}
+
 /// Marker type implementing [`Application`] for trips.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Trip;

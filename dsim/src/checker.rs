@@ -37,36 +37,14 @@ use lifeboat_common::dedup::{DedupEntry, DEDUP_WINDOW};
 use lifeboat_common::edge::SubmitError;
 use lifeboat_common::wire::OpRejection;
 use lifeboat_common::{
-    DatacenterId, DeviceId, OpId, SessionId, TripOp, TripPhase, TripState, VersionOrder,
-    VersionVector,
+    DatacenterId, DeviceId, OpId, SessionId, TripPhase, TripState, VersionOrder, VersionVector,
 };
 use lifeboat_server::service::StoredSession;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// The kind of an op, without its payload (histories stay short and readable).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OpKind {
-    Request,
-    Arrived,
-    Start,
-    Location,
-    Complete,
-    Cancel,
-}
-
-impl From<&TripOp> for OpKind {
-    fn from(op: &TripOp) -> Self {
-        match op {
-            TripOp::Request { .. } => OpKind::Request,
-            TripOp::Arrived => OpKind::Arrived,
-            TripOp::StartTrip => OpKind::Start,
-            TripOp::Location { .. } => OpKind::Location,
-            TripOp::Complete => OpKind::Complete,
-            TripOp::Cancel => OpKind::Cancel,
-        }
-    }
-}
+pub use lifeboat_common::trip::TripOpKind as OpKind;
 
 /// Something one device did or saw.
 #[derive(Clone, Debug, PartialEq)]

@@ -48,15 +48,7 @@ pub struct CityConfig {
 }
 
 /// What kind of op a ledger entry is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum OpKind {
-    Request,
-    Arrived,
-    Start,
-    Location,
-    Complete,
-    Cancel,
-}
+pub use lifeboat_common::trip::TripOpKind as OpKind;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
