@@ -14,6 +14,7 @@ use lifeboat_common::datacenter::{DatacenterCore, DcConfig};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
+use lifeboat_common::wire::OfferedCopy;
 use lifeboat_common::{DatacenterId, DeviceId, GeoPoint, SessionId, Trip, TripOp};
 use std::hint::black_box;
 
@@ -117,7 +118,15 @@ fn restore(c: &mut Criterion) {
             },
             |(mut core, digests)| {
                 for (device, digest) in digests {
-                    core.handle_connect(NOW_MS, device, false, vec![digest]);
+                    core.handle_connect(
+                        NOW_MS,
+                        device,
+                        false,
+                        vec![OfferedCopy {
+                            digest,
+                            committed: true,
+                        }],
+                    );
                 }
                 let fx = core.poll_effects();
                 assert_eq!(fx.persist.len() as u64, TRIPS);

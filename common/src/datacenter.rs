@@ -3,40 +3,47 @@
 //! No sockets, no disk, no clock: inputs are `handle_*(now_ms, ..)` calls, outputs are taken
 //! with [`DatacenterCore::poll_effects`]. The driver must write every `persist` entry of a
 //! batch before it sends any message of the same batch (raft-rs style: "persist these, then
-//! send these"); the datacenter's own disk is a cache, the devices hold the truth, so the
-//! driver need not flush before sending.
+//! send these"); the datacenter's own disk is a cache, the devices hold the truth.
 //!
-//! Rules (each enforced here, each tested below):
+//! The rules are those of docs/PROTOCOL.md; each is enforced here and tested in
+//! `common/tests/replication_rules.rs` and `common/tests/split_sequences.rs`:
 //! - Apply (C2): an op is processed once per `(session, device, seq)`; a retry is answered from
 //!   the watermark in the digest. Rejected ops are recorded too, so a retry at another
 //!   datacenter is not applied either.
 //! - Every change bumps this datacenter's slot of the version vector, reseals the digest and
-//!   pushes it to every connected participant (C3, C5: nobody waits for a device unless the
-//!   durability mode is edge-ack, and even then only the "committed" report waits).
+//!   pushes it to every connected participant. Nobody waits for a device except the reports
+//!   that depend on it (C5).
+//! - The chain (C1, S13): a change is committed only once the session's chain holder has
+//!   persisted it. The chain holder is the anchor ([`DigestHeader::anchor`]: the provider once
+//!   one is assigned, else the requester), except between a dispatch and the moment the
+//!   requester persisted it: the hand-over is itself a change the requester must persist.
+//!   The anchor's own ops commit when the anchor persists the reply; every other change
+//!   (the other participant's ops, dispatch) waits for the chain holder's `Ack`, which this
+//!   core asks for (`SessionUpdate::ack`) and turns into [`ServerMsg::Committed`] for the
+//!   others. The chain holder persists a copy only if it dominates the one it holds (the
+//!   edge's rule), so it accepts at most one successor of each copy and two datacenters can
+//!   never both commit.
 //! - Restore (C3, C4): an uploaded digest is adopted only if it opens with a region key, the
 //!   uploader is one of its participants, and it is newer than what the datacenter has. Older
-//!   copies are answered with the newer one; a live copy never replaces a tombstone.
-//! - Reconcile (S13): of two concurrent copies, one that has processed every op of the other
-//!   (per participant, same outcomes, same participants) is kept with a version above both, so
-//!   nothing acknowledged is lost; anything else is reported as divergence and never silently
-//!   merged.
-//! - Restore barrier: a session this datacenter restored (from a device or from its own,
-//!   possibly stale, disk) takes no ops until every other participant has connected and
-//!   uploaded, or `restore_grace_ms` passed since the first participant reported in (for a
-//!   copy loaded from the datacenter's own disk the clock starts then, not at load time).
-//!   Ops that arrive meanwhile are parked (bounded), not refused. Without it, a device could
-//!   continue an older copy while its partner is still on the way with a newer one, and the
-//!   partner's committed ops would diverge. At release, parked ops of devices that are no
-//!   longer connected are dropped, not applied: they are still in those devices' outboxes.
-//! - Dispatch: a session is dispatched only while its rider is connected here. A rider that
-//!   left may have taken the trip to another datacenter, which dispatches it; dispatching a
-//!   copy left behind would send a second driver.
-//! - Tombstones: a finished session keeps its final digest; nothing brings it back (S10).
-//! - Bounded (C6): sessions, parked ops per session and the dispatch queue all have limits;
-//!   hitting one is a typed rejection, never a panic. A device may create a session only
-//!   while it takes part in fewer than `max_active_sessions_per_device` active sessions, and
-//!   at most `session_creates_per_minute` times a minute (a token bucket per device; the
-//!   bucket map holds only devices that created within the last minute).
+//!   copies are answered with the newer one. There is no grace period: a datacenter continues
+//!   at once from whatever it restores, because nothing it does commits without the chain
+//!   holder.
+//! - The chain wins: an upload concurrent with this datacenter's copy replaces it only if the
+//!   device says it is committed (on the chain). Then this datacenter's own branch holds only
+//!   changes nobody was told are committed; it is dropped, the committed copy is kept with a
+//!   version above both, and it is pushed to every participant (a participant it no longer
+//!   names is told [`ServerMsg::Removed`]). An uncommitted concurrent upload changes nothing
+//!   ([`UploadOutcome::Diverged`]): the session waits for its chain holder.
+//! - Dispatch: a session is dispatched only while its rider is connected here (the rider
+//!   must persist the hand-over anyway, and a copy the rider left behind may be stale).
+//! - Tombstones: a finished session keeps its final digest; an older copy never revives it
+//!   (S10).
+//! - Bounded (C6): sessions, the dispatch queue and the per-session record of copies waiting
+//!   for the chain holder all have limits; hitting one is a typed rejection, never a panic. A
+//!   device may create a session only while it takes part in fewer than
+//!   `max_active_sessions_per_device` active sessions, and at most
+//!   `session_creates_per_minute` times a minute (a token bucket per device; the bucket map
+//!   holds only devices that created within the last minute).
 
 use crate::app::{AppRejection, Application};
 use crate::dedup::{DedupEntry, Seen};
@@ -46,16 +53,24 @@ use crate::keyring::Keyring;
 use crate::limits::{LimitExceeded, LimitKind};
 use crate::version::{VersionOrder, VersionVector};
 use crate::wire::{
-    OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadRefusal, UploadResult,
+    OfferedCopy, OpOutcome, OpRejection, ServerMsg, SessionUpdate, UploadOutcome, UploadRefusal,
+    UploadResult,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// When a server-side change (dispatch) counts as committed.
+/// Most copies a session records while they wait for the chain holder's `Ack` (C6). When it
+/// is full the oldest is forgotten: an `Ack` of a later copy confirms it too.
+pub const MAX_UNCONFIRMED_COPIES: usize = 128;
+
+/// When a server-side change (dispatch) counts as committed for the datacenter's own report
+/// ([`DcEvent::ServerChangeCommitted`], `server_changes_committed`). Whatever the mode, the
+/// devices report commits by the chain rule (docs/PROTOCOL.md): a dispatch is never the
+/// base of a committed op before the rider persisted it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
-    /// Committed as soon as the datacenter applied it; devices get it asynchronously.
+    /// Counted as soon as the datacenter applied it; devices get it asynchronously.
     Async,
-    /// Committed once this many participants acknowledged persisting it (1 or 2).
+    /// Counted once this many participants acknowledged persisting it (1 or 2).
     EdgeAck(u8),
 }
 
@@ -90,12 +105,8 @@ pub struct DcConfig {
     /// This datacenter's slot in version vectors (see [`ReplicaId`]).
     pub replica: ReplicaId,
     pub durability: Durability,
-    /// How long a restored session waits for its other participants before taking ops.
-    pub restore_grace_ms: u64,
     /// Most sessions (active and tombstoned) held at once.
     pub max_sessions: usize,
-    /// Most ops parked per session behind a restore barrier.
-    pub max_parked_per_session: usize,
     /// A device taking part in this many active sessions may not create another.
     pub max_active_sessions_per_device: usize,
     /// Session creates a device may make per minute (also the burst size); 0: unlimited.
@@ -108,9 +119,7 @@ impl DcConfig {
             dc,
             replica,
             durability: Durability::Async,
-            restore_grace_ms: 10_000,
             max_sessions: 1_000_000,
-            max_parked_per_session: 128,
             max_active_sessions_per_device: 16,
             session_creates_per_minute: 10,
         }
@@ -157,30 +166,49 @@ pub enum DcEvent {
         from: DeviceId,
         reason: UploadRefusal,
     },
+    /// A concurrent upload not known committed: nothing changed, the session waits for its
+    /// chain holder.
     Diverged {
         session: SessionId,
         from: DeviceId,
     },
-    /// Concurrent copies where one had processed every op of the other: kept that one, with
-    /// a version above both (`kept_upload`: the uploaded copy won).
-    Reconciled {
+    /// A committed upload replaced this datacenter's concurrent branch (whose changes nobody
+    /// was told are committed); kept with a version above both.
+    ChainAdopted {
         session: SessionId,
         from: DeviceId,
-        kept_upload: bool,
+    },
+    /// Two copies both said to be committed and neither dominates: the chain rule was
+    /// broken somewhere (a device lied about its store, or a bug). Nothing changed.
+    ChainConflict {
+        session: SessionId,
+        from: DeviceId,
+    },
+    /// The anchor came back with an empty store; the session continues from this
+    /// datacenter's copy (see `reanchor`).
+    Reanchored {
+        session: SessionId,
+        device: DeviceId,
+    },
+    /// A participant of the dropped branch is not one of the committed copy.
+    Removed {
+        session: SessionId,
+        device: DeviceId,
     },
     Dispatched {
         session: SessionId,
         driver: DeviceId,
+    },
+    /// The chain holder persisted `version`: the changes up to it are committed.
+    Confirmed {
+        session: SessionId,
+        version: VersionVector,
     },
     ServerChangeCommitted {
         session: SessionId,
         version: VersionVector,
     },
     Finished(SessionId),
-    BarrierReleased {
-        session: SessionId,
-        timed_out: bool,
-    },
 }
 
 /// Counters, for logs, tests and the harness.
@@ -189,22 +217,29 @@ pub struct DcStats {
     pub ops_applied: u64,
     pub ops_rejected: u64,
     pub ops_duplicate: u64,
-    pub ops_parked: u64,
-    /// Parked ops not applied at barrier release because their device had gone (it
-    /// replays them wherever it connects).
-    #[serde(default)]
-    pub parked_dropped: u64,
     pub sessions_created: u64,
     pub sessions_restored: u64,
     pub uploads_stale: u64,
     pub uploads_refused: u64,
+    /// Concurrent uploads not known committed (the session waited for its chain holder).
     pub uploads_diverged: u64,
-    /// Concurrent copies reconciled without losing an op (see `reconcile`).
+    /// Committed uploads that replaced a concurrent branch of this datacenter.
     #[serde(default)]
-    pub uploads_merged: u64,
+    pub chain_adopted: u64,
+    /// Two concurrent copies both said to be committed (must stay 0).
+    #[serde(default)]
+    pub chain_conflicts: u64,
+    /// Participants told they were removed from a session.
+    #[serde(default)]
+    pub removed: u64,
+    /// Copies confirmed by a chain holder's `Ack`.
+    #[serde(default)]
+    pub confirmations: u64,
+    /// Anchors that came back with an empty store (see `DatacenterCore::reanchor`).
+    #[serde(default)]
+    pub reanchored: u64,
     pub dispatched: u64,
     pub server_changes_committed: u64,
-    pub barriers_timed_out: u64,
     /// Creates refused: the device was in too many active sessions.
     #[serde(default)]
     pub limited_sessions_per_device: u64,
@@ -224,26 +259,90 @@ struct CreateBudget {
     at_ms: u64,
 }
 
+/// A dispatch waiting for its edge-ack quorum (the datacenter's own report only).
 struct Pending {
     version: VersionVector,
     acks: Vec<DeviceId>,
 }
 
-struct Barrier<A: Application> {
-    awaiting: Vec<DeviceId>,
-    /// Only the deadline releases it: the copy still needs a provider, and a provider that
-    /// was assigned elsewhere (whose copy this one does not name) may still come back.
-    until_deadline: bool,
-    deadline_ms: u64,
-    parked: VecDeque<(DeviceId, u64, A::Op)>,
+/// Where this datacenter's copy of a session stands on the session's chain.
+#[derive(Default)]
+struct Chain {
+    /// The newest copy of this copy's line known to be committed here (the chain holder's
+    /// `Ack`, a committed upload, the create), with the provider it names. `None`: not known
+    /// (a copy restored from an uncommitted upload, or loaded from this datacenter's disk).
+    confirmed: Option<(VersionVector, Option<DeviceId>)>,
+    /// Copies made here since the first change that waits for the chain holder, oldest
+    /// first, with every participant's watermark in it (an `Ack` names one of them). Empty:
+    /// nothing waits.
+    unconfirmed: VecDeque<Unconfirmed>,
+}
+
+/// A copy made (or restored) here that waits for the chain holder's `Ack`.
+struct Unconfirmed {
+    version: VersionVector,
+    driver: Option<DeviceId>,
+    dedup: Vec<DedupEntry>,
 }
 
 struct Entry<A: Application> {
     header: DigestHeader,
     body: DigestBody<A::State>,
     sealed: SealedDigest,
+    chain: Chain,
     pending: Option<Pending>,
-    barrier: Option<Barrier<A>>,
+}
+
+impl<A: Application> Entry<A> {
+    /// Whether the requester has persisted the assignment of the provider this copy names
+    /// (as far as this datacenter knows). Before that, the requester still holds the chain.
+    fn handed_over(&self) -> bool {
+        match &self.chain.confirmed {
+            Some((_, driver)) => *driver == self.header.driver,
+            None => false,
+        }
+    }
+
+    /// The device whose persistence commits this copy's changes (see the module docs).
+    fn chain_holder(&self) -> DeviceId {
+        if self.header.driver.is_none() || self.handed_over() {
+            self.header.anchor()
+        } else {
+            self.header.rider
+        }
+    }
+
+    /// Whether this copy, sent to `device`, is on the committed chain as far as `device`
+    /// is concerned: for the chain holder, whether persisting it commits it (the line up to
+    /// it is confirmed); for anyone else, whether the chain holder confirmed exactly it.
+    fn committed_for(&self, device: DeviceId) -> bool {
+        match &self.chain.confirmed {
+            None => false,
+            Some(_) if device == self.chain_holder() => true,
+            Some((v, _)) => *v == self.header.version,
+        }
+    }
+
+    /// Whether `device` must acknowledge persisting this copy.
+    fn ack_wanted(&self, device: DeviceId) -> bool {
+        (device == self.chain_holder() && !self.chain.unconfirmed.is_empty())
+            || self.pending.is_some()
+    }
+
+    /// Record the current copy as one waiting for the chain holder (when something waits).
+    fn record_unconfirmed(&mut self, waits: bool) {
+        if !waits && self.chain.unconfirmed.is_empty() {
+            return;
+        }
+        if self.chain.unconfirmed.len() >= MAX_UNCONFIRMED_COPIES {
+            self.chain.unconfirmed.pop_front();
+        }
+        self.chain.unconfirmed.push_back(Unconfirmed {
+            version: self.header.version.clone(),
+            driver: self.header.driver,
+            dedup: self.body.dedup.clone(),
+        });
+    }
 }
 
 struct Conn {
@@ -267,6 +366,14 @@ pub struct DatacenterCore<A: Application> {
     create_budget: HashMap<DeviceId, CreateBudget>,
     effects: Effects<A>,
     stats: DcStats,
+}
+
+fn mark_of(dedup: &[DedupEntry], device: DeviceId) -> (u64, u64) {
+    dedup
+        .iter()
+        .find(|d| d.device == device)
+        .map(|d| (d.last_seq, d.applied_bits))
+        .unwrap_or((0, 0))
 }
 
 impl<A: Application> DatacenterCore<A> {
@@ -340,15 +447,24 @@ impl<A: Application> DatacenterCore<A> {
         self.sessions.get(&id).map(|e| (&e.header, &e.body.state))
     }
 
-    /// The dedup watermark of one participant of a session.
     /// The sealed digest this datacenter holds (what its store has).
     pub fn sealed(&self, id: SessionId) -> Option<&SealedDigest> {
         self.sessions.get(&id).map(|e| &e.sealed)
     }
 
+    /// The dedup watermark of one participant of a session.
     pub fn watermark(&self, id: SessionId, device: DeviceId) -> Option<DedupEntry> {
         let e = self.sessions.get(&id)?;
         e.body.dedup.iter().find(|d| d.device == device).copied()
+    }
+
+    /// Whether this datacenter knows its copy of `id` is committed (the chain holder
+    /// confirmed exactly this version).
+    pub fn is_confirmed(&self, id: SessionId) -> bool {
+        self.sessions
+            .get(&id)
+            .and_then(|e| e.chain.confirmed.as_ref().map(|(v, _)| *v == e.header.version))
+            .unwrap_or(false)
     }
 
     /// All sessions: id, header and state.
@@ -358,78 +474,62 @@ impl<A: Application> DatacenterCore<A> {
             .map(|(id, e)| (*id, &e.header, &e.body.state))
     }
 
-    /// A digest from this datacenter's own store, at startup. It may be stale (failback), so
-    /// the session sits behind a restore barrier until its participants have reported in.
-    pub fn load_persisted(&mut self, now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
+    /// A digest from this datacenter's own store, at startup. It may be stale (failback):
+    /// nothing here is known committed until a device says so, so it commits nothing on its
+    /// own (the chain holder's upload or `Ack` does).
+    pub fn load_persisted(&mut self, _now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
         let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
         let header = sealed.header.clone();
-        let session_id = header.session;
-        let awaiting: Vec<DeviceId> = header.participants().collect();
-        self.insert(now_ms, header, body, sealed, Some(awaiting));
-        // The grace period starts when the first participant reports in, not now: after a
-        // restart the devices may still be minutes away from noticing they should come here.
-        if let Some(b) = self
-            .sessions
-            .get_mut(&session_id)
-            .and_then(|e| e.barrier.as_mut())
-        {
-            b.deadline_ms = u64::MAX;
-        }
+        self.insert(header, body, sealed, Chain::default());
         Ok(())
     }
 
-    /// Insert a session: a fresh create (`restored: None`, no barrier), or a restored copy
-    /// with the participants still to hear from.
+    /// Insert (or replace) a session's copy and keep the indexes.
     fn insert(
         &mut self,
-        now_ms: u64,
         header: DigestHeader,
         body: DigestBody<A::State>,
         sealed: SealedDigest,
-        restored: Option<Vec<DeviceId>>,
+        chain: Chain,
     ) {
         let id = header.session;
         let active = !header.tombstone;
-        let barrier = match restored {
-            Some(awaiting) if active => {
-                let until_deadline = A::needs_assignee(&body.state);
-                (until_deadline || !awaiting.is_empty()).then(|| Barrier {
-                    awaiting,
-                    until_deadline,
-                    deadline_ms: now_ms.saturating_add(self.cfg.restore_grace_ms),
-                    parked: VecDeque::new(),
-                })
-            }
-            _ => None,
-        };
-        if active {
-            for d in header.participants() {
-                let list = self.by_device.entry(d).or_default();
-                if !list.contains(&id) {
-                    list.push(id);
-                }
-            }
-            if A::needs_assignee(&body.state) {
-                self.waiting.push_back(id);
-            }
-        }
-        if let Some(old) = self.sessions.insert(
+        let old = self.sessions.insert(
             id,
             Entry {
                 header,
                 body,
                 sealed,
+                chain,
                 pending: None,
-                barrier,
             },
-        ) {
-            // Participants can only be added (dispatch), never removed, so the index needs
-            // no clean-up for the replaced copy, except when the new copy is a tombstone.
-            if !active {
-                for d in old.header.participants() {
-                    self.unindex(d, id);
-                }
+        );
+        if let Some(old) = old {
+            for d in old.header.participants() {
+                self.unindex(d, id);
             }
+        }
+        if active {
+            self.index(id);
+        }
+    }
+
+    /// Index the participants of an active session, and queue it for dispatch if it needs a
+    /// provider.
+    fn index(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get(&id) else {
+            return;
+        };
+        let participants: Vec<DeviceId> = entry.header.participants().collect();
+        let needs = A::needs_assignee(&entry.body.state);
+        for d in participants {
+            let list = self.by_device.entry(d).or_default();
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+        if needs {
+            self.waiting.push_back(id);
         }
     }
 
@@ -443,17 +543,25 @@ impl<A: Application> DatacenterCore<A> {
     }
 
     fn update_for(entry: &Entry<A>, device: DeviceId) -> SessionUpdate<A> {
+        let (your_last_seq, your_applied_bits) = mark_of(&entry.body.dedup, device);
         SessionUpdate {
             digest: entry.sealed.clone(),
             view: entry.body.state.clone(),
-            your_last_seq: entry
-                .body
-                .dedup
-                .iter()
-                .find(|d| d.device == device)
-                .map(|d| d.last_seq)
-                .unwrap_or(0),
-            committed: entry.pending.is_none(),
+            your_last_seq,
+            your_applied_bits,
+            committed: entry.committed_for(device),
+            ack: entry.ack_wanted(device),
+        }
+    }
+
+    fn push_to(&mut self, session: SessionId, device: DeviceId) {
+        if let Some(entry) = self
+            .sessions
+            .get(&session)
+            .filter(|e| e.header.role_of(device).is_some())
+        {
+            let update = Self::update_for(entry, device);
+            self.effects.send.push((device, ServerMsg::Push { update }));
         }
     }
 
@@ -469,11 +577,13 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
-    /// Apply a change to a session: bump the version, reseal, persist. On any error nothing
-    /// changed.
+    /// Apply a change to a session: bump the version, reseal, persist. `waits`: the change
+    /// commits only with the chain holder's `Ack` (another participant's op, a dispatch).
+    /// On any error nothing changed.
     fn change(
         &mut self,
         session: SessionId,
+        waits: bool,
         f: impl FnOnce(&mut DigestHeader, &mut DigestBody<A::State>),
     ) -> Result<(), AppRejection> {
         let dc = self.cfg.replica;
@@ -495,11 +605,11 @@ impl<A: Application> DatacenterCore<A> {
         entry.header = header;
         entry.body = body;
         entry.sealed = sealed.clone();
+        entry.record_unconfirmed(waits);
         self.effects.persist.push((session, sealed));
         if finished {
             let participants: Vec<DeviceId> = entry.header.participants().collect();
             entry.pending = None;
-            entry.barrier = None;
             for d in participants {
                 self.unindex(d, session);
             }
@@ -508,38 +618,22 @@ impl<A: Application> DatacenterCore<A> {
         Ok(())
     }
 
-    /// A device connected and uploaded every digest it holds (its `Hello` and any `Upload`
-    /// frames). Answers `Welcome`, pushes whatever the device is missing or has stale, and
-    /// releases restore barriers that were waiting for it.
+    /// A device connected and uploaded every copy it holds (its `Hello` and any `Upload`
+    /// frames). Answers `Welcome` and pushes whatever the device is missing or has stale.
     pub fn handle_connect(
         &mut self,
         now_ms: u64,
         device: DeviceId,
         available: bool,
-        digests: Vec<SealedDigest>,
+        copies: Vec<OfferedCopy>,
     ) {
         self.connected.insert(device, Conn { available });
-        let mut results = Vec::with_capacity(digests.len());
+        let mut results = Vec::with_capacity(copies.len());
         let mut presented = HashSet::new();
-        for sealed in digests {
-            let session = sealed.header.session;
+        for copy in copies {
+            let session = copy.digest.header.session;
             presented.insert(session);
-            let outcome = self.upload_one(now_ms, device, sealed);
-            if matches!(
-                outcome,
-                UploadOutcome::Stale | UploadOutcome::Diverged | UploadOutcome::Tombstoned
-            ) {
-                // Only to a participant of the datacenter's copy (a replaced driver must not
-                // read the trip).
-                if let Some(entry) = self
-                    .sessions
-                    .get(&session)
-                    .filter(|e| e.header.role_of(device).is_some())
-                {
-                    let update = Self::update_for(entry, device);
-                    self.effects.send.push((device, ServerMsg::Push { update }));
-                }
-            }
+            let outcome = self.upload_one(device, copy);
             results.push(UploadResult { session, outcome });
         }
         self.effects.send.push((
@@ -553,12 +647,9 @@ impl<A: Application> DatacenterCore<A> {
         let mine: Vec<SessionId> = self.by_device.get(&device).cloned().unwrap_or_default();
         for session in mine {
             if !presented.contains(&session) {
-                if let Some(entry) = self.sessions.get(&session) {
-                    let update = Self::update_for(entry, device);
-                    self.effects.send.push((device, ServerMsg::Push { update }));
-                }
+                self.reanchor(session, device);
+                self.push_to(session, device);
             }
-            self.heard_from(now_ms, session, device);
         }
         if available {
             self.offer_driver(device);
@@ -566,7 +657,49 @@ impl<A: Application> DatacenterCore<A> {
         self.dispatch(now_ms);
     }
 
-    fn upload_one(&mut self, now_ms: u64, device: DeviceId, sealed: SealedDigest) -> UploadOutcome {
+    /// The anchor of a session came back without it (its store was lost: a reinstalled
+    /// app). The fence lived in that store and is gone: the session continues from this
+    /// datacenter's copy, which the anchor now holds as committed. Not while a hand-over to
+    /// it made here still waits for the rider (the rider's store still fences that). Counted
+    /// as `reanchored`; docs/PROTOCOL.md says what it risks.
+    fn reanchor(&mut self, session: SessionId, device: DeviceId) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let handover_waits = entry
+            .chain
+            .confirmed
+            .as_ref()
+            .is_some_and(|(_, driver)| *driver != entry.header.driver);
+        if entry.header.tombstone || entry.header.anchor() != device || handover_waits {
+            return;
+        }
+        entry.chain.confirmed = Some((entry.header.version.clone(), entry.header.driver));
+        entry.chain.unconfirmed.clear();
+        self.stats.reanchored += 1;
+        self.effects
+            .events
+            .push(DcEvent::Reanchored { session, device });
+    }
+
+    /// A device offers its held copy again (it refused one of ours).
+    pub fn handle_reupload(&mut self, now_ms: u64, device: DeviceId, copy: OfferedCopy) {
+        let session = copy.digest.header.session;
+        let outcome = self.upload_one(device, copy);
+        self.effects.send.push((
+            device,
+            ServerMsg::Uploaded {
+                result: UploadResult { session, outcome },
+            },
+        ));
+        self.dispatch(now_ms);
+    }
+
+    fn upload_one(&mut self, device: DeviceId, copy: OfferedCopy) -> UploadOutcome {
+        let OfferedCopy {
+            digest: sealed,
+            committed,
+        } = copy;
         let session = sealed.header.session;
         let refuse = |this: &mut Self, reason: UploadRefusal| {
             this.stats.uploads_refused += 1;
@@ -585,20 +718,27 @@ impl<A: Application> DatacenterCore<A> {
         if sealed.header.role_of(device).is_none() {
             return refuse(self, UploadRefusal::NotParticipant);
         }
-        let Some(entry) = self.sessions.get_mut(&session) else {
+        let Some(entry) = self.sessions.get(&session) else {
             if self.sessions.len() >= self.cfg.max_sessions {
                 self.stats.limited_sessions += 1;
                 let limit = LimitExceeded::new(LimitKind::Sessions, self.cfg.max_sessions);
                 return refuse(self, UploadRefusal::Limit(limit));
             }
             let header = sealed.header.clone();
-            let connected = &self.connected;
-            let awaiting: Vec<DeviceId> = header
-                .participants()
-                .filter(|d| *d != device && !connected.contains_key(d))
-                .collect();
+            let mut chain = Chain::default();
+            if committed {
+                chain.confirmed = Some((header.version.clone(), header.driver));
+            } else {
+                // Ask the chain holder to persist it when it comes: until then nothing on
+                // this copy is known committed here.
+                chain.unconfirmed.push_back(Unconfirmed {
+                    version: header.version.clone(),
+                    driver: header.driver,
+                    dedup: body.dedup.clone(),
+                });
+            }
             self.effects.persist.push((session, sealed.clone()));
-            self.insert(now_ms, header, body, sealed, Some(awaiting));
+            self.insert(header, body, sealed, chain);
             self.stats.sessions_restored += 1;
             self.effects.events.push(DcEvent::Restored {
                 session,
@@ -623,39 +763,65 @@ impl<A: Application> DatacenterCore<A> {
                 });
                 UploadOutcome::Diverged
             }
-            VersionOrder::Equal => UploadOutcome::Current,
-            // Also against a tombstone: a live branch the tombstone has fully processed (an
-            // op applied at two datacenters) is reconciled, so the device holding it gets a
-            // tombstone above its copy rather than one beside it. `reconcile` never lets a
-            // live copy replace a tombstone.
-            VersionOrder::Concurrent => self.reconcile(now_ms, device, sealed, body),
-            _ if entry.header.tombstone => UploadOutcome::Tombstoned,
+            VersionOrder::Equal => {
+                if committed {
+                    let header = sealed.header;
+                    self.confirm(session, &header.version, header.driver, body.dedup, device);
+                }
+                UploadOutcome::Current
+            }
             VersionOrder::Older => {
+                // Ours descends from it. If the device knows it is committed, so is the line
+                // of ours up to it.
+                let tombstone = entry.header.tombstone;
+                if self.removed(entry, device, &sealed.header.version) {
+                    return self.tell_removed(session, device);
+                }
+                if committed {
+                    let header = sealed.header;
+                    self.confirm(session, &header.version, header.driver, body.dedup, device);
+                }
                 self.stats.uploads_stale += 1;
-                UploadOutcome::Stale
+                self.push_to(session, device);
+                if tombstone {
+                    UploadOutcome::Tombstoned
+                } else {
+                    UploadOutcome::Stale
+                }
+            }
+            // A tombstone known committed is final, whatever a device claims (C3).
+            VersionOrder::Newer
+                if entry.header.tombstone
+                    && !sealed.header.tombstone
+                    && entry
+                        .chain
+                        .confirmed
+                        .as_ref()
+                        .is_some_and(|(v, _)| *v == entry.header.version) =>
+            {
+                self.push_to(session, device);
+                UploadOutcome::Tombstoned
             }
             VersionOrder::Newer => {
-                let was_tombstone = sealed.header.tombstone;
-                let old_participants: Vec<DeviceId> = entry.header.participants().collect();
-                entry.header = sealed.header.clone();
-                entry.body = body;
-                entry.sealed = sealed.clone();
-                entry.pending = None;
-                self.effects.persist.push((session, sealed));
-                if was_tombstone {
-                    // Parked ops get their answer (the session is finished), not silence.
-                    self.release_barrier(now_ms, session, false);
-                    for d in old_participants {
-                        self.unindex(d, session);
-                    }
-                } else if let Some(e) = self.sessions.get(&session) {
-                    for d in e.header.participants().collect::<Vec<_>>() {
-                        let list = self.by_device.entry(d).or_default();
-                        if !list.contains(&session) {
-                            list.push(session);
-                        }
+                // It descends from ours: adopt it. What we knew committed stays committed.
+                let mut chain = match self.sessions.get_mut(&session) {
+                    Some(e) => std::mem::take(&mut e.chain),
+                    None => Chain::default(),
+                };
+                if committed {
+                    chain.confirmed = Some((sealed.header.version.clone(), sealed.header.driver));
+                    chain.unconfirmed.clear();
+                } else {
+                    chain.unconfirmed.push_back(Unconfirmed {
+                        version: sealed.header.version.clone(),
+                        driver: sealed.header.driver,
+                        dedup: body.dedup.clone(),
+                    });
+                    if chain.unconfirmed.len() > MAX_UNCONFIRMED_COPIES {
+                        chain.unconfirmed.pop_front();
                     }
                 }
+                self.replace(session, device, sealed, body, chain);
                 self.stats.sessions_restored += 1;
                 self.effects.events.push(DcEvent::Restored {
                     session,
@@ -664,170 +830,223 @@ impl<A: Application> DatacenterCore<A> {
                 self.push_to_participants(session, Some(device));
                 UploadOutcome::Restored
             }
+            VersionOrder::Concurrent if !committed => {
+                // Nothing tells which branch is the chain: change nothing, wait for the chain
+                // holder (or a copy known committed).
+                if self.removed(entry, device, &sealed.header.version) {
+                    return self.tell_removed(session, device);
+                }
+                self.stats.uploads_diverged += 1;
+                self.effects.events.push(DcEvent::Diverged {
+                    session,
+                    from: device,
+                });
+                self.ask_chain_holder(session, device);
+                self.push_to(session, device);
+                UploadOutcome::Diverged
+            }
+            VersionOrder::Concurrent => self.adopt_committed(session, device, sealed, body),
         }
     }
 
-    /// Two copies with concurrent histories (S13, or a datacenter that applied an op, died
-    /// before replying, and came back on its disk after the retry was applied elsewhere).
-    ///
-    /// If one copy has processed every op the other has, from every participant and with the
-    /// same outcomes, and both name the same participants, nothing acknowledged can be lost by
-    /// keeping it: it is kept, with a version that joins both histories plus a change of this
-    /// datacenter, so it dominates both and every device adopts it. Otherwise it is a real
-    /// conflict: reported as divergence (the device is told, the application decides), never
-    /// silently merged. A live copy never replaces a tombstone.
-    fn reconcile(
+    /// A participant holds a branch concurrent with ours that nobody confirmed: ask the
+    /// chain holder to persist our copy (if it can, ours is the chain and the participant
+    /// gets it as committed; if it cannot, its own upload settles it).
+    fn ask_chain_holder(&mut self, session: SessionId, from: DeviceId) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let holder = entry.chain_holder();
+        let current = entry.header.version.clone();
+        if !entry.chain.unconfirmed.iter().any(|u| u.version == current) {
+            entry.record_unconfirmed(true);
+        }
+        if holder != from && self.connected.contains_key(&holder) {
+            self.push_to(session, holder);
+        }
+    }
+
+    /// Replace a session's copy with an upload; participants the new copy no longer names
+    /// are told they were removed.
+    fn replace(
         &mut self,
-        now_ms: u64,
+        session: SessionId,
+        from: DeviceId,
+        sealed: SealedDigest,
+        body: DigestBody<A::State>,
+        chain: Chain,
+    ) {
+        let old: Vec<DeviceId> = self
+            .sessions
+            .get(&session)
+            .map(|e| e.header.participants().collect())
+            .unwrap_or_default();
+        let header = sealed.header.clone();
+        self.effects.persist.push((session, sealed.clone()));
+        self.insert(header.clone(), body, sealed, chain);
+        for d in old {
+            if header.role_of(d).is_none() && d != from {
+                self.stats.removed += 1;
+                self.effects
+                    .events
+                    .push(DcEvent::Removed { session, device: d });
+                if self.connected.contains_key(&d) {
+                    self.effects
+                        .send
+                        .push((d, ServerMsg::Removed { session }));
+                }
+            }
+        }
+    }
+
+    /// Whether `device`, which uploaded a copy of `version` naming it, is no longer a
+    /// participant of the session on the committed chain: our copy does not name it, and
+    /// what we know committed of our line names another provider, is finished, or is past
+    /// the device's copy.
+    fn removed(&self, entry: &Entry<A>, device: DeviceId, version: &VersionVector) -> bool {
+        if entry.header.role_of(device).is_some() {
+            return false;
+        }
+        match &entry.chain.confirmed {
+            None => false,
+            Some((vc, driver)) => {
+                driver.is_some_and(|d| d != device)
+                    || entry.header.tombstone
+                    || matches!(vc.compare(version), VersionOrder::Newer | VersionOrder::Equal)
+            }
+        }
+    }
+
+    fn tell_removed(&mut self, session: SessionId, device: DeviceId) -> UploadOutcome {
+        self.stats.removed += 1;
+        self.effects
+            .events
+            .push(DcEvent::Removed { session, device });
+        UploadOutcome::Removed
+    }
+
+    /// A copy the device says is committed, concurrent with ours: our branch since the two
+    /// parted holds only changes nobody was told are committed (a committed change is on the
+    /// one chain, and the chain is ordered). Keep the committed copy with a version above
+    /// both, so every device adopts it. If ours is also known committed past the parting,
+    /// the rule was broken somewhere: change nothing and report it.
+    fn adopt_committed(
+        &mut self,
+        session: SessionId,
         device: DeviceId,
         sealed: SealedDigest,
         body: DigestBody<A::State>,
     ) -> UploadOutcome {
-        let session = sealed.header.session;
-        let diverged = |this: &mut Self| {
-            this.stats.uploads_diverged += 1;
-            this.effects.events.push(DcEvent::Diverged {
+        let Some(entry) = self.sessions.get(&session) else {
+            return UploadOutcome::Diverged;
+        };
+        let ours_committed_past = entry.chain.confirmed.as_ref().is_some_and(|(vc, _)| {
+            !matches!(
+                vc.compare(&sealed.header.version),
+                VersionOrder::Older | VersionOrder::Equal
+            )
+        });
+        let joined = entry.header.version.join(&sealed.header.version);
+        let Some(joined) = joined.ok().filter(|_| !ours_committed_past) else {
+            self.stats.chain_conflicts += 1;
+            self.effects.events.push(DcEvent::ChainConflict {
                 session,
                 from: device,
             });
-            UploadOutcome::Diverged
+            return UploadOutcome::Diverged;
         };
-        let Some(entry) = self.sessions.get(&session) else {
-            return diverged(self);
+        let chain = Chain {
+            confirmed: Some((sealed.header.version.clone(), sealed.header.driver)),
+            unconfirmed: VecDeque::new(),
         };
-        // Same requester; the providers are the same, or the covering copy has one and the
-        // other none yet (a create resubmitted here after the first datacenter dispatched).
-        let rider_same = entry.header.rider == sealed.header.rider;
-        let (ours_driver, theirs_driver) = (entry.header.driver, sealed.header.driver);
-        let Ok(joined) = entry.header.version.join(&sealed.header.version) else {
-            return diverged(self);
-        };
-        // The ops only one copy processed are among its changes the other copy does not
-        // know of (a suffix of its history: anything after them would carry them along), so
-        // only that many of its last ops need comparing; the ones before are shared history.
-        let theirs_only = changes_unknown_to(&sealed.header.version, &entry.header.version);
-        let ours_only = changes_unknown_to(&entry.header.version, &sealed.header.version);
-        let ours_covers = rider_same
-            && (ours_driver == theirs_driver || theirs_driver.is_none())
-            && ops_cover(&entry.body.dedup, &body.dedup, theirs_only);
-        let theirs_covers = rider_same
-            && (ours_driver == theirs_driver || ours_driver.is_none())
-            && ops_cover(&body.dedup, &entry.body.dedup, ours_only);
-        let ours_tombstone = entry.header.tombstone;
-        let keep_theirs =
-            theirs_covers && !ours_covers && (sealed.header.tombstone || !ours_tombstone);
-        if !ours_covers && !keep_theirs {
-            return diverged(self);
+        self.replace(session, device, sealed, body, chain);
+        if self.change(session, false, |h, _| h.version = joined).is_err() {
+            // The upload is kept as it came; devices that hold our branch wait for the
+            // chain holder.
+            return UploadOutcome::Restored;
         }
-        if keep_theirs {
-            let tombstone = sealed.header.tombstone;
-            let old_participants: Vec<DeviceId> = entry.header.participants().collect();
-            if let Some(e) = self.sessions.get_mut(&session) {
-                e.header = sealed.header.clone();
-                e.body = body;
-                e.sealed = sealed;
-                e.pending = None;
-            }
-            if tombstone {
-                // As for a newer tombstone: parked ops get their answer, the index forgets it.
-                self.release_barrier(now_ms, session, false);
-                for d in old_participants {
-                    self.unindex(d, session);
-                }
-            }
-        }
-        if self.change(session, |h, _| h.version = joined).is_err() {
-            return diverged(self);
-        }
-        if keep_theirs {
-            self.adopted_participants(now_ms, session, device);
-        }
-        self.stats.uploads_merged += 1;
-        self.effects.events.push(DcEvent::Reconciled {
+        self.stats.chain_adopted += 1;
+        self.effects.events.push(DcEvent::ChainAdopted {
             session,
             from: device,
-            kept_upload: keep_theirs,
         });
-        // Everyone connected gets the reconciled copy, the uploader included.
+        // Everyone connected gets the kept copy, the uploader included.
         self.push_to_participants(session, None);
         UploadOutcome::Restored
     }
 
-    /// A copy naming a provider replaced one that had none: index the provider, and turn a
-    /// dispatch-only barrier into one that waits for the participants not connected here.
-    fn adopted_participants(&mut self, now_ms: u64, session: SessionId, from: DeviceId) {
+    /// The chain holder (or a device that knows) says `version` of this line is committed,
+    /// with every participant's watermark `dedup` in it. Tell the other participants what
+    /// they may now report, and when a hand-over completed, give the provider the copy it
+    /// now commits on.
+    fn confirm(
+        &mut self,
+        session: SessionId,
+        version: &VersionVector,
+        driver: Option<DeviceId>,
+        dedup: Vec<DedupEntry>,
+        by: DeviceId,
+    ) {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
-        if entry.header.tombstone {
+        let newer = match &entry.chain.confirmed {
+            None => true,
+            Some((v, _)) => version.compare(v) == VersionOrder::Newer,
+        };
+        if !newer {
             return;
         }
+        let was_handed_over = entry.handed_over();
+        entry.chain.confirmed = Some((version.clone(), driver));
+        if let Some(i) = entry
+            .chain
+            .unconfirmed
+            .iter()
+            .position(|u| u.version == *version)
+        {
+            entry.chain.unconfirmed.drain(..=i);
+        }
+        if entry.header.version == *version {
+            entry.chain.unconfirmed.clear();
+        }
+        let handed_over_now = !was_handed_over && entry.handed_over();
         let participants: Vec<DeviceId> = entry.header.participants().collect();
-        let needs = A::needs_assignee(&entry.body.state);
-        if let Some(b) = entry.barrier.as_mut() {
-            if b.until_deadline && !needs {
-                b.until_deadline = false;
-                let connected = &self.connected;
-                b.awaiting = participants
-                    .iter()
-                    .copied()
-                    .filter(|d| *d != from && !connected.contains_key(d))
-                    .collect();
-            }
-        }
-        for d in participants {
-            let list = self.by_device.entry(d).or_default();
-            if !list.contains(&session) {
-                list.push(session);
-            }
-        }
-        self.heard_from(now_ms, session, from);
-    }
-
-    /// `device` has reported in for `session`; release the barrier if nobody else is awaited.
-    fn heard_from(&mut self, now_ms: u64, session: SessionId, device: DeviceId) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        let grace = self.cfg.restore_grace_ms;
-        let release = match entry.barrier.as_mut() {
-            Some(b) => {
-                if b.deadline_ms == u64::MAX {
-                    b.deadline_ms = now_ms.saturating_add(grace);
-                }
-                b.awaiting.retain(|d| *d != device);
-                b.awaiting.is_empty() && !b.until_deadline
-            }
-            None => false,
-        };
-        if release {
-            self.release_barrier(now_ms, session, false);
-        }
-    }
-
-    fn release_barrier(&mut self, now_ms: u64, session: SessionId, timed_out: bool) {
-        let Some(barrier) = self
+        let provider = entry.header.driver;
+        self.stats.confirmations += 1;
+        self.effects.events.push(DcEvent::Confirmed {
+            session,
+            version: version.clone(),
+        });
+        let current = self
             .sessions
-            .get_mut(&session)
-            .and_then(|e| e.barrier.take())
-        else {
-            return;
-        };
-        if timed_out {
-            self.stats.barriers_timed_out += 1;
-        }
-        self.effects
-            .events
-            .push(DcEvent::BarrierReleased { session, timed_out });
-        for (device, seq, op) in barrier.parked {
-            // A device that has gone (back to another datacenter, or offline) keeps the op in
-            // its outbox and replays it wherever it connects. Applied here, unanswered, it
-            // could get a second outcome on a branch the device no longer follows.
-            if !self.connected.contains_key(&device) {
-                self.stats.parked_dropped += 1;
+            .get(&session)
+            .is_some_and(|e| e.header.version == *version);
+        for d in participants {
+            if d == by || !self.connected.contains_key(&d) {
                 continue;
             }
-            self.handle_submit(now_ms, device, session, seq, op);
+            if current {
+                // The copy itself is now committed for everyone: a device holding a branch
+                // nobody confirmed can give way to it.
+                self.push_to(session, d);
+                continue;
+            }
+            let (your_last_seq, your_applied_bits) = mark_of(&dedup, d);
+            self.effects.send.push((
+                d,
+                ServerMsg::Committed {
+                    session,
+                    version: version.clone(),
+                    your_last_seq,
+                    your_applied_bits,
+                },
+            ));
+        }
+        if handed_over_now && !current {
+            if let Some(p) = provider.filter(|p| *p != by && self.connected.contains_key(p)) {
+                self.push_to(session, p);
+            }
         }
     }
 
@@ -878,7 +1097,7 @@ impl<A: Application> DatacenterCore<A> {
         })
     }
 
-    /// Advance time: release barriers whose grace ran out, then dispatch.
+    /// Advance time: forget full create budgets, then dispatch.
     pub fn handle_tick(&mut self, now_ms: u64) {
         // Forget devices whose create budget is full again (C6: the map stays small).
         let per_minute = self.cfg.session_creates_per_minute;
@@ -886,17 +1105,6 @@ impl<A: Application> DatacenterCore<A> {
             Self::refill(b, per_minute, now_ms);
             b.tokens < per_minute
         });
-        let mut expired: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.barrier.as_ref().is_some_and(|b| now_ms >= b.deadline_ms))
-            .map(|(id, _)| *id)
-            .collect();
-        // In session order, not hash order: the same inputs give the same dispatches.
-        expired.sort_unstable();
-        for session in expired {
-            self.release_barrier(now_ms, session, true);
-        }
         self.dispatch(now_ms);
     }
 
@@ -907,18 +1115,16 @@ impl<A: Application> DatacenterCore<A> {
             let Some(entry) = self.sessions.get(&session) else {
                 continue;
             };
-            if entry.header.tombstone || !A::needs_assignee(&entry.body.state) {
-                continue;
-            }
-            if entry.barrier.is_some() {
-                // A device may still bring a copy where a driver was already assigned.
-                deferred.push(session);
+            if entry.header.tombstone
+                || entry.header.driver.is_some()
+                || !A::needs_assignee(&entry.body.state)
+            {
                 continue;
             }
             if !self.connected.contains_key(&entry.header.rider) {
                 // The rider is not here: it may have taken the trip to another datacenter,
-                // which dispatches it; this copy may be stale. Wait until the rider reports
-                // in here again (`handle_connect` dispatches).
+                // and it must persist the hand-over anyway. Wait until it reports in here
+                // again (`handle_connect` dispatches).
                 deferred.push(session);
                 continue;
             }
@@ -926,7 +1132,8 @@ impl<A: Application> DatacenterCore<A> {
                 self.waiting.push_front(session);
                 break;
             };
-            let result = self.change(session, |h, b| {
+            // The hand-over waits for the rider (the chain holder until it persisted it).
+            let result = self.change(session, true, |h, b| {
                 if A::assign(&mut b.state, now_ms).is_ok() {
                     h.driver = Some(driver);
                 }
@@ -990,11 +1197,9 @@ impl<A: Application> DatacenterCore<A> {
         found
     }
 
-    /// A device persisted a version of a session (edge-ack durability).
+    /// A device persisted `version` of a session (it was asked to: `SessionUpdate::ack`).
+    /// From the chain holder, for a copy of this line, it commits the line up to it.
     pub fn handle_ack(&mut self, device: DeviceId, session: SessionId, version: VersionVector) {
-        let Durability::EdgeAck(k) = self.cfg.durability else {
-            return;
-        };
         // A vector from the wire is untrusted: a malformed one could compare as anything.
         if version.validate().is_err() {
             return;
@@ -1005,32 +1210,36 @@ impl<A: Application> DatacenterCore<A> {
         if entry.header.role_of(device).is_none() {
             return;
         }
-        let Some(p) = entry.pending.as_mut() else {
-            return;
-        };
-        if version.covers(&p.version) && !p.acks.contains(&device) {
-            p.acks.push(device);
-        }
-        if p.acks.len() >= usize::from(k) {
-            let version = p.version.clone();
-            entry.pending = None;
-            self.stats.server_changes_committed += 1;
-            self.effects.events.push(DcEvent::ServerChangeCommitted {
-                session,
-                version: version.clone(),
-            });
-            let participants: Vec<DeviceId> = entry.header.participants().collect();
-            for d in participants {
-                if self.connected.contains_key(&d) {
-                    self.effects.send.push((
-                        d,
-                        ServerMsg::Committed {
-                            session,
-                            version: version.clone(),
-                        },
-                    ));
-                }
+        // The datacenter's own report of a dispatch (edge-ack durability).
+        if let (Durability::EdgeAck(k), Some(p)) = (self.cfg.durability, entry.pending.as_mut()) {
+            if version.covers(&p.version) && !p.acks.contains(&device) {
+                p.acks.push(device);
             }
+            if p.acks.len() >= usize::from(k) {
+                let version = p.version.clone();
+                entry.pending = None;
+                self.stats.server_changes_committed += 1;
+                self.effects
+                    .events
+                    .push(DcEvent::ServerChangeCommitted { session, version });
+            }
+        }
+        if device != entry.chain_holder() {
+            return;
+        }
+        // Only a copy of this line counts: one recorded as waiting, or the current one.
+        let known = if entry.header.version == version {
+            Some((entry.header.driver, entry.body.dedup.clone()))
+        } else {
+            entry
+                .chain
+                .unconfirmed
+                .iter()
+                .find(|u| u.version == version)
+                .map(|u| (u.driver, u.dedup.clone()))
+        };
+        if let Some((driver, dedup)) = known {
+            self.confirm(session, &version, driver, dedup, device);
         }
     }
 
@@ -1070,24 +1279,11 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
-        self.submit(now_ms, device, session, seq, op, false)
-    }
-
-    /// A submit; `resubmitted` only matters for a create (see [`Self::handle_resubmit`]).
-    fn submit(
-        &mut self,
-        now_ms: u64,
-        device: DeviceId,
-        session: SessionId,
-        seq: u64,
-        op: A::Op,
-        resubmitted: bool,
-    ) {
         let reject = |this: &mut Self, r: OpRejection, with_update: bool| {
             this.stats.ops_rejected += 1;
             this.reply(device, session, seq, OpOutcome::Rejected(r), with_update);
         };
-        let Some(entry) = self.sessions.get_mut(&session) else {
+        let Some(entry) = self.sessions.get(&session) else {
             if !(A::is_create(&op) && seq == 1) {
                 return reject(self, OpRejection::UnknownSession, false);
             }
@@ -1098,28 +1294,10 @@ impl<A: Application> DatacenterCore<A> {
             if let Err(limit) = self.admit_create(now_ms, device) {
                 return reject(self, OpRejection::Limit(limit), false);
             }
-            return self.create(now_ms, device, session, op, resubmitted);
+            return self.create(now_ms, device, session, op);
         };
         let Some(role) = entry.header.role_of(device) else {
             return reject(self, OpRejection::NotParticipant, false);
-        };
-        // Behind a restore barrier, park first: the watermark may still be about to move
-        // forward with a partner's newer copy, so neither dedup nor gap checks are final yet.
-        if let Some(b) = entry.barrier.as_mut() {
-            if now_ms < b.deadline_ms {
-                if b.parked.len() >= self.cfg.max_parked_per_session {
-                    return reject(self, OpRejection::Overloaded, false);
-                }
-                b.parked.push_back((device, seq, op));
-                self.stats.ops_parked += 1;
-                return;
-            }
-            self.release_barrier(now_ms, session, true);
-            // Parked ops went first; this one follows in order.
-            return self.handle_submit(now_ms, device, session, seq, op);
-        }
-        let Some(entry) = self.sessions.get_mut(&session) else {
-            return reject(self, OpRejection::UnknownSession, false);
         };
         let mark = entry
             .body
@@ -1148,8 +1326,10 @@ impl<A: Application> DatacenterCore<A> {
         if entry.header.tombstone {
             return reject(self, OpRejection::SessionFinished, true);
         }
+        // Another participant's op commits only once the chain holder persisted it.
+        let waits = device != entry.chain_holder();
         let mut app_result = Ok(());
-        let changed = self.change(session, |_, body| {
+        let changed = self.change(session, waits, |_, body| {
             let mut state = body.state.clone();
             app_result = A::apply(&mut state, role, &op, now_ms);
             let applied = app_result.is_ok();
@@ -1241,11 +1421,10 @@ impl<A: Application> DatacenterCore<A> {
         self.create_budget.len()
     }
 
-    /// An op sent again after its connection was lost (see [`crate::wire::ClientMsg::Resubmit`]). The
-    /// same as a submit, except that a session created from it waits out the restore grace
-    /// before it is dispatched: the datacenter that may have created it first may already have
-    /// assigned a provider, whose copy is then reconciled with this one instead of two
-    /// providers being sent to the same requester.
+    /// An op sent again after its connection was lost (see [`crate::wire::ClientMsg::Resubmit`]).
+    /// Answered exactly like a submit: the chain rule makes a second provider for a
+    /// resubmitted request harmless (only the assignment the rider persists commits; the
+    /// other provider is told it was removed).
     pub fn handle_resubmit(
         &mut self,
         now_ms: u64,
@@ -1254,17 +1433,10 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
-        self.submit(now_ms, device, session, seq, op, true)
+        self.handle_submit(now_ms, device, session, seq, op)
     }
 
-    fn create(
-        &mut self,
-        now_ms: u64,
-        device: DeviceId,
-        session: SessionId,
-        op: A::Op,
-        resubmitted: bool,
-    ) {
+    fn create(&mut self, now_ms: u64, device: DeviceId, session: SessionId, op: A::Op) {
         let state = match A::create(&op, now_ms) {
             Ok(s) => s,
             Err(e) => {
@@ -1304,10 +1476,12 @@ impl<A: Application> DatacenterCore<A> {
             }
         };
         self.effects.persist.push((session, sealed.clone()));
-        // A resubmitted create is treated like a restored copy with nobody else to wait for:
-        // its barrier only holds back dispatch (and parks ops) until the grace ends.
-        let restored = resubmitted.then(Vec::new);
-        self.insert(now_ms, header, body, sealed, restored);
+        // The creator is the anchor: its persisting the reply commits the create.
+        let chain = Chain {
+            confirmed: Some((header.version.clone(), None)),
+            unconfirmed: VecDeque::new(),
+        };
+        self.insert(header, body, sealed, chain);
         self.stats.sessions_created += 1;
         self.stats.ops_applied += 1;
         self.effects.events.push(DcEvent::Created(session));
@@ -1319,23 +1493,4 @@ impl<A: Application> DatacenterCore<A> {
     pub fn role_of(&self, session: SessionId, device: DeviceId) -> Option<Role> {
         self.sessions.get(&session)?.header.role_of(device)
     }
-}
-
-/// Every participant's watermark in `theirs` is covered by ours, comparing outcomes over
-/// each participant's last `since` ops (see [`DedupEntry::covers_last`]).
-pub fn ops_cover(ours: &[DedupEntry], theirs: &[DedupEntry], since: u64) -> bool {
-    theirs.iter().all(|t| {
-        t.last_seq == 0
-            || ours
-                .iter()
-                .any(|o| o.device == t.device && o.covers_last(t, since))
-    })
-}
-
-/// How many changes `v` has that `other` does not know of.
-pub fn changes_unknown_to(v: &VersionVector, other: &VersionVector) -> u64 {
-    v.entries()
-        .iter()
-        .map(|(replica, n)| n.saturating_sub(other.get(*replica)))
-        .sum()
 }

@@ -52,6 +52,12 @@ impl DigestHeader {
         }
     }
 
+    /// The session's anchor in this copy: the provider once one is assigned, else the
+    /// requester. The anchor holds the session's committed chain (docs/PROTOCOL.md).
+    pub fn anchor(&self) -> DeviceId {
+        self.driver.unwrap_or(self.rider)
+    }
+
     pub fn participants(&self) -> impl Iterator<Item = DeviceId> {
         std::iter::once(self.rider).chain(self.driver)
     }

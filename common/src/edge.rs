@@ -1,22 +1,35 @@
 //! The device side of the replication protocol, as a deterministic state machine.
 //!
-//! The edge keeps, per session, the newest sealed digest it was given (it cannot read it,
-//! only its authenticated header) and an outbox of ops not yet answered. Inputs are
-//! `submit`/`on_*` calls, outputs are taken with [`EdgeCore::poll_effects`]; the driver
-//! must apply `writes`, then flush if `flush` is set, and only then send messages, resolve
-//! the app's waiting submits and emit events.
+//! The edge keeps, per session, one sealed digest it was given (it cannot read it, only its
+//! authenticated header) with the device's own watermark in it, and an outbox of ops whose
+//! outcome the app has not been told. Inputs are `submit`/`on_*` calls, outputs are taken
+//! with [`EdgeCore::poll_effects`]; the driver must apply `writes`, then flush if `flush` is
+//! set, and only then send messages, resolve the app's waiting submits and emit events.
 //!
-//! Invariants:
-//! - C1: an op is reported committed only after the digest that covers it is written and
-//!   flushed; until then it stays in the outbox and is replayed on every (re)connect.
+//! The rules are those of docs/PROTOCOL.md (the device is the arbiter of its own store):
+//! - The chain (C1, S13): a held copy is *committed* when it is on the session's chain: the
+//!   datacenter said so, or this device is the session's chain holder (its anchor, see
+//!   [`crate::digest::DigestHeader::anchor`]) and its previous copy was committed, so its own
+//!   persisting puts the copy on the chain.
+//! - Compare-and-set: a copy is persisted only if it dominates the held one. The one
+//!   exception: a held copy that is not committed (a branch nobody confirmed) gives way to a
+//!   concurrent committed copy that covers every op outcome this device knows committed. A
+//!   committed copy is never replaced by a concurrent one; the device offers it to the
+//!   datacenter again instead ([`ClientMsg::Reupload`]), so the chain wins there.
+//! - C1: an op is reported to the app only once a committed copy this device persisted covers
+//!   it (or the datacenter confirmed a version whose watermark covers it, and the held copy
+//!   covers it with the same outcome); its outcome is read from that copy, not from the
+//!   reply. Until then it stays in the outbox and is replayed on every (re)connect.
 //! - C2: an op keeps its `(session, device, seq)` for life; `seq` values are allocated once
 //!   and the allocation is flushed before the op is first sent, so a crash can never reuse a
 //!   seq for a different op.
-//! - C3: the held copy of a session only moves forward; an older push is ignored. A
-//!   concurrent one (divergence between datacenters) is surfaced as [`EdgeEvent::Conflict`]
-//!   with the copy it replaces, never dropped silently; a held tombstone is never replaced by
-//!   a live copy (the conflict is reported and the tombstone kept).
-//! - C6: the outbox, the in-flight ops per session and the held sessions are bounded.
+//! - C3: the held copy of a session only moves forward along the chain; an older copy is
+//!   ignored, and a committed tombstone is never replaced by a live copy.
+//! - Waiting is visible: when ops are answered on a copy nobody has confirmed yet, or the
+//!   datacenter holds a branch the chain holder has not confirmed, the app is told why
+//!   ([`EdgeEvent::Waiting`]).
+//! - C6: the outbox, the in-flight ops per session, the retries and the held sessions are
+//!   bounded; at most one re-upload per session is outstanding.
 
 use crate::app::{AppRejection, Application};
 use crate::dedup::DEDUP_WINDOW;
@@ -25,8 +38,8 @@ use crate::ids::{DatacenterId, DeviceId, OpId, SessionId};
 use crate::keyring::DeviceToken;
 use crate::version::{VersionOrder, VersionVector};
 use crate::wire::{
-    ClientMsg, OpOutcome, OpRejection, SessionUpdate, UploadOutcome, UploadRefusal, UploadResult,
-    MAX_DIGESTS_PER_FRAME,
+    ClientMsg, OfferedCopy, OpOutcome, OpRejection, SessionUpdate, UploadOutcome, UploadRefusal,
+    UploadResult, MAX_DIGESTS_PER_FRAME,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -38,7 +51,7 @@ pub struct EdgeLimits {
     pub max_outbox: usize,
     /// Sessions held (active and tombstones). Tombstones are dropped oldest first.
     pub max_sessions: usize,
-    /// Retries of an op the datacenter could not take yet (unknown session, busy).
+    /// Retries of an op the datacenter could not take yet (unknown session, busy, a gap).
     pub max_retries: u32,
     /// Tombstones (finished sessions) held at most; beyond it the ones that finished first
     /// are dropped from the device store. The newest tombstone is always kept, so at least
@@ -64,11 +77,19 @@ impl Default for EdgeLimits {
 pub struct HeldSession<A: Application> {
     pub digest: SealedDigest,
     pub view: A::State,
-    /// The datacenter's watermark of this device's ops, as last told.
+    /// This device's watermark in `digest`: the highest of its ops the copy has processed.
     pub last_seq: u64,
+    /// The outcomes of this device's last 64 ops in `digest` (bit i: seq `last_seq - i`,
+    /// 1 applied, 0 rejected).
+    pub applied_bits: u64,
     /// The next seq this device will use for the session.
     pub next_seq: u64,
+    /// `digest` is on the session's committed chain (see the module docs).
     pub committed: bool,
+    /// The newest watermark of this device in a copy known committed (seq and outcome
+    /// bits): every copy this device adopts in place of its own must cover it.
+    pub committed_seq: u64,
+    pub committed_bits: u64,
 }
 
 /// A write to the device store.
@@ -95,16 +116,31 @@ pub enum SubmitError {
     GaveUp(u32),
     #[error("the session is finished")]
     SessionFinished,
+    /// The committed copy of the session no longer names this device (a provider assigned on
+    /// a branch that never committed): the op was never committed, and never will be.
+    #[error("this device is no longer a participant of the session")]
+    Removed,
 }
 
 /// A committed op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
     pub op: OpId,
-    /// The version of the digest that covers the op (now persisted on this device).
+    /// The version of a committed copy that covers the op.
     pub version: VersionVector,
     /// This was a retry of an op the datacenter had already applied.
     pub duplicate: bool,
+}
+
+/// Why a session's ops wait (see [`EdgeEvent::Waiting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitReason {
+    /// Ops were answered on a copy the session's chain holder (the anchor, or the requester
+    /// during a hand-over) has not persisted yet; they are reported once it has.
+    ChainHolderAway,
+    /// The datacenter holds a branch of the session that nobody has confirmed, concurrent
+    /// with this device's: nothing commits there until the chain holder settles it.
+    BranchNotConfirmed,
 }
 
 /// What the app is told.
@@ -116,20 +152,30 @@ pub enum EdgeEvent<A: Application> {
         view: A::State,
         committed: bool,
     },
-    /// A server-side change reached its edge-ack quorum.
+    /// The datacenter confirmed that `version` of the session is committed (its chain holder
+    /// persisted it: a dispatch, another participant's op).
     ServerChangeCommitted {
         session: SessionId,
         version: VersionVector,
     },
-    /// The datacenter holds a diverged copy (S13); `replaced` is the copy this device held
-    /// and gave up for it. `None`: the device kept its own copy, a tombstone (C3: a finished
-    /// session never comes back to life, however the branches diverged).
+    /// The copy this device held was a branch nobody had confirmed and gave way to the
+    /// committed chain (`replaced`: what it showed). Ops of this device on that branch were
+    /// never reported; they are sent again. `replaced: None`: the device kept its committed
+    /// copy and refused a concurrent one.
     Conflict {
         session: SessionId,
         ours: VersionVector,
         theirs: VersionVector,
         replaced: Option<A::State>,
     },
+    /// The session's ops wait, and why.
+    Waiting {
+        session: SessionId,
+        reason: WaitReason,
+    },
+    /// This device is no longer a participant of the session; its store no longer holds it
+    /// and its queued ops were failed with [`SubmitError::Removed`].
+    Removed { session: SessionId },
     /// The datacenter refused a digest this device uploaded.
     UploadRefused {
         session: SessionId,
@@ -170,6 +216,9 @@ struct Queued<A: Application> {
     /// It was in flight on a connection that was lost (or when the app stopped): a
     /// datacenter may have applied it, so it goes out as `Resubmit`.
     maybe_applied: bool,
+    /// The datacenter's last answer on this connection; the outcome waits for a committed
+    /// copy that covers the op. Not sent again on this connection.
+    answered: Option<OpOutcome>,
 }
 
 impl<A: Application> Queued<A> {
@@ -183,6 +232,61 @@ impl<A: Application> Queued<A> {
     }
 }
 
+/// Whether watermark `(seq, bits)` covers watermark `(seq_b, bits_b)`: it has processed
+/// every op of the other, with the same outcomes where both still remember them.
+fn mark_covers(seq: u64, bits: u64, seq_b: u64, bits_b: u64) -> bool {
+    if seq < seq_b {
+        return false;
+    }
+    let shift = seq - seq_b;
+    if shift >= DEDUP_WINDOW {
+        return true;
+    }
+    let known = DEDUP_WINDOW - shift;
+    let mask = if known >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << known) - 1
+    };
+    let mask = mask & if seq_b >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << seq_b) - 1
+    };
+    (bits >> shift) & mask == bits_b & mask
+}
+
+/// The outcome of `seq` in watermark `(last, bits)`: `Some(true)` applied, `Some(false)`
+/// rejected, `None` not processed. Outcomes older than the window count as applied (the
+/// datacenter answers them `AlreadyProcessed`).
+fn outcome_in(last: u64, bits: u64, seq: u64) -> Option<bool> {
+    if seq == 0 || seq > last {
+        return None;
+    }
+    let age = last - seq;
+    if age >= DEDUP_WINDOW {
+        return Some(true);
+    }
+    Some((bits >> age) & 1 == 1)
+}
+
+/// What to do with a copy the datacenter sent.
+enum Decision<S> {
+    /// Persist it.
+    Take {
+        next_seq: u64,
+        committed: bool,
+        /// The uncommitted copy it replaces (its view and version).
+        replaced: Option<(S, VersionVector)>,
+        /// This device's committed watermark, which the copy must cover.
+        marks: (u64, u64),
+    },
+    /// The copy we hold.
+    Same { newly_committed: bool, ack: bool },
+    /// Keep ours (its version).
+    Refuse(VersionVector),
+}
+
 /// The device's replication state machine (see the module docs).
 pub struct EdgeCore<A: Application> {
     device: DeviceId,
@@ -194,6 +298,10 @@ pub struct EdgeCore<A: Application> {
     connected: Option<DatacenterId>,
     /// Held tombstones in the order they finished (loaded ones first, in load order).
     tombstones: std::collections::VecDeque<SessionId>,
+    /// Sessions with a `Reupload` not answered yet (at most one each).
+    reuploading: HashSet<SessionId>,
+    /// Sessions whose app was told they wait (cleared when nothing waits any more).
+    waiting: HashSet<SessionId>,
     effects: EdgeEffects<A>,
 }
 
@@ -207,6 +315,8 @@ impl<A: Application> EdgeCore<A> {
             outbox: BTreeMap::new(),
             connected: None,
             tombstones: std::collections::VecDeque::new(),
+            reuploading: HashSet::new(),
+            waiting: HashSet::new(),
             effects: EdgeEffects::default(),
         }
     }
@@ -249,6 +359,7 @@ impl<A: Application> EdgeCore<A> {
                 retries: 0,
                 in_flight: false,
                 maybe_applied: true,
+                answered: None,
             },
         );
     }
@@ -285,7 +396,7 @@ impl<A: Application> EdgeCore<A> {
             None => return Err(SubmitError::UnknownSession),
         }
         let seq = self.next_seq(session);
-        let last = self.held.get(&session).map(|h| h.last_seq).unwrap_or(0);
+        let last = self.held.get(&session).map(|h| h.committed_seq).unwrap_or(0);
         if seq.saturating_sub(last) > DEDUP_WINDOW {
             return Err(SubmitError::TooManyInFlight(seq - last - 1));
         }
@@ -321,15 +432,23 @@ impl<A: Application> EdgeCore<A> {
                 retries: 0,
                 in_flight,
                 maybe_applied: false,
+                answered: None,
             },
         );
         Ok(id)
     }
 
-    /// The frames that open a connection: `Hello` with the first digests, then `Upload`s.
+    fn offered(h: &HeldSession<A>) -> OfferedCopy {
+        OfferedCopy {
+            digest: h.digest.clone(),
+            committed: h.committed,
+        }
+    }
+
+    /// The frames that open a connection: `Hello` with the first copies, then `Upload`s.
     pub fn hello(&self, token: DeviceToken, available: bool) -> Vec<ClientMsg<A>> {
-        let digests: Vec<SealedDigest> = self.held.values().map(|h| h.digest.clone()).collect();
-        let mut chunks: Vec<Vec<SealedDigest>> = digests
+        let copies: Vec<OfferedCopy> = self.held.values().map(Self::offered).collect();
+        let mut chunks: Vec<Vec<OfferedCopy>> = copies
             .chunks(MAX_DIGESTS_PER_FRAME)
             .map(|c| c.to_vec())
             .collect();
@@ -361,31 +480,43 @@ impl<A: Application> EdgeCore<A> {
     pub fn on_welcome(&mut self, dc: DatacenterId, results: Vec<UploadResult>) {
         self.connected = Some(dc);
         for r in results {
-            match r.outcome {
-                UploadOutcome::Refused(reason) => {
-                    self.effects.events.push(EdgeEvent::UploadRefused {
-                        session: r.session,
-                        reason,
-                    })
-                }
-                UploadOutcome::Restored
-                | UploadOutcome::Current
-                | UploadOutcome::Stale
-                | UploadOutcome::Tombstoned
-                | UploadOutcome::Diverged => {}
-            }
+            self.on_upload_result(r);
         }
         self.send_unsent();
     }
 
-    /// Resend every op that is not in flight on the current connection (after a retryable
-    /// rejection, call this on a timer).
+    /// The answer to a [`ClientMsg::Reupload`].
+    pub fn on_uploaded(&mut self, result: UploadResult) {
+        self.reuploading.remove(&result.session);
+        self.on_upload_result(result);
+        self.send_unsent();
+    }
+
+    fn on_upload_result(&mut self, r: UploadResult) {
+        match r.outcome {
+            UploadOutcome::Refused(reason) => {
+                self.effects.events.push(EdgeEvent::UploadRefused {
+                    session: r.session,
+                    reason,
+                })
+            }
+            UploadOutcome::Removed => self.on_removed(r.session),
+            UploadOutcome::Diverged => self.wait(r.session, WaitReason::BranchNotConfirmed),
+            UploadOutcome::Restored
+            | UploadOutcome::Current
+            | UploadOutcome::Stale
+            | UploadOutcome::Tombstoned => {}
+        }
+    }
+
+    /// Resend every op that is neither in flight nor answered on the current connection
+    /// (after a retryable rejection, call this on a timer).
     pub fn send_unsent(&mut self) {
         if self.connected.is_none() {
             return;
         }
         for ((session, seq), q) in self.outbox.iter_mut() {
-            if !q.in_flight {
+            if !q.in_flight && q.answered.is_none() {
                 q.in_flight = true;
                 self.effects.send.push(q.message(*session, *seq));
             }
@@ -394,86 +525,252 @@ impl<A: Application> EdgeCore<A> {
 
     /// Whether some op waits for a retry.
     pub fn has_unsent(&self) -> bool {
-        self.outbox.values().any(|q| !q.in_flight)
+        self.outbox
+            .values()
+            .any(|q| !q.in_flight && q.answered.is_none())
     }
 
     pub fn on_disconnect(&mut self) {
         self.connected = None;
+        self.reuploading.clear();
         for q in self.outbox.values_mut() {
-            q.maybe_applied |= q.in_flight;
+            // An answered op may still be on a branch nobody confirmed: ask again wherever
+            // the device connects (answered from the dedup state if it was applied there).
+            q.maybe_applied |= q.in_flight || q.answered.is_some();
             q.in_flight = false;
+            q.answered = None;
         }
     }
 
     /// A new copy of a session from the datacenter.
     pub fn on_push(&mut self, update: SessionUpdate<A>) {
-        self.adopt(update);
+        let session = update.digest.header.session;
+        self.receive(update);
+        self.settle(session);
+        self.send_unsent();
     }
 
-    /// A server-side change reached its quorum.
-    pub fn on_committed(&mut self, session: SessionId, version: VersionVector) {
-        if let Some(h) = self.held.get_mut(&session) {
-            if h.digest.header.version == version {
+    /// The datacenter confirmed that `version` of a session is committed; `your_*` is this
+    /// device's watermark in it.
+    pub fn on_committed(
+        &mut self,
+        session: SessionId,
+        version: VersionVector,
+        your_last_seq: u64,
+        your_applied_bits: u64,
+    ) {
+        let Some(h) = self.held.get_mut(&session) else {
+            return;
+        };
+        if h.digest.header.version == version {
+            if !h.committed {
                 h.committed = true;
+                let h = h.clone();
+                self.effects.writes.push(StoreWrite::PutSession(session, h));
+                self.effects.flush = true;
+                self.after_commit(session);
+            }
+        } else {
+            // A committed copy older than (or beside) ours: ops it covers with the same
+            // outcome as our held copy are committed, and our store holds them.
+            let ops: Vec<u64> = self
+                .outbox
+                .range((session, 0)..=(session, u64::MAX))
+                .map(|((_, s), _)| *s)
+                .collect();
+            let mut done = Vec::new();
+            for seq in ops {
+                let theirs = outcome_in(your_last_seq, your_applied_bits, seq);
+                let ours = outcome_in(h.last_seq, h.applied_bits, seq);
+                if let (Some(a), Some(b)) = (theirs, ours) {
+                    if a == b {
+                        done.push((seq, a));
+                    }
+                }
+            }
+            for (seq, applied) in done {
+                self.resolve(session, seq, applied, &version);
             }
         }
+        self.note_committed_mark(session, your_last_seq, your_applied_bits);
         self.effects
             .events
             .push(EdgeEvent::ServerChangeCommitted { session, version });
+        self.settle(session);
+        self.send_unsent();
     }
 
-    fn adopt(&mut self, u: SessionUpdate<A>) {
-        let session = u.digest.header.session;
-        let theirs = u.digest.header.version.clone();
-        let (next_seq, replaced, ours) = match self.held.get(&session) {
-            None => {
-                self.make_room();
-                (self.fresh.remove(&session).unwrap_or(1), None, None)
+    /// The datacenter's committed copy no longer names this device.
+    pub fn on_removed(&mut self, session: SessionId) {
+        match self.held.get(&session) {
+            // Our copy is on the chain: the datacenter must be on a branch; offer it again.
+            Some(h) if h.committed && h.digest.header.role_of(self.device).is_some() => {
+                self.reupload(session);
             }
+            _ => self.remove(session),
+        }
+    }
+
+    fn remove(&mut self, session: SessionId) {
+        if self.held.remove(&session).is_some() {
+            self.effects.writes.push(StoreWrite::DeleteSession(session));
+        }
+        self.tombstones.retain(|s| *s != session);
+        self.waiting.remove(&session);
+        let ops: Vec<u64> = self
+            .outbox
+            .range((session, 0)..=(session, u64::MAX))
+            .map(|((_, s), _)| *s)
+            .collect();
+        for seq in ops {
+            self.fail(session, seq, SubmitError::Removed);
+        }
+        self.effects.flush = true;
+        self.effects.events.push(EdgeEvent::Removed { session });
+    }
+
+    fn reupload(&mut self, session: SessionId) {
+        if self.connected.is_none() || self.reuploading.contains(&session) {
+            return;
+        }
+        if let Some(h) = self.held.get(&session).filter(|h| h.committed) {
+            self.effects.send.push(ClientMsg::Reupload {
+                copy: Self::offered(h),
+            });
+            self.reuploading.insert(session);
+        }
+    }
+
+    fn wait(&mut self, session: SessionId, reason: WaitReason) {
+        if self.waiting.insert(session) {
+            self.effects
+                .events
+                .push(EdgeEvent::Waiting { session, reason });
+        }
+    }
+
+    fn note_committed_mark(&mut self, session: SessionId, seq: u64, bits: u64) {
+        if let Some(h) = self.held.get_mut(&session) {
+            if seq > h.committed_seq {
+                h.committed_seq = seq;
+                h.committed_bits = bits;
+                let h = h.clone();
+                self.effects.writes.push(StoreWrite::PutSession(session, h));
+                self.effects.flush = true;
+            }
+        }
+    }
+
+    /// Persist `u` if the rules allow (see the module docs).
+    fn receive(&mut self, u: SessionUpdate<A>) {
+        let session = u.digest.header.session;
+        let me = self.device;
+        if u.digest.header.role_of(me).is_none() {
+            return; // a datacenter never sends a copy to a non-participant
+        }
+        let theirs = u.digest.header.version.clone();
+        let decision = match self.held.get(&session) {
+            None => Decision::Take {
+                next_seq: self.fresh.get(&session).copied().unwrap_or(1),
+                committed: u.committed,
+                replaced: None,
+                marks: (0, 0),
+            },
             Some(h) => {
                 let ours = h.digest.header.version.clone();
+                let marks = (h.committed_seq, h.committed_bits);
+                let holder = h.committed && h.digest.header.anchor() == me;
+                let live_over_final =
+                    h.committed && h.digest.header.tombstone && !u.digest.header.tombstone;
                 match theirs.compare(&ours) {
                     VersionOrder::Older => return,
-                    VersionOrder::Equal => {
-                        if h.last_seq >= u.your_last_seq && h.committed == u.committed {
-                            return;
-                        }
-                        (h.next_seq, None, None)
-                    }
-                    VersionOrder::Newer => (h.next_seq, None, None),
-                    VersionOrder::Concurrent
-                        if h.digest.header.tombstone && !u.digest.header.tombstone =>
-                    {
-                        // Keep the tombstone (it goes up again on the next connect); report
-                        // the divergence.
-                        self.effects.events.push(EdgeEvent::Conflict {
-                            session,
-                            ours,
-                            theirs,
-                            replaced: None,
-                        });
-                        return;
-                    }
-                    VersionOrder::Concurrent => (h.next_seq, Some(h.view.clone()), Some(ours)),
+                    // C3: a committed tombstone is final.
+                    _ if live_over_final => Decision::Refuse(ours),
+                    VersionOrder::Equal => Decision::Same {
+                        newly_committed: u.committed && !h.committed,
+                        ack: u.ack && (u.committed || h.committed),
+                    },
+                    VersionOrder::Newer => Decision::Take {
+                        next_seq: h.next_seq,
+                        committed: u.committed || holder,
+                        replaced: None,
+                        marks,
+                    },
+                    // A branch nobody confirmed gives way to the committed chain; nothing
+                    // else replaces a copy beside it.
+                    VersionOrder::Concurrent if !h.committed && u.committed => Decision::Take {
+                        next_seq: h.next_seq,
+                        committed: true,
+                        replaced: Some((h.view.clone(), ours)),
+                        marks,
+                    },
+                    VersionOrder::Concurrent => Decision::Refuse(ours),
                 }
             }
         };
-        if let Some(ours) = ours {
+        let (next_seq, committed, replaced, marks) = match decision {
+            Decision::Refuse(ours) => return self.refuse(session, ours, theirs),
+            Decision::Same {
+                newly_committed,
+                ack,
+            } => {
+                if newly_committed {
+                    if let Some(h) = self.held.get_mut(&session) {
+                        h.committed = true;
+                        let h = h.clone();
+                        self.effects.writes.push(StoreWrite::PutSession(session, h));
+                        self.effects.flush = true;
+                    }
+                    self.after_commit(session);
+                }
+                if ack {
+                    self.effects.send.push(ClientMsg::Ack {
+                        session,
+                        version: theirs,
+                    });
+                }
+                return;
+            }
+            Decision::Take {
+                next_seq,
+                committed,
+                replaced,
+                marks,
+            } => (next_seq, committed, replaced, marks),
+        };
+        if !mark_covers(u.your_last_seq, u.your_applied_bits, marks.0, marks.1) {
+            // The copy lacks an outcome this device knows committed: the chain rule was
+            // broken somewhere. Never adopt it.
+            let ours = self
+                .held
+                .get(&session)
+                .map(|h| h.digest.header.version.clone())
+                .unwrap_or_default();
+            return self.refuse(session, ours, theirs);
+        }
+        if !self.held.contains_key(&session) {
+            self.make_room();
+            self.fresh.remove(&session);
+        }
+        if let Some((view, ours)) = replaced {
             self.effects.events.push(EdgeEvent::Conflict {
                 session,
                 ours,
                 theirs: theirs.clone(),
-                replaced,
+                replaced: Some(view),
             });
         }
         let held: HeldSession<A> = HeldSession {
             next_seq: next_seq.max(u.your_last_seq.saturating_add(1)),
             last_seq: u.your_last_seq,
-            committed: u.committed,
+            applied_bits: u.your_applied_bits,
+            committed,
+            committed_seq: marks.0,
+            committed_bits: marks.1,
             view: u.view,
             digest: u.digest,
         };
-        if !u.committed {
+        if u.ack && committed {
             self.effects.send.push(ClientMsg::Ack {
                 session,
                 version: theirs.clone(),
@@ -483,16 +780,56 @@ impl<A: Application> EdgeCore<A> {
             session,
             version: theirs,
             view: held.view.clone(),
-            committed: held.committed,
+            committed,
         });
+        let finished = held.digest.header.tombstone;
         self.effects
             .writes
             .push(StoreWrite::PutSession(session, held.clone()));
         self.effects.flush = true;
-        let finished = held.digest.header.tombstone;
         self.held.insert(session, held);
         if finished {
             self.note_tombstone(session);
+        }
+        if committed {
+            self.after_commit(session);
+        }
+    }
+
+    /// The held copy just became committed: remember this device's watermark in it, and
+    /// send again the ops it does not cover that were answered on another branch.
+    fn after_commit(&mut self, session: SessionId) {
+        let Some((last, bits)) = self.held.get(&session).map(|h| (h.last_seq, h.applied_bits))
+        else {
+            return;
+        };
+        self.note_committed_mark(session, last, bits);
+        for (_, q) in self
+            .outbox
+            .range_mut((session, last.saturating_add(1))..=(session, u64::MAX))
+        {
+            if q.answered.is_some() {
+                q.answered = None;
+                q.in_flight = false;
+                q.maybe_applied = true;
+            }
+        }
+    }
+
+    /// Keep our copy and refuse theirs; a committed copy of ours is offered to the
+    /// datacenter again so the chain wins there.
+    fn refuse(&mut self, session: SessionId, ours: VersionVector, theirs: VersionVector) {
+        let committed = self.held.get(&session).is_some_and(|h| h.committed);
+        self.effects.events.push(EdgeEvent::Conflict {
+            session,
+            ours,
+            theirs,
+            replaced: None,
+        });
+        if committed {
+            self.reupload(session);
+        } else {
+            self.wait(session, WaitReason::BranchNotConfirmed);
         }
     }
 
@@ -542,113 +879,208 @@ impl<A: Application> EdgeCore<A> {
         outcome: OpOutcome,
         update: Option<SessionUpdate<A>>,
     ) {
+        let with_update = update.is_some();
         if let Some(u) = update {
-            self.adopt(u);
+            self.receive(u);
+        }
+        if !self.outbox.contains_key(&(session, seq)) {
+            // An answer to an op already resolved (a duplicate reply).
+            self.settle(session);
+            return;
+        }
+        match outcome {
+            OpOutcome::Applied
+            | OpOutcome::Duplicate { .. }
+            | OpOutcome::AlreadyProcessed
+            | OpOutcome::Rejected(OpRejection::App(_))
+                if with_update =>
+            {
+                // Recorded in the copy: the outcome is read from a committed copy.
+                self.answered(session, seq, outcome);
+            }
+            OpOutcome::Rejected(OpRejection::SessionFinished) if with_update => {
+                self.answered(session, seq, outcome);
+            }
+            // An earlier op of ours has not reached the datacenter's copy: resend in order,
+            // and offer our copy if it holds ops the datacenter's lacks.
+            OpOutcome::Rejected(OpRejection::OutOfOrder { expected }) if expected < seq => {
+                let earlier_queued = self
+                    .outbox
+                    .range((session, expected)..(session, seq))
+                    .next()
+                    .is_some();
+                if !earlier_queued {
+                    self.reupload(session);
+                }
+                for ((_, _), q) in self
+                    .outbox
+                    .range_mut((session, expected)..=(session, u64::MAX))
+                {
+                    q.in_flight = false;
+                    q.answered = None;
+                }
+                self.retry(session, seq);
+            }
+            // Our copy names us but the datacenter's does not: it holds another branch. Offer
+            // ours if it is committed; either way the op waits (the chain may still be ours).
+            OpOutcome::Rejected(OpRejection::NotParticipant)
+                if self
+                    .held
+                    .get(&session)
+                    .is_some_and(|h| h.digest.header.role_of(self.device).is_some()) =>
+            {
+                self.reupload(session);
+                self.answered(session, seq, outcome);
+            }
+            OpOutcome::Rejected(r) if r.is_retryable() => self.retry(session, seq),
+            // Nothing was recorded anywhere (a create the application refused, a limit):
+            // final.
+            OpOutcome::Rejected(r) => self.fail(session, seq, SubmitError::Rejected(r)),
+            OpOutcome::Applied | OpOutcome::Duplicate { .. } | OpOutcome::AlreadyProcessed => {
+                // A success with no copy (should not happen): keep the op for replay.
+                if let Some(q) = self.outbox.get_mut(&(session, seq)) {
+                    q.in_flight = false;
+                }
+            }
+        }
+        self.settle(session);
+    }
+
+    fn answered(&mut self, session: SessionId, seq: u64, outcome: OpOutcome) {
+        if let Some(q) = self.outbox.get_mut(&(session, seq)) {
+            q.in_flight = false;
+            q.answered = Some(outcome);
+        }
+    }
+
+    /// A retryable refusal: send again later, up to `max_retries` times.
+    fn retry(&mut self, session: SessionId, seq: u64) {
+        let Some(q) = self.outbox.get_mut(&(session, seq)) else {
+            return;
+        };
+        q.in_flight = false;
+        q.answered = None;
+        q.retries += 1;
+        if q.retries > self.limits.max_retries {
+            let n = self.limits.max_retries;
+            self.fail(session, seq, SubmitError::GaveUp(n));
+            // Later ops of the session could only ever hit the gap this one leaves: fail
+            // them now, clearly, instead of one by one.
+            let later: Vec<u64> = self
+                .outbox
+                .range((session, seq + 1)..=(session, u64::MAX))
+                .map(|((_, s), _)| *s)
+                .collect();
+            for s in later {
+                self.fail(session, s, SubmitError::GaveUp(n));
+            }
+        }
+    }
+
+    /// Resolve an op as failed (never committed).
+    fn fail(&mut self, session: SessionId, seq: u64, reason: SubmitError) {
+        if self.outbox.remove(&(session, seq)).is_none() {
+            return;
         }
         let id = OpId {
             session,
             device: self.device,
             seq,
         };
-        if !self.outbox.contains_key(&(session, seq)) {
-            return; // an answer to an op already resolved (a duplicate reply)
-        }
-        let version = self
-            .held
-            .get(&session)
-            .map(|h| h.digest.header.version.clone())
-            .unwrap_or_default();
-        let result = match outcome {
-            OpOutcome::Applied => Ok(Commit {
-                op: id,
-                version,
-                duplicate: false,
-            }),
-            OpOutcome::Duplicate { applied: true } | OpOutcome::AlreadyProcessed => Ok(Commit {
-                op: id,
-                version,
-                duplicate: true,
-            }),
-            OpOutcome::Duplicate { applied: false } => {
-                Err(SubmitError::Rejected(OpRejection::App(
-                    AppRejection::InvalidOp("rejected on an earlier attempt".into()),
-                )))
-            }
-            // An earlier op of ours has not reached the datacenter yet (it was refused as
-            // retryable, or is still on its way): resend in order rather than give up.
-            OpOutcome::Rejected(OpRejection::OutOfOrder { expected })
-                if expected < seq && self.outbox.contains_key(&(session, expected)) =>
-            {
-                let Some(q) = self.outbox.get_mut(&(session, seq)) else {
-                    return;
-                };
-                q.in_flight = false;
-                q.retries += 1;
-                if q.retries <= self.limits.max_retries {
-                    if let Some(first) = self.outbox.get_mut(&(session, expected)) {
-                        first.in_flight = false;
-                    }
-                    return;
-                }
-                Err(SubmitError::GaveUp(self.limits.max_retries))
-            }
-            OpOutcome::Rejected(r) if r.is_retryable() => {
-                let Some(q) = self.outbox.get_mut(&(session, seq)) else {
-                    return;
-                };
-                q.in_flight = false;
-                q.retries += 1;
-                if q.retries <= self.limits.max_retries {
-                    return;
-                }
-                Err(SubmitError::GaveUp(self.limits.max_retries))
-            }
-            OpOutcome::Rejected(r) => Err(SubmitError::Rejected(r)),
-        };
-        // A success must be covered by a persisted digest: the update above was written, and
-        // the flush below happens before the app hears of it.
-        if result.is_ok() && !self.held.contains_key(&session) {
-            // No digest came with the answer (should not happen): keep the op for replay.
-            if let Some(q) = self.outbox.get_mut(&(session, seq)) {
-                q.in_flight = false;
-            }
-            return;
-        }
-        self.outbox.remove(&(session, seq));
         self.effects.writes.push(StoreWrite::DeleteOp(id));
         self.effects.flush = true;
-        if let Err(reason) = &result {
-            self.effects.events.push(EdgeEvent::OpRejected {
-                op: id,
-                reason: reason.clone(),
-            });
-            if seq == 1 && !self.held.contains_key(&session) {
-                // The create failed: nothing of this session exists anywhere.
-                self.fresh.remove(&session);
+        if seq == 1 && !self.held.contains_key(&session) {
+            // The create failed: nothing of this session exists anywhere.
+            self.fresh.remove(&session);
+        }
+        self.effects.events.push(EdgeEvent::OpRejected {
+            op: id,
+            reason: reason.clone(),
+        });
+        self.effects.resolved.push((id, Err(reason)));
+    }
+
+    /// Resolve an op from a committed copy's record of it.
+    fn resolve(&mut self, session: SessionId, seq: u64, applied: bool, version: &VersionVector) {
+        let Some(q) = self.outbox.remove(&(session, seq)) else {
+            return;
+        };
+        let id = OpId {
+            session,
+            device: self.device,
+            seq,
+        };
+        self.effects.writes.push(StoreWrite::DeleteOp(id));
+        self.effects.flush = true;
+        if applied {
+            let duplicate = match q.answered {
+                Some(OpOutcome::Duplicate { .. } | OpOutcome::AlreadyProcessed) => true,
+                Some(_) => false,
+                None => q.maybe_applied,
+            };
+            self.effects.resolved.push((
+                id,
+                Ok(Commit {
+                    op: id,
+                    version: version.clone(),
+                    duplicate,
+                }),
+            ));
+            return;
+        }
+        let reason = match q.answered {
+            Some(OpOutcome::Rejected(r)) => SubmitError::Rejected(r),
+            _ => SubmitError::Rejected(OpRejection::App(AppRejection::InvalidOp(
+                "rejected on an earlier attempt".into(),
+            ))),
+        };
+        self.effects.events.push(EdgeEvent::OpRejected {
+            op: id,
+            reason: reason.clone(),
+        });
+        self.effects.resolved.push((id, Err(reason)));
+    }
+
+    /// Report every op of `session` the held copy settles: a committed copy that covers it
+    /// gives its outcome; a committed tombstone that does not, fails it. Tell the app when
+    /// answered ops wait for the chain holder.
+    fn settle(&mut self, session: SessionId) {
+        let Some(h) = self.held.get(&session) else {
+            return;
+        };
+        let (committed, last, bits, tombstone) = (
+            h.committed,
+            h.last_seq,
+            h.applied_bits,
+            h.digest.header.tombstone,
+        );
+        let version = h.digest.header.version.clone();
+        let ops: Vec<(u64, bool)> = self
+            .outbox
+            .range((session, 0)..=(session, u64::MAX))
+            .map(|((_, s), q)| (*s, q.answered.is_some()))
+            .collect();
+        let mut answered_waiting = false;
+        for (seq, answered) in ops {
+            if !committed {
+                answered_waiting |= answered;
+                continue;
             }
-            if let SubmitError::GaveUp(n) = reason {
-                // Later ops of the session could only ever hit the gap this one leaves:
-                // fail them now, clearly, instead of one by one.
-                let later: Vec<u64> = self
-                    .outbox
-                    .range((session, seq + 1)..=(session, u64::MAX))
-                    .map(|((_, q), _)| *q)
-                    .collect();
-                for q in later {
-                    self.outbox.remove(&(session, q));
-                    let id = OpId {
-                        session,
-                        device: self.device,
-                        seq: q,
-                    };
-                    self.effects.writes.push(StoreWrite::DeleteOp(id));
-                    self.effects
-                        .resolved
-                        .push((id, Err(SubmitError::GaveUp(*n))));
-                }
+            match outcome_in(last, bits, seq) {
+                Some(applied) => self.resolve(session, seq, applied, &version),
+                None if tombstone => self.fail(session, seq, SubmitError::SessionFinished),
+                None => {}
             }
         }
-        self.effects.resolved.push((id, result));
+        if answered_waiting {
+            self.wait(session, WaitReason::ChainHolderAway);
+        } else if !self
+            .outbox
+            .range((session, 0)..=(session, u64::MAX))
+            .any(|(_, q)| q.answered.is_some())
+        {
+            self.waiting.remove(&session);
+        }
     }
 
     /// Sessions with ops still waiting for an answer.

@@ -170,7 +170,9 @@ impl SampleTrip {
                 digest,
                 view: self.body.state.clone(),
                 your_last_seq: SEQ,
+                your_applied_bits: u64::MAX,
                 committed: true,
+                ack: false,
             }),
         };
         (submit, result)

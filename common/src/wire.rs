@@ -104,19 +104,19 @@ pub fn frame_len(prefix: [u8; FRAME_HEADER_BYTES]) -> Result<usize, CodecError> 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum ClientMsg<A: Application> {
-    /// First frame of every connection: who the device is, and the digests it holds.
+    /// First frame of every connection: who the device is, and the copies it holds.
     Hello {
         device: DeviceId,
         token: DeviceToken,
         /// A driver ready for dispatch.
         available: bool,
-        digests: Vec<SealedDigest>,
+        digests: Vec<OfferedCopy>,
         /// More digests follow in `Upload` frames before the datacenter answers `Welcome`.
         more: bool,
     },
     /// Further held digests after `Hello` (when there were more than fit one frame).
     Upload {
-        digests: Vec<SealedDigest>,
+        digests: Vec<OfferedCopy>,
         more: bool,
     },
     /// An op, with its stable id `(session, this device, seq)`.
@@ -125,7 +125,8 @@ pub enum ClientMsg<A: Application> {
         seq: u64,
         op: A::Op,
     },
-    /// The device persisted this version of the session (edge-ack durability).
+    /// The device persisted this version of the session (sent when the update asked for it:
+    /// a hand-over, another participant's op or a dispatch waits on this device's store).
     Ack {
         session: SessionId,
         version: VersionVector,
@@ -142,6 +143,20 @@ pub enum ClientMsg<A: Application> {
         seq: u64,
         op: A::Op,
     },
+    /// The device offers the copy it holds again, after it refused a copy the datacenter sent
+    /// (one concurrent with a committed copy it holds, or one that lacks ops it knows are
+    /// committed). Answered with [`ServerMsg::Uploaded`]; judged like a connect upload.
+    Reupload { copy: OfferedCopy },
+}
+
+/// A copy a device uploads: the sealed digest and whether the device knows it is on the
+/// session's committed chain (see docs/PROTOCOL.md). `committed` is the device's own word:
+/// a datacenter lets a committed copy win over a concurrent copy of its own, never an
+/// uncommitted one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedCopy {
+    pub digest: SealedDigest,
+    pub committed: bool,
 }
 
 /// What the datacenter decided about one uploaded digest.
@@ -155,9 +170,13 @@ pub enum UploadOutcome {
     Stale,
     /// The session is finished at the datacenter; an older live copy cannot revive it (C3).
     Tombstoned,
-    /// Neither version dominates: the histories diverged (S13). The datacenter keeps its own
-    /// and pushes it; the device surfaces the conflict to the application.
+    /// Neither version dominates and the upload is not known committed: the datacenter keeps
+    /// its own copy and nothing commits on either until the session's anchor settles it (the
+    /// device waits, and is told why).
     Diverged,
+    /// The datacenter holds a committed copy this device is no longer a participant of (a
+    /// provider assigned on a branch that never committed): the device drops the session.
+    Removed,
     /// The digest was refused (C4): not a participant, failed authentication, unknown key.
     Refused(UploadRefusal),
 }
@@ -257,8 +276,14 @@ pub struct SessionUpdate<A: Application> {
     pub view: A::State,
     /// The highest op seq of this device the datacenter has processed for the session.
     pub your_last_seq: u64,
-    /// False while a server-side change waits for edge acknowledgements (edge-ack mode).
+    /// The outcomes of this device's last 64 ops in this copy (bit i: seq `your_last_seq - i`,
+    /// 1 applied, 0 rejected), so the device can judge what the copy covers.
+    pub your_applied_bits: u64,
+    /// The datacenter knows this copy is on the session's committed chain (for the anchor:
+    /// the chain up to it is confirmed, so persisting it commits it).
     pub committed: bool,
+    /// The datacenter waits for this device to persist the copy: answer with `Ack`.
+    pub ack: bool,
 }
 
 /// Datacenter to device.
@@ -279,11 +304,19 @@ pub enum ServerMsg<A: Application> {
     },
     /// The session changed (another participant's op, dispatch, restore).
     Push { update: SessionUpdate<A> },
-    /// A server-side change reached its edge-ack quorum.
+    /// The session's chain holder persisted `version` (or, for a hand-over, the previous
+    /// anchor did): that copy is committed. `your_*` is the receiver's watermark in it, so
+    /// the receiver can resolve its ops the copy covers.
     Committed {
         session: SessionId,
         version: VersionVector,
+        your_last_seq: u64,
+        your_applied_bits: u64,
     },
+    /// The answer to a [`ClientMsg::Reupload`].
+    Uploaded { result: UploadResult },
+    /// The datacenter's committed copy of the session no longer names this device.
+    Removed { session: SessionId },
     /// A protocol error; the datacenter closes the connection after it.
     Error { error: ProtocolError },
 }

@@ -16,7 +16,7 @@ mod support {
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use lifeboat_common::wire::{
-    decode_exact, encode, encode_frame, ClientMsg, CodecError, MAX_FRAME_BYTES,
+    decode_exact, encode, encode_frame, ClientMsg, CodecError, OfferedCopy, MAX_FRAME_BYTES,
 };
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, Trip, TripOp, VersionVector};
 use proptest::prelude::*;
@@ -71,7 +71,13 @@ fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
                 device: DeviceId(d),
                 token,
                 available,
-                digests: vec![digest.clone(); n],
+                digests: vec![
+                    OfferedCopy {
+                        digest: digest.clone(),
+                        committed: more,
+                    };
+                    n
+                ],
                 more,
             }),
         (any::<u64>(), any::<u64>(), arb_op()).prop_map(|(s, seq, op)| ClientMsg::Submit {
@@ -221,7 +227,10 @@ fn random_bytes_loop() {
             device: DeviceId(1),
             token: keyring.device_token(DeviceId(1)),
             available: true,
-            digests: vec![digest.clone()],
+            digests: vec![OfferedCopy {
+                digest: digest.clone(),
+                committed: true,
+            }],
             more: false,
         })
         .unwrap(),

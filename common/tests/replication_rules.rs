@@ -6,7 +6,8 @@ use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
-use lifeboat_common::wire::{ClientMsg, ServerMsg, UploadOutcome};
+use lifeboat_common::digest::SealedDigest;
+use lifeboat_common::wire::{ClientMsg, OfferedCopy, ServerMsg, UploadOutcome};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripPhase, VersionOrder,
 };
@@ -22,6 +23,14 @@ const Q: GeoPoint = GeoPoint {
     lat_e6: 52_521_000,
     lon_e6: 13_406_000,
 };
+
+/// A digest offered as committed: the strongest claim a device (honest or not) can make.
+fn claimed(digest: SealedDigest) -> OfferedCopy {
+    OfferedCopy {
+        digest,
+        committed: true,
+    }
+}
 
 struct Region {
     keyring: Keyring,
@@ -73,7 +82,6 @@ impl Region {
     fn dc_with_disk(&self, i: u16, replica: u32) -> DatacenterCore<Trip> {
         let mut cfg = DcConfig::new(DatacenterId(i + 1), ReplicaId(replica));
         cfg.durability = self.durability;
-        cfg.restore_grace_ms = 2_000;
         DatacenterCore::new(cfg, self.keyring.clone())
     }
 
@@ -180,9 +188,14 @@ impl Region {
                             edge.on_op_result(session, seq, outcome, update)
                         }
                         ServerMsg::Push { update } => edge.on_push(update),
-                        ServerMsg::Committed { session, version } => {
-                            edge.on_committed(session, version)
-                        }
+                        ServerMsg::Committed {
+                            session,
+                            version,
+                            your_last_seq,
+                            your_applied_bits,
+                        } => edge.on_committed(session, version, your_last_seq, your_applied_bits),
+                        ServerMsg::Uploaded { result } => edge.on_uploaded(result),
+                        ServerMsg::Removed { session } => edge.on_removed(session),
                         ServerMsg::Error { error } => panic!("protocol error {error}"),
                     }
                 }
@@ -211,6 +224,7 @@ impl Region {
                         ClientMsg::SetAvailable { available } => {
                             dc.handle_set_available(now, *d, available)
                         }
+                        ClientMsg::Reupload { copy } => dc.handle_reupload(now, *d, copy),
                         other => panic!("unexpected {other:?}"),
                     }
                 }
@@ -303,24 +317,33 @@ fn s3_reply_lost_then_failover_applies_the_op_exactly_once() {
     assert!(!r.committed(loc));
     assert_eq!(r.dc(0).session(s).unwrap().1.location_updates, 1);
     r.kill(0);
-    // The driver reaches the backup first; its own copy lacks the op. The restore barrier
-    // parks its replay until the rider (whose copy has the op) reports in.
+    // The driver (the anchor) reaches the backup first; its own copy lacks the op. There is
+    // no grace wait: its replay is applied there at once and committed when it persists the
+    // reply (the rider's copy holding the op was never persisted by the anchor, so it holds
+    // nothing committed the backup lacks).
     r.connect(driver, 1, false);
-    assert!(
-        !r.committed(loc),
-        "op must wait for the partner's newer copy"
-    );
+    assert!(r.committed(loc), "the anchor's replay commits at the backup");
+    // The rider arrives with the primary's copy, which also applied the op: a concurrent
+    // branch nobody confirmed. The backup asks the anchor to confirm its copy and the rider
+    // gives way to it.
     r.connect(rider, 1, false);
-    assert!(r.committed(loc));
     let st = r.dc(1).session(s).unwrap().1;
     assert_eq!(st.location_updates, 1, "applied exactly once");
+    let backup = r.dc(1).session(s).unwrap().0.version.clone();
+    for d in [rider, driver] {
+        let held = r.edges[&d].held(s).expect("held");
+        assert_eq!(held.digest.header.version, backup, "{d} holds the backup's copy");
+        assert!(held.committed, "{d} knows it is committed");
+    }
+    // The replay at the backup was not a duplicate there: the primary's application of it
+    // was on a branch that did not commit.
     let dup = r
         .commits
         .iter()
         .find(|(i, _)| *i == loc)
         .and_then(|(_, c)| c.as_ref().ok())
         .map(|c| c.duplicate);
-    assert_eq!(dup, Some(true));
+    assert_eq!(dup, Some(false));
 }
 
 #[test]
@@ -382,7 +405,7 @@ fn s10_finished_trip_is_never_revived_by_an_older_digest() {
     assert!(r.dc(1).session(s).unwrap().0.tombstone);
     // The rider's phone somehow still has the live copy (a restored backup of the app).
     let dc = r.dcs[1].as_mut().unwrap();
-    dc.handle_connect(r.now, rider, false, vec![live]);
+    dc.handle_connect(r.now, rider, false, vec![claimed(live)]);
     let welcome = welcome_results(dc);
     assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
     assert!(r.dc(1).session(s).unwrap().0.tombstone);
@@ -442,7 +465,7 @@ fn forged_digest_of_another_session_is_refused() {
     let mut tampered = stolen.clone();
     tampered.header.rider = mallory;
     let dc = r.dcs[0].as_mut().unwrap();
-    dc.handle_connect(r.now, mallory, false, vec![stolen, tampered]);
+    dc.handle_connect(r.now, mallory, false, vec![claimed(stolen), claimed(tampered)]);
     let results = welcome_results(dc);
     assert!(results
         .iter()
@@ -658,7 +681,7 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
             .unwrap();
     let now = r.now;
     let dc = r.dcs[0].as_mut().unwrap();
-    dc.handle_connect(now, driver, false, vec![forged]);
+    dc.handle_connect(now, driver, false, vec![claimed(forged)]);
     let results = welcome_results(dc);
     assert_eq!(results[0].outcome, UploadOutcome::Diverged);
 }
@@ -819,7 +842,7 @@ fn s9_primary_back_with_an_unacknowledged_branch_is_reconciled_not_conflicted() 
         h.version
     );
     assert_eq!(st.location_updates, 1, "the op counts once");
-    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    assert_eq!(r.dc(0).stats().chain_adopted, 1);
     assert_eq!(r.dc(0).stats().uploads_diverged, 0);
     assert!(
         !r.events
@@ -861,7 +884,7 @@ fn s13_split_with_ops_on_both_sides_is_reported_as_a_conflict() {
     r.kill(1);
     r.connect(rider, 0, false);
     assert_eq!(r.dc(0).stats().uploads_diverged, 1);
-    assert_eq!(r.dc(0).stats().uploads_merged, 0);
+    assert_eq!(r.dc(0).stats().chain_adopted, 0);
     assert!(r
         .events
         .iter()
@@ -909,7 +932,7 @@ fn s3_resubmitted_request_is_not_dispatched_twice_and_joins_the_first_driver() {
     let (h, st) = r.dc(1).session(s).unwrap();
     assert_eq!(h.driver, Some(driver));
     assert_eq!(st.phase, TripPhase::Assigned);
-    assert_eq!(r.dc(1).stats().uploads_merged, 1);
+    assert_eq!(r.dc(1).stats().chain_adopted, 1);
     assert!(r.committed(req), "the rider's request is answered");
     r.tick(5_000);
     let arrived = r.submit(driver, s, TripOp::Arrived);
@@ -990,7 +1013,7 @@ fn s10_device_drops_its_oldest_tombstones_and_the_datacenter_still_refuses_old_l
     r.kill_link(rider);
     let now = r.now;
     let dc = r.dcs[0].as_mut().expect("up");
-    dc.handle_connect(now, rider, false, vec![live[0].clone()]);
+    dc.handle_connect(now, rider, false, vec![claimed(live[0].clone())]);
     let welcome = welcome_results(dc);
     assert_eq!(welcome[0].outcome, UploadOutcome::Tombstoned);
     assert!(r.dc(0).session(trips[0]).expect("kept").0.tombstone);
@@ -1065,7 +1088,7 @@ fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partn
             .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
         "no conflict surfaced for a reconcilable copy"
     );
-    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    assert_eq!(r.dc(0).stats().chain_adopted, 1);
 }
 
 /// Found by the real-process chaos suite (a frozen primary, long trips): as above, the
@@ -1122,7 +1145,7 @@ fn s9_long_trip_branch_with_one_op_applied_on_both_sides_is_reconciled_after_man
             .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
         "no conflict surfaced for a reconcilable copy"
     );
-    assert_eq!(r.dc(0).stats().uploads_merged, 1);
+    assert_eq!(r.dc(0).stats().chain_adopted, 1);
     let (h, st) = r.dc(0).session(s).unwrap();
     assert!(
         h.version.covers(&branch),

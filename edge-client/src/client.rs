@@ -820,7 +820,16 @@ impl Actor {
                 update,
             } => self.core.on_op_result(session, seq, outcome, update),
             ServerMsg::Push { update } => self.core.on_push(update),
-            ServerMsg::Committed { session, version } => self.core.on_committed(session, version),
+            ServerMsg::Committed {
+                session,
+                version,
+                your_last_seq,
+                your_applied_bits,
+            } => self
+                .core
+                .on_committed(session, version, your_last_seq, your_applied_bits),
+            ServerMsg::Uploaded { result } => self.core.on_uploaded(result),
+            ServerMsg::Removed { session } => self.core.on_removed(session),
             ServerMsg::Error { .. } => {}
         }
     }

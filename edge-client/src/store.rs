@@ -462,8 +462,11 @@ mod tests {
             digest: SealedDigest::seal(keyring, header, &body).expect("seal"),
             view,
             last_seq: 1,
+            applied_bits: 1,
             next_seq: 2,
             committed: true,
+            committed_seq: 1,
+            committed_bits: 1,
         }
     }
 

@@ -107,6 +107,12 @@ pub const LIFEBOAT_EVENT_STORE_FAILED: i32 = 12;
 pub const LIFEBOAT_EVENT_EVENTS_DROPPED: i32 = 13;
 /// Moved back to a more preferred datacenter (`addr`; the one left is in `message`).
 pub const LIFEBOAT_EVENT_MOVED: i32 = 14;
+/// Ops of `session` wait for its anchor (the chain holder) to persist them (`message` says
+/// why): nothing is lost, nothing commits on another branch meanwhile.
+pub const LIFEBOAT_EVENT_WAITING: i32 = 15;
+/// This device is no longer a participant of `session` (its assignment never committed);
+/// its queued ops for it were refused.
+pub const LIFEBOAT_EVENT_REMOVED: i32 = 16;
 
 /// Bytes of `LifeboatEvent::addr`, NUL included.
 pub const LIFEBOAT_ADDR_BYTES: usize = 64;
@@ -329,6 +335,8 @@ fn event_code(k: EventKind) -> i32 {
         EventKind::StoreFailed => LIFEBOAT_EVENT_STORE_FAILED,
         EventKind::EventsDropped => LIFEBOAT_EVENT_EVENTS_DROPPED,
         EventKind::Moved => LIFEBOAT_EVENT_MOVED,
+        EventKind::Waiting => LIFEBOAT_EVENT_WAITING,
+        EventKind::Removed => LIFEBOAT_EVENT_REMOVED,
     }
 }
 

@@ -12,7 +12,7 @@
 //! `sessions()`, so an app that lost events loses nothing but notifications.
 
 use crate::types::{CommitInfo, Phase};
-use lifeboat_common::edge::EdgeEvent;
+use lifeboat_common::edge::{EdgeEvent, WaitReason};
 use lifeboat_common::Trip;
 use lifeboat_edge::ClientEvent;
 use std::collections::VecDeque;
@@ -34,9 +34,11 @@ pub enum EventKind {
     FailoverFinished,
     /// A new copy of trip `session` arrived (`phase`, `version`).
     SessionUpdated,
-    /// A server-side change of `session` reached its edge-ack quorum.
+    /// The datacenter confirmed that `version` of `session` is committed (its anchor
+    /// persisted it: a dispatch, the other participant's op).
     ServerChangeCommitted,
-    /// The datacenter holds a diverged copy of `session` (S13); `message` says which.
+    /// This device's copy of `session` and the datacenter's differed (S13); `message` says
+    /// which one the device kept. Never a lost op: only copies nobody confirmed give way.
     Conflict,
     /// The datacenter refused a digest this device uploaded (`message`).
     UploadRefused,
@@ -52,6 +54,10 @@ pub enum EventKind {
     /// A more preferred datacenter (`addr`) answered again and the client moved there from
     /// `message` (no failover: the new connection was up before the old one closed).
     Moved,
+    /// Ops of `session` wait for its anchor to persist them; `message` says why.
+    Waiting,
+    /// This device is no longer a participant of `session`; its queued ops were refused.
+    Removed,
 }
 
 /// One event. Fields that do not apply to the kind are 0 / empty / None.
@@ -186,6 +192,22 @@ impl Event {
                 session: session.0,
                 message: reason.to_string(),
                 ..Event::new(EventKind::UploadRefused)
+            },
+            EdgeEvent::Waiting { session, reason } => Event {
+                session: session.0,
+                message: match reason {
+                    WaitReason::ChainHolderAway => {
+                        "answered; waits for the session's anchor to persist it".into()
+                    }
+                    WaitReason::BranchNotConfirmed => {
+                        "the datacenter holds a branch the anchor has not confirmed".into()
+                    }
+                },
+                ..Event::new(EventKind::Waiting)
+            },
+            EdgeEvent::Removed { session } => Event {
+                session: session.0,
+                ..Event::new(EventKind::Removed)
             },
             // The same rejection also arrives as `OpResolved`, which covers every op.
             EdgeEvent::OpRejected { .. } => return None,

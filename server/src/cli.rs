@@ -104,11 +104,6 @@ struct ServeArgs {
     /// business path never waits) or `edge-ack:K` (once K participants persisted it).
     #[arg(long, default_value = "async")]
     durability: Durability,
-    /// How long a restored session waits for its other participant before taking ops (ms).
-    /// Keep it well above the devices' failure detection plus connect time: too short, and a
-    /// device may continue an older copy while its partner is still on the way.
-    #[arg(long, default_value_t = 10_000)]
-    restore_grace_ms: u64,
     /// Close connections idle for this long (ms).
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
@@ -293,7 +288,6 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = ServerConfig::new(DatacenterId(a.dc), a.listen, a.data_dir, a.region);
     cfg.create_region = !a.no_create_region;
     cfg.durability = a.durability;
-    cfg.restore_grace_ms = a.restore_grace_ms;
     cfg.idle_timeout_ms = a.idle_timeout_ms;
     cfg.handshake_timeout_ms = a.handshake_timeout_ms;
     cfg.cache_bytes = a.cache_bytes;

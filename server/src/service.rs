@@ -19,12 +19,11 @@ use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
 use lifeboat_common::clock::Clock;
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
-use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use lifeboat_common::limits::LimitKind;
 use lifeboat_common::wire::{
-    encode_frame, ClientMsg, CodecError, OpOutcome, OpRejection, ProtocolError, ServerMsg,
-    MAX_DIGESTS_PER_FRAME,
+    encode_frame, ClientMsg, CodecError, OfferedCopy, OpOutcome, OpRejection, ProtocolError,
+    ServerMsg, MAX_DIGESTS_PER_FRAME,
 };
 use lifeboat_common::{DatacenterId, DeviceId, Trip};
 use serde::Serialize;
@@ -49,7 +48,6 @@ pub struct ServerConfig {
     /// Create the region directory if it is missing (local use).
     pub create_region: bool,
     pub durability: Durability,
-    pub restore_grace_ms: u64,
     pub idle_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
     pub cache_bytes: u64,
@@ -102,7 +100,6 @@ impl ServerConfig {
             region_dir,
             create_region: true,
             durability: Durability::Async,
-            restore_grace_ms: 10_000,
             idle_timeout_ms: 10_000,
             handshake_timeout_ms: 5_000,
             cache_bytes: 64 * 1024 * 1024,
@@ -176,7 +173,7 @@ enum Input {
         conn_id: u64,
         device: DeviceId,
         available: bool,
-        digests: Vec<SealedDigest>,
+        digests: Vec<OfferedCopy>,
         tx: mpsc::Sender<Msg>,
         conn: quinn::Connection,
     },
@@ -212,7 +209,6 @@ impl Server {
         store.set_inline_flush(cfg.inline_flush);
         let mut dc_cfg = DcConfig::new(cfg.dc, replica);
         dc_cfg.durability = cfg.durability;
-        dc_cfg.restore_grace_ms = cfg.restore_grace_ms;
         dc_cfg.max_sessions = cfg.max_sessions;
         dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
         dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
@@ -501,6 +497,7 @@ impl Actor {
                 ClientMsg::SetAvailable { available } => {
                     self.core.handle_set_available(now, device, available)
                 }
+                ClientMsg::Reupload { copy } => self.core.handle_reupload(now, device, copy),
                 ClientMsg::Hello { .. } | ClientMsg::Upload { .. } => {}
             },
             Input::Disconnect { conn_id, device } => {
@@ -839,7 +836,8 @@ async fn handle_conn(
                 msg @ (ClientMsg::Submit { .. }
                 | ClientMsg::Resubmit { .. }
                 | ClientMsg::Ack { .. }
-                | ClientMsg::SetAvailable { .. }),
+                | ClientMsg::SetAvailable { .. }
+                | ClientMsg::Reupload { .. }),
             )) => {
                 if ctx
                     .core_tx

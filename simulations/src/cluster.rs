@@ -36,7 +36,6 @@ impl Cluster {
         dir: &Path,
         n: u16,
         durability: Durability,
-        grace_ms: u64,
         server_bin: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let region_dir = dir.join("region");
@@ -59,8 +58,6 @@ impl Cluster {
             spec.extra_args = vec![
                 "--durability".into(),
                 durability.to_string(),
-                "--restore-grace-ms".into(),
-                grace_ms.to_string(),
                 "--idle-timeout-ms".into(),
                 "10000".into(),
                 "--stats-file".into(),

@@ -106,9 +106,6 @@ pub struct Opts {
     /// Failure detection: the devices' QUIC idle timeout (ms).
     #[arg(long, default_value_t = 3_000)]
     idle_timeout_ms: u64,
-    /// How long a restored session waits for its other participant (ms).
-    #[arg(long, default_value_t = 10_000)]
-    restore_grace_ms: u64,
     /// How many devices start (connect) per second: a whole city handshaking in the same
     /// instant is a storm no real fleet produces.
     #[arg(long, default_value_t = 2_000)]

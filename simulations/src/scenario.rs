@@ -100,7 +100,6 @@ async fn run_one(
         &dir,
         2,
         opts.durability,
-        opts.restore_grace_ms,
         opts.server_bin.as_deref(),
     )?;
     cluster.start(0)?;

@@ -93,7 +93,7 @@ impl Cluster {
         let mut specs = Vec::new();
         for i in 1..=n {
             let mut spec = DcSpawn::on_loopback(program.clone(), i, dir.path(), &region_dir)?;
-            spec.extra_args = ["--idle-timeout-ms", "5000", "--restore-grace-ms", "2000"]
+            spec.extra_args = ["--idle-timeout-ms", "5000"]
                 .iter()
                 .chain(extra_args.iter())
                 .map(|s| s.to_string())

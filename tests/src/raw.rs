@@ -9,7 +9,8 @@ use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::frame_io::read_frame;
 use lifeboat_common::keyring::{DeviceToken, Keyring};
 use lifeboat_common::wire::{
-    encode_frame, ClientMsg, OpOutcome, ProtocolError, ServerMsg, SessionUpdate, UploadResult,
+    encode_frame, ClientMsg, OfferedCopy, OpOutcome, ProtocolError, ServerMsg, SessionUpdate,
+    UploadResult,
 };
 use lifeboat_common::{DeviceId, SessionId, Trip, TripOp};
 use std::collections::HashMap;
@@ -108,6 +109,14 @@ impl RawDevice {
         digests: Vec<SealedDigest>,
     ) -> anyhow::Result<(RawConn, Msg)> {
         let mut c = self.open().await?;
+        // Offered as not known committed: a raw client claims nothing about the chain.
+        let digests = digests
+            .into_iter()
+            .map(|digest| OfferedCopy {
+                digest,
+                committed: false,
+            })
+            .collect();
         c.send(&ClientMsg::Hello {
             device,
             token,

@@ -13,7 +13,8 @@ use anyhow::{bail, ensure, Context};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::limits::{LimitExceeded, LimitKind};
 use lifeboat_common::wire::{
-    encode, ClientMsg, OpOutcome, OpRejection, ProtocolError, UploadOutcome, UploadRefusal,
+    encode, ClientMsg, OfferedCopy, OpOutcome, OpRejection, ProtocolError, UploadOutcome,
+    UploadRefusal,
 };
 use lifeboat_common::{DeviceId, SessionId, Trip, TripOp};
 use lifeboat_tests::arena::{Arena, HONEST_RIDER};
@@ -469,6 +470,10 @@ async fn connect_upload_over_its_limits_is_refused() -> anyhow::Result<()> {
     let arena = Arena::start(&args).await?;
     let h = arena.raw(190)?;
     let (_c, _, digest) = own_trip(&h, 1901).await?;
+    let digest = OfferedCopy {
+        digest,
+        committed: true,
+    };
 
     // More upload frames than allowed.
     let mut c = h.open().await?;
