@@ -235,6 +235,10 @@ pub struct DcStats {
     /// Copies confirmed by a chain holder's `Ack`.
     #[serde(default)]
     pub confirmations: u64,
+    /// Concurrent branches of participants re-versioned under once the chain holder
+    /// confirmed our copy.
+    #[serde(default)]
+    pub branches_absorbed: u64,
     /// Anchors that came back with an empty store (see `DatacenterCore::reanchor`).
     #[serde(default)]
     pub reanchored: u64,
@@ -276,6 +280,10 @@ struct Chain {
     /// first, with every participant's watermark in it (an `Ack` names one of them). Empty:
     /// nothing waits.
     unconfirmed: VecDeque<Unconfirmed>,
+    /// Versions of concurrent branches participants uploaded that nobody confirmed (joined).
+    /// Once the chain holder confirms our copy they are off the chain, and our copy is
+    /// re-versioned above them, so those participants move forward to it, never sideways.
+    absorb: Option<VersionVector>,
 }
 
 /// A copy made (or restored) here that waits for the chain holder's `Ack`.
@@ -841,8 +849,7 @@ impl<A: Application> DatacenterCore<A> {
                     session,
                     from: device,
                 });
-                self.ask_chain_holder(session, device);
-                self.push_to(session, device);
+                self.ask_chain_holder(session, device, &sealed.header.version);
                 UploadOutcome::Diverged
             }
             VersionOrder::Concurrent => self.adopt_committed(session, device, sealed, body),
@@ -852,10 +859,19 @@ impl<A: Application> DatacenterCore<A> {
     /// A participant holds a branch concurrent with ours that nobody confirmed: ask the
     /// chain holder to persist our copy (if it can, ours is the chain and the participant
     /// gets it as committed; if it cannot, its own upload settles it).
-    fn ask_chain_holder(&mut self, session: SessionId, from: DeviceId) {
+    fn ask_chain_holder(&mut self, session: SessionId, from: DeviceId, branch: &VersionVector) {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
+        let absorb = match &entry.chain.absorb {
+            None => Ok(branch.clone()),
+            Some(a) => a.join(branch),
+        };
+        // A vector that cannot grow any more is simply not absorbed: its holder then gives
+        // way sideways to the committed copy (the edge's rule), which loses nothing.
+        if let Ok(a) = absorb {
+            entry.chain.absorb = Some(a);
+        }
         let holder = entry.chain_holder();
         let current = entry.header.version.clone();
         if !entry.chain.unconfirmed.iter().any(|u| u.version == current) {
@@ -958,12 +974,18 @@ impl<A: Application> DatacenterCore<A> {
         let chain = Chain {
             confirmed: Some((sealed.header.version.clone(), sealed.header.driver)),
             unconfirmed: VecDeque::new(),
+            absorb: None,
         };
         self.replace(session, device, sealed, body, chain);
         if self.change(session, false, |h, _| h.version = joined).is_err() {
             // The upload is kept as it came; devices that hold our branch wait for the
             // chain holder.
             return UploadOutcome::Restored;
+        }
+        // The kept copy's content is committed, its new version not yet: ask the chain
+        // holder to persist it, so the others can be told it is.
+        if let Some(e) = self.sessions.get_mut(&session) {
+            e.record_unconfirmed(true);
         }
         self.stats.chain_adopted += 1;
         self.effects.events.push(DcEvent::ChainAdopted {
@@ -1022,6 +1044,28 @@ impl<A: Application> DatacenterCore<A> {
             .sessions
             .get(&session)
             .is_some_and(|e| e.header.version == *version);
+        let absorb = match self.sessions.get_mut(&session) {
+            Some(e) if current => e.chain.absorb.take(),
+            _ => None,
+        };
+        if let Some(branch) = absorb {
+            // Our copy is the chain: re-version it above the branches participants hold, and
+            // ask the chain holder to persist that too.
+            let joined = self
+                .sessions
+                .get(&session)
+                .and_then(|e| e.header.version.join(&branch).ok());
+            if let Some(joined) = joined {
+                if self
+                    .change(session, true, |h, _| h.version = joined)
+                    .is_ok()
+                {
+                    self.stats.branches_absorbed += 1;
+                    self.push_to_participants(session, None);
+                    return;
+                }
+            }
+        }
         for d in participants {
             if d == by || !self.connected.contains_key(&d) {
                 continue;
@@ -1480,6 +1524,7 @@ impl<A: Application> DatacenterCore<A> {
         let chain = Chain {
             confirmed: Some((header.version.clone(), None)),
             unconfirmed: VecDeque::new(),
+            absorb: None,
         };
         self.insert(header, body, sealed, chain);
         self.stats.sessions_created += 1;

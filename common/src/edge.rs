@@ -820,13 +820,13 @@ impl<A: Application> EdgeCore<A> {
     /// datacenter again so the chain wins there.
     fn refuse(&mut self, session: SessionId, ours: VersionVector, theirs: VersionVector) {
         let committed = self.held.get(&session).is_some_and(|h| h.committed);
-        self.effects.events.push(EdgeEvent::Conflict {
-            session,
-            ours,
-            theirs,
-            replaced: None,
-        });
         if committed {
+            self.effects.events.push(EdgeEvent::Conflict {
+                session,
+                ours,
+                theirs,
+                replaced: None,
+            });
             self.reupload(session);
         } else {
             self.wait(session, WaitReason::BranchNotConfirmed);

@@ -478,7 +478,6 @@ fn edge_ack_reports_dispatch_committed_only_after_the_quorum_persisted_it() {
     let mut r = Region::new(1, Durability::EdgeAck(2));
     let (rider, driver) = (r.add_device(1), r.add_device(2));
     r.connect(driver, 0, true);
-    // The rider is connected but its acks are lost: only the driver's counts.
     r.connect(rider, 0, false);
     let s = SessionId(77);
     r.submit(
@@ -490,13 +489,66 @@ fn edge_ack_reports_dispatch_committed_only_after_the_quorum_persisted_it() {
         },
     );
     assert_eq!(r.dc(0).stats().dispatched, 1);
+    // The rider persisted the hand-over (it held the chain until then) and the driver, once
+    // told, persisted it too: the datacenter counts the dispatch committed once, after both.
     assert_eq!(r.dc(0).stats().server_changes_committed, 1);
-    let committed_events = r
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, EdgeEvent::ServerChangeCommitted { .. }))
-        .count();
-    assert_eq!(committed_events, 2, "both participants are told");
+    for d in [rider, driver] {
+        let held = r.edges[&d].held(s).expect("held");
+        assert_eq!(held.digest.header.driver, Some(driver));
+        assert!(held.committed, "{d} holds the assignment as committed");
+    }
+    // The driver holds the chain now: its op commits on its own persistence.
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(r.committed(arrived));
+}
+
+/// Before the rider persisted the hand-over, nothing the driver does commits: the rider's
+/// store still fences the session (it could still persist another branch). Once it
+/// persists the assignment, the driver's waiting op is reported.
+#[test]
+fn a_drivers_op_waits_for_the_rider_to_persist_the_hand_over() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    r.connect(driver, 0, true);
+    r.connect(rider, 0, false);
+    let s = SessionId(78);
+    // The rider's link drops after its request: the dispatch push never reaches it.
+    r.edges
+        .get_mut(&rider)
+        .expect("rider")
+        .submit(
+            s,
+            TripOp::Request {
+                pickup: P,
+                dropoff: Q,
+            },
+        )
+        .expect("queued");
+    let fx = r.edges.get_mut(&rider).expect("rider").poll_effects();
+    let now = r.now;
+    for m in fx.send {
+        if let ClientMsg::Submit { session, seq, op } = m {
+            r.dcs[0]
+                .as_mut()
+                .expect("up")
+                .handle_submit(now, rider, session, seq, op);
+        }
+    }
+    r.kill_link(rider);
+    r.pump();
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(
+        !r.committed(arrived),
+        "the hand-over is not persisted by the rider yet"
+    );
+    assert!(r.events.iter().any(|(d, e)| *d == driver
+        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
+    // The rider comes back; its request is answered and the assignment pushed; it persists
+    // both, and the driver's op is reported.
+    r.connect(rider, 0, false);
+    assert!(r.committed(arrived), "reported once the rider persisted the hand-over");
+    assert!(r.edges[&rider].held(s).expect("held").committed);
 }
 
 /// Random traffic, random primary kills and failovers: every op a device was told is
@@ -628,16 +680,18 @@ impl Region {
     }
 }
 
-/// Review finding: a rider's copy from before dispatch must not be re-dispatched at once:
-/// a driver assigned at the old datacenter may still bring its newer copy.
+/// Replaces the old restore-grace rule (a restored copy needing a driver waited before it
+/// was dispatched, in case a driver assigned at the old datacenter came back). With the
+/// chain rule the backup dispatches at once: only the assignment the rider persists
+/// commits. A driver assigned at the dead primary, whose assignment the rider never
+/// persisted, is told it was removed when it shows up, and nothing it did was committed.
 #[test]
-fn restored_copy_needing_a_driver_is_not_dispatched_before_the_grace_ends() {
+fn a_driver_assigned_at_a_dead_primary_the_rider_never_persisted_is_removed_when_it_returns() {
     let mut r = Region::new(2, Durability::Async);
-    let rider = r.add_device(1);
-    let d2 = r.add_device(3);
+    let (rider, d1, d2) = (r.add_device(1), r.add_device(2), r.add_device(3));
     r.connect(rider, 0, false);
     let s = SessionId(6);
-    r.submit(
+    let req = r.submit(
         rider,
         s,
         TripOp::Request {
@@ -645,24 +699,37 @@ fn restored_copy_needing_a_driver_is_not_dispatched_before_the_grace_ends() {
             dropoff: Q,
         },
     );
-    assert_eq!(
-        r.phase(0, s),
-        Some(TripPhase::Requested),
-        "no driver at the primary"
-    );
+    assert!(r.committed(req));
+    // The rider's link drops (the primary does not notice yet); d1 is dispatched there, but
+    // the rider never gets, let alone persists, the assignment.
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(d1, 0, true);
+    assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    let arrived = r.submit(d1, s, TripOp::Arrived);
+    assert!(!r.committed(arrived), "the hand-over to d1 was never persisted");
     r.kill(0);
     r.connect(d2, 1, true);
     r.connect(rider, 1, false);
-    // Restored from the rider's copy: a driver assigned at the dead primary (whose copy the
-    // rider never got) could still show up, so no re-dispatch inside the grace period.
-    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
-    r.tick(2_500);
     assert_eq!(
-        r.phase(1, s),
-        Some(TripPhase::Assigned),
-        "dispatched after the grace"
+        r.dc(1).session(s).unwrap().0.driver,
+        Some(d2),
+        "dispatched at once: no grace wait"
     );
-    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(d2));
+    assert_eq!(r.edges[&rider].held(s).unwrap().digest.header.driver, Some(d2));
+    // d1 comes back with its copy: not committed, and the committed one names d2.
+    r.connect(d1, 1, false);
+    assert!(r.edges[&d1].held(s).is_none(), "d1 dropped the trip");
+    assert!(r
+        .events
+        .iter()
+        .any(|(d, e)| *d == d1 && matches!(e, EdgeEvent::Removed { session } if *session == s)));
+    assert!(matches!(
+        r.commits.iter().find(|(i, _)| *i == arrived),
+        Some((_, Err(SubmitError::Removed)))
+    ));
+    let go = r.submit(d2, s, TripOp::Arrived);
+    assert!(r.committed(go));
 }
 
 /// Review finding: an equal version with different contents is divergence, not "current".
@@ -686,17 +753,21 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
     assert_eq!(results[0].outcome, UploadOutcome::Diverged);
 }
 
-/// Review finding: ops parked behind a barrier are answered when a tombstone arrives.
+/// Replaces the old parked-ops rule. The rider reaches the backup first with an older live
+/// copy and cancels: applied there, but it waits (the driver, the anchor, is not there to
+/// persist it), and the app is told why. The driver arrives with its committed tombstone:
+/// the backup drops its branch for it, and the cancel is answered from the committed copy
+/// (the session is finished), exactly once.
 #[test]
-fn parked_ops_are_answered_when_a_newer_tombstone_arrives() {
+fn a_rider_op_on_a_restored_copy_waits_and_is_answered_when_the_anchor_brings_the_tombstone() {
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver) = (r.add_device(1), r.add_device(2));
     let s = r.trip_on_the_road(rider, driver, 0);
     // The rider is offline while the driver completes.
     r.kill_link(rider);
-    r.submit(driver, s, TripOp::Complete);
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
     r.kill(0);
-    // The rider reaches the backup first with its live copy and cancels: parked.
     r.connect(rider, 1, false);
     let cancel = r
         .edges
@@ -707,20 +778,25 @@ fn parked_ops_are_answered_when_a_newer_tombstone_arrives() {
     r.pump();
     assert!(
         r.commits.iter().all(|(i, _)| *i != cancel),
-        "parked, not answered yet"
+        "waits for the anchor"
     );
-    // The driver arrives with the tombstone: the parked cancel is answered.
+    assert!(r.events.iter().any(|(d, e)| *d == rider
+        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
     r.connect(driver, 1, false);
-    let answered = r
-        .commits
-        .iter()
-        .find(|(i, _)| *i == cancel)
-        .map(|(_, c)| c.clone());
+    let answers: Vec<_> = r.commits.iter().filter(|(i, _)| *i == cancel).collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
     assert!(
-        matches!(answered, Some(Err(SubmitError::Rejected(_)))),
-        "{answered:?}"
+        matches!(answers[0].1, Err(SubmitError::SessionFinished)),
+        "{answers:?}"
     );
     assert!(r.dc(1).session(s).unwrap().0.tombstone);
+    let held = r.edges[&rider].held(s).unwrap();
+    assert!(held.digest.header.tombstone && held.committed);
+    assert_eq!(
+        r.dc(1).session(s).unwrap().1.phase,
+        TripPhase::Completed,
+        "the committed completion stands"
+    );
 }
 
 /// Review finding: toggling availability must not grow the dispatch pool without bound.
@@ -862,10 +938,11 @@ fn s9_primary_back_with_an_unacknowledged_branch_is_reconciled_not_conflicted() 
     assert!(r.committed(done));
 }
 
-/// S13: the partners continued at two datacenters at once, each with ops the other lacks.
-/// That cannot be merged without losing one side: it is reported, never silently merged.
+/// S13: the partners continued at two datacenters at once. Only the anchor's side commits:
+/// the rider's op at the other site waits and is never reported there; when the rider comes
+/// back its branch gives way and the op is sent again, answered once, on the chain.
 #[test]
-fn s13_split_with_ops_on_both_sides_is_reported_as_a_conflict() {
+fn s13_split_with_ops_on_both_sides_commits_only_on_the_anchors_side() {
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver) = (r.add_device(1), r.add_device(2));
     let s = r.trip_on_the_road(rider, driver, 0);
@@ -876,27 +953,34 @@ fn s13_split_with_ops_on_both_sides_is_reported_as_a_conflict() {
     let mut other = r.dc_with_disk(1, 9);
     other.load_persisted(r.now, shared).unwrap();
     r.dcs[1] = Some(other);
-    r.submit(driver, s, TripOp::Location { at: Q });
+    let loc = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(r.committed(loc));
     r.connect(rider, 1, false);
     r.tick(3_000);
-    r.submit(rider, s, TripOp::Cancel); // rejected (on trip) but recorded: a rider-side op
-                                        // The rider comes back to dc1 with its branch.
+    // Rejected by the trip (it is on), but recorded: a rider-side op on dc2's branch.
+    let cancel = r.submit(rider, s, TripOp::Cancel);
+    assert!(r.commits.iter().all(|(i, _)| *i != cancel), "waits for the anchor");
+    // The rider comes back to dc1 with its branch.
     r.kill(1);
     r.connect(rider, 0, false);
     assert_eq!(r.dc(0).stats().uploads_diverged, 1);
-    assert_eq!(r.dc(0).stats().chain_adopted, 0);
-    assert!(r
-        .events
-        .iter()
-        .any(|(d, e)| *d == rider && matches!(e, EdgeEvent::Conflict { .. })));
+    assert_eq!(r.dc(0).stats().branches_absorbed, 1);
+    let answers: Vec<_> = r.commits.iter().filter(|(i, _)| *i == cancel).collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(matches!(answers[0].1, Err(SubmitError::Rejected(_))));
+    let st = r.dc(0).session(s).unwrap().1;
+    assert_eq!(st.location_updates, 1, "the driver's committed op stands");
+    assert_eq!(st.phase, TripPhase::OnTrip);
 }
 
-/// Flapping (S9) found this: the request reached dc1, which created the trip and later
-/// dispatched a driver, but the reply never reached the rider. The rider resubmits at dc2,
-/// which has no copy. dc2 must not send a second driver: it holds dispatch for the grace, and
-/// when the first driver brings dc1's copy the two are reconciled.
+/// Flapping (S9): the request reached dc1, which created the trip and dispatched a driver,
+/// but the reply never reached the rider, so it never persisted anything. It resubmits at
+/// dc2, which creates the trip and dispatches another driver at once (no grace wait); the
+/// rider persists that assignment. The first driver's assignment was never persisted by the
+/// rider, so nothing it did commits, and when it arrives it is told it was removed.
 #[test]
-fn s3_resubmitted_request_is_not_dispatched_twice_and_joins_the_first_driver() {
+fn s3_resubmitted_request_dispatches_at_the_backup_and_the_unconfirmed_first_driver_is_removed()
+{
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver, other) = (r.add_device(1), r.add_device(2), r.add_device(3));
     let s = SessionId(42);
@@ -916,28 +1000,22 @@ fn s3_resubmitted_request_is_not_dispatched_twice_and_joins_the_first_driver() {
     r.edges.get_mut(&rider).unwrap().on_disconnect();
     r.connect(driver, 0, true);
     assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(!r.committed(arrived));
     r.kill(0);
-    // At dc2 another driver is free; the rider's request comes again.
     r.connect(other, 1, true);
     r.connect(rider, 1, false);
-    assert_eq!(r.phase(1, s), Some(TripPhase::Requested));
-    r.tick(500);
-    assert_eq!(
-        r.dc(1).session(s).unwrap().0.driver,
-        None,
-        "no second driver during the grace"
-    );
-    // The first driver arrives with dc1's copy: reconciled, and it keeps the trip.
+    assert!(r.committed(req), "the request commits at dc2");
+    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(other));
     r.connect(driver, 1, false);
-    let (h, st) = r.dc(1).session(s).unwrap();
-    assert_eq!(h.driver, Some(driver));
-    assert_eq!(st.phase, TripPhase::Assigned);
-    assert_eq!(r.dc(1).stats().chain_adopted, 1);
-    assert!(r.committed(req), "the rider's request is answered");
-    r.tick(5_000);
-    let arrived = r.submit(driver, s, TripOp::Arrived);
-    assert!(r.committed(arrived));
-    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(driver));
+    assert!(r.edges[&driver].held(s).is_none());
+    assert!(matches!(
+        r.commits.iter().find(|(i, _)| *i == arrived),
+        Some((_, Err(SubmitError::Removed)))
+    ));
+    let go = r.submit(other, s, TripOp::Arrived);
+    assert!(r.committed(go));
+    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(other));
 }
 
 /// Mobile store bound: a phone keeps only its `max_tombstones` most recently finished trips.
@@ -1052,8 +1130,7 @@ fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partn
     r.link.remove(&driver);
     r.edges.get_mut(&driver).unwrap().on_disconnect();
     r.connect(driver, 0, false);
-    r.tick(3_000); // the rider is still at dc2: the barrier's grace runs out at dc1
-    assert!(r.committed(x), "the resubmitted op commits at dc1");
+    assert!(r.committed(x), "the resubmitted op commits at dc1 at once");
     let done = r.submit(driver, s, TripOp::Complete);
     assert!(r.committed(done));
     // The rider moves home with its live branch.
@@ -1086,9 +1163,9 @@ fn s9_driver_moved_home_with_an_op_in_flight_and_finished_there_before_its_partn
         !r.events
             .iter()
             .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
-        "no conflict surfaced for a reconcilable copy"
+        "no conflict surfaced: the rider's uncommitted branch simply gives way"
     );
-    assert_eq!(r.dc(0).stats().chain_adopted, 1);
+    assert_eq!(r.dc(0).stats().branches_absorbed, 1);
 }
 
 /// Found by the real-process chaos suite (a frozen primary, long trips): as above, the
@@ -1143,9 +1220,9 @@ fn s9_long_trip_branch_with_one_op_applied_on_both_sides_is_reconciled_after_man
         !r.events
             .iter()
             .any(|(_, e)| matches!(e, EdgeEvent::Conflict { .. })),
-        "no conflict surfaced for a reconcilable copy"
+        "no conflict surfaced: the rider's uncommitted branch simply gives way"
     );
-    assert_eq!(r.dc(0).stats().chain_adopted, 1);
+    assert_eq!(r.dc(0).stats().branches_absorbed, 1);
     let (h, st) = r.dc(0).session(s).unwrap();
     assert!(
         h.version.covers(&branch),
@@ -1230,56 +1307,46 @@ fn s2_failback_to_a_primary_holding_an_unreplied_op_after_a_long_trip_at_the_bac
     assert!(r.committed(next), "the trip goes on");
 }
 
-/// Found by the deterministic simulation (lifeboat-dsim; seeds 125 and 127 of its CI range
-/// before the fix). A driver cut off from dc1 failed over to dc2, which restored the trip
-/// behind its restore barrier; the driver's op was parked there. The link came back, the
-/// driver moved home to dc1 and the op was answered there. When dc2's grace ran out it
-/// applied the parked op anyway, with nobody to answer: a second outcome for an op id that
-/// dc1 had already answered, and a live branch at dc2 that no device follows (beside dc1's
-/// tombstone, once the trip ended: the driver stays "busy" at dc2, and the trip came back to
-/// life when that branch later met the tombstone).
+/// Replaces the old parked-ops rule (dsim seeds 125 and 127 found that a parked op applied
+/// after its device had left made a second outcome). Without a grace there is nothing
+/// parked: the anchor's op is applied and committed at the backup at once; when the anchor
+/// moves home, home adopts its copy, and the op counts once, answered once.
 #[test]
-fn parked_ops_of_a_device_that_left_are_not_applied_when_the_grace_runs_out() {
+fn an_anchor_that_fails_over_to_a_live_backup_commits_there_and_home_adopts_its_copy() {
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver) = (r.add_device(1), r.add_device(2));
     let s = r.trip_on_the_road(rider, driver, 0);
-    // The driver loses dc1 and reaches dc2, which waits for the rider: the op is parked.
     r.kill_link(driver);
     r.connect(driver, 1, false);
     let loc = r.submit(driver, s, TripOp::Location { at: Q });
-    assert!(!r.committed(loc), "parked behind dc2's restore barrier");
-    let parked_at = r
-        .dc(1)
-        .session(s)
-        .expect("restored at dc2")
-        .0
-        .version
-        .clone();
-    // Back home before the grace ends: the op is replayed and applied at dc1.
+    assert!(r.committed(loc), "the anchor commits at the backup at once");
     r.kill_link(driver);
     r.connect(driver, 0, false);
-    assert!(r.committed(loc));
-    // dc2's grace runs out with nobody there.
-    r.tick(3_000);
-    let (header, state) = r.dc(1).session(s).expect("dc2 keeps its copy");
+    let (header, state) = r.dc(0).session(s).expect("home holds it");
+    assert_eq!(state.location_updates, 1);
     assert_eq!(
-        header.version, parked_at,
-        "dc2 applied an op of a device that had left"
+        &header.version,
+        &r.edges[&driver].held(s).unwrap().digest.header.version,
+        "home adopted the anchor's copy"
     );
-    assert_eq!(state.location_updates, 0);
-    assert_eq!(r.dc(1).watermark(s, driver).map_or(0, |m| m.last_seq), 2);
-    // The device is not owed anything: the op was answered once, at dc1.
     assert_eq!(r.commits.iter().filter(|(i, _)| *i == loc).count(), 1);
+    // The rider, still at home, got the copy too, and the trip goes on.
+    assert_eq!(
+        r.edges[&rider].held(s).unwrap().digest.header.version,
+        header.version
+    );
+    let next = r.submit(driver, s, TripOp::Location { at: P });
+    assert!(r.committed(next));
 }
 
-/// Found by the deterministic simulation (lifeboat-dsim, seed 125 before the fix): both
-/// participants held the tombstone of a cancelled trip; a datacenter pushed them a live copy
-/// with a concurrent version, and the edge core adopted it (as it does any concurrent copy,
-/// reporting a conflict): the finished trip was live again on the phones, and from there at
-/// every datacenter they uploaded to (C3). A datacenter never lets a live copy replace its
-/// tombstone; a device must not either.
+/// S13, and what dsim seed 125 found before the chain rule: both partners on two sites, the
+/// rider cancelling at one while the driver goes on at the other. Now the rider's cancel
+/// cannot commit where the driver (the anchor) is not: it waits, and the rider is told why;
+/// the driver's op commits on its side. When they meet, the rider's uncommitted branch gives
+/// way (moving forward, never sideways), its cancel is sent again and applied once, on the
+/// chain, and both end with the same committed tombstone.
 #[test]
-fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
+fn s13_a_riders_cancel_on_a_split_waits_for_the_anchor_and_commits_once_when_they_meet() {
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver) = (r.add_device(1), r.add_device(2));
     let s = SessionId(1_002);
@@ -1296,42 +1363,78 @@ fn a_device_keeps_its_tombstone_when_pushed_a_concurrent_live_copy() {
     assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
     let shared = r.dc(0).sealed(s).expect("held").clone();
     // Split: the driver stays with dc1 and arrives; the rider reaches dc2 (which loaded the
-    // same copy from its own disk) and cancels there after the grace.
+    // same copy from its own disk) and cancels there.
     r.kill_link(rider);
     let mut other = r.dc_with_disk(1, 9);
     other.load_persisted(r.now, shared).expect("load");
     r.dcs[1] = Some(other);
-    r.submit(driver, s, TripOp::Arrived);
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(r.committed(arrived));
     r.connect(rider, 1, false);
-    r.tick(3_000);
+    r.tick(30_000);
     let cancel = r.submit(rider, s, TripOp::Cancel);
-    assert!(r.committed(cancel));
-    assert!(
-        r.edges[&rider]
-            .held(s)
-            .expect("held")
-            .digest
-            .header
-            .tombstone
-    );
-    // The rider comes back to dc1, whose live copy is concurrent with its tombstone.
+    assert!(!r.committed(cancel), "no commit without the anchor");
+    assert!(r.events.iter().any(|(d, e)| *d == rider
+        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
+    let branch = r.edges[&rider].held(s).unwrap().digest.header.version.clone();
+    // The rider comes back to dc1.
     r.kill(1);
     r.connect(rider, 0, false);
+    let answers: Vec<_> = r.commits.iter().filter(|(i, _)| *i == cancel).collect();
+    assert_eq!(answers.len(), 1, "answered once: {answers:?}");
+    assert!(answers[0].1.is_ok(), "{answers:?}");
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert!(h.tombstone);
+    assert_eq!(st.phase, TripPhase::Cancelled);
+    assert_eq!(st.cancelled_by, Some(lifeboat_common::Role::Rider));
+    for d in [rider, driver] {
+        let held = r.edges[&d].held(s).unwrap();
+        assert_eq!(held.digest.header.version, h.version, "{d}");
+        assert!(held.committed, "{d}");
+    }
     assert!(
-        r.events
-            .iter()
-            .any(|(d, e)| *d == rider && matches!(e, EdgeEvent::Conflict { .. })),
-        "the divergence is reported"
+        h.version.covers(&branch),
+        "the rider moved forward from its branch {branch} to {}",
+        h.version
     );
-    assert!(
-        r.edges[&rider]
-            .held(s)
-            .expect("held")
-            .digest
-            .header
-            .tombstone,
-        "the rider's finished trip came back to life"
-    );
+}
+
+/// A device never gives up a committed tombstone for a live copy (C3), whatever the
+/// datacenter sends.
+#[test]
+fn a_device_keeps_its_committed_tombstone_when_pushed_a_live_copy() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let live = r.dc(0).sealed(s).unwrap().clone();
+    let view = r.dc(0).session(s).unwrap().1.clone();
+    let done = r.submit(driver, s, TripOp::Complete);
+    assert!(r.committed(done));
+    let tomb = r.edges[&driver].held(s).unwrap().clone();
+    assert!(tomb.digest.header.tombstone && tomb.committed);
+    // A live copy with a concurrent version (a forged label), marked committed.
+    let mut header = live.header.clone();
+    header.version = lifeboat_common::VersionVector::new();
+    header
+        .version
+        .bump(lifeboat_common::ids::ReplicaId(77))
+        .unwrap();
+    let body: lifeboat_common::digest::DigestBody<lifeboat_common::TripState> =
+        live.open(&r.keyring).unwrap();
+    let forged = SealedDigest::seal(&r.keyring, header, &body).unwrap();
+    let edge = r.edges.get_mut(&driver).unwrap();
+    edge.on_push(lifeboat_common::wire::SessionUpdate {
+        digest: forged,
+        view,
+        your_last_seq: 99,
+        your_applied_bits: u64::MAX,
+        committed: true,
+        ack: true,
+    });
+    let fx = edge.poll_effects();
+    assert!(fx.writes.is_empty(), "nothing persisted: {:?}", fx.writes);
+    assert!(!fx.send.iter().any(|m| matches!(m, ClientMsg::Ack { .. })));
+    assert_eq!(r.edges[&driver].held(s).unwrap(), &tomb);
 }
 
 /// Found by the deterministic simulation (lifeboat-dsim soak, seeds 309, 372, 765, 822 and
