@@ -284,6 +284,9 @@ struct Chain {
     /// Once the chain holder confirms our copy they are off the chain, and our copy is
     /// re-versioned above them, so those participants move forward to it, never sideways.
     absorb: Option<VersionVector>,
+    /// The line starts at a create made here: until the creator acknowledges, its persisting
+    /// our copy is what commits it (it holds nothing else).
+    root: bool,
 }
 
 /// A copy made (or restored) here that waits for the chain holder's `Ack`.
@@ -325,6 +328,7 @@ impl<A: Application> Entry<A> {
     /// it is confirmed); for anyone else, whether the chain holder confirmed exactly it.
     fn committed_for(&self, device: DeviceId) -> bool {
         match &self.chain.confirmed {
+            None if device == self.chain_holder() => self.chain.root,
             None => false,
             Some(_) if device == self.chain_holder() => true,
             Some((v, _)) => *v == self.header.version,
@@ -471,7 +475,12 @@ impl<A: Application> DatacenterCore<A> {
     pub fn is_confirmed(&self, id: SessionId) -> bool {
         self.sessions
             .get(&id)
-            .and_then(|e| e.chain.confirmed.as_ref().map(|(v, _)| *v == e.header.version))
+            .and_then(|e| {
+                e.chain
+                    .confirmed
+                    .as_ref()
+                    .map(|(v, _)| *v == e.header.version)
+            })
             .unwrap_or(false)
     }
 
@@ -907,9 +916,7 @@ impl<A: Application> DatacenterCore<A> {
                     .events
                     .push(DcEvent::Removed { session, device: d });
                 if self.connected.contains_key(&d) {
-                    self.effects
-                        .send
-                        .push((d, ServerMsg::Removed { session }));
+                    self.effects.send.push((d, ServerMsg::Removed { session }));
                 }
             }
         }
@@ -928,7 +935,10 @@ impl<A: Application> DatacenterCore<A> {
             Some((vc, driver)) => {
                 driver.is_some_and(|d| d != device)
                     || entry.header.tombstone
-                    || matches!(vc.compare(version), VersionOrder::Newer | VersionOrder::Equal)
+                    || matches!(
+                        vc.compare(version),
+                        VersionOrder::Newer | VersionOrder::Equal
+                    )
             }
         }
     }
@@ -975,9 +985,13 @@ impl<A: Application> DatacenterCore<A> {
             confirmed: Some((sealed.header.version.clone(), sealed.header.driver)),
             unconfirmed: VecDeque::new(),
             absorb: None,
+            root: false,
         };
         self.replace(session, device, sealed, body, chain);
-        if self.change(session, false, |h, _| h.version = joined).is_err() {
+        if self
+            .change(session, false, |h, _| h.version = joined)
+            .is_err()
+        {
             // The upload is kept as it came; devices that hold our branch wait for the
             // chain holder.
             return UploadOutcome::Restored;
@@ -1521,10 +1535,18 @@ impl<A: Application> DatacenterCore<A> {
         };
         self.effects.persist.push((session, sealed.clone()));
         // The creator is the anchor: its persisting the reply commits the create.
+        // The creator is the anchor: its persisting the reply commits the create. Nothing is
+        // known committed until it says so (the reply may be lost, and the creator may
+        // start over elsewhere).
         let chain = Chain {
-            confirmed: Some((header.version.clone(), None)),
-            unconfirmed: VecDeque::new(),
+            confirmed: None,
+            unconfirmed: VecDeque::from([Unconfirmed {
+                version: header.version.clone(),
+                driver: None,
+                dedup: body.dedup.clone(),
+            }]),
             absorb: None,
+            root: true,
         };
         self.insert(header, body, sealed, chain);
         self.stats.sessions_created += 1;

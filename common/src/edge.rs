@@ -175,7 +175,9 @@ pub enum EdgeEvent<A: Application> {
     },
     /// This device is no longer a participant of the session; its store no longer holds it
     /// and its queued ops were failed with [`SubmitError::Removed`].
-    Removed { session: SessionId },
+    Removed {
+        session: SessionId,
+    },
     /// The datacenter refused a digest this device uploaded.
     UploadRefused {
         session: SessionId,
@@ -248,11 +250,12 @@ fn mark_covers(seq: u64, bits: u64, seq_b: u64, bits_b: u64) -> bool {
     } else {
         (1u64 << known) - 1
     };
-    let mask = mask & if seq_b >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << seq_b) - 1
-    };
+    let mask = mask
+        & if seq_b >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << seq_b) - 1
+        };
     (bits >> shift) & mask == bits_b & mask
 }
 
@@ -396,7 +399,11 @@ impl<A: Application> EdgeCore<A> {
             None => return Err(SubmitError::UnknownSession),
         }
         let seq = self.next_seq(session);
-        let last = self.held.get(&session).map(|h| h.committed_seq).unwrap_or(0);
+        let last = self
+            .held
+            .get(&session)
+            .map(|h| h.committed_seq)
+            .unwrap_or(0);
         if seq.saturating_sub(last) > DEDUP_WINDOW {
             return Err(SubmitError::TooManyInFlight(seq - last - 1));
         }
@@ -494,12 +501,10 @@ impl<A: Application> EdgeCore<A> {
 
     fn on_upload_result(&mut self, r: UploadResult) {
         match r.outcome {
-            UploadOutcome::Refused(reason) => {
-                self.effects.events.push(EdgeEvent::UploadRefused {
-                    session: r.session,
-                    reason,
-                })
-            }
+            UploadOutcome::Refused(reason) => self.effects.events.push(EdgeEvent::UploadRefused {
+                session: r.session,
+                reason,
+            }),
             UploadOutcome::Removed => self.on_removed(r.session),
             UploadOutcome::Diverged => self.wait(r.session, WaitReason::BranchNotConfirmed),
             UploadOutcome::Restored
@@ -799,7 +804,10 @@ impl<A: Application> EdgeCore<A> {
     /// The held copy just became committed: remember this device's watermark in it, and
     /// send again the ops it does not cover that were answered on another branch.
     fn after_commit(&mut self, session: SessionId) {
-        let Some((last, bits)) = self.held.get(&session).map(|h| (h.last_seq, h.applied_bits))
+        let Some((last, bits)) = self
+            .held
+            .get(&session)
+            .map(|h| (h.last_seq, h.applied_bits))
         else {
             return;
         };

@@ -3,10 +3,10 @@
 //! comes from a seed that failing assertions print.
 
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
+use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
-use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::wire::{ClientMsg, OfferedCopy, ServerMsg, UploadOutcome};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripPhase, VersionOrder,
@@ -322,7 +322,10 @@ fn s3_reply_lost_then_failover_applies_the_op_exactly_once() {
     // reply (the rider's copy holding the op was never persisted by the anchor, so it holds
     // nothing committed the backup lacks).
     r.connect(driver, 1, false);
-    assert!(r.committed(loc), "the anchor's replay commits at the backup");
+    assert!(
+        r.committed(loc),
+        "the anchor's replay commits at the backup"
+    );
     // The rider arrives with the primary's copy, which also applied the op: a concurrent
     // branch nobody confirmed. The backup asks the anchor to confirm its copy and the rider
     // gives way to it.
@@ -332,7 +335,10 @@ fn s3_reply_lost_then_failover_applies_the_op_exactly_once() {
     let backup = r.dc(1).session(s).unwrap().0.version.clone();
     for d in [rider, driver] {
         let held = r.edges[&d].held(s).expect("held");
-        assert_eq!(held.digest.header.version, backup, "{d} holds the backup's copy");
+        assert_eq!(
+            held.digest.header.version, backup,
+            "{d} holds the backup's copy"
+        );
         assert!(held.committed, "{d} knows it is committed");
     }
     // The replay at the backup was not a duplicate there: the primary's application of it
@@ -465,7 +471,12 @@ fn forged_digest_of_another_session_is_refused() {
     let mut tampered = stolen.clone();
     tampered.header.rider = mallory;
     let dc = r.dcs[0].as_mut().unwrap();
-    dc.handle_connect(r.now, mallory, false, vec![claimed(stolen), claimed(tampered)]);
+    dc.handle_connect(
+        r.now,
+        mallory,
+        false,
+        vec![claimed(stolen), claimed(tampered)],
+    );
     let results = welcome_results(dc);
     assert!(results
         .iter()
@@ -542,12 +553,18 @@ fn a_drivers_op_waits_for_the_rider_to_persist_the_hand_over() {
         !r.committed(arrived),
         "the hand-over is not persisted by the rider yet"
     );
-    assert!(r.events.iter().any(|(d, e)| *d == driver
-        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
+    assert!(r
+        .events
+        .iter()
+        .any(|(d, e)| *d == driver
+            && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
     // The rider comes back; its request is answered and the assignment pushed; it persists
     // both, and the driver's op is reported.
     r.connect(rider, 0, false);
-    assert!(r.committed(arrived), "reported once the rider persisted the hand-over");
+    assert!(
+        r.committed(arrived),
+        "reported once the rider persisted the hand-over"
+    );
     assert!(r.edges[&rider].held(s).expect("held").committed);
 }
 
@@ -707,7 +724,10 @@ fn a_driver_assigned_at_a_dead_primary_the_rider_never_persisted_is_removed_when
     r.connect(d1, 0, true);
     assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
     let arrived = r.submit(d1, s, TripOp::Arrived);
-    assert!(!r.committed(arrived), "the hand-over to d1 was never persisted");
+    assert!(
+        !r.committed(arrived),
+        "the hand-over to d1 was never persisted"
+    );
     r.kill(0);
     r.connect(d2, 1, true);
     r.connect(rider, 1, false);
@@ -716,7 +736,10 @@ fn a_driver_assigned_at_a_dead_primary_the_rider_never_persisted_is_removed_when
         Some(d2),
         "dispatched at once: no grace wait"
     );
-    assert_eq!(r.edges[&rider].held(s).unwrap().digest.header.driver, Some(d2));
+    assert_eq!(
+        r.edges[&rider].held(s).unwrap().digest.header.driver,
+        Some(d2)
+    );
     // d1 comes back with its copy: not committed, and the committed one names d2.
     r.connect(d1, 1, false);
     assert!(r.edges[&d1].held(s).is_none(), "d1 dropped the trip");
@@ -780,8 +803,11 @@ fn a_rider_op_on_a_restored_copy_waits_and_is_answered_when_the_anchor_brings_th
         r.commits.iter().all(|(i, _)| *i != cancel),
         "waits for the anchor"
     );
-    assert!(r.events.iter().any(|(d, e)| *d == rider
-        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
+    assert!(r
+        .events
+        .iter()
+        .any(|(d, e)| *d == rider
+            && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
     r.connect(driver, 1, false);
     let answers: Vec<_> = r.commits.iter().filter(|(i, _)| *i == cancel).collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
@@ -959,7 +985,10 @@ fn s13_split_with_ops_on_both_sides_commits_only_on_the_anchors_side() {
     r.tick(3_000);
     // Rejected by the trip (it is on), but recorded: a rider-side op on dc2's branch.
     let cancel = r.submit(rider, s, TripOp::Cancel);
-    assert!(r.commits.iter().all(|(i, _)| *i != cancel), "waits for the anchor");
+    assert!(
+        r.commits.iter().all(|(i, _)| *i != cancel),
+        "waits for the anchor"
+    );
     // The rider comes back to dc1 with its branch.
     r.kill(1);
     r.connect(rider, 0, false);
@@ -979,8 +1008,7 @@ fn s13_split_with_ops_on_both_sides_commits_only_on_the_anchors_side() {
 /// rider persists that assignment. The first driver's assignment was never persisted by the
 /// rider, so nothing it did commits, and when it arrives it is told it was removed.
 #[test]
-fn s3_resubmitted_request_dispatches_at_the_backup_and_the_unconfirmed_first_driver_is_removed()
-{
+fn s3_resubmitted_request_dispatches_at_the_backup_and_the_unconfirmed_first_driver_is_removed() {
     let mut r = Region::new(2, Durability::Async);
     let (rider, driver, other) = (r.add_device(1), r.add_device(2), r.add_device(3));
     let s = SessionId(42);
@@ -1374,9 +1402,18 @@ fn s13_a_riders_cancel_on_a_split_waits_for_the_anchor_and_commits_once_when_the
     r.tick(30_000);
     let cancel = r.submit(rider, s, TripOp::Cancel);
     assert!(!r.committed(cancel), "no commit without the anchor");
-    assert!(r.events.iter().any(|(d, e)| *d == rider
-        && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
-    let branch = r.edges[&rider].held(s).unwrap().digest.header.version.clone();
+    assert!(r
+        .events
+        .iter()
+        .any(|(d, e)| *d == rider
+            && matches!(e, EdgeEvent::Waiting { session, .. } if *session == s)));
+    let branch = r.edges[&rider]
+        .held(s)
+        .unwrap()
+        .digest
+        .header
+        .version
+        .clone();
     // The rider comes back to dc1.
     r.kill(1);
     r.connect(rider, 0, false);

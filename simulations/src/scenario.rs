@@ -96,12 +96,7 @@ async fn run_one(
 ) -> anyhow::Result<(Report, Vec<Sample>, Vec<Mark>)> {
     let work = tempfile::Builder::new().prefix("lifeboat-sim-").tempdir()?;
     let dir = work.path().to_path_buf();
-    let mut cluster = Cluster::new(
-        &dir,
-        2,
-        opts.durability,
-        opts.server_bin.as_deref(),
-    )?;
+    let mut cluster = Cluster::new(&dir, 2, opts.durability, opts.server_bin.as_deref())?;
     cluster.start(0)?;
     cluster.start(1)?;
     let drivers = opts.devices.unwrap_or(opts.trips).max(1);
