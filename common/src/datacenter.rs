@@ -676,19 +676,21 @@ impl<A: Application> DatacenterCore<A> {
 
     /// The anchor of a session came back without it (its store was lost: a reinstalled
     /// app). The fence lived in that store and is gone: the session continues from this
-    /// datacenter's copy, which the anchor now holds as committed. Not while a hand-over to
-    /// it made here still waits for the rider (the rider's store still fences that). Counted
-    /// as `reanchored`; docs/PROTOCOL.md says what it risks.
+    /// datacenter's copy, which the anchor now holds as committed. Only when nothing of the
+    /// copy is known committed here (else the copy is already committed for the anchor, or
+    /// a hand-over still waits for the rider, whose store fences it). Counted as
+    /// `reanchored`; docs/PROTOCOL.md says what it risks.
     fn reanchor(&mut self, session: SessionId, device: DeviceId) {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
-        let handover_waits = entry
-            .chain
-            .confirmed
-            .as_ref()
-            .is_some_and(|(_, driver)| *driver != entry.header.driver);
-        if entry.header.tombstone || entry.header.anchor() != device || handover_waits {
+        // Something known committed here (the rider's upload, a hand-over confirmed here):
+        // the copy is already committed for the anchor, or a hand-over still waits for the
+        // rider, whose store fences it. Only a copy nobody vouched for needs re-anchoring.
+        if entry.header.tombstone
+            || entry.header.anchor() != device
+            || entry.chain.confirmed.is_some()
+        {
             return;
         }
         entry.chain.confirmed = Some((entry.header.version.clone(), entry.header.driver));
@@ -770,8 +772,15 @@ impl<A: Application> DatacenterCore<A> {
         #[cfg(feature = "fault-injection")]
         let order = crate::fault::distort_order(order);
         match order {
-            // Equal versions with different contents would mean a slot was reused; never
-            // trust the label alone.
+            // Equal versions with different contents mean a slot was reused (a datacenter
+            // that sent a copy and lost it before its disk had it: a crash between the two,
+            // a store cut short by damage). Never trust the label alone: it is two branches,
+            // and a committed one wins as any concurrent one does.
+            VersionOrder::Equal
+                if committed && (sealed.header != entry.header || body != entry.body) =>
+            {
+                self.adopt_committed(session, device, sealed, body)
+            }
             VersionOrder::Equal if sealed.header != entry.header || body != entry.body => {
                 self.stats.uploads_diverged += 1;
                 self.effects.events.push(DcEvent::Diverged {

@@ -771,9 +771,21 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
             .unwrap();
     let now = r.now;
     let dc = r.dcs[0].as_mut().unwrap();
-    dc.handle_connect(now, driver, false, vec![claimed(forged)]);
+    let offered = OfferedCopy {
+        digest: forged.clone(),
+        committed: false,
+    };
+    dc.handle_connect(now, driver, false, vec![offered]);
     let results = welcome_results(dc);
     assert_eq!(results[0].outcome, UploadOutcome::Diverged);
+    // Offered as committed, it is a branch like any concurrent one: it wins, with a version
+    // above the label both carry, so nobody mistakes one for the other.
+    dc.handle_connect(now, driver, false, vec![claimed(forged)]);
+    let results = welcome_results(dc);
+    assert_eq!(results[0].outcome, UploadOutcome::Restored);
+    let (h, st) = r.dc(0).session(s).unwrap();
+    assert_eq!(h.version.compare(&held.header.version), VersionOrder::Newer);
+    assert_eq!(st.location_updates, body.state.location_updates);
 }
 
 /// Replaces the old parked-ops rule. The rider reaches the backup first with an older live

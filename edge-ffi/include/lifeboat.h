@@ -128,6 +128,14 @@
 // Moved back to a more preferred datacenter (`addr`; the one left is in `message`).
 #define LIFEBOAT_EVENT_MOVED 14
 
+// Ops of `session` wait for its anchor (the chain holder) to persist them (`message` says
+// why): nothing is lost, nothing commits on another branch meanwhile.
+#define LIFEBOAT_EVENT_WAITING 15
+
+// This device is no longer a participant of `session` (its assignment never committed);
+// its queued ops for it were refused.
+#define LIFEBOAT_EVENT_REMOVED 16
+
 // Bytes of `LifeboatEvent::addr`, NUL included.
 #define LIFEBOAT_ADDR_BYTES 64
 

@@ -527,10 +527,13 @@ async fn s7_driver_offline_through_the_failover_queues_ops_and_rejoins_at_the_ba
 }
 
 /// S5 under edge-ack:2: the driver's app is frozen (SIGSTOP) when dispatch assigns it a trip,
-/// so only the rider acknowledges the assignment and it is never reported committed. The
+/// so only the rider acknowledges the assignment. The rider holds the hand-over as committed
+/// (its own persisting is what commits it, docs/PROTOCOL.md), but the datacenter's two-ack
+/// count is never reached, so nobody is told the server-side change reached its quorum. The
 /// primary then dies with its disk. Whatever the backup makes of the trip, every
 /// server-side change the rider was told was committed is in the backup's store, and the
-/// thawed driver drives the trip to the end there.
+/// thawed driver drives the trip to the end there. (Before the chain rule the rider held the
+/// assignment as not committed; the expectation changed with the meaning of `committed`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_edge_ack_dispatch_cut_off_by_the_kill_was_never_reported_committed(
 ) -> anyhow::Result<()> {
@@ -573,8 +576,8 @@ async fn s5_edge_ack_dispatch_cut_off_by_the_kill_was_never_reported_committed(
     .await
     .context("dispatch did not assign the frozen driver")?;
     ensure!(
-        !assigned.committed,
-        "dispatch reported committed with one of two acks"
+        assigned.committed,
+        "the rider persisted the hand-over: it is on the chain"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let still = rider
@@ -583,15 +586,15 @@ async fn s5_edge_ack_dispatch_cut_off_by_the_kill_was_never_reported_committed(
         .into_iter()
         .find(|s| s.session == session)
         .context("the rider lost its trip")?;
-    ensure!(
-        !still.committed,
-        "dispatch reported committed with one of two acks"
-    );
+    ensure!(still.committed, "the rider's copy stays committed");
     let told = committed_changes
         .lock()
         .map(|v| v.iter().any(|(s, _)| *s == session))
         .map_err(|_| anyhow::anyhow!("lock"))?;
-    ensure!(!told, "the rider was told the dispatch was committed");
+    ensure!(
+        !told,
+        "the rider was told the dispatch reached its two-ack quorum"
+    );
     c.kill(0, true)?;
     driver.thaw()?;
     let held = driver
@@ -724,13 +727,15 @@ async fn flapping(seed: u64) -> anyhow::Result<()> {
 
 /// S13: a partition between the sites while the trip waits for its driver. The rider can
 /// reach only the backup, the driver only the primary (each device's path to the other
-/// datacenter cut). The driver arrives at the primary; the rider, restored at the backup,
-/// cancels there once the restore grace is over: both ops are acknowledged, on two
-/// concurrent copies. When the partition heals the rider goes home with its copy: the
-/// divergence is detected, the rider is told of the conflict (with the copy it held), the
-/// driver's acknowledged op is kept and the trip goes on; nothing is silently dropped.
+/// datacenter cut). The driver (the anchor) arrives at the primary: committed. The rider,
+/// restored at the backup, cancels there: the backup applies it, but it cannot commit
+/// without the anchor, so the rider's app is told it waits and nothing is reported. When the
+/// partition heals the rider goes home; its branch gives way to the chain, its cancel is
+/// sent again, applied once on the chain, and committed. Only one site ever committed; the
+/// driver's acknowledged arrival is kept. (Before the chain rule both sides committed and the
+/// conflict was surfaced: this test asserted that. The contract now forbids it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s13_split_partners_on_two_sites_both_commit_the_conflict_is_surfaced_not_dropped(
+async fn s13_split_partners_on_two_sites_only_the_anchors_side_commits_the_other_waits(
 ) -> anyhow::Result<()> {
     let mut c = Cluster::new(2, &[])?;
     c.start(0)?;
@@ -756,76 +761,69 @@ async fn s13_split_partners_on_two_sites_both_commit_the_conflict_is_surfaced_no
             .await
             .context("trip request")??;
     ensure!(wait_for_assignment(&driver, WAIT).await? == session);
+    // The hand-over is done once the rider persisted the assignment and the primary told
+    // the driver: from then on the driver holds the chain.
+    wait_for_session(&driver, WAIT, |s| s.session == session && s.committed)
+        .await
+        .context("the driver never held the assignment as committed")?;
     // The partition: the rider loses the primary, the driver the backup.
     rider_paths[0].cut();
     driver_paths[1].cut();
     wait_all_on(std::slice::from_ref(&rider), 2, Duration::from_secs(15)).await?;
     let arrived = submit(&driver, session, TripOp::Arrived).await?;
-    // The backup holds the rider's cancel until its restore grace (2 s) is over.
-    let cancelled = submit(&rider, session, TripOp::Cancel).await?;
-    ensure!(
-        !cancelled.version.covers(&arrived.version) && !arrived.version.covers(&cancelled.version),
-        "the two sides did not diverge: {} and {}",
-        cancelled.version,
-        arrived.version
-    );
-    // The partition heals; the rider goes back to the preferred datacenter with its copy.
+    let (cancel, cancelled) = rider.enqueue(session, TripOp::Cancel).await?;
+    tokio::pin!(cancelled);
+    // The rider is told why it waits, and nothing is reported while the sites are apart.
+    let start = Instant::now();
+    let mut waiting = false;
+    while start.elapsed() < Duration::from_secs(4) {
+        match rider_events.try_recv() {
+            Ok(ClientEvent::Session(EdgeEvent::Waiting { session: s, .. })) if s == session => {
+                waiting = true;
+            }
+            Ok(ClientEvent::OpResolved { op, result }) if op == cancel => {
+                anyhow::bail!("the rider's cancel was reported during the split: {result:?}")
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    ensure!(waiting, "the rider was never told its cancel waits");
+    // The partition heals; the rider goes back to the preferred datacenter.
     rider_paths[0].restore();
     driver_paths[1].restore();
     wait_all_on(std::slice::from_ref(&rider), 1, Duration::from_secs(20)).await?;
-    let start = Instant::now();
-    let conflict = loop {
-        match rider_events.try_recv() {
-            Ok(ClientEvent::Session(EdgeEvent::Conflict {
-                session: s,
-                replaced,
-                ..
-            })) if s == session => break replaced,
-            Ok(_) => continue,
-            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => {
-                ensure!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "the rider was never told of the conflict"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
-    };
-    match conflict {
-        // The rider took the datacenter's live copy: its acknowledged cancel is handed to
-        // the app with the conflict.
-        Some(replaced) => ensure!(
-            replaced.phase == TripPhase::Cancelled,
-            "the rider's acknowledged cancel is handed to the app: {:?}",
-            replaced.phase
-        ),
-        // The rider kept its tombstone (a finished trip is never revived on a device, C3):
-        // it must still hold the cancelled trip.
-        None => {
-            wait_for_session(&rider, WAIT, |s| s.session == session && s.finished).await?;
-        }
-    }
-    // The primary kept the driver's acknowledged op; the trip goes on there.
-    let mut ledger = TripLedger::new(session);
-    ledger.last_version = submit(&driver, session, TripOp::StartTrip).await?.version;
-    for k in 1..=3 {
-        let op = TripOp::Location { at: route_point(k) };
-        ledger.last_version = submit(&driver, session, op).await?.version;
-        ledger.locations_committed += 1;
-    }
-    ledger.last_version = submit(&driver, session, TripOp::Complete).await?.version;
-    ledger.completed = true;
-    wait_for_session(&rider, WAIT, |s| s.session == session && s.finished).await?;
+    let done = tokio::time::timeout(WAIT, &mut cancelled)
+        .await
+        .context("the rider's cancel was never answered after the heal")?
+        .map_err(|_| anyhow::anyhow!("the rider's client closed"))?;
+    let done = done.map_err(|e| anyhow::anyhow!("the cancel was refused: {e}"))?;
+    ensure!(
+        done.version.covers(&arrived.version),
+        "the cancel committed on a copy ({}) without the driver's arrival ({})",
+        done.version,
+        arrived.version
+    );
+    wait_for_session(&driver, WAIT, |s| s.session == session && s.finished).await?;
     let stored = c.stop_and_read(0)?;
-    check_against_store(&[ledger], &stored)?;
-    let (header, _) = stored
+    let (header, body) = stored
         .iter()
         .find(|s| s.0.session == session)
         .context("trip lost")?;
     ensure!(
         header.version.covers(&arrived.version),
         "the driver's arrival was dropped"
+    );
+    ensure!(header.tombstone && body.state.phase == TripPhase::Cancelled);
+    let cancels = body
+        .dedup
+        .iter()
+        .find(|d| d.device == rider.device())
+        .map(|d| d.last_seq);
+    ensure!(
+        cancels == Some(cancel.seq),
+        "the rider's watermark is {cancels:?}, its cancel was seq {}",
+        cancel.seq
     );
     Ok(())
 }
