@@ -182,7 +182,7 @@ pub struct Totals {
     pub faults: usize,
     pub sessions: usize,
     pub sessions_with_conflicts: usize,
-    pub sessions_concurrent_at_end: usize,
+    pub tentative_replaced: usize,
     pub sessions_with_stale_branch: usize,
     pub wall_ms: u64,
 }
@@ -202,7 +202,7 @@ impl Totals {
             t.faults += r.faults.len();
             t.sessions += r.summary.sessions;
             t.sessions_with_conflicts += r.summary.sessions_with_conflicts;
-            t.sessions_concurrent_at_end += r.summary.sessions_concurrent_at_end;
+            t.tentative_replaced += r.summary.tentative_replaced;
             t.sessions_with_stale_branch += r.summary.sessions_with_stale_branch;
         }
         t
@@ -217,7 +217,7 @@ impl std::fmt::Display for Totals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} seeds in {:.1} s ({:.1} seeds/s), {} failed; {} sessions, {} ops committed, {} refused, {} unanswered at the end; {} faults injected; {} sessions with a surfaced conflict, {} with reconcilable concurrent copies at the end, {} with a stale branch at a datacenter",
+            "{} seeds in {:.1} s ({:.1} seeds/s), {} failed; {} sessions, {} ops committed, {} refused, {} unanswered at the end; {} faults injected; {} sessions with a surfaced conflict (none excused), {} with a stale branch at a datacenter; {} tentative copies replaced",
             self.seeds,
             self.wall_ms as f64 / 1000.0,
             self.seeds_per_s(),
@@ -228,8 +228,8 @@ impl std::fmt::Display for Totals {
             self.ops_unresolved,
             self.faults,
             self.sessions_with_conflicts,
-            self.sessions_concurrent_at_end,
-            self.sessions_with_stale_branch
+            self.sessions_with_stale_branch,
+            self.tentative_replaced
         )
     }
 }

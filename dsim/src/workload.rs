@@ -62,7 +62,7 @@ pub async fn record_events(
                 session,
                 version,
                 view,
-                ..
+                committed,
             })) => record(
                 &rec,
                 device,
@@ -71,8 +71,12 @@ pub async fn record_events(
                     version,
                     phase: view.phase,
                     locations: view.location_updates,
+                    committed,
                 },
             ),
+            Ok(ClientEvent::Session(EdgeEvent::ServerChangeCommitted { session, version })) => {
+                record(&rec, device, Event::ServerCommitted { session, version })
+            }
             Ok(ClientEvent::Session(EdgeEvent::Conflict {
                 session,
                 ours,
