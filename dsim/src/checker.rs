@@ -790,6 +790,7 @@ fn check_session(
         }
         check_histories(&mut cx, &told, summary);
         check_applied_twice(&mut cx, &candidates);
+        check_versions_unique(&mut cx, &candidates);
         return cx.out;
     };
     let stale: Vec<Candidate<'_>> = candidates
@@ -883,8 +884,11 @@ fn check_session(
     // C3: the final copy dominates every version a device was told is committed, and is a
     // tombstone if any of them was one.
     let fin_version = &fin.header.version;
+    let mut reported: Vec<&VersionVector> = Vec::new();
     for t in &told {
-        if !dominates(fin_version, t.version) {
+        // One report per version (a commit and the copy that carried it tell the same).
+        if !dominates(fin_version, t.version) && !reported.contains(&t.version) {
+            reported.push(t.version);
             let how = match order(fin_version, t.version) {
                 Order::Concurrent => "is concurrent with",
                 _ => "is older than",
@@ -927,7 +931,7 @@ fn check_session(
             cx.report(
                 Kind::VersionRegressed,
                 format!(
-                    "{d}'s store ends at {held}, below {}, which it was told is committed",
+                    "{d}'s store ends at {held}, which does not dominate {}, a version it was told is committed",
                     t.version
                 ),
                 &[t.at],
@@ -937,6 +941,7 @@ fn check_session(
 
     check_histories(&mut cx, &told, summary);
     check_applied_twice(&mut cx, &candidates);
+    check_versions_unique(&mut cx, &candidates);
     cx.out
 }
 
@@ -1016,6 +1021,61 @@ fn check_histories(cx: &mut Ctx<'_>, told: &[Told<'_>], summary: &mut Summary) {
                 );
                 tombstone_at = None;
             }
+        }
+    }
+}
+
+/// C3: one version, one state. A datacenter bumps its own slot for every change, so two
+/// copies (or two copies devices persisted) with the same version and different contents
+/// mean a counter was issued twice: some datacenter went back and built on an older copy.
+fn check_versions_unique(cx: &mut Ctx<'_>, copies: &[Candidate<'_>]) {
+    // version -> (phase, locations, where first seen, event index)
+    let mut seen: Vec<(&VersionVector, TripPhase, u32, String, Option<usize>)> = Vec::new();
+    let mut reported: Vec<&VersionVector> = Vec::new();
+    let events = cx.events;
+    let at_end = copies.iter().map(|c| {
+        (
+            &c.header.version,
+            c.body.state.phase,
+            c.body.state.location_updates,
+            format!("{} at the end", c.holder),
+            None,
+        )
+    });
+    let during = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event {
+            Event::Saw {
+                version,
+                phase,
+                locations,
+                ..
+            } => Some((
+                version,
+                *phase,
+                *locations,
+                format!("{} at {}.{:03}s", e.device, e.at_ms / 1000, e.at_ms % 1000),
+                Some(i),
+            )),
+            _ => None,
+        });
+    for (version, phase, locations, place, at) in during.chain(at_end) {
+        match seen.iter().find(|s| s.0 == version) {
+            None => seen.push((version, phase, locations, place, at)),
+            Some(first) if (first.1, first.2) != (phase, locations) => {
+                if reported.contains(&version) {
+                    continue;
+                }
+                reported.push(version);
+                let witness: Vec<usize> = first.4.into_iter().chain(at).collect();
+                let detail = format!(
+                    "version {version} was issued twice: {:?} with {} locations ({}), {phase:?} with {locations} ({place})",
+                    first.1, first.2, first.3
+                );
+                cx.report(Kind::VersionRegressed, detail, &witness);
+            }
+            Some(_) => {}
         }
     }
 }
@@ -1344,10 +1404,15 @@ mod tests {
                     duplicate: false,
                 },
             );
+            let phase = if seq == 1 {
+                TripPhase::DriverArrived
+            } else {
+                TripPhase::OnTrip
+            };
             at(
                 &mut h,
                 RIDER,
-                saw(version, TripPhase::OnTrip, seq.saturating_sub(2) as u32),
+                saw(version, phase, seq.saturating_sub(2) as u32),
             );
         }
         h
@@ -1488,7 +1553,7 @@ mod tests {
     fn a_committed_op_the_final_copy_has_not_applied_is_lost_c1() {
         // The last location report was committed, but the store has the copy before it.
         let mut copy = road_copy(2);
-        copy.0.version = v(&[(DC1, 7)]); // the version even moved on (another op)
+        copy.0.version = v(&[(DC1, 7), (DC2, 1)]); // the version even moved on (another op)
         let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
         assert_eq!(kinds(&vs), vec![Kind::CommittedOpLost], "{vs:#?}");
         // The shortest history: the op's queueing and its commit, nothing else.
@@ -1576,6 +1641,7 @@ mod tests {
     #[test]
     fn more_location_reports_applied_than_submitted_is_applied_twice_c2() {
         let mut copy = road_copy(3);
+        copy.0.version = v(&[(DC1, 8)]);
         copy.1.state.location_updates = 4;
         let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
         assert_eq!(kinds(&vs), vec![Kind::AppliedTwice], "{vs:#?}");
@@ -1606,7 +1672,7 @@ mod tests {
         let mut h = on_the_road(1);
         h.record(9_000, RIDER, saw(v(&[(DC1, 6)]), TripPhase::OnTrip, 2));
         let mut copy = road_copy(1);
-        copy.0.version = v(&[(DC1, 6)]);
+        copy.0.version = v(&[(DC1, 7)]);
         let (vs, _) = check(&h, &finals(vec![(1, copy)]));
         assert_eq!(kinds(&vs), vec![Kind::AppliedTwice], "{vs:#?}");
         assert!(
@@ -1727,15 +1793,52 @@ mod tests {
     }
 
     #[test]
-    fn a_final_version_below_a_committed_one_is_a_regression_c3() {
-        // Every op applied, but the store's version is below what the driver was told (the
-        // rider never saw the last copy, so the devices' copies do not show it).
+    fn a_final_version_that_does_not_dominate_a_committed_one_is_a_regression_c3() {
+        // The driver was told its last report is committed at {dc1:6}; the rider never saw
+        // that copy. dc2 restored the session from the rider's {dc1:5} and applied the
+        // report's retry there: every op is applied, on another branch.
         let h = without_last_rider_saw(&on_the_road(2));
         let mut copy = road_copy(2);
-        copy.0.version = v(&[(DC1, 5)]);
-        let (vs, _) = check(&h, &finals(vec![(1, copy)]));
+        copy.0.version = v(&[(DC1, 5), (DC2, 1)]);
+        let (vs, _) = check(&h, &finals(vec![(2, copy)]));
         assert_eq!(kinds(&vs), vec![Kind::VersionRegressed], "{vs:#?}");
-        assert!(vs[0].detail.contains("is older than"), "{}", vs[0].detail);
+        assert!(
+            vs[0].detail.contains("is concurrent with"),
+            "{}",
+            vs[0].detail
+        );
+        // The region ends with the copy before it: the report is lost, and the version
+        // went back.
+        let (vs, _) = check(&h, &finals(vec![(1, road_copy(1))]));
+        assert_eq!(
+            kinds(&vs),
+            vec![Kind::CommittedOpLost, Kind::VersionRegressed],
+            "{vs:#?}"
+        );
+        assert!(vs[1].detail.contains("is older than"), "{}", vs[1].detail);
+    }
+
+    #[test]
+    fn one_version_issued_with_two_contents_is_a_regression_c3() {
+        // A datacenter went back to an older copy and built on it: {dc1:5} again, but with no
+        // location report this time.
+        let mut h = on_the_road(1);
+        h.record(9_000, DRIVER, saw(v(&[(DC1, 5)]), TripPhase::OnTrip, 1));
+        let (vs, _) = check(&h, &finals(vec![(1, road_copy(1))]));
+        assert!(vs.is_empty(), "the same contents twice is fine: {vs:#?}");
+        let mut again = road_copy(0);
+        again.0.version = v(&[(DC1, 5)]);
+        again.1.state.phase = TripPhase::Completed;
+        h.record(9_500, RIDER, saw(v(&[(DC1, 5)]), TripPhase::Completed, 0));
+        let mut f = finals(vec![(1, again)]);
+        f.add_device(RIDER, vec![]);
+        let (vs, _) = check(&h, &f);
+        let issued: Vec<&Violation> = vs
+            .iter()
+            .filter(|v| v.detail.contains("issued twice"))
+            .collect();
+        assert_eq!(issued.len(), 1, "{vs:#?}");
+        assert_eq!(issued[0].kind, Kind::VersionRegressed);
     }
 
     #[test]
@@ -1748,6 +1851,7 @@ mod tests {
         let (vs, _) = check(&on_the_road(3), &f);
         assert_eq!(kinds(&vs), vec![Kind::VersionRegressed], "{vs:#?}");
         assert!(vs[0].detail.contains("store ends at"), "{}", vs[0].detail);
+        assert_eq!(vs[0].history.len(), 1);
     }
 
     #[test]
@@ -1919,8 +2023,7 @@ mod tests {
     #[test]
     fn no_copy_covering_the_devices_copies_is_not_converged() {
         // The rider holds {dc1:6}; the only datacenter copy is {dc1:5}.
-        let mut copy = road_copy(2);
-        copy.0.version = v(&[(DC1, 5)]);
+        let copy = road_copy(1);
         let (vs, _) = check(&on_the_road(2), &finals(vec![(1, copy)]));
         assert_eq!(kinds(&vs), vec![Kind::NotConverged], "{vs:#?}");
         assert!(vs[0].detail.contains("dominates"), "{}", vs[0].detail);
@@ -1965,9 +2068,7 @@ mod tests {
                     reason: SubmitError::Rejected(reason),
                 },
             );
-            let mut copy = road_copy(1);
-            copy.0.version = v(&[(DC1, 4)]);
-            let (vs, _) = check(&h, &finals(vec![(1, copy)]));
+            let (vs, _) = check(&h, &finals(vec![(1, road_copy(1))]));
             assert_eq!(kinds(&vs), vec![Kind::RefusedButApplied], "{vs:#?}");
         }
     }
@@ -1977,6 +2078,7 @@ mod tests {
     #[test]
     fn the_report_names_the_seed_the_replay_the_session_and_the_short_history() {
         let mut copy = road_copy(3);
+        copy.0.version = v(&[(DC1, 8)]);
         copy.1.state.location_updates = 4;
         let (vs, _) = check(&on_the_road(3), &finals(vec![(1, copy)]));
         let text = report(42, "LIFEBOAT_SEED=42 cargo test", &vs);
@@ -2008,6 +2110,7 @@ mod tests {
             );
         }
         let mut copy = road_copy(3);
+        copy.0.version = v(&[(DC1, 8)]);
         copy.1.state.location_updates = 5;
         let (vs, _) = check(&h, &finals(vec![(1, copy)]));
         // The other session has no copy anywhere: it is reported on its own.
