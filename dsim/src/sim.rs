@@ -8,8 +8,8 @@
 //!   host r0.., d0..: lifeboat_edge::EdgeClient (sled store on disk) + the rider or driver
 //!                   app (crate::workload) + the recorder of its history
 //!  the controller (this module) steps the simulation, applies the plan's faults at their
-//!  times, heals everything for the settle phase, stops the datacenters, reads their stores
-//!  and runs the checker.
+//!  times, heals everything for the settle phase, stops the devices and the datacenters,
+//!  reads every store (datacenters' and devices') and runs the checker.
 //! ```
 //!
 //! Determinism: every random choice comes from the seed (turmoil's network, the fault plan,
