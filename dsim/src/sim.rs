@@ -8,8 +8,8 @@
 //!   host r0.., d0..: lifeboat_edge::EdgeClient (sled store on disk) + the rider or driver
 //!                   app (crate::workload) + the recorder of its history
 //!  the controller (this module) steps the simulation, applies the plan's faults at their
-//!  times, heals everything for the settle phase, stops the datacenters, reads their stores
-//!  and runs the checker.
+//!  times, heals everything for the settle phase, stops the devices and the datacenters,
+//!  reads every store (datacenters' and devices') and runs the checker.
 //! ```
 //!
 //! Determinism: every random choice comes from the seed (turmoil's network, the fault plan,
@@ -22,11 +22,11 @@
 //! fails loudly (an `Err`, never a silent pass) if a store cannot be reopened, a recorder
 //! misses events or a datacenter does not stop.
 
-use crate::checker::{self, Event, FinalState, History, Summary, Violation};
-use crate::faults::{self, Action, PlanShape, Scheduled};
+use crate::checker::{self, DeviceCopy, Event, FinalState, History, Summary, Violation};
+use crate::faults::{self, Action, Cut, FaultKind, PlanShape, Scheduled};
 use crate::net;
 use crate::region::SimRegion;
-use crate::workload::{self, Recorder, Role, WorkloadConfig};
+use crate::workload::{self, FailoverWatch, Recorder, Role, WorkloadConfig};
 use anyhow::{anyhow, bail, Context as _};
 use lifeboat_common::clock::Clock;
 use lifeboat_common::ids::ReplicaId;
@@ -36,7 +36,7 @@ use lifeboat_server::store::DcStore;
 use lifeboat_server::{Server, ServerConfig};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -76,7 +76,7 @@ impl SimConfig {
             settle_ms: 25_000,
             tick_ms: 10,
             latency_ms: 30,
-            episodes: 6,
+            episodes: 8,
         }
     }
 
@@ -114,6 +114,12 @@ pub struct RunOutcome {
     pub trace_hash: String,
     /// Ops still waiting for an answer at the end (liveness, reported, not a violation).
     pub ops_unresolved: usize,
+    /// Fault episodes that took effect, by kind.
+    pub fault_counts: BTreeMap<FaultKind, usize>,
+    /// Failovers the devices started, and those away from a datacenter that was up
+    /// ([`FailoverWatch`]).
+    pub failovers: usize,
+    pub false_failovers: usize,
     pub wall_ms: u64,
 }
 
@@ -228,6 +234,13 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
     let dc_addrs: Vec<SocketAddr> = (0..cfg.datacenters)
         .map(|i| SocketAddr::new(sim.lookup(format!("dc{}", i + 1)), DC_PORT))
         .collect();
+    let watch = Rc::new(FailoverWatch {
+        dcs: dc_addrs
+            .iter()
+            .map(|a| (*a, Cell::new(true), Cell::new(None)))
+            .collect(),
+        ..Default::default()
+    });
 
     // Devices: riders r0.., drivers d0...
     let mut devices = Vec::new();
@@ -261,6 +274,7 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         let dcs = dc_addrs.clone();
         let wl = workload_cfg.clone();
         let seed = cfg.seed;
+        let watch = watch.clone();
         sim.host(name, move || {
             let s = s.clone();
             let rec = rec.clone();
@@ -268,8 +282,9 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
             let ca_pem = ca_pem.clone();
             let dcs = dcs.clone();
             let wl = wl.clone();
+            let watch = watch.clone();
             async move {
-                let r = run_device(&s, seed, token, dcs, ca_pem, wl, rec).await;
+                let r = run_device(&s, seed, token, dcs, ca_pem, wl, rec, watch).await;
                 if let Err(e) = &r {
                     err.borrow_mut()
                         .get_or_insert_with(|| format!("{}: {e:#}", s.id));
@@ -285,27 +300,26 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         .map(|n| host_name(devices[n].role, n / 2))
         .collect();
     let mut applied = Vec::new();
-    let mut net = NetFaults {
-        cut: BTreeSet::new(),
-        lossy: BTreeSet::new(),
-        latency_ms: cfg.latency_ms,
-    };
+    let mut fault_counts: BTreeMap<FaultKind, usize> = BTreeMap::new();
+    let mut net = NetFaults::new(cfg.datacenters, devices.len(), cfg.latency_ms);
     let mut next = 0;
     let end = Duration::from_millis(cfg.end_ms());
     while sim.elapsed() < end {
         let now = sim.elapsed().as_millis() as u64;
         while next < plan.len() && plan[next].at_ms <= now {
             let action = plan[next].action.clone();
-            if let Some(done) = apply(
-                &mut sim,
-                &mut net,
-                &action,
-                &dcs,
-                &device_hosts,
-                &device_ids,
-                &dc_addrs,
-            )? {
+            let world = World {
+                dcs: &dcs,
+                devices: &device_hosts,
+                ids: &device_ids,
+                dc_addrs: &dc_addrs,
+                watch: &watch,
+            };
+            if let Some(done) = apply(&mut sim, &mut net, &action, &world, now)? {
                 applied.push(format!("{:>6} ms {done}", now));
+                if let Some(kind) = plan[next].starts {
+                    *fault_counts.entry(kind).or_default() += 1;
+                }
             }
             next += 1;
         }
@@ -344,6 +358,9 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
             finals.add_store(DatacenterId(d.index as u16 + 1), stored);
         }
     }
+    for d in &devices {
+        finals.add_device(d.id, read_device_store(d, &region)?);
+    }
     let history = Rc::try_unwrap(rec)
         .map_err(|_| anyhow!("the recorder is still shared after the run"))?
         .into_inner();
@@ -358,6 +375,9 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
         faults: applied,
         trace_hash,
         ops_unresolved: unresolved,
+        fault_counts,
+        failovers: watch.failovers.get(),
+        false_failovers: watch.false_failovers.get(),
         wall_ms: wall.elapsed().as_millis() as u64,
     })
 }
@@ -380,37 +400,152 @@ fn step(
     Ok(())
 }
 
-/// Carry out one action; returns what was done (`None`: nothing to do).
-/// The faults in force on the network (so that undoing one that is not in force is not
-/// reported as a fault).
+/// What one link between a device and a datacenter is doing, as turmoil has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum LinkState {
+    #[default]
+    Healthy,
+    /// Both directions dropped.
+    Cut,
+    /// One direction dropped.
+    OneWay(Cut),
+    /// Both directions held (a frozen datacenter).
+    Held,
+}
+
+/// The faults in force on the network. Episodes overlap freely, so each cut and freeze is
+/// counted, and every link gets the strongest of what is in force on it: a cut both ways
+/// (or both one-way cuts), else a freeze, else a one-way cut. Undoing one episode never
+/// undoes another, and turmoil is never asked to combine a hold with a one-way partition
+/// (which it does not support).
 #[derive(Debug)]
 struct NetFaults {
-    /// (device, datacenter) links cut.
-    cut: BTreeSet<(usize, usize)>,
-    /// Devices with message loss.
-    lossy: BTreeSet<usize>,
+    /// (device, datacenter) -> cuts in force, by [`Cut`].
+    cuts: BTreeMap<(usize, usize), BTreeMap<Cut, u32>>,
+    /// Freezes in force per datacenter.
+    frozen: Vec<u32>,
+    /// Loss rate per device (percent).
+    loss_pct: Vec<u8>,
+    /// What turmoil has, per (device, datacenter).
+    state: BTreeMap<(usize, usize), (LinkState, u8)>,
     latency_ms: u64,
 }
 
+impl NetFaults {
+    fn new(datacenters: usize, devices: usize, latency_ms: u64) -> Self {
+        Self {
+            cuts: BTreeMap::new(),
+            frozen: vec![0; datacenters],
+            loss_pct: vec![0; devices],
+            state: BTreeMap::new(),
+            latency_ms,
+        }
+    }
+
+    fn cuts_in_force(&self, device: usize, dc: usize, cut: Cut) -> u32 {
+        self.cuts
+            .get(&(device, dc))
+            .and_then(|c| c.get(&cut))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The state and loss rate the link should have.
+    fn wanted(&self, device: usize, dc: usize) -> (LinkState, u8) {
+        let n = |cut| self.cuts_in_force(device, dc, cut);
+        let (both, replies, requests) = (n(Cut::Both), n(Cut::Replies), n(Cut::Requests));
+        let state = if both > 0 || (replies > 0 && requests > 0) {
+            LinkState::Cut
+        } else if self.frozen[dc] > 0 {
+            LinkState::Held
+        } else if replies > 0 {
+            LinkState::OneWay(Cut::Replies)
+        } else if requests > 0 {
+            LinkState::OneWay(Cut::Requests)
+        } else {
+            LinkState::Healthy
+        };
+        // turmoil's random loss "repairs" a link by making both directions healthy: it would
+        // undo a one-way cut, so a link with one gets no random loss meanwhile.
+        let loss = match state {
+            LinkState::OneWay(_) => 0,
+            _ => self.loss_pct[device],
+        };
+        (state, loss)
+    }
+
+    /// Bring turmoil's link in line with what is in force.
+    fn sync(&mut self, sim: &mut turmoil::Sim<'_>, device: usize, dc: usize, w: &World<'_>) {
+        let (want, loss) = self.wanted(device, dc);
+        let (have, have_loss) = self.state.get(&(device, dc)).copied().unwrap_or_default();
+        let dev: IpAddr = sim.lookup(w.devices[device].as_str());
+        let dci = w.dc_addrs[dc].ip();
+        if want != have {
+            // Leave the old state: a held link releases what it held (a thaw), any other
+            // is repaired.
+            let leave = |sim: &mut turmoil::Sim<'_>| {
+                if have == LinkState::Held {
+                    sim.release(dev, dci);
+                } else {
+                    sim.repair(dev, dci);
+                }
+            };
+            match want {
+                LinkState::Healthy => leave(sim),
+                LinkState::Cut => sim.partition(dev, dci),
+                LinkState::Held => {
+                    leave(sim);
+                    sim.hold(dev, dci);
+                }
+                LinkState::OneWay(cut) => {
+                    leave(sim);
+                    match cut {
+                        Cut::Requests => sim.partition_oneway(dev, dci),
+                        _ => sim.partition_oneway(dci, dev),
+                    }
+                }
+            }
+        }
+        if loss != have_loss {
+            sim.set_link_fail_rate(dev, dci, f64::from(loss) / 100.0);
+        }
+        self.state.insert((device, dc), (want, loss));
+    }
+}
+
+/// The hosts and shared state [`apply`] works on.
+struct World<'a> {
+    dcs: &'a [Rc<DcSlot>],
+    devices: &'a [String],
+    ids: &'a [DeviceId],
+    dc_addrs: &'a [SocketAddr],
+    watch: &'a FailoverWatch,
+}
+
+/// Carry out one action; returns what was done (`None`: nothing to do).
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     net: &mut NetFaults,
     action: &Action,
-    dcs: &[Rc<DcSlot>],
-    devices: &[String],
-    ids: &[DeviceId],
-    dc_addrs: &[SocketAddr],
+    w: &World<'_>,
+    now_ms: u64,
 ) -> anyhow::Result<Option<String>> {
     let dc_name = |dc: usize| format!("dc{}", dc + 1);
-    let dc_ip = |dc: usize| dc_addrs[dc].ip();
+    let went_down = |dc: usize, running: bool| {
+        if let Some((_, up, down)) = w.watch.dcs.get(dc) {
+            up.set(running);
+            down.set(Some(now_ms));
+        }
+    };
     match action {
         Action::CrashDc { dc, lose_disk } => {
             if !sim.is_host_running(dc_name(*dc)) {
                 return Ok(None);
             }
             sim.crash(dc_name(*dc));
+            went_down(*dc, false);
             if *lose_disk {
-                lose(&dcs[*dc].data_dir)?;
+                lose(&w.dcs[*dc].data_dir)?;
             }
         }
         Action::RestartDc { dc } => {
@@ -418,43 +553,61 @@ fn apply(
                 return Ok(None);
             }
             sim.bounce(dc_name(*dc));
+            if let Some((_, up, _)) = w.watch.dcs.get(*dc) {
+                up.set(true);
+            }
         }
         Action::BounceDc { dc, lose_disk } => {
             sim.crash(dc_name(*dc));
             if *lose_disk {
-                lose(&dcs[*dc].data_dir)?;
+                lose(&w.dcs[*dc].data_dir)?;
             }
             sim.bounce(dc_name(*dc));
+            went_down(*dc, true);
         }
-        Action::Partition { device, dc, oneway } => {
-            net.cut.insert((*device, *dc));
-            let dev: IpAddr = sim.lookup(devices[*device].as_str());
-            if *oneway {
-                sim.partition_oneway(dc_ip(*dc), dev);
-            } else {
-                sim.partition(dev, dc_ip(*dc));
-            }
+        Action::Partition { device, dc, cut } => {
+            *net.cuts
+                .entry((*device, *dc))
+                .or_default()
+                .entry(*cut)
+                .or_default() += 1;
+            net.sync(sim, *device, *dc, w);
         }
-        Action::Repair { device, dc } => {
-            if !net.cut.remove(&(*device, *dc)) {
+        Action::Repair { device, dc, cut } => {
+            let Some(n) = net
+                .cuts
+                .get_mut(&(*device, *dc))
+                .and_then(|c| c.get_mut(cut))
+                .filter(|n| **n > 0)
+            else {
                 return Ok(None);
-            }
-            let dev: IpAddr = sim.lookup(devices[*device].as_str());
-            sim.repair(dev, dc_ip(*dc));
-        }
-        Action::RestartDevice { device } => sim.bounce(devices[*device].as_str()),
-        Action::Loss { device, rate_pct } => {
-            let was_lossy = if *rate_pct == 0 {
-                net.lossy.remove(device)
-            } else {
-                !net.lossy.insert(*device)
             };
-            if *rate_pct == 0 && !was_lossy {
+            *n -= 1;
+            net.sync(sim, *device, *dc, w);
+        }
+        Action::FreezeDc { dc } => {
+            net.frozen[*dc] += 1;
+            for device in 0..w.devices.len() {
+                net.sync(sim, device, *dc, w);
+            }
+        }
+        Action::ThawDc { dc } => {
+            if net.frozen[*dc] == 0 {
                 return Ok(None);
             }
-            let dev: IpAddr = sim.lookup(devices[*device].as_str());
-            for ip in dc_addrs.iter().map(SocketAddr::ip) {
-                sim.set_link_fail_rate(dev, ip, f64::from(*rate_pct) / 100.0);
+            net.frozen[*dc] -= 1;
+            for device in 0..w.devices.len() {
+                net.sync(sim, device, *dc, w);
+            }
+        }
+        Action::RestartDevice { device } => sim.bounce(w.devices[*device].as_str()),
+        Action::Loss { device, rate_pct } => {
+            if net.loss_pct[*device] == *rate_pct {
+                return Ok(None);
+            }
+            net.loss_pct[*device] = *rate_pct;
+            for dc in 0..w.dc_addrs.len() {
+                net.sync(sim, *device, dc, w);
             }
         }
         Action::Latency { max_ms } => {
@@ -464,9 +617,26 @@ fn apply(
             net.latency_ms = *max_ms;
             sim.set_max_message_latency(Duration::from_millis(*max_ms));
         }
+        Action::HealNetwork => {
+            let in_force = net.cuts.values().flat_map(|c| c.values()).any(|n| *n > 0)
+                || net.frozen.iter().any(|n| *n > 0)
+                || net.loss_pct.iter().any(|l| *l > 0);
+            if !in_force {
+                return Ok(None);
+            }
+            net.cuts.clear();
+            net.frozen.iter_mut().for_each(|n| *n = 0);
+            net.loss_pct.iter_mut().for_each(|l| *l = 0);
+            for device in 0..w.devices.len() {
+                for dc in 0..w.dc_addrs.len() {
+                    net.sync(sim, device, dc, w);
+                }
+            }
+        }
     }
     Ok(Some(action.describe(&|i| {
-        ids.get(i)
+        w.ids
+            .get(i)
             .map_or_else(|| format!("device #{i}"), |d| format!("device {d}"))
     })))
 }
@@ -523,6 +693,7 @@ async fn run_device(
     ca_pem: Vec<u8>,
     wl: WorkloadConfig,
     rec: Recorder,
+    watch: Rc<FailoverWatch>,
 ) -> anyhow::Result<()> {
     let n = s.incarnation.get() + 1;
     s.incarnation.set(n);
@@ -550,7 +721,8 @@ async fn run_device(
     cfg.inline_flush = true;
     let client = EdgeClient::start(cfg).await?;
     let events = client.subscribe();
-    let recorder = tokio::task::spawn_local(workload::record_events(events, s.id, rec.clone()));
+    let recorder =
+        tokio::task::spawn_local(workload::record_events(events, s.id, rec.clone(), watch));
     workload::run_app(client.clone(), s.role, wl, n, rec).await;
     // The client goes on syncing and replaying; the recorder runs until the host is stopped
     // (this handle keeps the client's event channel open), or fails if it missed events.
@@ -590,6 +762,43 @@ fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// What a device's store holds at the end: every session, its digest opened with the
+/// region's keys (the checker needs the watermarks), and the device's committed mark.
+fn read_device_store(d: &DeviceSlot, region: &SimRegion) -> anyhow::Result<Vec<DeviceCopy>> {
+    if !d.store.exists() {
+        return Ok(Vec::new());
+    }
+    wait_unlocked(&d.store)?;
+    let store = lifeboat_edge::store::EdgeStore::open(&StoreLocation::Path(d.store.clone()), d.id)
+        .with_context(|| format!("opening {}'s store", d.id))?;
+    let loaded = store
+        .load()
+        .with_context(|| format!("reading {}'s store", d.id))?;
+    if loaded.unreadable > 0 {
+        bail!(
+            "{}'s store has {} unreadable records",
+            d.id,
+            loaded.unreadable
+        );
+    }
+    loaded
+        .sessions
+        .into_iter()
+        .map(|(session, held)| {
+            let body = held
+                .digest
+                .open::<lifeboat_common::TripState>(&region.keyring)
+                .with_context(|| {
+                    format!("{} holds a digest of {session} that does not open", d.id)
+                })?;
+            Ok(DeviceCopy {
+                stored: (held.digest.header.clone(), body),
+                committed: held.committed,
+            })
+        })
+        .collect()
+}
+
 /// Ops accepted by a client and never answered.
 fn unresolved_ops(h: &History) -> usize {
     let mut open = std::collections::BTreeSet::new();
@@ -619,6 +828,9 @@ fn trace_hash(history: &History, faults: &[String], finals: &FinalState) -> Stri
     for s in finals.sessions() {
         for (dc, (header, body)) in finals.copies(s) {
             h.update(format!("{dc} {header:?} {body:?}\n").as_bytes());
+        }
+        for (d, c) in finals.device_copies(s) {
+            h.update(format!("{d} {:?} {:?} {}\n", c.stored.0, c.stored.1, c.committed).as_bytes());
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

@@ -11,7 +11,9 @@
 //! with its session and shortest history, and the command that replays it.
 
 use crate::checker::{self, Summary, Violation};
+use crate::faults::FaultKind;
 use crate::sim::{self, SimConfig};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -79,6 +81,9 @@ pub struct SeedResult {
     pub faults: Vec<String>,
     pub trace_hash: String,
     pub ops_unresolved: usize,
+    pub fault_counts: BTreeMap<FaultKind, usize>,
+    pub failovers: usize,
+    pub false_failovers: usize,
     pub wall_ms: u64,
     /// The run itself failed (a harness error, never a pass).
     pub error: Option<String>,
@@ -123,6 +128,9 @@ pub fn run_seed(cfg: &SimConfig) -> (SeedResult, Option<sim::RunOutcome>) {
                 faults: out.faults.clone(),
                 trace_hash: out.trace_hash.clone(),
                 ops_unresolved: out.ops_unresolved,
+                fault_counts: out.fault_counts.clone(),
+                failovers: out.failovers,
+                false_failovers: out.false_failovers,
                 wall_ms: out.wall_ms,
                 error: None,
             },
@@ -136,6 +144,9 @@ pub fn run_seed(cfg: &SimConfig) -> (SeedResult, Option<sim::RunOutcome>) {
                 faults: Vec::new(),
                 trace_hash: String::new(),
                 ops_unresolved: 0,
+                fault_counts: BTreeMap::new(),
+                failovers: 0,
+                false_failovers: 0,
                 wall_ms: 0,
                 error: Some(format!("{e:#}")),
             },
@@ -182,8 +193,15 @@ pub struct Totals {
     pub faults: usize,
     pub sessions: usize,
     pub sessions_with_conflicts: usize,
-    pub sessions_concurrent_at_end: usize,
+    pub tentative_replaced: usize,
     pub sessions_with_stale_branch: usize,
+    /// Fault episodes that took effect, by kind.
+    pub fault_counts: BTreeMap<FaultKind, usize>,
+    pub failovers: usize,
+    /// Failovers away from a datacenter that was up.
+    pub false_failovers: usize,
+    /// Seeds that failed, by the kinds of violation they showed.
+    pub failed_by_kind: BTreeMap<checker::Kind, usize>,
     pub wall_ms: u64,
 }
 
@@ -202,7 +220,17 @@ impl Totals {
             t.faults += r.faults.len();
             t.sessions += r.summary.sessions;
             t.sessions_with_conflicts += r.summary.sessions_with_conflicts;
-            t.sessions_concurrent_at_end += r.summary.sessions_concurrent_at_end;
+            t.tentative_replaced += r.summary.tentative_replaced;
+            for (k, n) in &r.fault_counts {
+                *t.fault_counts.entry(*k).or_default() += n;
+            }
+            t.failovers += r.failovers;
+            t.false_failovers += r.false_failovers;
+            let kinds: std::collections::BTreeSet<checker::Kind> =
+                r.violations.iter().map(|v| v.kind).collect();
+            for k in kinds {
+                *t.failed_by_kind.entry(k).or_default() += 1;
+            }
             t.sessions_with_stale_branch += r.summary.sessions_with_stale_branch;
         }
         t
@@ -211,13 +239,35 @@ impl Totals {
     pub fn seeds_per_s(&self) -> f64 {
         self.seeds as f64 / (self.wall_ms.max(1) as f64 / 1000.0)
     }
+
+    /// `n` per 1,000 seeds of this batch.
+    pub fn per_1000(&self, n: usize) -> f64 {
+        n as f64 * 1000.0 / self.seeds.max(1) as f64
+    }
+
+    /// How often each fault kind took effect, per 1,000 seeds, and the failovers.
+    pub fn fault_frequencies(&self) -> String {
+        let kinds: Vec<String> = FaultKind::ALL
+            .iter()
+            .map(|k| {
+                let n = self.fault_counts.get(k).copied().unwrap_or(0);
+                format!("{k} {:.0}", self.per_1000(n))
+            })
+            .collect();
+        format!(
+            "faults per 1,000 seeds: {}; failovers {:.0}, of them false (away from a datacenter that was up) {:.0}",
+            kinds.join(", "),
+            self.per_1000(self.failovers),
+            self.per_1000(self.false_failovers)
+        )
+    }
 }
 
 impl std::fmt::Display for Totals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} seeds in {:.1} s ({:.1} seeds/s), {} failed; {} sessions, {} ops committed, {} refused, {} unanswered at the end; {} faults injected; {} sessions with a surfaced conflict, {} with reconcilable concurrent copies at the end, {} with a stale branch at a datacenter",
+            "{} seeds in {:.1} s ({:.1} seeds/s), {} failed; {} sessions, {} ops committed, {} refused, {} unanswered at the end; {} faults injected; {} sessions with a surfaced conflict (none excused), {} with a stale branch at a datacenter; {} tentative copies replaced",
             self.seeds,
             self.wall_ms as f64 / 1000.0,
             self.seeds_per_s(),
@@ -228,8 +278,17 @@ impl std::fmt::Display for Totals {
             self.ops_unresolved,
             self.faults,
             self.sessions_with_conflicts,
-            self.sessions_concurrent_at_end,
-            self.sessions_with_stale_branch
-        )
+            self.sessions_with_stale_branch,
+            self.tentative_replaced
+        )?;
+        if !self.failed_by_kind.is_empty() {
+            let by: Vec<String> = self
+                .failed_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k:?} {n}"))
+                .collect();
+            write!(f, "; failed seeds by violation kind: {}", by.join(", "))?;
+        }
+        write!(f, "\n{}", self.fault_frequencies())
     }
 }

@@ -15,7 +15,8 @@ use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase};
 use lifeboat_edge::{ClientEvent, EdgeClient};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -39,14 +40,54 @@ fn record(rec: &Recorder, device: DeviceId, event: Event) {
     rec.borrow_mut().record(now_ms(), device, event);
 }
 
+/// What the controller tells the devices' recorders about the datacenters, so that a
+/// failover away from a datacenter that is up can be counted as false.
+#[derive(Debug, Default)]
+pub struct FailoverWatch {
+    /// Per datacenter: its address, whether its software runs, and when it last went down
+    /// (crashed or bounced, simulated ms).
+    pub dcs: Vec<(SocketAddr, Cell<bool>, Cell<Option<u64>>)>,
+    /// Failovers the devices started.
+    pub failovers: Cell<usize>,
+    /// ... away from a datacenter that was up and had not gone down in the last
+    /// [`FailoverWatch::RECENT_MS`].
+    pub false_failovers: Cell<usize>,
+}
+
+impl FailoverWatch {
+    /// A device notices a crash within its idle timeout (3 s) plus a keep-alive or two: a
+    /// failover this soon after a datacenter went down may be the crash's.
+    pub const RECENT_MS: u64 = 6_000;
+
+    fn failover_from(&self, addr: SocketAddr) {
+        self.failovers.set(self.failovers.get() + 1);
+        let now = now_ms();
+        let up = self
+            .dcs
+            .iter()
+            .find(|(a, _, _)| *a == addr)
+            .is_some_and(|(_, running, down)| {
+                running.get()
+                    && down
+                        .get()
+                        .is_none_or(|t| now.saturating_sub(t) > Self::RECENT_MS)
+            });
+        if up {
+            self.false_failovers.set(self.false_failovers.get() + 1);
+        }
+    }
+}
+
 /// Record every answer and every held copy the client reports, until it stops.
 pub async fn record_events(
     mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
     device: DeviceId,
     rec: Recorder,
+    watch: Rc<FailoverWatch>,
 ) -> Result<(), String> {
     loop {
         match events.recv().await {
+            Ok(ClientEvent::FailoverStarted { from }) => watch.failover_from(from),
             Ok(ClientEvent::OpResolved { op, result }) => {
                 let event = match result {
                     Ok(c) => Event::Committed {
@@ -62,7 +103,7 @@ pub async fn record_events(
                 session,
                 version,
                 view,
-                ..
+                committed,
             })) => record(
                 &rec,
                 device,
@@ -71,8 +112,12 @@ pub async fn record_events(
                     version,
                     phase: view.phase,
                     locations: view.location_updates,
+                    committed,
                 },
             ),
+            Ok(ClientEvent::Session(EdgeEvent::ServerChangeCommitted { session, version })) => {
+                record(&rec, device, Event::ServerCommitted { session, version })
+            }
             Ok(ClientEvent::Session(EdgeEvent::Conflict {
                 session,
                 ours,

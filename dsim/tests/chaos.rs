@@ -65,6 +65,10 @@ fn replay(seed: u64) {
             "  {:?}, {} ops unanswered at the end",
             out.summary, out.ops_unresolved
         );
+        println!(
+            "  fault episodes {:?}; {} failovers, {} of them away from a datacenter that was up",
+            out.fault_counts, out.failovers, out.false_failovers
+        );
         if std::env::var("LIFEBOAT_TRACE").is_ok_and(|v| v != "0") {
             for e in out.history.entries() {
                 let session = e.event.session().map(|s| s.to_string()).unwrap_or_default();

@@ -4,7 +4,7 @@
 
 use lifeboat_common::fault::{inject, Fault};
 use lifeboat_dsim::checker::Kind;
-use lifeboat_dsim::faults::{Action, Scheduled};
+use lifeboat_dsim::faults::{Action, Cut, Scheduled};
 use lifeboat_dsim::sim::{run_plan, RunOutcome, SimConfig};
 use std::collections::BTreeSet;
 
@@ -22,24 +22,17 @@ fn config(seed: u64) -> SimConfig {
     }
 }
 
-/// Cut `devices`' links to the datacenter (`oneway`: only the replies) for `cut_ms`, every
-/// `every_ms` from 4 s on.
-fn cuts(devices: &[usize], oneway: bool, cut_ms: u64, every_ms: u64) -> Vec<Scheduled> {
+/// Cut `devices`' links to the datacenter (`Cut::Replies`: only the replies) for `cut_ms`,
+/// every `every_ms` from 4 s on.
+fn cuts(devices: &[usize], cut: Cut, cut_ms: u64, every_ms: u64) -> Vec<Scheduled> {
     let mut plan = Vec::new();
     for (k, at) in (4_000..26_000).step_by(every_ms as usize).enumerate() {
         let device = devices[k % devices.len()];
-        plan.push(Scheduled {
-            at_ms: at,
-            action: Action::Partition {
-                device,
-                dc: 0,
-                oneway,
-            },
-        });
-        plan.push(Scheduled {
-            at_ms: at + cut_ms,
-            action: Action::Repair { device, dc: 0 },
-        });
+        plan.push(Scheduled::at(at, Action::Partition { device, dc: 0, cut }));
+        plan.push(Scheduled::at(
+            at + cut_ms,
+            Action::Repair { device, dc: 0, cut },
+        ));
     }
     plan
 }
@@ -99,7 +92,7 @@ fn caught(fault: Fault, plan: &[Scheduled], expect: &[Kind]) {
 fn a_datacenter_that_forgets_its_dedup_state_is_caught() {
     // Drivers (odd devices) lose the datacenter's replies for 4 s at a time: ops it applied
     // go unanswered, and the client resubmits them when it reconnects.
-    let plan = cuts(&[1, 3], true, 4_000, 5_000);
+    let plan = cuts(&[1, 3], Cut::Replies, 4_000, 5_000);
     caught(
         Fault::ForgetDedup,
         &plan,
@@ -111,7 +104,7 @@ fn a_datacenter_that_forgets_its_dedup_state_is_caught() {
 fn a_datacenter_that_accepts_an_older_digest_is_caught() {
     // Riders (even devices) are cut off for 6 s at a time while their drivers go on: when
     // they come back they upload a copy older than the datacenter's.
-    let plan = cuts(&[0, 2], false, 6_000, 7_000);
+    let plan = cuts(&[0, 2], Cut::Both, 6_000, 7_000);
     caught(
         Fault::AcceptOlderDigest,
         &plan,

@@ -1,33 +1,32 @@
 //! A seed is a complete description of a run: running it again, in this process or in a new
 //! one, gives the same history event for event and the same trace hash.
 
-use lifeboat_dsim::faults::{self, Action};
+use lifeboat_dsim::faults::{self, FaultKind};
 use lifeboat_dsim::sim::{run, SimConfig};
+use std::collections::BTreeSet;
 use std::process::Command;
 
 const CHILD: &str = "LIFEBOAT_REPLAY_CHILD";
 const TEST: &str = "a_seed_replays_exactly_in_this_process_and_in_a_fresh_one";
 
+/// The replay's shape: the CI shape with enough episodes that one plan can hold every kind.
+fn config(seed: u64) -> SimConfig {
+    SimConfig {
+        episodes: 24,
+        ..SimConfig::ci(seed)
+    }
+}
+
 /// The first seed whose fault plan has every kind of fault (so the replay covers them all).
 fn seed_with_every_fault() -> u64 {
-    let kinds = |a: &Action| match a {
-        Action::CrashDc {
-            lose_disk: true, ..
-        }
-        | Action::BounceDc {
-            lose_disk: true, ..
-        } => 0,
-        Action::CrashDc { .. } | Action::BounceDc { .. } => 1,
-        Action::Partition { .. } => 2,
-        Action::RestartDevice { .. } => 3,
-        Action::Loss { .. } => 4,
-        Action::Latency { .. } => 5,
-        Action::RestartDc { .. } | Action::Repair { .. } => 6,
-    };
     (1..10_000)
         .find(|seed| {
-            let plan = faults::random_plan(*seed, &SimConfig::ci(*seed).shape());
-            (0..6).all(|k| plan.iter().any(|s| kinds(&s.action) == k))
+            let kinds: BTreeSet<FaultKind> =
+                faults::episodes(&faults::random_plan(*seed, &config(*seed).shape()))
+                    .into_iter()
+                    .map(|(_, k)| k)
+                    .collect();
+            kinds.len() == FaultKind::ALL.len()
         })
         .unwrap_or(1)
 }
@@ -37,14 +36,14 @@ fn a_seed_replays_exactly_in_this_process_and_in_a_fresh_one() {
     if let Ok(seed) = std::env::var(CHILD) {
         // The fresh process: run the seed and say what came out.
         let seed: u64 = seed.parse().unwrap_or_default();
-        match run(&SimConfig::ci(seed)) {
+        match run(&config(seed)) {
             Ok(out) => println!("TRACE_HASH {} EVENTS {}", out.trace_hash, out.history.len()),
             Err(e) => println!("RUN_FAILED {e:#}"),
         }
         return;
     }
     let seed = seed_with_every_fault();
-    let cfg = SimConfig::ci(seed);
+    let cfg = config(seed);
     let first = run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
     let again = run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
     assert!(
@@ -89,7 +88,6 @@ fn a_seed_replays_exactly_in_this_process_and_in_a_fresh_one() {
     );
 
     // And the hash does see the run: another seed, another trace.
-    let other =
-        run(&SimConfig::ci(seed + 1)).unwrap_or_else(|e| panic!("seed {}: {e:#}", seed + 1));
+    let other = run(&config(seed + 1)).unwrap_or_else(|e| panic!("seed {}: {e:#}", seed + 1));
     assert_ne!(other.trace_hash, first.trace_hash);
 }
