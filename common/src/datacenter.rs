@@ -566,9 +566,19 @@ impl<A: Application> DatacenterCore<A> {
             view: entry.body.state.clone(),
             your_last_seq,
             your_applied_bits,
-            committed: entry.committed_for(device),
+            committed: Self::committed_flag(entry.committed_for(device)),
             ack: entry.ack_wanted(device),
         }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn committed_flag(committed: bool) -> bool {
+        committed
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn committed_flag(committed: bool) -> bool {
+        crate::fault::distort_committed(committed)
     }
 
     fn push_to(&mut self, session: SessionId, device: DeviceId) {

@@ -1063,6 +1063,8 @@ impl<A: Application> EdgeCore<A> {
             h.digest.header.tombstone,
         );
         let version = h.digest.header.version.clone();
+        #[cfg(feature = "fault-injection")]
+        let committed = committed || crate::fault::report_on_reply();
         let ops: Vec<(u64, bool)> = self
             .outbox
             .range((session, 0)..=(session, u64::MAX))

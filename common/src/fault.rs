@@ -20,6 +20,14 @@ pub enum Fault {
     /// The datacenter adopts an uploaded digest that is older than its own copy (breaks C3,
     /// and loses whatever was committed after the older copy, C1).
     AcceptOlderDigest,
+    /// The datacenter tells every participant a copy is committed without waiting for the
+    /// chain holder to persist it (breaks the chain rule: a rider's op on a branch the anchor
+    /// never saw is reported, then dropped when the branches meet, C1).
+    CommitWithoutChainHolder,
+    /// The device reports an op as soon as the copy it holds records it, committed or not
+    /// (breaks the device's commit rule: a rider's op applied on a branch the anchor never
+    /// persisted is reported, then dropped when the branches meet, C1).
+    ReportOnReply,
 }
 
 impl Fault {
@@ -27,6 +35,8 @@ impl Fault {
         match self {
             Fault::ForgetDedup => 1,
             Fault::AcceptOlderDigest => 2,
+            Fault::CommitWithoutChainHolder => 4,
+            Fault::ReportOnReply => 8,
         }
     }
 }
@@ -65,6 +75,17 @@ pub(crate) fn distort_seen(seen: Seen) -> Seen {
         Seen::Duplicate { .. } | Seen::Forgotten if is_active(Fault::ForgetDedup) => Seen::Next,
         other => other,
     }
+}
+
+/// Whether a copy is marked committed, as a datacenter with
+/// [`Fault::CommitWithoutChainHolder`] would mark it.
+pub(crate) fn distort_committed(committed: bool) -> bool {
+    committed || is_active(Fault::CommitWithoutChainHolder)
+}
+
+/// Whether a device with [`Fault::ReportOnReply`] reports ops from copies not committed.
+pub(crate) fn report_on_reply() -> bool {
+    is_active(Fault::ReportOnReply)
 }
 
 /// The version order as a datacenter with [`Fault::AcceptOlderDigest`] would see it.

@@ -90,9 +90,10 @@ fn caught(fault: Fault, plan: &[Scheduled], expect: &[Kind]) {
 
 #[test]
 fn a_datacenter_that_forgets_its_dedup_state_is_caught() {
-    // Drivers (odd devices) lose the datacenter's replies for 4 s at a time: ops it applied
-    // go unanswered, and the client resubmits them when it reconnects.
-    let plan = cuts(&[1, 3], Cut::Replies, 4_000, 5_000);
+    // Every device loses the datacenter's replies for 4 s at a time: ops it applied go
+    // unanswered, and the client resubmits them when it reconnects unless a copy that
+    // covers them reached it first (a rider's op waiting for its anchor is the usual case).
+    let plan = cuts(&[0, 1, 2, 3], Cut::Replies, 4_000, 5_000);
     caught(
         Fault::ForgetDedup,
         &plan,
@@ -109,5 +110,57 @@ fn a_datacenter_that_accepts_an_older_digest_is_caught() {
         Fault::AcceptOlderDigest,
         &plan,
         &[Kind::CommittedOpLost, Kind::VersionRegressed],
+    );
+}
+
+/// Run the CI configuration's random fault plans (two datacenters: crashes, partitions,
+/// false failovers, frozen datacenters) until the buggy build is caught (bounded); the same
+/// seed without the bug must pass.
+fn caught_in_random_runs(fault: Fault, expect: &[Kind]) {
+    for seed in 1..=60 {
+        let cfg = SimConfig::ci(seed);
+        let control =
+            lifeboat_dsim::sim::run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+        assert!(
+            control.passed(),
+            "seed {seed}: fails even without the bug:\n{}",
+            lifeboat_dsim::checker::report(seed, &replay(seed), &control.violations)
+        );
+        let buggy = {
+            let _guard = inject(fault);
+            lifeboat_dsim::sim::run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"))
+        };
+        let kinds: BTreeSet<Kind> = buggy.violations.iter().map(|v| v.kind).collect();
+        if expect.iter().any(|k| kinds.contains(k)) {
+            println!("{fault:?} caught on seed {seed} ({kinds:?})");
+            return;
+        }
+    }
+    panic!("{fault:?} was never caught in 60 seeds");
+}
+
+#[test]
+fn a_datacenter_that_reports_a_commit_the_chain_holder_did_not_persist_is_caught() {
+    caught_in_random_runs(
+        Fault::CommitWithoutChainHolder,
+        &[
+            Kind::CommittedOpLost,
+            Kind::VersionRegressed,
+            Kind::TombstoneResurrected,
+            Kind::NotConverged,
+        ],
+    );
+}
+
+#[test]
+fn an_edge_that_reports_an_op_its_chain_holder_did_not_persist_is_caught() {
+    caught_in_random_runs(
+        Fault::ReportOnReply,
+        &[
+            Kind::CommittedOpLost,
+            Kind::VersionRegressed,
+            Kind::TombstoneResurrected,
+            Kind::NotConverged,
+        ],
     );
 }
