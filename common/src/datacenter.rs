@@ -905,9 +905,45 @@ impl<A: Application> DatacenterCore<A> {
         if !entry.chain.unconfirmed.iter().any(|u| u.version == current) {
             entry.record_unconfirmed(true);
         }
+        // Our copy may be known committed already: then there is nobody to wait for.
+        if self.absorb_branches(session) {
+            return;
+        }
         if holder != from && self.connected.contains_key(&holder) {
             self.push_to(session, holder);
         }
+    }
+
+    /// Once our current copy is known committed, re-version it above the branches
+    /// participants uploaded beside it (they hold nothing committed), so those participants
+    /// move forward to it, and ask the chain holder to persist that too. Whether it did.
+    fn absorb_branches(&mut self, session: SessionId) -> bool {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let confirmed_now = entry
+            .chain
+            .confirmed
+            .as_ref()
+            .is_some_and(|(v, _)| *v == entry.header.version);
+        if !confirmed_now {
+            return false;
+        }
+        let Some(branch) = entry.chain.absorb.take() else {
+            return false;
+        };
+        let Ok(joined) = entry.header.version.join(&branch) else {
+            return false;
+        };
+        if self
+            .change(session, true, |h, _| h.version = joined)
+            .is_err()
+        {
+            return false;
+        }
+        self.stats.branches_absorbed += 1;
+        self.push_to_participants(session, None);
+        true
     }
 
     /// Replace a session's copy with an upload; participants the new copy no longer names
@@ -1050,6 +1086,8 @@ impl<A: Application> DatacenterCore<A> {
             Some((v, _)) => version.compare(v) == VersionOrder::Newer,
         };
         if !newer {
+            // Already known; branches that waited for it can be absorbed now.
+            self.absorb_branches(session);
             return;
         }
         let was_handed_over = entry.handed_over();
@@ -1077,27 +1115,8 @@ impl<A: Application> DatacenterCore<A> {
             .sessions
             .get(&session)
             .is_some_and(|e| e.header.version == *version);
-        let absorb = match self.sessions.get_mut(&session) {
-            Some(e) if current => e.chain.absorb.take(),
-            _ => None,
-        };
-        if let Some(branch) = absorb {
-            // Our copy is the chain: re-version it above the branches participants hold, and
-            // ask the chain holder to persist that too.
-            let joined = self
-                .sessions
-                .get(&session)
-                .and_then(|e| e.header.version.join(&branch).ok());
-            if let Some(joined) = joined {
-                if self
-                    .change(session, true, |h, _| h.version = joined)
-                    .is_ok()
-                {
-                    self.stats.branches_absorbed += 1;
-                    self.push_to_participants(session, None);
-                    return;
-                }
-            }
+        if current && self.absorb_branches(session) {
+            return;
         }
         for d in participants {
             if d == by || !self.connected.contains_key(&d) {

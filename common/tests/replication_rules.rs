@@ -1531,3 +1531,61 @@ fn a_datacenter_does_not_dispatch_a_trip_whose_rider_has_left() {
     assert_eq!(h.driver, Some(first));
     assert_eq!(r.dc(1).stats().uploads_diverged, 0);
 }
+
+/// Found by the harness's `partition` scenario (seed 20261201, three riders' cancels never
+/// answered): the rider's cancel was applied (rejected: the trip was on) and confirmed at
+/// dc1, but the reply was lost to the cut; the rider failed over to dc2 and resubmitted it
+/// there, on a branch the driver never saw. Back at dc1 its branch was reported diverged and
+/// waited to be absorbed once dc1's copy was confirmed, but dc1's copy already was, so
+/// nothing ever asked again: the rider waited forever. Now a branch beside a copy already
+/// known committed is absorbed at once.
+#[test]
+fn s13_a_rider_back_from_a_branch_beside_an_already_confirmed_copy_is_answered() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The rider's cancel reaches dc1 (rejected: on trip; the driver confirms it) but the
+    // reply is lost, and so is the confirmation.
+    let seq = r.edges[&rider].held(s).unwrap().next_seq;
+    r.drop_replies_to.push((rider, s, seq));
+    let cancel = r
+        .edges
+        .get_mut(&rider)
+        .unwrap()
+        .submit(s, TripOp::Cancel)
+        .unwrap();
+    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
+    let now = r.now;
+    for m in fx.send {
+        if let ClientMsg::Submit { session, seq, op } = m {
+            r.dcs[0]
+                .as_mut()
+                .unwrap()
+                .handle_submit(now, rider, session, seq, op);
+        }
+    }
+    r.kill_link(rider);
+    r.pump();
+    assert!(
+        r.dc(0).is_confirmed(s),
+        "the driver confirmed the rejected cancel"
+    );
+    // dc2 restores from the rider's older copy and the cancel is applied there again.
+    r.connect(rider, 1, false);
+    assert!(
+        r.commits.iter().all(|(i, _)| *i != cancel),
+        "waits for the anchor"
+    );
+    // Home again.
+    r.kill_link(rider);
+    r.connect(rider, 0, false);
+    let answers: Vec<_> = r.commits.iter().filter(|(i, _)| *i == cancel).collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(matches!(answers[0].1, Err(SubmitError::Rejected(_))));
+    let dc1 = r.dc(0).session(s).unwrap().0.version.clone();
+    for d in [rider, driver] {
+        let held = r.edges[&d].held(s).unwrap();
+        assert_eq!(held.digest.header.version, dc1, "{d}");
+        assert!(held.committed, "{d}");
+    }
+}

@@ -101,8 +101,14 @@ pub struct DeviceLog {
     pub offline: bool,
     /// Sessions held at the end, with their sealed digest size.
     pub held_at_end: Vec<(SessionId, usize)>,
-    /// (time, session) of each divergence the datacenter reported to this device (S13).
+    /// (time, session) of each conflict this device was told of (its copy and the
+    /// datacenter's were concurrent, S13: see `EdgeEvent::Conflict`).
     pub conflicts: Vec<(u64, SessionId)>,
+    /// Failovers away from a datacenter that was up (a false failover: loss, a cut).
+    pub false_failovers: u32,
+    /// How long each wait for the session's anchor lasted (`EdgeEvent::Waiting` to the
+    /// session's next resolved op), ms.
+    pub waits_ms: Vec<u64>,
 }
 
 /// State shared by the whole run.
@@ -112,6 +118,9 @@ pub struct Shared {
     pub kill_ms: AtomicU64,
     pub ops_committed: AtomicU64,
     pub trips_active: AtomicI64,
+    /// Whether each datacenter's process runs (the fault script keeps it), to tell a false
+    /// failover from a real one.
+    pub dc_up: [AtomicBool; 2],
 }
 
 impl Shared {
@@ -122,6 +131,7 @@ impl Shared {
             kill_ms: AtomicU64::new(u64::MAX),
             ops_committed: AtomicU64::new(0),
             trips_active: AtomicI64::new(0),
+            dc_up: [AtomicBool::new(true), AtomicBool::new(true)],
         })
     }
 
@@ -148,6 +158,10 @@ pub struct Device {
 pub struct City {
     pub drivers: Vec<Arc<Device>>,
     pub riders: Vec<Arc<Device>>,
+    /// With an impaired link: the handles that cut the drivers' and the riders' paths
+    /// (drivers and riders then use separate endpoints).
+    pub driver_links: Vec<lifeboat_chaos::ImpairHandle>,
+    pub rider_links: Vec<lifeboat_chaos::ImpairHandle>,
 }
 
 const CITY_CENTER: GeoPoint = GeoPoint {
@@ -173,14 +187,21 @@ impl City {
     ) -> anyhow::Result<Self> {
         let shards = cfg.shards.max(1);
         let qcfg = Arc::new(client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?);
-        let devices = cfg.drivers + cfg.trips;
         let per_socket = cfg.devices_per_socket.max(1);
-        let mut endpoints = Vec::new();
-        for k in 0..devices.div_ceil(per_socket).max(1) {
-            endpoints.push(match &cfg.link {
-                Some(link) => link.endpoint(&datacenters, k)?,
-                None => device_endpoint(&datacenters)?,
-            });
+        // Drivers and riders on their own endpoints, so a link can cut one group's paths.
+        let mut pools: [(Vec<quinn::Endpoint>, Vec<lifeboat_chaos::ImpairHandle>); 2] =
+            Default::default();
+        for (g, n) in [cfg.drivers, cfg.trips].into_iter().enumerate() {
+            for k in 0..n.div_ceil(per_socket).max(1) {
+                match &cfg.link {
+                    Some(link) => {
+                        let (e, h) = link.endpoint(&datacenters, g * 10_000 + k)?;
+                        pools[g].0.push(e);
+                        pools[g].1.push(h);
+                    }
+                    None => pools[g].0.push(device_endpoint(&datacenters)?),
+                }
+            }
         }
         let mut dbs = Vec::new();
         let board = Arc::new(lifeboat_edge::ProbeBoard::default());
@@ -190,7 +211,7 @@ impl City {
                 16 * 1024 * 1024,
             )?);
         }
-        let make = |id: u64, available: bool| {
+        let make = |id: u64, available: bool, endpoints: &[quinn::Endpoint]| {
             let k = (id as usize) % shards;
             let d = DeviceId(id);
             let name = format!("device-{id}");
@@ -220,10 +241,18 @@ impl City {
             })
         };
         let drivers = (0..cfg.drivers as u64)
-            .map(|i| make(1_000_000 + i, true))
+            .map(|i| make(1_000_000 + i, true, &pools[0].0))
             .collect();
-        let riders = (0..cfg.trips as u64).map(|i| make(1 + i, false)).collect();
-        Ok(Self { drivers, riders })
+        let riders = (0..cfg.trips as u64)
+            .map(|i| make(1 + i, false, &pools[1].0))
+            .collect();
+        let [(_, driver_links), (_, rider_links)] = pools;
+        Ok(Self {
+            drivers,
+            riders,
+            driver_links,
+            rider_links,
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Device>> {
@@ -261,6 +290,8 @@ async fn start_device(
     let shared = shared.clone();
     let log = log.clone();
     tokio::spawn(async move {
+        let mut waiting_since: std::collections::HashMap<SessionId, u64> =
+            std::collections::HashMap::new();
         loop {
             let e = match events.recv().await {
                 Ok(e) => e,
@@ -271,9 +302,28 @@ async fn start_device(
             match e {
                 ClientEvent::Connected { dc, .. } => connected.store(dc.0, Ordering::Relaxed),
                 ClientEvent::Disconnected { .. } => {
-                    connected.store(0, Ordering::Relaxed);
+                    let left = connected.swap(0, Ordering::Relaxed) as usize;
+                    let up = left
+                        .checked_sub(1)
+                        .and_then(|i| shared.dc_up.get(i))
+                        .is_some_and(|u| u.load(Ordering::Relaxed));
                     if let Ok(mut l) = log.lock() {
                         l.disconnects_ms.push(now);
+                        if up && !shared.stopped() {
+                            l.false_failovers += 1;
+                        }
+                    }
+                }
+                ClientEvent::Session(EdgeEvent::Waiting { session, .. }) => {
+                    waiting_since.entry(session).or_insert(now);
+                }
+                ClientEvent::OpResolved { op, .. } => {
+                    if let Some(since) = waiting_since.remove(&op.session) {
+                        if let Ok(mut l) = log.lock() {
+                            if l.waits_ms.len() < 10_000 {
+                                l.waits_ms.push(now.saturating_sub(since));
+                            }
+                        }
                     }
                 }
                 ClientEvent::FailoverFinished { dc, .. } => {

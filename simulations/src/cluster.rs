@@ -63,7 +63,11 @@ impl Cluster {
                 "--stats-file".into(),
                 dir.join(format!("dc{i}.status.json")).display().to_string(),
             ];
-            spec.env = vec![("RUST_LOG".into(), "warn,lifeboat::dispatch=debug".into())];
+            spec.env = vec![(
+                "RUST_LOG".into(),
+                std::env::var("LIFEBOAT_DC_LOG")
+                    .unwrap_or_else(|_| "warn,lifeboat::dispatch=debug".into()),
+            )];
             specs.push(spec);
         }
         let procs = specs.iter().map(|_| None).collect();

@@ -66,6 +66,10 @@ enum ScenarioCmd {
     Reinstall(Opts),
     /// S7: 10% of drivers are offline (a tunnel) through the whole failover and rejoin later.
     OfflineDevice(Opts),
+    /// S13: both datacenters stay up; at `--kill-at` every rider loses dc1 and every driver
+    /// dc2, for 15 s (longer than the old restore grace), while the trips go on. Only the
+    /// anchors' side commits; the riders' ops wait, are told why, and commit after the heal.
+    Partition(Opts),
     /// Every scenario above, in turn.
     All(Opts),
 }
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
                 ScenarioCmd::Flapping(o) => (vec![scenario::Kind::Flapping], o),
                 ScenarioCmd::Reinstall(o) => (vec![scenario::Kind::Reinstall], o),
                 ScenarioCmd::OfflineDevice(o) => (vec![scenario::Kind::OfflineDevice], o),
+                ScenarioCmd::Partition(o) => (vec![scenario::Kind::Partition], o),
                 ScenarioCmd::All(o) => (scenario::Kind::value_variants().to_vec(), o),
             };
             match scenario::run_all(&names, &opts) {

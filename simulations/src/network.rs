@@ -114,13 +114,25 @@ impl Link {
         }))
     }
 
+    /// A link that is wrapped even when every flag is at its default, so its paths can be
+    /// cut (the `partition` scenario).
+    pub fn cuttable(opts: &NetworkOpts, seed: u64) -> anyhow::Result<Link> {
+        Ok(Link {
+            opts: opts.clone(),
+            impairment: opts.impairment()?.unwrap_or_else(Impairment::none),
+            seed,
+            handles: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
     /// An impaired client endpoint for device shard `shard` (its RNG seeded from the run
-    /// seed and the shard), on loopback when the datacenters are.
+    /// seed and the shard), on loopback when the datacenters are, with the handle that
+    /// cuts its paths.
     pub fn endpoint(
         &self,
         datacenters: &[SocketAddr],
         shard: usize,
-    ) -> anyhow::Result<quinn::Endpoint> {
+    ) -> anyhow::Result<(quinn::Endpoint, ImpairHandle)> {
         let ip: IpAddr = match datacenters.first() {
             Some(SocketAddr::V6(a)) if a.ip().is_loopback() => Ipv6Addr::LOCALHOST.into(),
             Some(SocketAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
@@ -135,8 +147,8 @@ impl Link {
         self.handles
             .lock()
             .map_err(|_| anyhow::anyhow!("link handles lock poisoned"))?
-            .push(handle);
-        Ok(endpoint)
+            .push(handle.clone());
+        Ok((endpoint, handle))
     }
 
     /// The flags and every shard's counters added up.

@@ -84,8 +84,26 @@ pub fn table(r: &Report) -> String {
             ok(r.devices_not_resynced == 0),
         ),
         (
+            "conflicts told to devices".into(),
+            r.conflicts.to_string(),
+            ok(r.conflicts == 0),
+        ),
+        (
             "sessions with concurrent copies at the end".into(),
             r.sessions_concurrent_at_end.to_string(),
+            "",
+        ),
+        (
+            "false failovers (datacenter was up)".into(),
+            r.false_failovers.to_string(),
+            "",
+        ),
+        (
+            "waits for the anchor p50 / p99 / max".into(),
+            format!(
+                "{} / {} / {} ms ({} waits)",
+                r.wait_ms_p50, r.wait_ms_p99, r.wait_ms_max, r.waits
+            ),
             "",
         ),
         (

@@ -23,6 +23,9 @@ pub enum Kind {
     Flapping,
     Reinstall,
     OfflineDevice,
+    /// S13: both datacenters stay up; the riders lose dc1 and the drivers dc2 for longer
+    /// than the old restore grace, and every trip's partners act on two sites.
+    Partition,
 }
 
 impl Kind {
@@ -34,6 +37,7 @@ impl Kind {
             Kind::Flapping => "flapping",
             Kind::Reinstall => "reinstall",
             Kind::OfflineDevice => "offline-device",
+            Kind::Partition => "partition",
         }
     }
 }
@@ -116,7 +120,10 @@ async fn run_one(
         shards: 8,
         devices_per_socket: 256,
         op_timeout: Duration::from_secs(60),
-        link: crate::network::Link::new(&opts.network, seed)?,
+        link: match kind {
+            Kind::Partition => Some(crate::network::Link::cuttable(&opts.network, seed)?),
+            _ => crate::network::Link::new(&opts.network, seed)?,
+        },
     };
     let city = Arc::new(City::build(
         &cfg,
@@ -127,6 +134,12 @@ async fn run_one(
     )?);
     let kill_ms = (opts.kill_at * 1000.0) as u64;
     let end_ms = (opts.duration * 1000.0) as u64;
+    // The partition's waiting ops commit only once the riders are home with their anchors
+    // (the drivers): the traffic goes on long enough after the heal for that.
+    let end_ms = match kind {
+        Kind::Partition => end_ms.max(kill_ms + SPLIT_MS + AFTER_HEAL_MS),
+        _ => end_ms,
+    };
 
     // Device faults planned by the scenario (chosen by the seed).
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA17);
@@ -190,12 +203,20 @@ async fn run_one(
     // before the riders so that the kill comes on time even while a big city still starts.
     let cluster = Arc::new(Mutex::new(cluster));
     let marks = Arc::new(Mutex::new(Vec::<Mark>::new()));
+    let split = Split {
+        riders: city.rider_links.clone(),
+        drivers: city.driver_links.clone(),
+        dcs: cluster
+            .lock()
+            .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?
+            .addrs(),
+    };
     let script = {
         let cluster = cluster.clone();
         let shared = shared.clone();
         let marks = marks.clone();
         tokio::task::spawn_blocking(move || {
-            fault_script(kind, &cluster, &shared, &marks, kill_ms, end_ms)
+            fault_script(kind, &cluster, &shared, &marks, &split, kill_ms, end_ms)
         })
     };
 
@@ -288,7 +309,7 @@ async fn run_one(
         seed,
         durability: opts.durability.to_string(),
         devices: city.drivers.len() + city.riders.len(),
-        duration_s: opts.duration,
+        duration_s: (end_ms - traffic_start_ms) as f64 / 1000.0,
         kill_at_s: opts.kill_at,
         network: cfg.link.as_ref().map(|l| l.report()),
         ..Default::default()
@@ -355,12 +376,46 @@ fn sleep_until(shared: &Shared, at_ms: u64) {
     }
 }
 
+/// The paths the `partition` scenario cuts: every rider's to dc1, every driver's to dc2.
+struct Split {
+    riders: Vec<lifeboat_chaos::ImpairHandle>,
+    drivers: Vec<lifeboat_chaos::ImpairHandle>,
+    dcs: Vec<std::net::SocketAddr>,
+}
+
+impl Split {
+    fn cut(&self, on: bool) -> anyhow::Result<()> {
+        let (Some(dc1), Some(dc2)) = (self.dcs.first(), self.dcs.get(1)) else {
+            bail!("the partition scenario needs two datacenters");
+        };
+        for (handles, dc) in [(&self.riders, *dc1), (&self.drivers, *dc2)] {
+            for h in handles {
+                if on {
+                    h.partition().cut(dc)?;
+                } else {
+                    h.partition().repair(dc);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long the `partition` scenario keeps the sites apart: longer than the restore grace
+/// (10 s) a datacenter used to wait before taking a trip over on its own.
+const SPLIT_MS: u64 = 15_000;
+
+/// Traffic time the `partition` scenario keeps after the heal (the riders probe their way
+/// home, backing off to 4 s, and the waiting ops commit there).
+const AFTER_HEAL_MS: u64 = 12_000;
+
 /// Datacenter faults of each scenario, at their times.
 fn fault_script(
     kind: Kind,
     cluster: &Mutex<Cluster>,
     shared: &Shared,
     marks: &Mutex<Vec<Mark>>,
+    split: &Split,
     kill_ms: u64,
     end_ms: u64,
 ) -> anyhow::Result<()> {
@@ -370,7 +425,12 @@ fn fault_script(
             .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
         f(&mut c)?;
         let t = shared.now_ms();
-        if label.starts_with("kill") && shared.kill_ms.load(Ordering::Relaxed) == u64::MAX {
+        for (i, up) in shared.dc_up.iter().enumerate() {
+            up.store(c.is_up(i), Ordering::Relaxed);
+        }
+        if (label.starts_with("kill") || label.starts_with("split"))
+            && shared.kill_ms.load(Ordering::Relaxed) == u64::MAX
+        {
             shared.kill_ms.store(t, Ordering::Relaxed);
         }
         if let Ok(mut m) = marks.lock() {
@@ -383,6 +443,11 @@ fn fault_script(
     };
     sleep_until(shared, kill_ms);
     match kind {
+        Kind::Partition => {
+            act("split: riders lose dc1, drivers dc2", &|_| split.cut(true))?;
+            sleep_until(shared, (kill_ms + SPLIT_MS).min(end_ms));
+            act("heal the split", &|_| split.cut(false))?;
+        }
         Kind::Failover | Kind::Reinstall | Kind::OfflineDevice => {
             act("kill dc1 (disk lost)", &|c| c.kill(0, true))?;
         }

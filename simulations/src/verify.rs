@@ -37,6 +37,17 @@ pub struct Report {
     /// Sessions for which two datacenters hold concurrent copies at the end (information:
     /// the loser is reconciled when a participant next reports in there).
     pub sessions_concurrent_at_end: usize,
+    /// Conflicts the devices were told of (a device's copy and its datacenter's were
+    /// concurrent); the chain rule keeps this at 0.
+    pub conflicts: usize,
+    /// Failovers away from a datacenter that was up (loss, cuts): the false failovers.
+    pub false_failovers: usize,
+    /// Waits for a session's anchor (a non-anchor's ops answered on a copy the anchor had
+    /// not persisted yet, or a branch nobody confirmed), and how long they lasted.
+    pub waits: usize,
+    pub wait_ms_p50: u64,
+    pub wait_ms_p99: u64,
+    pub wait_ms_max: u64,
     pub stall_ms_p50: u64,
     pub stall_ms_p99: u64,
     pub stall_ms_max: u64,
@@ -357,6 +368,18 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             }
         }
     }
+    let mut waits = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
+    for log in input.logs {
+        report.conflicts += log.conflicts.len();
+        report.false_failovers += log.false_failovers as usize;
+        for w in &log.waits_ms {
+            let _ = waits.record(*w);
+        }
+    }
+    report.waits = waits.len() as usize;
+    report.wait_ms_p50 = percentile(&waits, 0.5);
+    report.wait_ms_p99 = percentile(&waits, 0.99);
+    report.wait_ms_max = waits.max();
     report.stalled_devices = stall.len() as usize;
     report.stall_ms_p50 = percentile(&stall, 0.5);
     report.stall_ms_p99 = percentile(&stall, 0.99);
@@ -400,6 +423,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         && report.tombstones_resurrected == 0
         && report.devices_not_resynced == 0
         && report.ops_unresolved == 0
+        && report.conflicts == 0
         && report.trips_restored == report.trips_active_at_failure
         && report.trips_total > 0
         && (kill == u64::MAX || report.trips_active_at_failure > 0);
@@ -414,6 +438,32 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         add(
             &mut violations,
             format!("{} ops never answered", report.ops_unresolved),
+        );
+        let mut shown = std::collections::BTreeSet::new();
+        for log in input.logs {
+            for o in log.ops.iter().filter(|o| o.outcome == Outcome::Unresolved) {
+                if shown.len() < 5 && shown.insert(o.session) {
+                    add(
+                        &mut violations,
+                        format!(
+                            "{:?} by device {} on {} never answered:{}",
+                            o.kind,
+                            log.device,
+                            o.session,
+                            history(input.logs, o.session)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if report.conflicts > 0 {
+        add(
+            &mut violations,
+            format!(
+                "{} conflicts told to devices (a device's copy beside its datacenter's)",
+                report.conflicts
+            ),
         );
     }
     report.violations = violations;

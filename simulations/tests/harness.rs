@@ -53,6 +53,10 @@ fn small_failover_run_passes_and_reports_every_field() {
         "edge_bytes_per_op",
         "digest_bytes_p50",
         "digest_bytes_max",
+        "conflicts",
+        "false_failovers",
+        "waits",
+        "wait_ms_p99",
         "passed",
     ] {
         assert!(v.get(field).is_some(), "JSON report lacks {field}");
@@ -120,4 +124,43 @@ fn small_failover_run_over_a_lossy_slow_link_passes_and_reports_the_link() {
         );
     }
     assert_eq!(v["passed"], true);
+}
+
+/// S13 end to end: the riders lose dc1 and the drivers dc2 for 15 s while both datacenters
+/// run; the run must pass (nothing acknowledged lost, nothing applied twice) with no conflict
+/// told to any device, and the split must really have happened (riders failed over away
+/// from a datacenter that was up).
+#[test]
+fn small_partition_run_commits_on_one_side_only_and_reports_no_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args([
+            "partition",
+            "--trips",
+            "24",
+            "--duration",
+            "28",
+            "--kill-at",
+            "5",
+            "--quiet",
+        ])
+        .args(["--seed", "13", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness failed (seed 13)\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["conflicts"], 0);
+    assert_eq!(v["ops_committed_lost"], 0);
+    assert!(
+        v["false_failovers"].as_u64().unwrap() > 0,
+        "the split made nobody fail over: {stdout}"
+    );
 }
