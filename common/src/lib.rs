@@ -18,7 +18,9 @@
 //! - [`samples`]: representative trip digests for benchmarks and size reports.
 //!
 //! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
-//! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`].
+//! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`]. The protocol they follow
+//! (the anchor's chain), its invariants and the contract C1-C7 / failure catalogue S1-S17
+//! cited throughout are in `docs/PROTOCOL.md`.
 
 pub mod app;
 pub mod clock;

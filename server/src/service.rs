@@ -23,7 +23,7 @@ use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError}
 use lifeboat_common::limits::LimitKind;
 use lifeboat_common::wire::{
     encode_frame, ClientMsg, CodecError, OfferedCopy, OpOutcome, OpRejection, ProtocolError,
-    ServerMsg, MAX_DIGESTS_PER_FRAME,
+    ServerMsg, UploadOutcome, UploadRefusal, UploadResult, MAX_DIGESTS_PER_FRAME,
 };
 use lifeboat_common::{DatacenterId, DeviceId, Trip};
 use serde::Serialize;
@@ -796,7 +796,7 @@ async fn handle_conn(
     let writer_conn = conn.clone();
     let mut writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if matches!(msg, ServerMsg::OpResult { .. }) {
+            if matches!(msg, ServerMsg::OpResult { .. } | ServerMsg::Uploaded { .. }) {
                 writer_inflight.answered();
             }
             let last = matches!(msg, ServerMsg::Error { .. });
@@ -817,7 +817,9 @@ async fn handle_conn(
 
     let result = loop {
         match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await {
-            Ok(Some(ClientMsg::Submit { session, seq, .. })) if !inflight.submit() => {
+            Ok(Some(
+                ClientMsg::Submit { session, seq, .. } | ClientMsg::Resubmit { session, seq, .. },
+            )) if !inflight.submit() => {
                 // Over the in-flight limit: a typed, retryable answer; the core never sees it.
                 let exceeded = ctx.limits.exceeded(LimitKind::InFlightOps);
                 ctx.limit_hits.hit(LimitKind::InFlightOps);
@@ -827,6 +829,21 @@ async fn handle_conn(
                     seq,
                     outcome,
                     update: None,
+                };
+                if reply_tx.try_send(answer).is_err() {
+                    inflight.answered();
+                }
+            }
+            Ok(Some(ClientMsg::Reupload { copy })) if !inflight.submit() => {
+                // A re-upload costs a digest open, like an op: the same bound, the same
+                // typed, retryable answer.
+                let exceeded = ctx.limits.exceeded(LimitKind::InFlightOps);
+                ctx.limit_hits.hit(LimitKind::InFlightOps);
+                let answer = ServerMsg::Uploaded {
+                    result: UploadResult {
+                        session: copy.digest.header.session,
+                        outcome: UploadOutcome::Refused(UploadRefusal::Limit(exceeded)),
+                    },
                 };
                 if reply_tx.try_send(answer).is_err() {
                     inflight.answered();
