@@ -60,7 +60,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Most copies a session records while they wait for the chain holder's `Ack` (C6). When it
 /// is full the oldest is forgotten: an `Ack` of a later copy confirms it too.
-pub const MAX_UNCONFIRMED_COPIES: usize = 128;
+pub const MAX_UNCONFIRMED_COPIES: usize = 16;
 
 /// When a server-side change (dispatch) counts as committed for the datacenter's own report
 /// ([`DcEvent::ServerChangeCommitted`], `server_changes_committed`). Whatever the mode, the
@@ -284,9 +284,6 @@ struct Chain {
     /// Once the chain holder confirms our copy they are off the chain, and our copy is
     /// re-versioned above them, so those participants move forward to it, never sideways.
     absorb: Option<VersionVector>,
-    /// The line starts at a create made here: until the creator acknowledges, its persisting
-    /// our copy is what commits it (it holds nothing else).
-    root: bool,
 }
 
 /// A copy made (or restored) here that waits for the chain holder's `Ack`.
@@ -305,40 +302,32 @@ struct Entry<A: Application> {
 }
 
 impl<A: Application> Entry<A> {
-    /// Whether the requester has persisted the assignment of the provider this copy names
-    /// (as far as this datacenter knows). Before that, the requester still holds the chain.
-    fn handed_over(&self) -> bool {
+    /// Whether this datacenter knows the chain is held by this copy's anchor: a committed
+    /// copy of this line names the same provider (for a session without one, the rider).
+    /// Before that, an op of the anchor may still need the rider's persist (a hand-over not
+    /// known to be done) and is recorded as waiting.
+    fn anchor_known(&self) -> bool {
         match &self.chain.confirmed {
             Some((_, driver)) => *driver == self.header.driver,
             None => false,
         }
     }
 
-    /// The device whose persistence commits this copy's changes (see the module docs).
-    fn chain_holder(&self) -> DeviceId {
-        if self.header.driver.is_none() || self.handed_over() {
-            self.header.anchor()
-        } else {
-            self.header.rider
-        }
+    /// Whether this copy is known committed: a device persisted exactly it on its own
+    /// authority (the chain holder's `Ack`), or said so on upload. The same for every
+    /// receiver: the chain holder does not need the datacenter's word (its own persisting
+    /// commits, `EdgeCore`'s rule), and nobody else may take less.
+    fn committed(&self) -> bool {
+        self.chain
+            .confirmed
+            .as_ref()
+            .is_some_and(|(v, _)| *v == self.header.version)
     }
 
-    /// Whether this copy, sent to `device`, is on the committed chain as far as `device`
-    /// is concerned: for the chain holder, whether persisting it commits it (the line up to
-    /// it is confirmed); for anyone else, whether the chain holder confirmed exactly it.
-    fn committed_for(&self, device: DeviceId) -> bool {
-        match &self.chain.confirmed {
-            None if device == self.chain_holder() => self.chain.root,
-            None => false,
-            Some(_) if device == self.chain_holder() => true,
-            Some((v, _)) => *v == self.header.version,
-        }
-    }
-
-    /// Whether `device` must acknowledge persisting this copy.
-    fn ack_wanted(&self, device: DeviceId) -> bool {
-        (device == self.chain_holder() && !self.chain.unconfirmed.is_empty())
-            || self.pending.is_some()
+    /// Whether receivers should acknowledge persisting this copy (something waits for the
+    /// chain holder; only a device whose persisting commits answers).
+    fn ack_wanted(&self) -> bool {
+        !self.chain.unconfirmed.is_empty() || self.pending.is_some()
     }
 
     /// Record the current copy as one waiting for the chain holder (when something waits).
@@ -497,7 +486,17 @@ impl<A: Application> DatacenterCore<A> {
     pub fn load_persisted(&mut self, _now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
         let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
         let header = sealed.header.clone();
-        self.insert(header, body, sealed, Chain::default());
+        // Ask the devices to confirm it: whoever holds the chain acknowledges it if it is
+        // (or a descendant of what it holds), so what waited before the restart is reported.
+        let chain = Chain {
+            unconfirmed: VecDeque::from([Unconfirmed {
+                version: header.version.clone(),
+                driver: header.driver,
+                dedup: body.dedup.clone(),
+            }]),
+            ..Chain::default()
+        };
+        self.insert(header, body, sealed, chain);
         Ok(())
     }
 
@@ -566,8 +565,8 @@ impl<A: Application> DatacenterCore<A> {
             view: entry.body.state.clone(),
             your_last_seq,
             your_applied_bits,
-            committed: Self::committed_flag(entry.committed_for(device)),
-            ack: entry.ack_wanted(device),
+            committed: Self::committed_flag(entry.committed()),
+            ack: entry.ack_wanted(),
         }
     }
 
@@ -671,10 +670,13 @@ impl<A: Application> DatacenterCore<A> {
             },
         ));
         // Sessions the device takes part in but did not present (a reinstalled app): re-sync.
+        let empty_store = presented.is_empty();
         let mine: Vec<SessionId> = self.by_device.get(&device).cloned().unwrap_or_default();
         for session in mine {
             if !presented.contains(&session) {
-                self.reanchor(session, device);
+                if empty_store {
+                    self.reanchor(session, device);
+                }
                 self.push_to(session, device);
             }
         }
@@ -684,8 +686,8 @@ impl<A: Application> DatacenterCore<A> {
         self.dispatch(now_ms);
     }
 
-    /// The anchor of a session came back without it (its store was lost: a reinstalled
-    /// app). The fence lived in that store and is gone: the session continues from this
+    /// The anchor of a session came back with an empty store (it presented no copy at all:
+    /// a reinstalled app; a device that merely dropped an old tombstone presents the others). The fence lived in that store and is gone: the session continues from this
     /// datacenter's copy, which the anchor now holds as committed. Only when nothing of the
     /// copy is known committed here (else the copy is already committed for the anchor, or
     /// a hand-over still waits for the rider, whose store fences it). Counted as
@@ -694,13 +696,10 @@ impl<A: Application> DatacenterCore<A> {
         let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
-        // Something known committed here (the rider's upload, a hand-over confirmed here):
-        // the copy is already committed for the anchor, or a hand-over still waits for the
-        // rider, whose store fences it. Only a copy nobody vouched for needs re-anchoring.
-        if entry.header.tombstone
-            || entry.header.anchor() != device
-            || entry.chain.confirmed.is_some()
-        {
+        // A hand-over made here that still waits for the rider stays fenced by the rider's
+        // store: not re-anchored.
+        let handover_waits = entry.chain.confirmed.is_some() && !entry.anchor_known();
+        if entry.header.tombstone || entry.header.anchor() != device || handover_waits {
             return;
         }
         entry.chain.confirmed = Some((entry.header.version.clone(), entry.header.driver));
@@ -900,7 +899,6 @@ impl<A: Application> DatacenterCore<A> {
         if let Ok(a) = absorb {
             entry.chain.absorb = Some(a);
         }
-        let holder = entry.chain_holder();
         let current = entry.header.version.clone();
         if !entry.chain.unconfirmed.iter().any(|u| u.version == current) {
             entry.record_unconfirmed(true);
@@ -909,9 +907,9 @@ impl<A: Application> DatacenterCore<A> {
         if self.absorb_branches(session) {
             return;
         }
-        if holder != from && self.connected.contains_key(&holder) {
-            self.push_to(session, holder);
-        }
+        // Whoever holds the chain persists it and acknowledges (or refuses it, if the chain
+        // went on elsewhere); the others ignore the request.
+        self.push_to_participants(session, Some(from));
     }
 
     /// Once our current copy is known committed, re-version it above the branches
@@ -1027,8 +1025,14 @@ impl<A: Application> DatacenterCore<A> {
                 VersionOrder::Older | VersionOrder::Equal
             )
         });
-        let joined = entry.header.version.join(&sealed.header.version);
-        let Some(joined) = joined.ok().filter(|_| !ours_committed_past) else {
+        // The kept copy must be re-versioned above both; if the vector cannot grow, nothing
+        // changes rather than a copy moving sideways here.
+        let replica = self.cfg.replica;
+        let joined = entry.header.version.join(&sealed.header.version).ok().filter(|j| {
+            let mut bumped = j.clone();
+            bumped.bump(replica).is_ok()
+        });
+        let Some(joined) = joined.filter(|_| !ours_committed_past) else {
             self.stats.chain_conflicts += 1;
             self.effects.events.push(DcEvent::ChainConflict {
                 session,
@@ -1040,7 +1044,6 @@ impl<A: Application> DatacenterCore<A> {
             confirmed: Some((sealed.header.version.clone(), sealed.header.driver)),
             unconfirmed: VecDeque::new(),
             absorb: None,
-            root: false,
         };
         self.replace(session, device, sealed, body, chain);
         if self
@@ -1090,7 +1093,7 @@ impl<A: Application> DatacenterCore<A> {
             self.absorb_branches(session);
             return;
         }
-        let was_handed_over = entry.handed_over();
+        let was_handed_over = entry.anchor_known();
         entry.chain.confirmed = Some((version.clone(), driver));
         if let Some(i) = entry
             .chain
@@ -1103,7 +1106,7 @@ impl<A: Application> DatacenterCore<A> {
         if entry.header.version == *version {
             entry.chain.unconfirmed.clear();
         }
-        let handed_over_now = !was_handed_over && entry.handed_over();
+        let handed_over_now = !was_handed_over && entry.anchor_known();
         let participants: Vec<DeviceId> = entry.header.participants().collect();
         let provider = entry.header.driver;
         self.stats.confirmations += 1;
@@ -1134,6 +1137,7 @@ impl<A: Application> DatacenterCore<A> {
                 ServerMsg::Committed {
                     session,
                     version: version.clone(),
+                    driver,
                     your_last_seq,
                     your_applied_bits,
                 },
@@ -1294,8 +1298,16 @@ impl<A: Application> DatacenterCore<A> {
     }
 
     /// A device persisted `version` of a session (it was asked to: `SessionUpdate::ack`).
-    /// From the chain holder, for a copy of this line, it commits the line up to it.
-    pub fn handle_ack(&mut self, device: DeviceId, session: SessionId, version: VersionVector) {
+    /// Any participant's counts for edge-ack durability; one `certified` (the device's own
+    /// persisting committed it: it holds the chain), for a copy of this line, commits the
+    /// line up to it.
+    pub fn handle_ack(
+        &mut self,
+        device: DeviceId,
+        session: SessionId,
+        version: VersionVector,
+        certified: bool,
+    ) {
         // A vector from the wire is untrusted: a malformed one could compare as anything.
         if version.validate().is_err() {
             return;
@@ -1320,7 +1332,7 @@ impl<A: Application> DatacenterCore<A> {
                     .push(DcEvent::ServerChangeCommitted { session, version });
             }
         }
-        if device != entry.chain_holder() {
+        if !certified {
             return;
         }
         // Only a copy of this line counts: one recorded as waiting, or the current one.
@@ -1422,8 +1434,9 @@ impl<A: Application> DatacenterCore<A> {
         if entry.header.tombstone {
             return reject(self, OpRejection::SessionFinished, true);
         }
-        // Another participant's op commits only once the chain holder persisted it.
-        let waits = device != entry.chain_holder();
+        // Another participant's op commits only once the chain holder persisted it, and so
+        // does the anchor's while this datacenter does not know the hand-over is done.
+        let waits = device != entry.header.anchor() || !entry.anchor_known();
         let mut app_result = Ok(());
         let changed = self.change(session, waits, |_, body| {
             let mut state = body.state.clone();
@@ -1584,7 +1597,6 @@ impl<A: Application> DatacenterCore<A> {
                 dedup: body.dedup.clone(),
             }]),
             absorb: None,
-            root: true,
         };
         self.insert(header, body, sealed, chain);
         self.stats.sessions_created += 1;

@@ -90,6 +90,9 @@ pub struct HeldSession<A: Application> {
     /// bits): every copy this device adopts in place of its own must cover it.
     pub committed_seq: u64,
     pub committed_bits: u64,
+    /// The newest version this device knows is committed: it never persists a copy that
+    /// does not dominate (or equal) it, so it never leaves the chain it knows.
+    pub committed_version: VersionVector,
 }
 
 /// A write to the device store.
@@ -283,9 +286,16 @@ enum Decision<S> {
         replaced: Option<(S, VersionVector)>,
         /// This device's committed watermark, which the copy must cover.
         marks: (u64, u64),
+        /// This device's own persisting commits it (it holds the chain, or created the
+        /// session): only then does it acknowledge.
+        certified: bool,
     },
     /// The copy we hold.
-    Same { newly_committed: bool, ack: bool },
+    Same {
+        newly_committed: bool,
+        ack: bool,
+        ack_certified: bool,
+    },
     /// Keep ours (its version).
     Refuse(VersionVector),
 }
@@ -301,7 +311,7 @@ pub struct EdgeCore<A: Application> {
     connected: Option<DatacenterId>,
     /// Held tombstones in the order they finished (loaded ones first, in load order).
     tombstones: std::collections::VecDeque<SessionId>,
-    /// Sessions with a `Reupload` not answered yet (at most one each).
+    /// Sessions re-uploaded on this connection (at most once each).
     reuploading: HashSet<SessionId>,
     /// Sessions whose app was told they wait (cleared when nothing waits any more).
     waiting: HashSet<SessionId>,
@@ -409,12 +419,12 @@ impl<A: Application> EdgeCore<A> {
         }
         match self.held.get_mut(&session) {
             Some(h) => {
-                h.next_seq = seq + 1;
+                h.next_seq = seq.saturating_add(1);
                 let h = h.clone();
                 self.effects.writes.push(StoreWrite::PutSession(session, h));
             }
             None => {
-                self.fresh.insert(session, seq + 1);
+                self.fresh.insert(session, seq.saturating_add(1));
             }
         }
         let id = OpId {
@@ -494,7 +504,9 @@ impl<A: Application> EdgeCore<A> {
 
     /// The answer to a [`ClientMsg::Reupload`].
     pub fn on_uploaded(&mut self, result: UploadResult) {
-        self.reuploading.remove(&result.session);
+        // `reuploading` keeps the session until the connection ends: at most one re-upload
+        // per session and connection (a datacenter that keeps disagreeing is not asked again
+        // and again; the next connection tries once more).
         self.on_upload_result(result);
         self.send_unsent();
     }
@@ -555,29 +567,44 @@ impl<A: Application> EdgeCore<A> {
         self.send_unsent();
     }
 
-    /// The datacenter confirmed that `version` of a session is committed; `your_*` is this
-    /// device's watermark in it.
+    /// The datacenter confirmed that `version` of a session is committed; `driver` is the
+    /// provider it names and `your_*` this device's watermark in it.
     pub fn on_committed(
         &mut self,
         session: SessionId,
         version: VersionVector,
+        driver: Option<DeviceId>,
         your_last_seq: u64,
         your_applied_bits: u64,
     ) {
+        let me = self.device;
         let Some(h) = self.held.get_mut(&session) else {
             return;
         };
-        if h.digest.header.version == version {
-            if !h.committed {
-                h.committed = true;
-                let h = h.clone();
-                self.effects.writes.push(StoreWrite::PutSession(session, h));
-                self.effects.flush = true;
-                self.after_commit(session);
-            }
-        } else {
+        let order = h.digest.header.version.compare(&version);
+        // Our copy is that one, or (for the provider it hands the chain to) descends from
+        // it: our own persisting put it on the chain.
+        let ours_on_chain = order == VersionOrder::Equal
+            || (order == VersionOrder::Newer
+                && driver == Some(me)
+                && h.digest.header.driver == Some(me));
+        if matches!(
+            version.compare(&h.committed_version),
+            VersionOrder::Newer | VersionOrder::Equal
+        ) {
+            h.committed_version = version.clone();
+        }
+        if ours_on_chain && !h.committed {
+            h.committed = true;
+            h.committed_version = h.digest.header.version.clone();
+            let h = h.clone();
+            self.effects.writes.push(StoreWrite::PutSession(session, h));
+            self.effects.flush = true;
+            self.after_commit(session);
+        } else if !ours_on_chain {
             // A committed copy older than (or beside) ours: ops it covers with the same
             // outcome as our held copy are committed, and our store holds them.
+            let (last, bits) = (h.last_seq, h.applied_bits);
             let ops: Vec<u64> = self
                 .outbox
                 .range((session, 0)..=(session, u64::MAX))
@@ -586,7 +613,7 @@ impl<A: Application> EdgeCore<A> {
             let mut done = Vec::new();
             for seq in ops {
                 let theirs = outcome_in(your_last_seq, your_applied_bits, seq);
-                let ours = outcome_in(h.last_seq, h.applied_bits, seq);
+                let ours = outcome_in(last, bits, seq);
                 if let (Some(a), Some(b)) = (theirs, ours) {
                     if a == b {
                         done.push((seq, a));
@@ -666,6 +693,16 @@ impl<A: Application> EdgeCore<A> {
         }
     }
 
+    /// Whether `u` is the first copy this device holds of a session it created (its create
+    /// is still in its outbox, or it allocated the session's seqs here): the creator holds
+    /// the chain from its create on, and whatever it persists first starts that chain (a
+    /// hand-over in it is the creator's to make, by persisting it).
+    fn creates(&self, session: SessionId, u: &SessionUpdate<A>) -> bool {
+        u.digest.header.rider == self.device
+            && u.your_last_seq >= 1
+            && (self.fresh.contains_key(&session) || self.outbox.contains_key(&(session, 1)))
+    }
+
     /// Persist `u` if the rules allow (see the module docs).
     fn receive(&mut self, u: SessionUpdate<A>) {
         let session = u.digest.header.session;
@@ -675,31 +712,41 @@ impl<A: Application> EdgeCore<A> {
         }
         let theirs = u.digest.header.version.clone();
         let decision = match self.held.get(&session) {
+            // Nothing held: a first copy. It is committed by this device's own persisting
+            // only if it is the creator's copy of a session not yet handed to a provider.
             None => Decision::Take {
                 next_seq: self.fresh.get(&session).copied().unwrap_or(1),
-                committed: u.committed,
+                committed: u.committed || self.creates(session, &u),
                 replaced: None,
                 marks: (0, 0),
+                certified: self.creates(session, &u),
             },
             Some(h) => {
                 let ours = h.digest.header.version.clone();
                 let marks = (h.committed_seq, h.committed_bits);
+                // This device holds the chain: its persisting a dominating copy commits it.
                 let holder = h.committed && h.digest.header.anchor() == me;
                 let live_over_final =
                     h.committed && h.digest.header.tombstone && !u.digest.header.tombstone;
+                let leaves_chain = !matches!(
+                    theirs.compare(&h.committed_version),
+                    VersionOrder::Newer | VersionOrder::Equal
+                );
                 match theirs.compare(&ours) {
                     VersionOrder::Older => return,
-                    // C3: a committed tombstone is final.
-                    _ if live_over_final => Decision::Refuse(ours),
+                    // C3: a committed tombstone is final; and never off the known chain.
+                    _ if live_over_final || leaves_chain => Decision::Refuse(ours),
                     VersionOrder::Equal => Decision::Same {
                         newly_committed: u.committed && !h.committed,
-                        ack: u.ack && (u.committed || h.committed),
+                        ack: u.ack,
+                        ack_certified: holder,
                     },
                     VersionOrder::Newer => Decision::Take {
                         next_seq: h.next_seq,
                         committed: u.committed || holder,
                         replaced: None,
                         marks,
+                        certified: holder,
                     },
                     // A branch nobody confirmed gives way to the committed chain; nothing
                     // else replaces a copy beside it.
@@ -708,20 +755,23 @@ impl<A: Application> EdgeCore<A> {
                         committed: true,
                         replaced: Some((h.view.clone(), ours)),
                         marks,
+                        certified: false,
                     },
                     VersionOrder::Concurrent => Decision::Refuse(ours),
                 }
             }
         };
-        let (next_seq, committed, replaced, marks) = match decision {
+        let (next_seq, committed, replaced, marks, certified) = match decision {
             Decision::Refuse(ours) => return self.refuse(session, ours, theirs),
             Decision::Same {
                 newly_committed,
                 ack,
+                ack_certified,
             } => {
                 if newly_committed {
                     if let Some(h) = self.held.get_mut(&session) {
                         h.committed = true;
+                        h.committed_version = theirs.clone();
                         let h = h.clone();
                         self.effects.writes.push(StoreWrite::PutSession(session, h));
                         self.effects.flush = true;
@@ -732,6 +782,7 @@ impl<A: Application> EdgeCore<A> {
                     self.effects.send.push(ClientMsg::Ack {
                         session,
                         version: theirs,
+                        certified: ack_certified,
                     });
                 }
                 return;
@@ -741,7 +792,8 @@ impl<A: Application> EdgeCore<A> {
                 committed,
                 replaced,
                 marks,
-            } => (next_seq, committed, replaced, marks),
+                certified,
+            } => (next_seq, committed, replaced, marks, certified),
         };
         if !mark_covers(u.your_last_seq, u.your_applied_bits, marks.0, marks.1) {
             // The copy lacks an outcome this device knows committed: the chain rule was
@@ -765,6 +817,11 @@ impl<A: Application> EdgeCore<A> {
                 replaced: Some(view),
             });
         }
+        let committed_version = match self.held.get(&session) {
+            Some(h) if !committed => h.committed_version.clone(),
+            _ if committed => theirs.clone(),
+            _ => VersionVector::new(),
+        };
         let held: HeldSession<A> = HeldSession {
             next_seq: next_seq.max(u.your_last_seq.saturating_add(1)),
             last_seq: u.your_last_seq,
@@ -772,13 +829,15 @@ impl<A: Application> EdgeCore<A> {
             committed,
             committed_seq: marks.0,
             committed_bits: marks.1,
+            committed_version,
             view: u.view,
             digest: u.digest,
         };
-        if u.ack && committed {
+        if u.ack {
             self.effects.send.push(ClientMsg::Ack {
                 session,
                 version: theirs.clone(),
+                certified,
             });
         }
         self.effects.events.push(EdgeEvent::SessionUpdated {
@@ -976,7 +1035,7 @@ impl<A: Application> EdgeCore<A> {
             // them now, clearly, instead of one by one.
             let later: Vec<u64> = self
                 .outbox
-                .range((session, seq + 1)..=(session, u64::MAX))
+                .range((session, seq.saturating_add(1))..=(session, u64::MAX))
                 .map(|((_, s), _)| *s)
                 .collect();
             for s in later {

@@ -129,6 +129,9 @@ pub enum ClientMsg<A: Application> {
     /// a hand-over, another participant's op or a dispatch waits on this device's store).
     Ack {
         session: SessionId,
+        /// The device's own persisting committed the copy (it holds the session's chain):
+        /// only such an `Ack` confirms a change; any `Ack` counts for edge-ack durability.
+        certified: bool,
         version: VersionVector,
     },
     /// A driver became available (or not) for dispatch.
@@ -310,6 +313,8 @@ pub enum ServerMsg<A: Application> {
     Committed {
         session: SessionId,
         version: VersionVector,
+        /// The provider that version names (a provider learns it now holds the chain).
+        driver: Option<DeviceId>,
         your_last_seq: u64,
         your_applied_bits: u64,
     },

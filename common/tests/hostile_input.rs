@@ -85,9 +85,10 @@ fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
             seq,
             op
         }),
-        any::<u64>().prop_map(|s| ClientMsg::Ack {
+        (any::<u64>(), any::<bool>()).prop_map(|(s, certified)| ClientMsg::Ack {
             session: SessionId(s),
-            version: VersionVector::new()
+            version: VersionVector::new(),
+            certified,
         }),
         any::<bool>().prop_map(|available| ClientMsg::SetAvailable { available }),
     ]

@@ -281,9 +281,16 @@ impl Region {
                         ServerMsg::Committed {
                             session,
                             version,
+                            driver,
                             your_last_seq,
                             your_applied_bits,
-                        } => edge.on_committed(session, version, your_last_seq, your_applied_bits),
+                        } => edge.on_committed(
+                            session,
+                            version,
+                            driver,
+                            your_last_seq,
+                            your_applied_bits,
+                        ),
                         ServerMsg::Uploaded { result } => edge.on_uploaded(result),
                         ServerMsg::Removed { session } => edge.on_removed(session),
                         ServerMsg::Error { error } => self
@@ -320,7 +327,11 @@ impl Region {
                         ClientMsg::Resubmit { session, seq, op } => {
                             dc.handle_resubmit(now, *d, session, seq, op)
                         }
-                        ClientMsg::Ack { session, version } => dc.handle_ack(*d, session, version),
+                        ClientMsg::Ack {
+                            session,
+                            version,
+                            certified,
+                        } => dc.handle_ack(*d, session, version, certified),
                         ClientMsg::SetAvailable { available } => {
                             dc.handle_set_available(now, *d, available)
                         }

@@ -467,6 +467,7 @@ mod tests {
             committed: true,
             committed_seq: 1,
             committed_bits: 1,
+            committed_version: lifeboat_common::VersionVector::new(),
         }
     }
 

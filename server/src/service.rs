@@ -491,9 +491,11 @@ impl Actor {
                 ClientMsg::Resubmit { session, seq, op } => {
                     self.core.handle_resubmit(now, device, session, seq, op)
                 }
-                ClientMsg::Ack { session, version } => {
-                    self.core.handle_ack(device, session, version)
-                }
+                ClientMsg::Ack {
+                    session,
+                    version,
+                    certified,
+                } => self.core.handle_ack(device, session, version, certified),
                 ClientMsg::SetAvailable { available } => {
                     self.core.handle_set_available(now, device, available)
                 }

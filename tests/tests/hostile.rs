@@ -444,6 +444,7 @@ async fn frame_claiming_a_huge_vector_is_refused() -> anyhow::Result<()> {
     let (mut c, _) = h.hello(false, vec![]).await?;
     let mut ack = encode(&ClientMsg::<Trip>::Ack {
         session: SessionId(1),
+        certified: true,
         version: Default::default(),
     })?;
     ensure!(ack.ends_with(&[0]));

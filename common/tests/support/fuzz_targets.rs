@@ -324,7 +324,8 @@ impl World {
                     // Whatever the script says, sorted or not, zero or not.
                     _ => decode_exact(&[1, c.next() % 4, c.next()], 16).unwrap_or_default(),
                 };
-                self.dcs[dc].handle_ack(device, session, version);
+                let certified = c.next() & 1 == 0;
+                self.dcs[dc].handle_ack(device, session, version, certified);
             }
             6 => {
                 let a = c.next() & 1 == 0;
