@@ -125,6 +125,7 @@ fn restore(c: &mut Criterion) {
                         vec![OfferedCopy {
                             digest,
                             committed: true,
+                            known_committed: Default::default(),
                         }],
                     );
                 }

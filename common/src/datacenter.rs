@@ -727,7 +727,49 @@ impl<A: Application> DatacenterCore<A> {
         let OfferedCopy {
             digest: sealed,
             committed,
+            known_committed,
         } = copy;
+        let session = sealed.header.session;
+        let outcome = self.judge_upload(device, sealed, committed);
+        if !matches!(outcome, UploadOutcome::Refused(_))
+            && !known_committed.is_empty()
+            && known_committed.validate().is_ok()
+        {
+            self.learn_committed(session, &known_committed, device);
+        }
+        outcome
+    }
+
+    /// `by` (a participant) knows `version` is committed: if it is a copy of our line (the
+    /// current one, or one still waiting), it is confirmed.
+    fn learn_committed(&mut self, session: SessionId, version: &VersionVector, by: DeviceId) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        if entry.header.role_of(by).is_none() {
+            return;
+        }
+        let known = if entry.header.version == *version {
+            Some((entry.header.driver, entry.body.dedup.clone()))
+        } else {
+            entry
+                .chain
+                .unconfirmed
+                .iter()
+                .find(|u| u.version == *version)
+                .map(|u| (u.driver, u.dedup.clone()))
+        };
+        if let Some((driver, dedup)) = known {
+            self.confirm(session, version, driver, dedup, by);
+        }
+    }
+
+    fn judge_upload(
+        &mut self,
+        device: DeviceId,
+        sealed: SealedDigest,
+        committed: bool,
+    ) -> UploadOutcome {
         let session = sealed.header.session;
         let refuse = |this: &mut Self, reason: UploadRefusal| {
             this.stats.uploads_refused += 1;
@@ -1028,10 +1070,15 @@ impl<A: Application> DatacenterCore<A> {
         // The kept copy must be re-versioned above both; if the vector cannot grow, nothing
         // changes rather than a copy moving sideways here.
         let replica = self.cfg.replica;
-        let joined = entry.header.version.join(&sealed.header.version).ok().filter(|j| {
-            let mut bumped = j.clone();
-            bumped.bump(replica).is_ok()
-        });
+        let joined = entry
+            .header
+            .version
+            .join(&sealed.header.version)
+            .ok()
+            .filter(|j| {
+                let mut bumped = j.clone();
+                bumped.bump(replica).is_ok()
+            });
         let Some(joined) = joined.filter(|_| !ours_committed_past) else {
             self.stats.chain_conflicts += 1;
             self.effects.events.push(DcEvent::ChainConflict {
@@ -1118,14 +1165,19 @@ impl<A: Application> DatacenterCore<A> {
             .sessions
             .get(&session)
             .is_some_and(|e| e.header.version == *version);
-        if current && self.absorb_branches(session) {
-            return;
-        }
+        // Branches waiting to be absorbed are re-versioned after the others are told what
+        // is committed now (a provider must learn it holds the chain before the re-versioned
+        // copy asks it to persist it, or nobody could confirm that copy).
+        let absorb_next = current
+            && self
+                .sessions
+                .get(&session)
+                .is_some_and(|e| e.chain.absorb.is_some());
         for d in participants {
             if d == by || !self.connected.contains_key(&d) {
                 continue;
             }
-            if current {
+            if current && !absorb_next {
                 // The copy itself is now committed for everyone: a device holding a branch
                 // nobody confirmed can give way to it.
                 self.push_to(session, d);
@@ -1147,6 +1199,9 @@ impl<A: Application> DatacenterCore<A> {
             if let Some(p) = provider.filter(|p| *p != by && self.connected.contains_key(p)) {
                 self.push_to(session, p);
             }
+        }
+        if absorb_next {
+            self.absorb_branches(session);
         }
     }
 
@@ -1336,19 +1391,7 @@ impl<A: Application> DatacenterCore<A> {
             return;
         }
         // Only a copy of this line counts: one recorded as waiting, or the current one.
-        let known = if entry.header.version == version {
-            Some((entry.header.driver, entry.body.dedup.clone()))
-        } else {
-            entry
-                .chain
-                .unconfirmed
-                .iter()
-                .find(|u| u.version == version)
-                .map(|u| (u.driver, u.dedup.clone()))
-        };
-        if let Some((driver, dedup)) = known {
-            self.confirm(session, &version, driver, dedup, device);
-        }
+        self.learn_committed(session, &version, device);
     }
 
     fn reply(

@@ -459,6 +459,7 @@ impl<A: Application> EdgeCore<A> {
         OfferedCopy {
             digest: h.digest.clone(),
             committed: h.committed,
+            known_committed: h.committed_version.clone(),
         }
     }
 

@@ -160,6 +160,10 @@ pub enum ClientMsg<A: Application> {
 pub struct OfferedCopy {
     pub digest: SealedDigest,
     pub committed: bool,
+    /// The newest version the device knows is committed (its own persisting as the chain
+    /// holder, or a datacenter's confirmation); empty if none. A datacenter whose line holds
+    /// that version learns it is committed (say, a hand-over whose `Ack` a crash lost).
+    pub known_committed: VersionVector,
 }
 
 /// What the datacenter decided about one uploaded digest.

@@ -75,6 +75,7 @@ fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
                     OfferedCopy {
                         digest: digest.clone(),
                         committed: more,
+                        known_committed: Default::default(),
                     };
                     n
                 ],
@@ -231,6 +232,7 @@ fn random_bytes_loop() {
             digests: vec![OfferedCopy {
                 digest: digest.clone(),
                 committed: true,
+                known_committed: Default::default(),
             }],
             more: false,
         })

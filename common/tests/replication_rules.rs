@@ -29,6 +29,7 @@ fn claimed(digest: SealedDigest) -> OfferedCopy {
     OfferedCopy {
         digest,
         committed: true,
+        known_committed: Default::default(),
     }
 }
 
@@ -785,6 +786,7 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
     let offered = OfferedCopy {
         digest: forged.clone(),
         committed: false,
+        known_committed: Default::default(),
     };
     dc.handle_connect(now, driver, false, vec![offered]);
     let results = welcome_results(dc);

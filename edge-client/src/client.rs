@@ -826,13 +826,9 @@ impl Actor {
                 driver,
                 your_last_seq,
                 your_applied_bits,
-            } => self.core.on_committed(
-                session,
-                version,
-                driver,
-                your_last_seq,
-                your_applied_bits,
-            ),
+            } => self
+                .core
+                .on_committed(session, version, driver, your_last_seq, your_applied_bits),
             ServerMsg::Uploaded { result } => self.core.on_uploaded(result),
             ServerMsg::Removed { session } => self.core.on_removed(session),
             ServerMsg::Error { .. } => {}

@@ -115,6 +115,7 @@ impl RawDevice {
             .map(|digest| OfferedCopy {
                 digest,
                 committed: false,
+                known_committed: Default::default(),
             })
             .collect();
         c.send(&ClientMsg::Hello {

@@ -474,6 +474,7 @@ async fn connect_upload_over_its_limits_is_refused() -> anyhow::Result<()> {
     let digest = OfferedCopy {
         digest,
         committed: true,
+        known_committed: Default::default(),
     };
 
     // More upload frames than allowed.

@@ -291,9 +291,18 @@ impl World {
                 let claim = c.next() & 1 == 0;
                 let copies = digests
                     .into_iter()
-                    .map(|digest| OfferedCopy {
-                        digest,
-                        committed: claim,
+                    .map(|digest| {
+                        // ... also that some version (its own or another's) is committed.
+                        let known_committed = if c.next() & 1 == 0 {
+                            digest.header.version.clone()
+                        } else {
+                            Default::default()
+                        };
+                        OfferedCopy {
+                            digest,
+                            committed: claim,
+                            known_committed,
+                        }
                     })
                     .collect();
                 self.dcs[dc].handle_connect(now, device, available, copies);
