@@ -13,8 +13,13 @@
 //!    each op's scheduled time to its commit;
 //! 5. mobile bytes per op: the clients' QUIC connection statistics (UDP bytes, handshakes and
 //!    keep-alives included) over every committed location op;
-//! 6. server memory per session (RSS delta over `--footprint-sessions` trips) and an edge
-//!    client's resident memory (one client in its own process);
+//! 6. server memory per session (RSS delta over `--footprint-sessions` trips, created by
+//!    `--footprint-devices` loader devices) and an edge client's resident memory (one client
+//!    in its own process). The loader creates far more sessions per device than the
+//!    production create limits allow, so the datacenter of the whole run is started with
+//!    `--max-sessions-per-device` and `--session-creates-per-minute` raised to the creates
+//!    per loader device (see [`footprint::LoaderPlan`]; the run says so). No other limit is
+//!    changed, and no phase before the loader creates more than one session per device;
 //! 7. the bare quinn baseline (see [`echo`]) with the same message sizes, pattern and number
 //!    of connections, after the Lifeboat server has stopped; the ratio of the two closed-loop
 //!    rates is the headline.
@@ -60,6 +65,10 @@ pub struct BenchOpts {
     /// Sessions created for the server-memory-per-session figure.
     #[arg(long, default_value_t = 10_000)]
     footprint_sessions: usize,
+    /// Loader devices creating those sessions (more if one would create over 500). The
+    /// datacenter's per-device create limits are raised to the creates per loader device.
+    #[arg(long, default_value_t = footprint::LOADER_DEVICES)]
+    footprint_devices: usize,
     /// Write the machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -211,6 +220,7 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
         .seed
         .unwrap_or_else(|| rand::rng().random::<u32>() as u64);
     let trips = opts.devices / 2;
+    let loader = footprint::LoaderPlan::new(opts.footprint_sessions, opts.footprint_devices)?;
     let duration = Duration::from_secs_f64(opts.duration);
     let warm_up = Duration::from_secs_f64(opts.warm_up.clamp(0.0, 60.0));
     let load_start = procfs::load_avg_1m();
@@ -239,13 +249,9 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
             vec!["__datacenter".to_string(), "lifeboat-server".to_string()],
         ),
     };
-    let spec = spawn_spec(
-        server_program,
-        work.path(),
-        &region_dir,
-        1,
-        vec!["--idle-timeout-ms".into(), "10000".into()],
-    )?;
+    let mut server_args = vec!["--idle-timeout-ms".to_string(), "10000".to_string()];
+    server_args.extend(loader.server_args());
+    let spec = spawn_spec(server_program, work.path(), &region_dir, 1, server_args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -256,7 +262,13 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
     let addr = server.addr;
     std::thread::sleep(Duration::from_millis(500));
     let server_rss_idle = procfs::rss_bytes(pid)?;
-    eprintln!("   datacenter up on {addr}; starting {} devices", 2 * trips);
+    eprintln!(
+        "   datacenter up on {addr} with {} (raised from the production defaults: the \
+         footprint loader creates up to {} sessions per device); other limits at their defaults",
+        loader.server_args().join(" "),
+        loader.creates_per_device
+    );
+    eprintln!("   starting {} devices", 2 * trips);
     let fleet = rt.block_on(fleet::Fleet::start(
         trips,
         work.path(),
@@ -301,14 +313,17 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
         .sum();
     let (driver_bytes, rider_bytes) = rt.block_on(fleet.shutdown())?;
 
-    eprintln!("   server memory over {} sessions", opts.footprint_sessions);
+    eprintln!(
+        "   server memory over {} sessions ({} loader devices, up to {} creates each)",
+        loader.sessions, loader.devices, loader.creates_per_device
+    );
     let server_fp = rt.block_on(footprint::server_per_session(
         addr,
         &endpoints[0],
         &client_cfg,
         &keyring,
         pid,
-        opts.footprint_sessions,
+        loader,
     ))?;
     eprintln!("   edge client probe");
     let edge = footprint::run_edge_probe(addr, &region_dir, &work.path().join("probe-store"))?;
@@ -499,6 +514,15 @@ pub fn table(r: &BenchReport) -> String {
             "target 4096: {}",
             verdict(r.server.server_bytes_per_session <= 4096.0)
         ),
+    );
+    let l = &r.server.loader;
+    row(
+        "  footprint loader (raised create limits)",
+        format!(
+            "{} devices, --max-sessions-per-device {} --session-creates-per-minute {}",
+            l.devices, l.max_sessions_per_device, l.session_creates_per_minute
+        ),
+        "",
     );
     row(
         "server memory per connected device",

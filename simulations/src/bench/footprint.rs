@@ -6,7 +6,9 @@
 //!   speak the wire protocol directly (no device store: only the server is measured). The
 //!   delta covers everything the server keeps for a session: the core's entry (state,
 //!   header, sealed copy), its indexes, the dispatch queue and sled's share. The per-connection
-//!   cost is measured apart, when the benchmark's devices connect.
+//!   cost is measured apart, when the benchmark's devices connect. Each loader device makes
+//!   far more creates than the production create limits allow, so the datacenter runs with
+//!   those two limits raised for the loader (see [`LoaderPlan`]).
 //! - Edge client: one `BlockingEdgeClient` with its own sled store in a process of its own
 //!   (the sim binary's hidden `__bench-helper edge-probe`), connected, after a trip request
 //!   and a cancel; RSS of the process before the client started and after.
@@ -30,7 +32,74 @@ use std::time::{Duration, Instant};
 
 /// How long the edge probe process may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-const LOADER_DEVICES: usize = 50;
+/// Loader devices unless `--footprint-devices` says otherwise.
+pub const LOADER_DEVICES: usize = 50;
+/// Most creates one loader device sends at once: well under the server's default
+/// `--max-inflight-ops` and `--conn-queue` (1,024 each), so only the create limits need
+/// raising. More sessions than this per device take more devices.
+pub const MAX_CREATES_PER_LOADER_DEVICE: usize = 500;
+
+/// How the loader spreads its creates, and the create limits the datacenter needs for it.
+///
+/// The production defaults (`--max-sessions-per-device` 16, `--session-creates-per-minute`
+/// 10) would refuse a loader device's 11th create within a minute, so the benchmark's
+/// datacenter is started with both raised to the creates per loader device (never below
+/// the defaults): [`LoaderPlan::server_args`]. Every other limit stays at its default.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct LoaderPlan {
+    pub sessions: usize,
+    pub devices: usize,
+    /// Creates of the busiest loader device (the others make as many or one fewer).
+    pub creates_per_device: usize,
+    /// The datacenter's `--max-sessions-per-device` for this run.
+    pub max_sessions_per_device: usize,
+    /// The datacenter's `--session-creates-per-minute` for this run (also the burst).
+    pub session_creates_per_minute: u32,
+}
+
+impl LoaderPlan {
+    /// `sessions` creates over `devices` loader devices (at least one session each, and more
+    /// devices if one would otherwise send more than [`MAX_CREATES_PER_LOADER_DEVICE`]).
+    pub fn new(sessions: usize, devices: usize) -> anyhow::Result<Self> {
+        if sessions == 0 || devices == 0 {
+            bail!("--footprint-sessions and --footprint-devices must be at least 1");
+        }
+        let devices = devices
+            .max(sessions.div_ceil(MAX_CREATES_PER_LOADER_DEVICE))
+            .min(sessions);
+        let creates_per_device = sessions.div_ceil(devices);
+        let defaults = lifeboat_server::ServerConfig::new(
+            lifeboat_common::DatacenterId(0),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            PathBuf::new(),
+            PathBuf::new(),
+        );
+        Ok(Self {
+            sessions,
+            devices,
+            creates_per_device,
+            max_sessions_per_device: defaults.max_sessions_per_device.max(creates_per_device),
+            session_creates_per_minute: defaults
+                .session_creates_per_minute
+                .max(u32::try_from(creates_per_device).unwrap_or(u32::MAX)),
+        })
+    }
+
+    /// The datacenter flags that raise its create limits for the loader.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--max-sessions-per-device".into(),
+            self.max_sessions_per_device.to_string(),
+            "--session-creates-per-minute".into(),
+            self.session_creates_per_minute.to_string(),
+        ]
+    }
+
+    /// Creates of loader device `k`: the sessions split as evenly as possible.
+    fn creates_of(&self, k: usize) -> usize {
+        self.sessions / self.devices + usize::from(k < self.sessions % self.devices)
+    }
+}
 
 /// Sealed digest sizes of the sample trips.
 #[derive(Debug, serde::Serialize)]
@@ -57,6 +126,8 @@ pub fn digest_sizes(keyring: &Keyring) -> anyhow::Result<DigestSizes> {
 /// Server memory per session.
 #[derive(Debug, serde::Serialize)]
 pub struct ServerFootprint {
+    /// How the creates were spread, and the create limits the datacenter ran with.
+    pub loader: LoaderPlan,
     pub sessions_created: u64,
     pub server_rss_bytes_before: u64,
     pub server_rss_bytes_after: u64,
@@ -108,19 +179,19 @@ async fn raw_connect(
     })
 }
 
-/// Create `sessions` trips through `LOADER_DEVICES` raw connections and measure the server's
-/// RSS before (connections open, no sessions yet) and after (every create answered, one
-/// second to settle).
+/// Create `plan.sessions` trips through `plan.devices` raw connections and measure the
+/// server's RSS before (connections open, no sessions yet) and after (every create answered,
+/// one second to settle). The server must run with [`LoaderPlan::server_args`].
 pub async fn server_per_session(
     addr: SocketAddr,
     endpoint: &quinn::Endpoint,
     cfg: &quinn::ClientConfig,
     keyring: &Keyring,
     server_pid: u32,
-    sessions: usize,
+    plan: LoaderPlan,
 ) -> anyhow::Result<ServerFootprint> {
     let mut devices = Vec::new();
-    for i in 0..LOADER_DEVICES {
+    for i in 0..plan.devices {
         devices.push(
             raw_connect(
                 endpoint,
@@ -134,13 +205,14 @@ pub async fn server_per_session(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_bytes(server_pid)?;
-    let per = sessions.div_ceil(LOADER_DEVICES);
+    let stride = plan.creates_per_device;
     let mut tasks = tokio::task::JoinSet::new();
     for (k, mut d) in devices.into_iter().enumerate() {
+        let per = plan.creates_of(k);
         tasks.spawn(async move {
             let mut frames = Vec::new();
             for j in 0..per {
-                let n = (k * per + j) as i32;
+                let n = (k * stride + j) as i32;
                 let op: ClientMsg<Trip> = ClientMsg::Submit {
                     session: SessionId((d.device.0 << 20) | j as u64 | 1 << 19),
                     seq: 1,
@@ -198,6 +270,7 @@ pub async fn server_per_session(
         d.conn.close(0u32.into(), b"done");
     }
     Ok(ServerFootprint {
+        loader: plan,
         sessions_created: created,
         server_rss_bytes_before: before,
         server_rss_bytes_after: after,
@@ -332,4 +405,46 @@ pub fn run_edge_probe(
         .last()
         .context("the edge probe printed nothing")?;
     serde_json::from_str(line).context("reading the edge probe's figures")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_plan_spreads_creates_and_raises_only_the_create_limits_it_needs() {
+        // The documented run: 10,000 sessions over 50 devices, 200 each.
+        let p = LoaderPlan::new(10_000, LOADER_DEVICES).unwrap();
+        assert_eq!((p.devices, p.creates_per_device), (50, 200));
+        assert_eq!(p.max_sessions_per_device, 200);
+        assert_eq!(p.session_creates_per_minute, 200);
+        assert_eq!(
+            p.server_args(),
+            [
+                "--max-sessions-per-device",
+                "200",
+                "--session-creates-per-minute",
+                "200"
+            ]
+        );
+        // Few creates per device: the production defaults are kept.
+        let p = LoaderPlan::new(100, LOADER_DEVICES).unwrap();
+        assert_eq!(p.creates_per_device, 2);
+        assert_eq!(
+            (p.max_sessions_per_device, p.session_creates_per_minute),
+            (16, 10)
+        );
+        // Never more than MAX_CREATES_PER_LOADER_DEVICE on one device, never an idle one,
+        // and exactly `sessions` in all.
+        for (sessions, devices) in [(100_000, 50), (7, 50), (1_001, 2), (120, 3), (1, 1)] {
+            let p = LoaderPlan::new(sessions, devices).unwrap();
+            assert!(p.creates_per_device <= MAX_CREATES_PER_LOADER_DEVICE);
+            assert!(p.devices <= sessions);
+            let all: Vec<usize> = (0..p.devices).map(|k| p.creates_of(k)).collect();
+            assert_eq!(all.iter().sum::<usize>(), sessions, "{p:?}");
+            assert!(all.iter().all(|&n| n >= 1 && n <= p.creates_per_device));
+        }
+        assert!(LoaderPlan::new(0, 50).is_err());
+        assert!(LoaderPlan::new(10, 0).is_err());
+    }
 }
