@@ -1602,3 +1602,161 @@ fn s13_a_rider_back_from_a_branch_beside_an_already_confirmed_copy_is_answered()
         assert!(held.committed, "{d}");
     }
 }
+
+/// From the independent review of the chain rule (its first finding): the rider's request
+/// reached dc1, which dispatched d1, but nothing reached the rider; it resubmitted at dc2,
+/// which dispatched d2, and the rider persisted that hand-over; d2 committed two ops. Back
+/// at dc1, d1's next op made dc1 push its branch to the rider marked as the rider's to
+/// commit. The rider held only uncommitted copies of d2's chain and gave way to d1's branch:
+/// d2's committed ops were lost once dc1 absorbed d2's branch. A device now never persists a
+/// copy that does not dominate the newest version it knows is committed (here: the
+/// hand-over to d2 it persisted itself).
+#[test]
+fn review_a_rider_that_persisted_one_hand_over_never_takes_another_datacenters_branch() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, d1, d2) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    r.connect(d1, 0, true);
+    r.connect(rider, 0, false);
+    let s = SessionId(61);
+    r.edges
+        .get_mut(&rider)
+        .unwrap()
+        .submit(
+            s,
+            TripOp::Request {
+                pickup: P,
+                dropoff: Q,
+            },
+        )
+        .unwrap();
+    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
+    let now = r.now;
+    for m in fx.send {
+        if let ClientMsg::Submit { session, seq, op } = m {
+            r.dcs[0]
+                .as_mut()
+                .unwrap()
+                .handle_submit(now, rider, session, seq, op);
+        }
+    }
+    r.kill_link(rider);
+    r.pump();
+    assert_eq!(r.dc(0).session(s).unwrap().0.driver, Some(d1));
+    let a1 = r.submit(d1, s, TripOp::Arrived);
+    assert!(!r.committed(a1));
+    // The rider resubmits at dc2, which dispatches d2; d2 commits two ops.
+    r.connect(d2, 1, true);
+    r.connect(rider, 1, false);
+    assert_eq!(r.dc(1).session(s).unwrap().0.driver, Some(d2));
+    let a2 = r.submit(d2, s, TripOp::Arrived);
+    let s2 = r.submit(d2, s, TripOp::StartTrip);
+    assert!(r.committed(a2) && r.committed(s2));
+    // The rider goes home to dc1; d1 acts there.
+    r.kill_link(rider);
+    r.connect(rider, 0, false);
+    let go1 = r.submit(d1, s, TripOp::StartTrip);
+    assert_eq!(
+        r.edges[&rider].held(s).unwrap().digest.header.driver,
+        Some(d2),
+        "the rider kept d2's chain"
+    );
+    // Even told it is committed (what dc1 said before the fix), d1's branch does not
+    // dominate the hand-over the rider persisted: the rider keeps its copy.
+    let branch = r.dc(0).sealed(s).unwrap().clone();
+    let view = r.dc(0).session(s).unwrap().1.clone();
+    let before = r.edges[&rider].held(s).unwrap().clone();
+    let edge = r.edges.get_mut(&rider).unwrap();
+    edge.on_push(lifeboat_common::wire::SessionUpdate {
+        digest: branch,
+        view,
+        your_last_seq: 1,
+        your_applied_bits: 1,
+        committed: true,
+        ack: true,
+    });
+    let fx = edge.poll_effects();
+    assert!(fx.writes.is_empty(), "{:?}", fx.writes);
+    assert_eq!(r.edges[&rider].held(s).unwrap(), &before);
+    // d2 comes to dc1 too: its chain wins there and d1 is told it was removed.
+    r.kill_link(d2);
+    r.connect(d2, 0, false);
+    let (h, body) = {
+        let sealed = r.dc(0).sealed(s).unwrap().clone();
+        let body: lifeboat_common::digest::DigestBody<lifeboat_common::TripState> =
+            sealed.open(&r.keyring).unwrap();
+        (sealed.header, body)
+    };
+    assert_eq!(h.driver, Some(d2));
+    let mark = body.dedup.iter().find(|m| m.device == d2).unwrap();
+    assert!(mark.last_seq >= 2, "d2's committed ops are in dc1's copy");
+    assert_eq!(body.state.phase, TripPhase::OnTrip);
+    assert!(r.edges[&d1].held(s).is_none(), "d1 was removed");
+    assert!(
+        !r.committed(a1) && !r.committed(go1),
+        "nothing of d1 committed"
+    );
+    assert_eq!(r.dc(0).stats().chain_conflicts, 0);
+}
+
+/// From the review (its fourth finding): the rider's cancel was applied and persisted at dc1,
+/// which crashed before anything left and restarted on its disk. The driver's upload was
+/// older; dc1 pushed it the cancel, but asked nobody to acknowledge it, so the rider's
+/// resubmitted cancel was answered from a copy nobody confirmed and waited until the driver
+/// happened to upload again. A copy loaded from disk now asks for acknowledgement.
+#[test]
+fn review_a_copy_loaded_from_disk_is_confirmed_by_the_chain_holder_at_once() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = SessionId(62);
+    r.connect(driver, 0, true);
+    r.connect(rider, 0, false);
+    r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    r.submit(driver, s, TripOp::Arrived);
+    // The rider's cancel is applied at dc1 and persisted; nothing else leaves.
+    r.edges
+        .get_mut(&rider)
+        .unwrap()
+        .submit(s, TripOp::Cancel)
+        .unwrap();
+    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
+    let now = r.now;
+    for m in fx.send {
+        if let ClientMsg::Submit { session, seq, op } = m {
+            r.dcs[0]
+                .as_mut()
+                .unwrap()
+                .handle_submit(now, rider, session, seq, op);
+        }
+    }
+    let on_disk = r.dcs[0]
+        .as_mut()
+        .unwrap()
+        .poll_effects()
+        .persist
+        .last()
+        .unwrap()
+        .1
+        .clone();
+    assert!(on_disk.header.tombstone);
+    r.kill(0);
+    let mut back = r.dc_with_disk(0, 1);
+    back.load_persisted(r.now, on_disk).unwrap();
+    r.dcs[0] = Some(back);
+    r.connect(driver, 0, true);
+    r.connect(rider, 0, false);
+    let answers: Vec<_> = r
+        .commits
+        .iter()
+        .filter(|(i, _)| i.device == rider && i.seq == 2)
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].1.is_ok(), "{answers:?}");
+    assert!(r.dc(0).is_confirmed(s));
+}
