@@ -284,6 +284,9 @@ struct Chain {
     /// Once the chain holder confirms our copy they are off the chain, and our copy is
     /// re-versioned above them, so those participants move forward to it, never sideways.
     absorb: Option<VersionVector>,
+    /// Every participant's watermark in the `confirmed` copy (told to a participant that
+    /// reports in without knowing it).
+    confirmed_marks: Vec<DedupEntry>,
 }
 
 /// A copy made (or restored) here that waits for the chain holder's `Ack`.
@@ -703,6 +706,7 @@ impl<A: Application> DatacenterCore<A> {
             return;
         }
         entry.chain.confirmed = Some((entry.header.version.clone(), entry.header.driver));
+        entry.chain.confirmed_marks = entry.body.dedup.clone();
         entry.chain.unconfirmed.clear();
         self.stats.reanchored += 1;
         self.effects
@@ -731,13 +735,43 @@ impl<A: Application> DatacenterCore<A> {
         } = copy;
         let session = sealed.header.session;
         let outcome = self.judge_upload(device, sealed, committed);
-        if !matches!(outcome, UploadOutcome::Refused(_))
-            && !known_committed.is_empty()
-            && known_committed.validate().is_ok()
-        {
+        if matches!(outcome, UploadOutcome::Refused(_)) || known_committed.validate().is_err() {
+            return outcome;
+        }
+        if !known_committed.is_empty() {
             self.learn_committed(session, &known_committed, device);
         }
+        self.tell_committed(session, device, &known_committed);
         outcome
+    }
+
+    /// A participant reports in not knowing the newest copy this datacenter knows is
+    /// committed (it was away when it was confirmed): tell it (a provider learns the
+    /// hand-over that way, which nobody else can tell it).
+    fn tell_committed(&mut self, session: SessionId, device: DeviceId, known: &VersionVector) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        if entry.header.role_of(device).is_none() {
+            return;
+        }
+        let Some((version, driver)) = entry.chain.confirmed.clone() else {
+            return;
+        };
+        if version.compare(known) != VersionOrder::Newer {
+            return;
+        }
+        let (your_last_seq, your_applied_bits) = mark_of(&entry.chain.confirmed_marks, device);
+        self.effects.send.push((
+            device,
+            ServerMsg::Committed {
+                session,
+                version,
+                driver,
+                your_last_seq,
+                your_applied_bits,
+            },
+        ));
     }
 
     /// `by` (a participant) knows `version` is committed: if it is a copy of our line (the
@@ -798,6 +832,7 @@ impl<A: Application> DatacenterCore<A> {
             let mut chain = Chain::default();
             if committed {
                 chain.confirmed = Some((header.version.clone(), header.driver));
+                chain.confirmed_marks = body.dedup.clone();
             } else {
                 // Ask the chain holder to persist it when it comes: until then nothing on
                 // this copy is known committed here.
@@ -887,6 +922,7 @@ impl<A: Application> DatacenterCore<A> {
                 };
                 if committed {
                     chain.confirmed = Some((sealed.header.version.clone(), sealed.header.driver));
+                    chain.confirmed_marks = body.dedup.clone();
                     chain.unconfirmed.clear();
                 } else {
                     chain.unconfirmed.push_back(Unconfirmed {
@@ -1089,6 +1125,7 @@ impl<A: Application> DatacenterCore<A> {
         };
         let chain = Chain {
             confirmed: Some((sealed.header.version.clone(), sealed.header.driver)),
+            confirmed_marks: body.dedup.clone(),
             unconfirmed: VecDeque::new(),
             absorb: None,
         };
@@ -1142,6 +1179,7 @@ impl<A: Application> DatacenterCore<A> {
         }
         let was_handed_over = entry.anchor_known();
         entry.chain.confirmed = Some((version.clone(), driver));
+        entry.chain.confirmed_marks = dedup.clone();
         if let Some(i) = entry
             .chain
             .unconfirmed
@@ -1639,7 +1677,7 @@ impl<A: Application> DatacenterCore<A> {
                 driver: None,
                 dedup: body.dedup.clone(),
             }]),
-            absorb: None,
+            ..Chain::default()
         };
         self.insert(header, body, sealed, chain);
         self.stats.sessions_created += 1;

@@ -519,6 +519,11 @@ impl<A: Application> EdgeCore<A> {
                 reason,
             }),
             UploadOutcome::Removed => self.on_removed(r.session),
+            // Our copy beside the datacenter's: if ours is committed (we may have just been
+            // told so), offer it again so the chain wins there; else wait.
+            UploadOutcome::Diverged if self.held.get(&r.session).is_some_and(|h| h.committed) => {
+                self.reupload(r.session)
+            }
             UploadOutcome::Diverged => self.wait(r.session, WaitReason::BranchNotConfirmed),
             UploadOutcome::Restored
             | UploadOutcome::Current
