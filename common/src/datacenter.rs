@@ -1488,20 +1488,13 @@ impl<A: Application> DatacenterCore<A> {
         let Some(role) = entry.header.role_of(device) else {
             return reject(self, OpRejection::NotParticipant, false);
         };
-        // A participant this copy has no op of starts wherever its seqs are: a provider
-        // removed from a branch that did not commit and assigned again on the chain keeps
-        // counting, so no op id is ever used for two ops.
-        let first = !entry.body.dedup.iter().any(|d| d.device == device);
         let mark = entry
             .body
             .dedup
             .iter()
             .find(|d| d.device == device)
             .copied()
-            .unwrap_or_else(|| DedupEntry {
-                last_seq: seq.saturating_sub(1),
-                ..DedupEntry::new(device)
-            });
+            .unwrap_or_else(|| DedupEntry::new(device));
         let seen = mark.check(seq);
         #[cfg(feature = "fault-injection")]
         let seen = crate::fault::distort_seen(seen);
@@ -1537,9 +1530,6 @@ impl<A: Application> DatacenterCore<A> {
                 Some(d) => d.record(applied),
                 None => {
                     let mut d = DedupEntry::new(device);
-                    if first {
-                        d.last_seq = seq.saturating_sub(1);
-                    }
                     d.record(applied);
                     body.dedup.push(d);
                 }

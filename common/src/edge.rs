@@ -650,13 +650,9 @@ impl<A: Application> EdgeCore<A> {
     }
 
     fn remove(&mut self, session: SessionId) {
-        // Keep counting from where this device was if it is assigned again (an op id is
-        // never used for two ops).
-        let next = self.next_seq(session);
         if self.held.remove(&session).is_some() {
             self.effects.writes.push(StoreWrite::DeleteSession(session));
         }
-
         self.tombstones.retain(|s| *s != session);
         self.waiting.remove(&session);
         let ops: Vec<u64> = self
@@ -666,9 +662,6 @@ impl<A: Application> EdgeCore<A> {
             .collect();
         for seq in ops {
             self.fail(session, seq, SubmitError::Removed);
-        }
-        if self.fresh.len() < self.limits.max_sessions {
-            self.fresh.insert(session, next);
         }
         self.effects.flush = true;
         self.effects.events.push(EdgeEvent::Removed { session });
