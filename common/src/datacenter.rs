@@ -62,6 +62,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 /// is full the oldest is forgotten: an `Ack` of a later copy confirms it too.
 pub const MAX_UNCONFIRMED_COPIES: usize = 16;
 
+/// Most providers a session remembers it removed (never dispatched to it again).
+pub const MAX_REMOVED_PER_SESSION: usize = 4;
+
 /// When a server-side change (dispatch) counts as committed for the datacenter's own report
 /// ([`DcEvent::ServerChangeCommitted`], `server_changes_committed`). Whatever the mode, the
 /// devices report commits by the chain rule (docs/PROTOCOL.md): a dispatch is never the
@@ -302,6 +305,8 @@ struct Entry<A: Application> {
     sealed: SealedDigest,
     chain: Chain,
     pending: Option<Pending>,
+    /// Providers removed from this session (bounded): never dispatched to it again.
+    removed: Vec<DeviceId>,
 }
 
 impl<A: Application> Entry<A> {
@@ -521,6 +526,7 @@ impl<A: Application> DatacenterCore<A> {
                 sealed,
                 chain,
                 pending: None,
+                removed: Vec::new(),
             },
         );
         if let Some(old) = old {
@@ -1032,14 +1038,23 @@ impl<A: Application> DatacenterCore<A> {
         body: DigestBody<A::State>,
         chain: Chain,
     ) {
-        let old: Vec<DeviceId> = self
+        let (old, mut removed): (Vec<DeviceId>, Vec<DeviceId>) = self
             .sessions
             .get(&session)
-            .map(|e| e.header.participants().collect())
+            .map(|e| (e.header.participants().collect(), e.removed.clone()))
             .unwrap_or_default();
         let header = sealed.header.clone();
         self.effects.persist.push((session, sealed.clone()));
         self.insert(header.clone(), body, sealed, chain);
+        for d in &old {
+            if header.role_of(*d).is_none() && !removed.contains(d) {
+                removed.push(*d);
+            }
+        }
+        removed.truncate(MAX_REMOVED_PER_SESSION);
+        if let Some(e) = self.sessions.get_mut(&session) {
+            e.removed = removed;
+        }
         for d in old {
             if header.role_of(d).is_none() && d != from {
                 self.stats.removed += 1;
@@ -1075,6 +1090,11 @@ impl<A: Application> DatacenterCore<A> {
     }
 
     fn tell_removed(&mut self, session: SessionId, device: DeviceId) -> UploadOutcome {
+        if let Some(e) = self.sessions.get_mut(&session) {
+            if !e.removed.contains(&device) && e.removed.len() < MAX_REMOVED_PER_SESSION {
+                e.removed.push(device);
+            }
+        }
         self.stats.removed += 1;
         self.effects
             .events
@@ -1321,7 +1341,8 @@ impl<A: Application> DatacenterCore<A> {
                 deferred.push(session);
                 continue;
             }
-            let Some(driver) = self.next_driver(entry.header.rider) else {
+            let removed = entry.removed.clone();
+            let Some(driver) = self.next_driver(entry.header.rider, &removed) else {
                 self.waiting.push_front(session);
                 break;
             };
@@ -1362,11 +1383,18 @@ impl<A: Application> DatacenterCore<A> {
         self.waiting.extend(deferred);
     }
 
-    fn next_driver(&mut self, rider: DeviceId) -> Option<DeviceId> {
+    /// The next available driver, other than the rider and the providers removed from this
+    /// session (a provider assigned to it again would reuse the op ids of its earlier
+    /// branch: its seqs restart when it drops the session).
+    fn next_driver(&mut self, rider: DeviceId, removed: &[DeviceId]) -> Option<DeviceId> {
         let mut skipped = Vec::new();
         let mut found = None;
         while let Some(d) = self.pool.pop_front() {
             if !self.in_pool.contains(&d) {
+                continue;
+            }
+            if removed.contains(&d) {
+                skipped.push(d);
                 continue;
             }
             let ok = d != rider
