@@ -126,6 +126,7 @@ fn restore(c: &mut Criterion) {
                             digest,
                             committed: true,
                             known_committed: Default::default(),
+                            known_committed_driver: None,
                         }],
                     );
                 }

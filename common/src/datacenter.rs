@@ -738,6 +738,7 @@ impl<A: Application> DatacenterCore<A> {
             digest: sealed,
             committed,
             known_committed,
+            known_committed_driver,
         } = copy;
         let session = sealed.header.session;
         let outcome = self.judge_upload(device, sealed, committed);
@@ -745,7 +746,9 @@ impl<A: Application> DatacenterCore<A> {
             return outcome;
         }
         if !known_committed.is_empty() {
-            self.learn_committed(session, &known_committed, device);
+            if !self.learn_committed(session, &known_committed, device) {
+                self.learn_ancestor(session, &known_committed, known_committed_driver);
+            }
         }
         self.tell_committed(session, device, &known_committed);
         outcome
@@ -780,14 +783,58 @@ impl<A: Application> DatacenterCore<A> {
         ));
     }
 
-    /// `by` (a participant) knows `version` is committed: if it is a copy of our line (the
-    /// current one, or one still waiting), it is confirmed.
-    fn learn_committed(&mut self, session: SessionId, version: &VersionVector, by: DeviceId) {
-        let Some(entry) = self.sessions.get(&session) else {
+    /// A participant knows `version` (naming `driver`) is committed and our copy descends
+    /// from it (dominates it: a committed copy's content is in every copy dominating it).
+    /// We did not record it (a restart, or it was confirmed elsewhere), so only what it
+    /// says about the chain is kept: the line up to it is committed, and who holds the
+    /// chain after it. Nobody else is told (we hold no watermarks of it).
+    fn learn_ancestor(
+        &mut self,
+        session: SessionId,
+        version: &VersionVector,
+        driver: Option<DeviceId>,
+    ) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
             return;
         };
-        if entry.header.role_of(by).is_none() {
+        if !matches!(
+            entry.header.version.compare(version),
+            VersionOrder::Newer | VersionOrder::Equal
+        ) {
             return;
+        }
+        let newer = match &entry.chain.confirmed {
+            None => true,
+            Some((v, _)) => version.compare(v) == VersionOrder::Newer,
+        };
+        if newer {
+            entry.chain.confirmed = Some((version.clone(), driver));
+            entry.chain.confirmed_marks = Vec::new();
+            // A provider connected here may be the one waiting to learn it holds the chain.
+            let others: Vec<DeviceId> = entry
+                .header
+                .participants()
+                .filter(|d| self.connected.contains_key(d))
+                .collect();
+            for d in others {
+                self.tell_committed(session, d, &VersionVector::new());
+            }
+        }
+    }
+
+    /// `by` (a participant) knows `version` is committed: if it is a copy of our line (the
+    /// current one, or one still waiting), it is confirmed. Whether it was.
+    fn learn_committed(
+        &mut self,
+        session: SessionId,
+        version: &VersionVector,
+        by: DeviceId,
+    ) -> bool {
+        let Some(entry) = self.sessions.get(&session) else {
+            return false;
+        };
+        if entry.header.role_of(by).is_none() {
+            return false;
         }
         let known = if entry.header.version == *version {
             Some((entry.header.driver, entry.body.dedup.clone()))
@@ -799,8 +846,12 @@ impl<A: Application> DatacenterCore<A> {
                 .find(|u| u.version == *version)
                 .map(|u| (u.driver, u.dedup.clone()))
         };
-        if let Some((driver, dedup)) = known {
-            self.confirm(session, version, driver, dedup, by);
+        match known {
+            Some((driver, dedup)) => {
+                self.confirm(session, version, driver, dedup, by);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1457,7 +1508,7 @@ impl<A: Application> DatacenterCore<A> {
             return;
         }
         // Only a copy of this line counts: one recorded as waiting, or the current one.
-        self.learn_committed(session, &version, device);
+        let _ = self.learn_committed(session, &version, device);
     }
 
     fn reply(

@@ -93,6 +93,8 @@ pub struct HeldSession<A: Application> {
     /// The newest version this device knows is committed: it never persists a copy that
     /// does not dominate (or equal) it, so it never leaves the chain it knows.
     pub committed_version: VersionVector,
+    /// The provider `committed_version` names.
+    pub committed_driver: Option<DeviceId>,
 }
 
 /// A write to the device store.
@@ -460,6 +462,7 @@ impl<A: Application> EdgeCore<A> {
             digest: h.digest.clone(),
             committed: h.committed,
             known_committed: h.committed_version.clone(),
+            known_committed_driver: h.committed_driver,
         }
     }
 
@@ -599,10 +602,12 @@ impl<A: Application> EdgeCore<A> {
             VersionOrder::Newer | VersionOrder::Equal
         ) {
             h.committed_version = version.clone();
+            h.committed_driver = driver;
         }
         if ours_on_chain && !h.committed {
             h.committed = true;
             h.committed_version = h.digest.header.version.clone();
+            h.committed_driver = h.digest.header.driver;
             let h = h.clone();
             self.effects.writes.push(StoreWrite::PutSession(session, h));
             self.effects.flush = true;
@@ -778,6 +783,7 @@ impl<A: Application> EdgeCore<A> {
                     if let Some(h) = self.held.get_mut(&session) {
                         h.committed = true;
                         h.committed_version = theirs.clone();
+                        h.committed_driver = h.digest.header.driver;
                         let h = h.clone();
                         self.effects.writes.push(StoreWrite::PutSession(session, h));
                         self.effects.flush = true;
@@ -823,10 +829,10 @@ impl<A: Application> EdgeCore<A> {
                 replaced: Some(view),
             });
         }
-        let committed_version = match self.held.get(&session) {
-            Some(h) if !committed => h.committed_version.clone(),
-            _ if committed => theirs.clone(),
-            _ => VersionVector::new(),
+        let (committed_version, committed_driver) = match self.held.get(&session) {
+            Some(h) if !committed => (h.committed_version.clone(), h.committed_driver),
+            _ if committed => (theirs.clone(), u.digest.header.driver),
+            _ => (VersionVector::new(), None),
         };
         let held: HeldSession<A> = HeldSession {
             next_seq: next_seq.max(u.your_last_seq.saturating_add(1)),
@@ -836,6 +842,7 @@ impl<A: Application> EdgeCore<A> {
             committed_seq: marks.0,
             committed_bits: marks.1,
             committed_version,
+            committed_driver,
             view: u.view,
             digest: u.digest,
         };

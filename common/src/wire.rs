@@ -164,6 +164,8 @@ pub struct OfferedCopy {
     /// holder, or a datacenter's confirmation); empty if none. A datacenter whose line holds
     /// that version learns it is committed (say, a hand-over whose `Ack` a crash lost).
     pub known_committed: VersionVector,
+    /// The provider `known_committed` names.
+    pub known_committed_driver: Option<DeviceId>,
 }
 
 /// What the datacenter decided about one uploaded digest.

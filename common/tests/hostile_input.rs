@@ -76,6 +76,7 @@ fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
                         digest: digest.clone(),
                         committed: more,
                         known_committed: Default::default(),
+                        known_committed_driver: None,
                     };
                     n
                 ],
@@ -233,6 +234,7 @@ fn random_bytes_loop() {
                 digest: digest.clone(),
                 committed: true,
                 known_committed: Default::default(),
+                known_committed_driver: None,
             }],
             more: false,
         })

@@ -30,6 +30,7 @@ fn claimed(digest: SealedDigest) -> OfferedCopy {
         digest,
         committed: true,
         known_committed: Default::default(),
+        known_committed_driver: None,
     }
 }
 
@@ -787,6 +788,7 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
         digest: forged.clone(),
         committed: false,
         known_committed: Default::default(),
+        known_committed_driver: None,
     };
     dc.handle_connect(now, driver, false, vec![offered]);
     let results = welcome_results(dc);

@@ -468,6 +468,7 @@ mod tests {
             committed_seq: 1,
             committed_bits: 1,
             committed_version: lifeboat_common::VersionVector::new(),
+            committed_driver: None,
         }
     }
 

@@ -116,6 +116,7 @@ impl RawDevice {
                 digest,
                 committed: false,
                 known_committed: Default::default(),
+                known_committed_driver: None,
             })
             .collect();
         c.send(&ClientMsg::Hello {

@@ -475,6 +475,7 @@ async fn connect_upload_over_its_limits_is_refused() -> anyhow::Result<()> {
         digest,
         committed: true,
         known_committed: Default::default(),
+        known_committed_driver: None,
     };
 
     // More upload frames than allowed.

@@ -302,6 +302,7 @@ impl World {
                             digest,
                             committed: claim,
                             known_committed,
+                            known_committed_driver: None,
                         }
                     })
                     .collect();
