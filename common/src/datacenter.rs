@@ -745,10 +745,8 @@ impl<A: Application> DatacenterCore<A> {
         if matches!(outcome, UploadOutcome::Refused(_)) || known_committed.validate().is_err() {
             return outcome;
         }
-        if !known_committed.is_empty() {
-            if !self.learn_committed(session, &known_committed, device) {
-                self.learn_ancestor(session, &known_committed, known_committed_driver);
-            }
+        if !known_committed.is_empty() && !self.learn_committed(session, &known_committed, device) {
+            self.learn_ancestor(session, &known_committed, known_committed_driver);
         }
         self.tell_committed(session, device, &known_committed);
         outcome
