@@ -47,7 +47,8 @@ pub struct EdgeConfig {
     /// While connected to any datacenter but the first of `datacenters`, try the more
     /// preferred ones this often and move back when one answers (`None`: stay). This is what
     /// brings the two participants of a session back to the same datacenter after a
-    /// failback, before either's restore barrier times out (S9, S13). Failed probes back off
+    /// failback or a split, where the ops that wait for the session's anchor commit (S9,
+    /// S13; docs/PROTOCOL.md). Failed probes back off
     /// exponentially up to [`EdgeConfig::HOME_PROBE_MAX`].
     pub home_probe: Option<Duration>,
     /// Share what probes learned between many clients in one process (a simulation); each
