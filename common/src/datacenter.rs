@@ -470,15 +470,7 @@ impl<A: Application> DatacenterCore<A> {
     /// Whether this datacenter knows its copy of `id` is committed (the chain holder
     /// confirmed exactly this version).
     pub fn is_confirmed(&self, id: SessionId) -> bool {
-        self.sessions
-            .get(&id)
-            .and_then(|e| {
-                e.chain
-                    .confirmed
-                    .as_ref()
-                    .map(|(v, _)| *v == e.header.version)
-            })
-            .unwrap_or(false)
+        self.sessions.get(&id).is_some_and(Entry::committed)
     }
 
     /// All sessions: id, header and state.

@@ -1057,11 +1057,9 @@ impl<A: Application> EdgeCore<A> {
         }
     }
 
-    /// Resolve an op as failed (never committed).
-    fn fail(&mut self, session: SessionId, seq: u64, reason: SubmitError) {
-        if self.outbox.remove(&(session, seq)).is_none() {
-            return;
-        }
+    /// Take an op out of the outbox and the store; `None` if it was resolved already.
+    fn take_op(&mut self, session: SessionId, seq: u64) -> Option<(OpId, Queued<A>)> {
+        let q = self.outbox.remove(&(session, seq))?;
         let id = OpId {
             session,
             device: self.device,
@@ -1069,10 +1067,11 @@ impl<A: Application> EdgeCore<A> {
         };
         self.effects.writes.push(StoreWrite::DeleteOp(id));
         self.effects.flush = true;
-        if seq == 1 && !self.held.contains_key(&session) {
-            // The create failed: nothing of this session exists anywhere.
-            self.fresh.remove(&session);
-        }
+        Some((id, q))
+    }
+
+    /// Tell the app an op failed (it was taken out of the outbox).
+    fn report_failure(&mut self, id: OpId, reason: SubmitError) {
         self.effects.events.push(EdgeEvent::OpRejected {
             op: id,
             reason: reason.clone(),
@@ -1080,18 +1079,23 @@ impl<A: Application> EdgeCore<A> {
         self.effects.resolved.push((id, Err(reason)));
     }
 
-    /// Resolve an op from a committed copy's record of it.
-    fn resolve(&mut self, session: SessionId, seq: u64, applied: bool, version: &VersionVector) {
-        let Some(q) = self.outbox.remove(&(session, seq)) else {
+    /// Resolve an op as failed (never committed).
+    fn fail(&mut self, session: SessionId, seq: u64, reason: SubmitError) {
+        let Some((id, _)) = self.take_op(session, seq) else {
             return;
         };
-        let id = OpId {
-            session,
-            device: self.device,
-            seq,
+        if seq == 1 && !self.held.contains_key(&session) {
+            // The create failed: nothing of this session exists anywhere.
+            self.fresh.remove(&session);
+        }
+        self.report_failure(id, reason);
+    }
+
+    /// Resolve an op from a committed copy's record of it.
+    fn resolve(&mut self, session: SessionId, seq: u64, applied: bool, version: &VersionVector) {
+        let Some((id, q)) = self.take_op(session, seq) else {
+            return;
         };
-        self.effects.writes.push(StoreWrite::DeleteOp(id));
-        self.effects.flush = true;
         if applied {
             let duplicate = match q.answered {
                 Some(OpOutcome::Duplicate { .. } | OpOutcome::AlreadyProcessed) => true,
@@ -1114,11 +1118,7 @@ impl<A: Application> EdgeCore<A> {
                 "rejected on an earlier attempt".into(),
             ))),
         };
-        self.effects.events.push(EdgeEvent::OpRejected {
-            op: id,
-            reason: reason.clone(),
-        });
-        self.effects.resolved.push((id, Err(reason)));
+        self.report_failure(id, reason);
     }
 
     /// Report every op of `session` the held copy settles: a committed copy that covers it

@@ -537,27 +537,15 @@ fn a_drivers_op_waits_for_the_rider_to_persist_the_hand_over() {
     r.connect(rider, 0, false);
     let s = SessionId(78);
     // The rider's link drops after its request: the dispatch push never reaches it.
-    r.edges
-        .get_mut(&rider)
-        .expect("rider")
-        .submit(
-            s,
-            TripOp::Request {
-                pickup: P,
-                dropoff: Q,
-            },
-        )
-        .expect("queued");
-    let fx = r.edges.get_mut(&rider).expect("rider").poll_effects();
-    let now = r.now;
-    for m in fx.send {
-        if let ClientMsg::Submit { session, seq, op } = m {
-            r.dcs[0]
-                .as_mut()
-                .expect("up")
-                .handle_submit(now, rider, session, seq, op);
-        }
-    }
+    r.submit_without_answer(
+        rider,
+        0,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
     r.kill_link(rider);
     r.pump();
     assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
@@ -698,6 +686,29 @@ fn welcome_results(dc: &mut DatacenterCore<Trip>) -> Vec<lifeboat_common::wire::
 }
 
 impl Region {
+    /// Queue an op on `d` and hand it to datacenter `dc` directly, pumping nothing: what the
+    /// datacenter answers and pushes stays in its effects (a caller that cuts the link next
+    /// makes them lost to `d`).
+    fn submit_without_answer(&mut self, d: DeviceId, dc: usize, s: SessionId, op: TripOp) -> OpId {
+        let id = self
+            .edges
+            .get_mut(&d)
+            .expect("device")
+            .submit(s, op)
+            .expect("queued");
+        let fx = self.edges.get_mut(&d).expect("device").poll_effects();
+        let now = self.now;
+        for m in fx.send {
+            if let ClientMsg::Submit { session, seq, op } = m {
+                self.dcs[dc]
+                    .as_mut()
+                    .expect("up")
+                    .handle_submit(now, d, session, seq, op);
+            }
+        }
+        id
+    }
+
     fn kill_link(&mut self, d: DeviceId) {
         if let Some(l) = self.link.remove(&d) {
             if let Some(dc) = self.dcs[l].as_mut() {
@@ -1563,22 +1574,7 @@ fn s13_a_rider_back_from_a_branch_beside_an_already_confirmed_copy_is_answered()
     // reply is lost, and so is the confirmation.
     let seq = r.edges[&rider].held(s).unwrap().next_seq;
     r.drop_replies_to.push((rider, s, seq));
-    let cancel = r
-        .edges
-        .get_mut(&rider)
-        .unwrap()
-        .submit(s, TripOp::Cancel)
-        .unwrap();
-    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
-    let now = r.now;
-    for m in fx.send {
-        if let ClientMsg::Submit { session, seq, op } = m {
-            r.dcs[0]
-                .as_mut()
-                .unwrap()
-                .handle_submit(now, rider, session, seq, op);
-        }
-    }
+    let cancel = r.submit_without_answer(rider, 0, s, TripOp::Cancel);
     r.kill_link(rider);
     r.pump();
     assert!(
@@ -1620,27 +1616,15 @@ fn review_a_rider_that_persisted_one_hand_over_never_takes_another_datacenters_b
     r.connect(d1, 0, true);
     r.connect(rider, 0, false);
     let s = SessionId(61);
-    r.edges
-        .get_mut(&rider)
-        .unwrap()
-        .submit(
-            s,
-            TripOp::Request {
-                pickup: P,
-                dropoff: Q,
-            },
-        )
-        .unwrap();
-    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
-    let now = r.now;
-    for m in fx.send {
-        if let ClientMsg::Submit { session, seq, op } = m {
-            r.dcs[0]
-                .as_mut()
-                .unwrap()
-                .handle_submit(now, rider, session, seq, op);
-        }
-    }
+    r.submit_without_answer(
+        rider,
+        0,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
     r.kill_link(rider);
     r.pump();
     assert_eq!(r.dc(0).session(s).unwrap().0.driver, Some(d1));
@@ -1722,21 +1706,7 @@ fn review_a_copy_loaded_from_disk_is_confirmed_by_the_chain_holder_at_once() {
     );
     r.submit(driver, s, TripOp::Arrived);
     // The rider's cancel is applied at dc1 and persisted; nothing else leaves.
-    r.edges
-        .get_mut(&rider)
-        .unwrap()
-        .submit(s, TripOp::Cancel)
-        .unwrap();
-    let fx = r.edges.get_mut(&rider).unwrap().poll_effects();
-    let now = r.now;
-    for m in fx.send {
-        if let ClientMsg::Submit { session, seq, op } = m {
-            r.dcs[0]
-                .as_mut()
-                .unwrap()
-                .handle_submit(now, rider, session, seq, op);
-        }
-    }
+    r.submit_without_answer(rider, 0, s, TripOp::Cancel);
     let on_disk = r.dcs[0]
         .as_mut()
         .unwrap()
