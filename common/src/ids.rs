@@ -13,23 +13,37 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Ids print one way everywhere: `Debug` (what `{:?}` of a whole struct shows, in logs and
+/// examples) is the same short form as `Display` (`s0d195bba8588457`, `d42`, `dc2`,
+/// `r99636c0b`, `s…/d42#7`), so one id never shows up in two spellings.
+macro_rules! debug_as_display {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+debug_as_display!(SessionId, DeviceId, DatacenterId, ReplicaId, OpId);
+
 /// One session (a trip, in the built-in model).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
 
 /// One edge device (a phone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeviceId(pub u64);
 
 /// One datacenter of a region. Each datacenter owns one slot of every version vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DatacenterId(pub u16);
 
 /// One slot of the version vector: a datacenter's store. Chosen at random when a data
 /// directory is created and kept in it, so a datacenter that comes back with a lost disk
 /// gets a fresh slot and can never produce a version equal to one it made before (which a
 /// device may still hold with different contents).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ReplicaId(pub u32);
 
 impl fmt::Display for ReplicaId {
@@ -40,7 +54,7 @@ impl fmt::Display for ReplicaId {
 
 /// Stable identity of an op: the session it targets, the device that submitted it, and that
 /// device's sequence number within the session (1, 2, 3, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OpId {
     pub session: SessionId,
     pub device: DeviceId,

@@ -46,7 +46,7 @@ pub enum VersionOrder {
 }
 
 /// A version vector (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector {
     entries: Vec<(ReplicaId, u64)>,
 }
@@ -182,6 +182,13 @@ impl VersionVector {
             self.compare(other),
             VersionOrder::Equal | VersionOrder::Newer
         )
+    }
+}
+
+/// `Debug` is the short `Display` form (`{r99636c0b:3,r1a2b3c4d:1}`), as for the ids.
+impl fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
