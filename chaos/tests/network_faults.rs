@@ -197,7 +197,7 @@ async fn partition_a_driver_cut_off_for_seconds_mid_trip_reconnects_and_loses_no
             tokio::spawn(async move {
                 // Ends when the client's event channel closes, or is aborted below.
                 loop {
-                    match events.recv().await {
+                    match events.recv().await.map(|t| t.event) {
                         Ok(ClientEvent::Disconnected { .. }) => {
                             disconnects.fetch_add(1, Ordering::Relaxed);
                         }

@@ -28,14 +28,18 @@
 //! - Waiting is visible: when ops are answered on a copy nobody has confirmed yet, or the
 //!   datacenter holds a branch the chain holder has not confirmed, the app is told why
 //!   ([`EdgeEvent::Waiting`]).
-//! - C6: the outbox, the in-flight ops per session, the retries and the held sessions are
-//!   bounded; at most one re-upload per session is outstanding.
+//! - Every op's outcome reaches the app (see [`crate::op_outcome`]): a decided op's record
+//!   replaces the queued op in the store in one write and stays there, readable, until the
+//!   app acknowledges it; the time it was decided is the core's time ([`EdgeCore::set_time`]).
+//! - C6: the outbox, the in-flight ops per session, the retries, the held sessions and the
+//!   unacknowledged outcomes are bounded; at most one re-upload per session is outstanding.
 
 use crate::app::{AppRejection, Application};
 use crate::dedup::DEDUP_WINDOW;
 use crate::digest::SealedDigest;
 use crate::ids::{DatacenterId, DeviceId, OpId, SessionId};
 use crate::keyring::DeviceToken;
+use crate::op_outcome::{OpOutcomeRecord, OpStatus, OutcomeBook};
 use crate::version::{VersionOrder, VersionVector};
 use crate::wire::{
     ClientMsg, OfferedCopy, OpOutcome, OpRejection, SessionUpdate, UploadOutcome, UploadRefusal,
@@ -58,6 +62,9 @@ pub struct EdgeLimits {
     /// one is. Dropping is safe for C3: the datacenter keeps its own tombstone, and that is
     /// what refuses an older live digest.
     pub max_tombstones: usize,
+    /// Decided op outcomes kept until the app acknowledges them; beyond it the oldest is
+    /// dropped (see [`crate::op_outcome`]).
+    pub max_outcomes: usize,
 }
 
 impl Default for EdgeLimits {
@@ -67,6 +74,7 @@ impl Default for EdgeLimits {
             max_sessions: 256,
             max_retries: 120,
             max_tombstones: 64,
+            max_outcomes: 1024,
         }
     }
 }
@@ -102,7 +110,11 @@ pub struct HeldSession<A: Application> {
 pub enum StoreWrite<A: Application> {
     PutSession(SessionId, HeldSession<A>),
     DeleteSession(SessionId),
+    /// Queue an op (the op's key holds [`crate::op_outcome::OpRecord::Queued`]).
     PutOp(OpId, A::Op),
+    /// The op was decided: its key now holds the outcome (one write replaces the op).
+    PutOutcome(OpOutcomeRecord<A>),
+    /// Forget an op's key (its outcome was acknowledged, or dropped beyond the bound).
     DeleteOp(OpId),
 }
 
@@ -128,7 +140,7 @@ pub enum SubmitError {
 }
 
 /// A committed op.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     pub op: OpId,
     /// The version of a committed copy that covers the op.
@@ -192,6 +204,66 @@ pub enum EdgeEvent<A: Application> {
         op: OpId,
         reason: SubmitError,
     },
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WaitReason::ChainHolderAway => {
+                "answered, waiting for the session's anchor device to persist it"
+            }
+            WaitReason::BranchNotConfirmed => {
+                "the datacenter holds a copy nobody confirmed; waiting for the anchor device"
+            }
+        })
+    }
+}
+
+impl<A: Application> std::fmt::Display for EdgeEvent<A> {
+    /// One short line (the view itself is in `sessions()`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EdgeEvent::SessionUpdated {
+                session,
+                version,
+                committed,
+                ..
+            } => {
+                let c = if *committed {
+                    "committed"
+                } else {
+                    "not committed yet"
+                };
+                write!(f, "{session} updated to {version} ({c})")
+            }
+            EdgeEvent::ServerChangeCommitted { session, version } => {
+                write!(f, "{session}: change committed at {version}")
+            }
+            EdgeEvent::Conflict {
+                session,
+                ours,
+                theirs,
+                replaced,
+            } => match replaced {
+                Some(_) => write!(
+                    f,
+                    "{session}: our unconfirmed copy {ours} gave way to the committed {theirs}"
+                ),
+                None => write!(
+                    f,
+                    "{session}: kept our committed copy {ours}, refused {theirs}"
+                ),
+            },
+            EdgeEvent::Waiting { session, reason } => write!(f, "{session} waits: {reason}"),
+            EdgeEvent::Removed { session } => {
+                write!(f, "{session}: this device is no longer a participant")
+            }
+            EdgeEvent::UploadRefused { session, reason } => {
+                write!(f, "{session}: upload refused: {reason}")
+            }
+            EdgeEvent::OpRejected { op, reason } => write!(f, "op {op} failed: {reason}"),
+        }
+    }
 }
 
 /// Outputs of a batch of inputs, in the order the driver must carry them out.
@@ -317,11 +389,16 @@ pub struct EdgeCore<A: Application> {
     reuploading: HashSet<SessionId>,
     /// Sessions whose app was told they wait (cleared when nothing waits any more).
     waiting: HashSet<SessionId>,
+    /// Decided ops the app has not acknowledged.
+    outcomes: OutcomeBook<A>,
+    /// The time the driver last gave (unix ms): stamps decided outcomes.
+    now_ms: u64,
     effects: EdgeEffects<A>,
 }
 
 impl<A: Application> EdgeCore<A> {
     pub fn new(device: DeviceId, limits: EdgeLimits) -> Self {
+        let limits_outcomes = limits.max_outcomes;
         Self {
             device,
             limits,
@@ -332,8 +409,16 @@ impl<A: Application> EdgeCore<A> {
             tombstones: std::collections::VecDeque::new(),
             reuploading: HashSet::new(),
             waiting: HashSet::new(),
+            outcomes: OutcomeBook::new(limits_outcomes),
+            now_ms: 0,
             effects: EdgeEffects::default(),
         }
+    }
+
+    /// The current wall-clock time (unix ms), from the driver: outcomes decided from now on
+    /// carry it. The core reads no clock itself.
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
     }
 
     pub fn device(&self) -> DeviceId {
@@ -377,6 +462,69 @@ impl<A: Application> EdgeCore<A> {
                 answered: None,
             },
         );
+    }
+
+    /// Restore a decided, unacknowledged outcome from the device store at start-up (call in
+    /// the order they were decided).
+    pub fn load_outcome(&mut self, rec: OpOutcomeRecord<A>) {
+        let id = rec.id;
+        if let Some(h) = self.held.get_mut(&id.session) {
+            h.next_seq = h.next_seq.max(id.seq.saturating_add(1));
+        }
+        for dropped in self.outcomes.record(rec) {
+            self.effects.writes.push(StoreWrite::DeleteOp(dropped));
+        }
+    }
+
+    /// Where op `id` stands (see [`OpStatus`]).
+    pub fn op_status(&self, id: OpId) -> OpStatus<A> {
+        if id.device == self.device {
+            if let Some(q) = self.outbox.get(&(id.session, id.seq)) {
+                return OpStatus::Queued { op: q.op.clone() };
+            }
+        }
+        match self.outcomes.get(id) {
+            Some(rec) => OpStatus::Decided(rec.clone()),
+            None => OpStatus::Unknown,
+        }
+    }
+
+    /// The ops queued on this device and not decided yet, in (session, seq) order.
+    pub fn queued_ops(&self) -> Vec<(OpId, A::Op)> {
+        self.outbox
+            .iter()
+            .map(|((session, seq), q)| {
+                (
+                    OpId {
+                        session: *session,
+                        device: self.device,
+                        seq: *seq,
+                    },
+                    q.op.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Decided outcomes the app has not acknowledged, oldest first.
+    pub fn outcomes(&self) -> Vec<OpOutcomeRecord<A>> {
+        self.outcomes.unacknowledged()
+    }
+
+    /// Outcomes dropped unacknowledged beyond `max_outcomes` (since start).
+    pub fn outcomes_dropped(&self) -> u64 {
+        self.outcomes.dropped()
+    }
+
+    /// The app has handled op `id`'s outcome: forget it (from memory and the store; no flush
+    /// is needed: a crash that brings it back only delivers it once more). Returns whether an
+    /// unacknowledged outcome was held.
+    pub fn acknowledge(&mut self, id: OpId) -> bool {
+        let held = self.outcomes.acknowledge(id);
+        if held {
+            self.effects.writes.push(StoreWrite::DeleteOp(id));
+        }
+        held
     }
 
     pub fn held(&self, session: SessionId) -> Option<&HeldSession<A>> {
@@ -1057,7 +1205,8 @@ impl<A: Application> EdgeCore<A> {
         }
     }
 
-    /// Take an op out of the outbox and the store; `None` if it was resolved already.
+    /// Take an op out of the outbox (its store key is rewritten with its outcome by
+    /// [`EdgeCore::decide`]); `None` if it was resolved already.
     fn take_op(&mut self, session: SessionId, seq: u64) -> Option<(OpId, Queued<A>)> {
         let q = self.outbox.remove(&(session, seq))?;
         let id = OpId {
@@ -1065,30 +1214,44 @@ impl<A: Application> EdgeCore<A> {
             device: self.device,
             seq,
         };
-        self.effects.writes.push(StoreWrite::DeleteOp(id));
-        self.effects.flush = true;
         Some((id, q))
     }
 
-    /// Tell the app an op failed (it was taken out of the outbox).
-    fn report_failure(&mut self, id: OpId, reason: SubmitError) {
-        self.effects.events.push(EdgeEvent::OpRejected {
-            op: id,
-            reason: reason.clone(),
-        });
-        self.effects.resolved.push((id, Err(reason)));
+    /// Record an op's outcome (in place of the op, in one store write), keep it for the app
+    /// until acknowledged, and tell the app.
+    fn decide(&mut self, id: OpId, op: A::Op, result: Result<Commit, SubmitError>) {
+        let rec = OpOutcomeRecord {
+            id,
+            op,
+            result: result.clone(),
+            at_ms: self.now_ms,
+        };
+        self.effects
+            .writes
+            .push(StoreWrite::PutOutcome(rec.clone()));
+        for dropped in self.outcomes.record(rec) {
+            self.effects.writes.push(StoreWrite::DeleteOp(dropped));
+        }
+        self.effects.flush = true;
+        if let Err(reason) = &result {
+            self.effects.events.push(EdgeEvent::OpRejected {
+                op: id,
+                reason: reason.clone(),
+            });
+        }
+        self.effects.resolved.push((id, result));
     }
 
     /// Resolve an op as failed (never committed).
     fn fail(&mut self, session: SessionId, seq: u64, reason: SubmitError) {
-        let Some((id, _)) = self.take_op(session, seq) else {
+        let Some((id, q)) = self.take_op(session, seq) else {
             return;
         };
         if seq == 1 && !self.held.contains_key(&session) {
             // The create failed: nothing of this session exists anywhere.
             self.fresh.remove(&session);
         }
-        self.report_failure(id, reason);
+        self.decide(id, q.op, Err(reason));
     }
 
     /// Resolve an op from a committed copy's record of it.
@@ -1102,14 +1265,12 @@ impl<A: Application> EdgeCore<A> {
                 Some(_) => false,
                 None => q.maybe_applied,
             };
-            self.effects.resolved.push((
-                id,
-                Ok(Commit {
-                    op: id,
-                    version: version.clone(),
-                    duplicate,
-                }),
-            ));
+            let commit = Commit {
+                op: id,
+                version: version.clone(),
+                duplicate,
+            };
+            self.decide(id, q.op, Ok(commit));
             return;
         }
         let reason = match q.answered {
@@ -1118,7 +1279,7 @@ impl<A: Application> EdgeCore<A> {
                 "rejected on an earlier attempt".into(),
             ))),
         };
-        self.report_failure(id, reason);
+        self.decide(id, q.op, Err(reason));
     }
 
     /// Report every op of `session` the held copy settles: a committed copy that covers it

@@ -13,6 +13,7 @@
 //! - [`limits`]: the names of the limits a datacenter enforces (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
 //! - [`edge`]: the device-side state machine (outbox, held digests, replay);
+//! - [`op_outcome`]: how each op ended, kept for the app until it acknowledges it;
 //! - `fault` (feature `fault-injection`, off by default): deliberate bugs for the chaos
 //!   suite's checker tests;
 //! - [`samples`]: representative trip digests for benchmarks and size reports.
@@ -34,6 +35,7 @@ pub mod frame_io;
 pub mod ids;
 pub mod keyring;
 pub mod limits;
+pub mod op_outcome;
 pub mod samples;
 pub mod trip;
 pub mod version;

@@ -4,9 +4,10 @@
 
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::digest::SealedDigest;
-use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
+use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, StoreWrite, SubmitError};
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
+use lifeboat_common::op_outcome::OpStatus;
 use lifeboat_common::wire::{ClientMsg, OfferedCopy, ServerMsg, UploadOutcome};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripPhase, VersionOrder,
@@ -43,6 +44,8 @@ struct Region {
     drop_replies_to: Vec<(DeviceId, SessionId, u64)>,
     commits: Vec<(OpId, Result<Commit, SubmitError>)>,
     events: Vec<(DeviceId, EdgeEvent<Trip>)>,
+    /// Every device's store writes of op records, in order.
+    op_writes: Vec<(DeviceId, StoreWrite<Trip>)>,
     now: u64,
     durability: Durability,
     /// Sessions each datacenter asked its store to write.
@@ -61,6 +64,7 @@ impl Region {
             drop_replies_to: Vec::new(),
             commits: Vec::new(),
             events: Vec::new(),
+            op_writes: Vec::new(),
             now: 1_000,
             durability,
             persisted: vec![Default::default(); n_dcs as usize],
@@ -212,6 +216,19 @@ impl Region {
             let now = self.now;
             for (d, edge) in self.edges.iter_mut() {
                 let fx = edge.poll_effects();
+                self.op_writes.extend(
+                    fx.writes
+                        .into_iter()
+                        .filter(|w| {
+                            matches!(
+                                w,
+                                StoreWrite::PutOp(..)
+                                    | StoreWrite::PutOutcome(..)
+                                    | StoreWrite::DeleteOp(..)
+                            )
+                        })
+                        .map(|w| (*d, w)),
+                );
                 self.commits.extend(fx.resolved);
                 self.events.extend(fx.events.into_iter().map(|e| (*d, e)));
                 let Some(&l) = self.link.get(d) else {
@@ -1731,4 +1748,140 @@ fn review_a_copy_loaded_from_disk_is_confirmed_by_the_chain_holder_at_once() {
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert!(answers[0].1.is_ok(), "{answers:?}");
     assert!(r.dc(0).is_confirmed(s));
+}
+
+/// The key an op record write touches, and what it writes there.
+fn op_write_kind(w: &StoreWrite<Trip>) -> Option<(OpId, &'static str)> {
+    match w {
+        StoreWrite::PutOp(id, _) => Some((*id, "queued")),
+        StoreWrite::PutOutcome(rec) => Some((rec.id, "decided")),
+        StoreWrite::DeleteOp(id) => Some((*id, "deleted")),
+        _ => None,
+    }
+}
+
+/// Issue 17: an op killed "between leaving the queue and the app hearing of it" had no
+/// outcome anywhere. The outcome now replaces the queued record under the same key in one
+/// write, and stays readable until the app acknowledges it.
+#[test]
+fn a_decided_op_replaces_its_queued_record_in_one_write_and_stays_until_acknowledged() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    r.now += 5_000;
+    r.edges.get_mut(&driver).unwrap().set_time(r.now);
+    let id = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(r.committed(id));
+    let history: Vec<&'static str> = r
+        .op_writes
+        .iter()
+        .filter(|(d, _)| *d == driver)
+        .filter_map(|(_, w)| op_write_kind(w))
+        .filter(|(i, _)| *i == id)
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(
+        history,
+        vec!["queued", "decided"],
+        "the op's key goes from queued to decided, never through 'deleted'"
+    );
+    let edge = r.edges.get_mut(&driver).unwrap();
+    match edge.op_status(id) {
+        OpStatus::Decided(rec) => {
+            assert!(rec.result.is_ok(), "{rec:?}");
+            assert_eq!(rec.op, TripOp::Location { at: Q });
+            assert_eq!(rec.at_ms, 6_000, "stamped with the time the core was given");
+        }
+        other => panic!("expected a decided outcome, got {other:?}"),
+    }
+    assert!(edge.outcomes().iter().any(|o| o.id == id));
+    assert!(edge.queued_ops().is_empty());
+    assert!(edge.acknowledge(id));
+    assert!(!edge.acknowledge(id), "an outcome is acknowledged once");
+    assert_eq!(edge.op_status(id), OpStatus::Unknown);
+    let fx = edge.poll_effects();
+    assert!(
+        fx.writes
+            .iter()
+            .any(|w| matches!(w, StoreWrite::DeleteOp(i) if *i == id)),
+        "the acknowledgement deletes the record"
+    );
+}
+
+/// After a restart the app can read every outcome it did not acknowledge, and the device
+/// never reuses the seq of a decided op for a new one.
+#[test]
+fn outcomes_loaded_after_a_restart_are_readable_and_their_seqs_are_never_reused() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let id = r.submit(driver, s, TripOp::Location { at: Q });
+    assert!(r.committed(id));
+    let old = &r.edges[&driver];
+    let held = old.held(s).unwrap().clone();
+    let outcomes = old.outcomes();
+    assert_eq!(
+        outcomes.len(),
+        3,
+        "arrived, start and the location: {outcomes:?}"
+    );
+    // The restarted app: a new core loaded from what the store holds.
+    let mut restarted = EdgeCore::<Trip>::new(driver, EdgeLimits::default());
+    restarted.load_session(s, held);
+    for rec in outcomes {
+        restarted.load_outcome(rec);
+    }
+    assert!(matches!(restarted.op_status(id), OpStatus::Decided(_)));
+    let next = restarted.submit(s, TripOp::Complete).unwrap();
+    assert!(next.seq > id.seq, "{next} reuses a decided seq (last {id})");
+    assert!(matches!(
+        restarted.op_status(next),
+        OpStatus::Queued {
+            op: TripOp::Complete
+        }
+    ));
+}
+
+/// A failed op's outcome names the op and the reason; the app reads it like a commit.
+#[test]
+fn a_failed_op_is_recorded_with_its_reason() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    // The rider may not report positions: the application refuses it.
+    let id = r.submit(rider, s, TripOp::Location { at: Q });
+    let edge = &r.edges[&rider];
+    match edge.op_status(id) {
+        OpStatus::Decided(rec) => {
+            assert!(
+                matches!(rec.result, Err(SubmitError::Rejected(_))),
+                "{rec:?}"
+            );
+            assert_eq!(rec.id, id);
+        }
+        other => panic!("expected a failed outcome, got {other:?}"),
+    }
+}
+
+/// C6: unacknowledged outcomes are bounded; the oldest goes first, from the store too.
+#[test]
+fn unacknowledged_outcomes_beyond_the_bound_are_dropped_oldest_first() {
+    let mut r = Region::new(1, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(2));
+    let limits = EdgeLimits {
+        max_outcomes: 2,
+        ..EdgeLimits::default()
+    };
+    r.edges.insert(driver, EdgeCore::new(driver, limits));
+    let s = r.trip_on_the_road(rider, driver, 0);
+    let id = r.submit(driver, s, TripOp::Location { at: Q });
+    let edge = &r.edges[&driver];
+    let kept: Vec<u64> = edge.outcomes().iter().map(|o| o.id.seq).collect();
+    assert_eq!(kept, vec![id.seq - 1, id.seq], "the newest two are kept");
+    assert_eq!(edge.outcomes_dropped(), 1);
+    let first = OpId { seq: 1, ..id };
+    assert!(r
+        .op_writes
+        .iter()
+        .any(|(d, w)| *d == driver && matches!(w, StoreWrite::DeleteOp(i) if *i == first)));
 }

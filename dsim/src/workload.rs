@@ -80,13 +80,13 @@ impl FailoverWatch {
 
 /// Record every answer and every held copy the client reports, until it stops.
 pub async fn record_events(
-    mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
+    mut events: tokio::sync::broadcast::Receiver<lifeboat_edge::TimedEvent>,
     device: DeviceId,
     rec: Recorder,
     watch: Rc<FailoverWatch>,
 ) -> Result<(), String> {
     loop {
-        match events.recv().await {
+        match events.recv().await.map(|t| t.event) {
             Ok(ClientEvent::FailoverStarted { from }) => watch.failover_from(from),
             Ok(ClientEvent::OpResolved { op, result }) => {
                 let event = match result {

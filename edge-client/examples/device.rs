@@ -1,5 +1,7 @@
 //! A device on the command line: a rider who requests a trip, or a driver who drives the
-//! trips dispatch gives it. Prints every event, so a person can watch a failover happen.
+//! trips dispatch gives it. Prints every event as one short line with its time, so a person
+//! can watch a failover happen; after a restart it first prints the outcomes of ops the
+//! previous run did not get to handle (and acknowledges them).
 //!
 //! ```text
 //! cargo run -p lifeboat-edge --example device -- --device 1000 driver
@@ -69,13 +71,23 @@ async fn main() -> anyhow::Result<()> {
     let mut events = client.subscribe();
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
-            match e {
-                ClientEvent::Session(s) => println!("event: {s:?}"),
-                ClientEvent::OpResolved { .. } => {}
-                other => println!("event: {other:?}"),
+            // Op outcomes are printed by the code that submitted them.
+            if !matches!(e.event, ClientEvent::OpResolved { .. }) {
+                println!("{e}");
             }
         }
     });
+    // Outcomes decided before this start that the last run did not handle (it was killed).
+    let earlier = client.outcomes().await?;
+    for o in &earlier {
+        println!("from before the restart: {o}");
+    }
+    for (id, op) in client.queued_ops().await? {
+        println!("still queued from before the restart: op {id} ({op:?})");
+    }
+    client
+        .acknowledge(earlier.iter().map(|o| o.id).collect())
+        .await?;
     match a.role {
         Role::Rider => {
             let dropoff = GeoPoint {
@@ -83,13 +95,15 @@ async fn main() -> anyhow::Result<()> {
                 lon_e6: HERE.lon_e6,
             };
             let (trip, c) = client.request_trip(HERE, dropoff).await?;
+            client.acknowledge(vec![c.op]).await?;
             println!("requested trip {trip} (version {})", c.version);
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let s = client.sessions().await?;
                 if let Some(s) = s.iter().find(|s| s.session == trip) {
+                    let driver = s.driver.map(|d| d.to_string()).unwrap_or("none yet".into());
                     println!(
-                        "trip {trip}: {:?}, {} m so far",
+                        "trip {trip}: {:?}, driver {driver}, {} m so far",
                         s.view.phase, s.view.distance_m
                     );
                     if s.finished {
@@ -110,8 +124,10 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             };
             println!("assigned trip {trip}");
-            client.submit(trip, TripOp::Arrived).await?;
-            client.submit(trip, TripOp::StartTrip).await?;
+            for op in [TripOp::Arrived, TripOp::StartTrip] {
+                let c = client.submit(trip, op).await?;
+                client.acknowledge(vec![c.op]).await?;
+            }
             for k in 1..=steps {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 let at = GeoPoint {
@@ -119,9 +135,14 @@ async fn main() -> anyhow::Result<()> {
                     lon_e6: HERE.lon_e6,
                 };
                 let c = client.submit(trip, TripOp::Location { at }).await?;
-                println!("location {k}/{steps} committed at version {}", c.version);
+                client.acknowledge(vec![c.op]).await?;
+                println!(
+                    "location {k}/{steps}: op {} committed at {}",
+                    c.op, c.version
+                );
             }
             let c = client.submit(trip, TripOp::Complete).await?;
+            client.acknowledge(vec![c.op]).await?;
             println!("trip {trip} completed at version {}", c.version);
         },
     }

@@ -1,9 +1,10 @@
 //! A client for apps that do not run tokio: it owns a small runtime (one worker thread).
 
-use crate::client::{ClientEvent, EdgeClient, EdgeError, SessionSnapshot};
+use crate::client::{EdgeClient, EdgeError, SessionSnapshot, TimedEvent};
 use crate::config::EdgeConfig;
 use lifeboat_common::edge::Commit;
-use lifeboat_common::{GeoPoint, SessionId, TripOp};
+use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
+use lifeboat_common::{GeoPoint, OpId, SessionId, Trip, TripOp};
 use tokio::sync::broadcast;
 
 /// Blocking facade over [`EdgeClient`]; every call returns a `Result`, none panics.
@@ -44,8 +45,31 @@ impl BlockingEdgeClient {
         self.rt.block_on(self.inner.sessions())
     }
 
+    /// Queue an op; its id at once, the outcome later (event, `op_status`, `outcomes`).
+    pub fn enqueue(&self, session: SessionId, op: TripOp) -> Result<OpId, EdgeError> {
+        self.rt
+            .block_on(self.inner.enqueue(session, op))
+            .map(|(id, _)| id)
+    }
+
+    pub fn op_status(&self, id: OpId) -> Result<OpStatus<Trip>, EdgeError> {
+        self.rt.block_on(self.inner.op_status(id))
+    }
+
+    pub fn queued_ops(&self) -> Result<Vec<(OpId, TripOp)>, EdgeError> {
+        self.rt.block_on(self.inner.queued_ops())
+    }
+
+    pub fn outcomes(&self) -> Result<Vec<OpOutcomeRecord<Trip>>, EdgeError> {
+        self.rt.block_on(self.inner.outcomes())
+    }
+
+    pub fn acknowledge(&self, ids: Vec<OpId>) -> Result<usize, EdgeError> {
+        self.rt.block_on(self.inner.acknowledge(ids))
+    }
+
     /// Events; poll with `try_recv` or `blocking_recv`.
-    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<TimedEvent> {
         self.inner.subscribe()
     }
 

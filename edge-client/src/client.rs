@@ -24,12 +24,13 @@
 //! committed that is not on disk (C1); no API call panics.
 
 use crate::config::EdgeConfig;
-use crate::store::{EdgeStore, StoreError};
+use crate::store::{EdgeStore, RouteMemory, StoreError};
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
 use lifeboat_common::frame_io::read_frame;
+use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
 use lifeboat_common::wire::{encode_frame, ClientMsg, ServerMsg};
 use lifeboat_common::{
-    DatacenterId, DeviceId, GeoPoint, OpId, SessionId, Trip, TripOp, TripState, VersionVector,
+    DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripState, VersionVector,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -44,6 +45,10 @@ use tokio::time::Instant;
 
 /// Capacity of the app's command queue.
 const COMMAND_QUEUE: usize = 256;
+/// A datacenter that failed this recently goes to the back of the first round after a start.
+const REMEMBER_FAILURE: Duration = Duration::from_secs(10 * 60);
+/// Failed datacenters remembered at most.
+const MAX_REMEMBERED_FAILURES: usize = 16;
 /// Frames buffered from the connection reader.
 const FRAME_QUEUE: usize = 256;
 
@@ -61,11 +66,16 @@ pub enum ClientEvent {
     /// A more preferred datacenter answered again; the client moved there (no failover: the
     /// new connection was up before the old one closed).
     Moved { from: SocketAddr, to: SocketAddr },
-    /// The client is connected again; `stalled_ms` is how long it had none.
+    /// The failover is over, as the user felt it: the first op answered after the client
+    /// reconnected (or the reconnect itself, if nothing was queued). `stalled_ms` runs from
+    /// the first op the lost datacenter left unanswered (or, with none, from the last frame
+    /// it sent) to then; `detection_ms` is the part from the datacenter's last frame to the
+    /// moment the client gave the connection up.
     FailoverFinished {
         dc: DatacenterId,
         addr: SocketAddr,
         stalled_ms: u64,
+        detection_ms: u64,
     },
     /// Something happened to a session (update, conflict, rejection).
     Session(EdgeEvent<Trip>),
@@ -78,6 +88,61 @@ pub enum ClientEvent {
     StoreFailed(String),
 }
 
+/// An event and when it happened (unix ms, from the client's clock: `EdgeConfig::clock`).
+#[derive(Clone, Debug)]
+pub struct TimedEvent {
+    pub at_ms: u64,
+    pub event: ClientEvent,
+}
+
+impl std::fmt::Display for ClientEvent {
+    /// One short line, ids and versions in their one printed form.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientEvent::Connected { dc, addr } => write!(f, "connected to {dc} at {addr}"),
+            ClientEvent::ConnectFailed { addr, reason } => {
+                write!(f, "connect to {addr} failed: {reason}")
+            }
+            ClientEvent::Disconnected { addr, reason } => {
+                write!(f, "disconnected from {addr}: {reason}")
+            }
+            ClientEvent::FailoverStarted { from } => write!(f, "failover started: {from} lost"),
+            ClientEvent::Moved { from, to } => write!(f, "moved from {from} to {to}"),
+            ClientEvent::FailoverFinished {
+                dc,
+                addr,
+                stalled_ms,
+                detection_ms,
+            } => write!(
+                f,
+                "failover finished at {dc} ({addr}): stalled {stalled_ms} ms, of which detection {detection_ms} ms"
+            ),
+            ClientEvent::Session(e) => write!(f, "{e}"),
+            ClientEvent::OpResolved { op, result } => match result {
+                Ok(c) if c.duplicate => write!(f, "op {op} committed at {} (a retry)", c.version),
+                Ok(c) => write!(f, "op {op} committed at {}", c.version),
+                Err(e) => write!(f, "op {op} failed: {e}"),
+            },
+            ClientEvent::StoreFailed(e) => write!(f, "device store failed, client stopped: {e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for TimedEvent {
+    /// `HH:MM:SS.mmm` (UTC) and the event.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.at_ms % 86_400_000;
+        write!(
+            f,
+            "{:02}:{:02}:{:02}.{:03} {}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            self.event
+        )
+    }
+}
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("no datacenter configured")]
@@ -88,8 +153,13 @@ pub enum EdgeError {
     Store(#[from] StoreError),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Submit(#[from] SubmitError),
+    /// The op was not queued (nothing was recorded; the app may submit it again later).
+    #[error("not queued: {0}")]
+    Refused(SubmitError),
+    /// The op was queued as `op` and then failed for good (never applied; do not expect it
+    /// to be, and submit a new op if the action is still wanted).
+    #[error("op {op} failed: {error}")]
+    Failed { op: OpId, error: SubmitError },
     #[error("the client has stopped")]
     Closed,
     #[error("runtime: {0}")]
@@ -104,6 +174,11 @@ pub struct SessionSnapshot {
     pub view: TripState,
     pub finished: bool,
     pub committed: bool,
+    /// The participants the held copy names (from its authenticated header).
+    pub rider: DeviceId,
+    pub driver: Option<DeviceId>,
+    /// This device's part in the session.
+    pub role: Option<Role>,
     /// Sealed digest size in bytes.
     pub digest_bytes: usize,
 }
@@ -141,6 +216,10 @@ enum Command {
     },
     SetAvailable(bool),
     Sessions(oneshot::Sender<Vec<SessionSnapshot>>),
+    OpStatus(OpId, oneshot::Sender<OpStatus<Trip>>),
+    QueuedOps(oneshot::Sender<Vec<(OpId, TripOp)>>),
+    Outcomes(oneshot::Sender<Vec<OpOutcomeRecord<Trip>>>),
+    Acknowledge(Vec<OpId>, oneshot::Sender<usize>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -149,7 +228,7 @@ enum Command {
 pub struct EdgeClient {
     device: DeviceId,
     cmd: mpsc::Sender<Command>,
-    events: broadcast::Sender<ClientEvent>,
+    events: broadcast::Sender<TimedEvent>,
     stats: Arc<ClientStats>,
 }
 
@@ -227,6 +306,10 @@ impl EdgeClient {
         for (id, op) in loaded.ops {
             core.load_op(id, op);
         }
+        for rec in loaded.outcomes {
+            core.load_outcome(rec);
+        }
+        let route = store.load_route().unwrap_or_default();
         if loaded.unreadable > 0 {
             tracing::warn!(device = %cfg.device, unreadable = loaded.unreadable, "device store has unreadable records; left on disk, not loaded");
         }
@@ -251,6 +334,10 @@ impl EdgeClient {
             probe_board,
             cmd_rx,
             stopped: false,
+            route,
+            last_rx: None,
+            first_unanswered: None,
+            failover: None,
         };
         let device = actor.cfg.device;
         tokio::spawn(actor.run());
@@ -266,8 +353,11 @@ impl EdgeClient {
         self.device
     }
 
-    /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+    /// Events from now on, each with the time it happened. Events are notifications: an
+    /// op's outcome also stays readable ([`EdgeClient::outcomes`], [`EdgeClient::op_status`])
+    /// until the app acknowledges it, so a receiver that lagged or an app that was killed
+    /// loses none.
+    pub fn subscribe(&self) -> broadcast::Receiver<TimedEvent> {
         self.events.subscribe()
     }
 
@@ -294,10 +384,48 @@ impl EdgeClient {
     }
 
     /// Submit an op and wait until it is committed: applied by a datacenter and the digest
-    /// that covers it persisted (flushed) on this device.
+    /// that covers it persisted (flushed) on this device. A queued op that then fails is
+    /// [`EdgeError::Failed`] with its id; one that was not queued is [`EdgeError::Refused`].
     pub async fn submit(&self, session: SessionId, op: TripOp) -> Result<Commit, EdgeError> {
-        let (_, done) = self.enqueue(session, op).await?;
-        Ok(done.await.map_err(|_| EdgeError::Closed)??)
+        let (id, done) = self.enqueue(session, op).await?;
+        match done.await.map_err(|_| EdgeError::Closed)? {
+            Ok(c) => Ok(c),
+            Err(error) => Err(EdgeError::Failed { op: id, error }),
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EdgeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| EdgeError::Closed)?;
+        rx.await.map_err(|_| EdgeError::Closed)
+    }
+
+    /// Where op `id` stands: queued, decided (and not acknowledged yet), or unknown.
+    pub async fn op_status(&self, id: OpId) -> Result<OpStatus<Trip>, EdgeError> {
+        self.ask(|tx| Command::OpStatus(id, tx)).await
+    }
+
+    /// The ops queued on this device and not decided yet (also those queued before an app
+    /// restart, whose ids the app may never have seen).
+    pub async fn queued_ops(&self) -> Result<Vec<(OpId, TripOp)>, EdgeError> {
+        self.ask(Command::QueuedOps).await
+    }
+
+    /// Decided outcomes the app has not acknowledged, oldest first (see
+    /// `lifeboat_common::op_outcome` for the promise).
+    pub async fn outcomes(&self) -> Result<Vec<OpOutcomeRecord<Trip>>, EdgeError> {
+        self.ask(Command::Outcomes).await
+    }
+
+    /// The app has handled these outcomes: forget them. Returns how many were held.
+    pub async fn acknowledge(&self, ids: Vec<OpId>) -> Result<usize, EdgeError> {
+        self.ask(|tx| Command::Acknowledge(ids, tx)).await
     }
 
     /// Rider: request a trip (a new session with a fresh random id).
@@ -371,12 +499,20 @@ impl EdgeClient {
     }
 }
 
+/// A failover in progress, as the user feels it (see [`ClientEvent::FailoverFinished`]).
+struct FailoverClock {
+    stall_from: Instant,
+    detection_ms: u64,
+    /// Welcomed again: the datacenter; the failover ends at the next answered op.
+    reconnected: Option<(DatacenterId, SocketAddr)>,
+}
+
 struct Actor {
     cfg: EdgeConfig,
     core: EdgeCore<Trip>,
     store: EdgeStore,
     waiters: HashMap<OpId, Done>,
-    events: broadcast::Sender<ClientEvent>,
+    events: broadcast::Sender<TimedEvent>,
     stats: Arc<ClientStats>,
     endpoint: quinn::Endpoint,
     client_cfg: Arc<quinn::ClientConfig>,
@@ -386,6 +522,13 @@ struct Actor {
     stopped: bool,
     /// Jitter only (see `EdgeConfig::rng_seed`).
     rng: SmallRng,
+    /// Which datacenter this device last reached, and which failed (kept in the store).
+    route: RouteMemory,
+    /// The last frame from the current datacenter.
+    last_rx: Option<Instant>,
+    /// The first op sent since then (unanswered so far).
+    first_unanswered: Option<Instant>,
+    failover: Option<FailoverClock>,
 }
 
 enum Step {
@@ -462,20 +605,70 @@ async fn join_probe(
     }
 }
 
-fn snapshot(s: SessionId, h: &HeldSession<Trip>) -> SessionSnapshot {
+fn snapshot(me: DeviceId, s: SessionId, h: &HeldSession<Trip>) -> SessionSnapshot {
     SessionSnapshot {
         session: s,
         version: h.digest.header.version.clone(),
         view: h.view.clone(),
         finished: h.digest.header.tombstone,
         committed: h.committed,
+        rider: h.digest.header.rider,
+        driver: h.digest.header.driver,
+        role: h.digest.header.role_of(me),
         digest_bytes: h.digest.encoded_len(),
     }
 }
 
 impl Actor {
-    fn emit(&self, e: ClientEvent) {
-        let _ = self.events.send(e);
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(TimedEvent {
+            at_ms: self.cfg.clock.now_ms(),
+            event,
+        });
+    }
+
+    /// Give the core the time before it handles an input.
+    fn tick(&mut self) {
+        self.core.set_time(self.cfg.clock.now_ms());
+    }
+
+    /// The connection to `idx` is gone (not a move home): start the failover clock, once.
+    fn start_failover(&mut self, lost_at: Instant) {
+        let last_rx = self.last_rx.unwrap_or(lost_at);
+        if self.failover.is_none() {
+            self.failover = Some(FailoverClock {
+                stall_from: self.first_unanswered.unwrap_or(last_rx).min(lost_at),
+                detection_ms: lost_at.saturating_duration_since(last_rx).as_millis() as u64,
+                reconnected: None,
+            });
+        }
+        self.last_rx = None;
+        self.first_unanswered = None;
+    }
+
+    /// Welcomed by `dc`: the failover ends now if nothing waits, else at the next answer.
+    fn reconnected(&mut self, dc: DatacenterId, addr: SocketAddr) {
+        if let Some(f) = self.failover.as_mut() {
+            f.reconnected = Some((dc, addr));
+        }
+        if self.core.outbox_len() == 0 {
+            self.finish_failover();
+        }
+    }
+
+    fn finish_failover(&mut self) {
+        let Some(f) = self.failover.take_if(|f| f.reconnected.is_some()) else {
+            return;
+        };
+        let Some((dc, addr)) = f.reconnected else {
+            return;
+        };
+        self.emit(ClientEvent::FailoverFinished {
+            dc,
+            addr,
+            stalled_ms: f.stall_from.elapsed().as_millis() as u64,
+            detection_ms: f.detection_ms,
+        });
     }
 
     /// Datacenters to try: most preferred first, except that `last` (the one just lost) and
@@ -493,11 +686,56 @@ impl Actor {
         q.into()
     }
 
+    /// The first round after a start: the datacenter this device last reached first (the
+    /// home probe brings it back to a more preferred one that is up), then the others in
+    /// preference order, those that failed in the last [`REMEMBER_FAILURE`] last. So a
+    /// restarted app does not wait on a datacenter that was dead when it was killed.
+    fn first_order(&self) -> VecDeque<usize> {
+        let now = self.cfg.clock.now_ms();
+        let window = REMEMBER_FAILURE.as_millis() as u64;
+        let failed = |addr: SocketAddr| {
+            self.route
+                .failed
+                .iter()
+                .any(|(a, t)| *a == addr && now.saturating_sub(*t) < window)
+        };
+        let last = self
+            .route
+            .last_reached
+            .and_then(|a| self.cfg.datacenters.iter().position(|d| *d == a));
+        let mut q: Vec<usize> = (0..self.cfg.datacenters.len()).collect();
+        q.sort_by_key(|i| (Some(*i) != last, failed(self.cfg.datacenters[*i]), *i));
+        q.into()
+    }
+
+    /// Remember (in the store, no flush: a lost record only costs the old order) that `addr`
+    /// answered or failed.
+    fn note_route(&mut self, addr: SocketAddr, reached: bool) {
+        if reached {
+            self.route.last_reached = Some(addr);
+            self.route.failed.retain(|(a, _)| *a != addr);
+        } else {
+            if self.route.last_reached == Some(addr) {
+                self.route.last_reached = None;
+            }
+            self.route.failed.retain(|(a, _)| *a != addr);
+            self.route.failed.push((addr, self.cfg.clock.now_ms()));
+            let excess = self
+                .route
+                .failed
+                .len()
+                .saturating_sub(MAX_REMEMBERED_FAILURES);
+            self.route.failed.drain(..excess);
+        }
+        if let Err(e) = self.store.save_route(&self.route) {
+            tracing::debug!(error = %e, "could not remember the route");
+        }
+    }
+
     async fn run(mut self) {
-        let mut queue = self.order(None);
+        let mut queue = self.first_order();
         let mut last_lost: Option<usize> = None;
         let mut backoff = self.cfg.backoff_min;
-        let mut lost_at: Option<Instant> = None;
         // A connection already up (a probe of a preferred datacenter that answered).
         let mut ready: Option<(usize, quinn::Connection)> = None;
         while !self.stopped {
@@ -533,6 +771,7 @@ impl Actor {
                         }
                         Err(ConnectFailure::Failed(reason)) => {
                             self.probe_board.record(addr, false);
+                            self.note_route(addr, false);
                             self.emit(ClientEvent::ConnectFailed { addr, reason });
                             continue;
                         }
@@ -541,7 +780,7 @@ impl Actor {
             };
             let addr = self.cfg.datacenters[idx];
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-            let (reason, welcomed, moved) = self.serve(&conn, idx, &mut lost_at).await;
+            let (reason, welcomed, moved) = self.serve(&conn, idx).await;
             if welcomed {
                 backoff = self.cfg.backoff_min;
             } else {
@@ -576,12 +815,13 @@ impl Actor {
                 continue;
             }
             self.probe_board.record(addr, false);
+            self.note_route(addr, false);
             self.emit(ClientEvent::Disconnected {
                 addr,
                 reason: reason.clone(),
             });
             self.emit(ClientEvent::FailoverStarted { from: addr });
-            lost_at.get_or_insert_with(Instant::now);
+            self.start_failover(Instant::now());
             // The datacenter that just failed goes to the back of the line.
             last_lost = Some(idx);
             queue = self.order(Some(idx));
@@ -652,7 +892,6 @@ impl Actor {
         &mut self,
         conn: &quinn::Connection,
         idx: usize,
-        lost_at: &mut Option<Instant>,
     ) -> (String, bool, Option<(usize, quinn::Connection)>) {
         let addr = self.cfg.datacenters[idx];
         let (mut send, mut recv) = match conn.open_bi().await {
@@ -707,23 +946,23 @@ impl Actor {
                 _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
                 frame = frame_rx.recv() => match frame {
                     Some(Ok(msg)) => {
-                        if let ServerMsg::Welcome { dc, .. } = &msg {
-                            welcomed = true;
-                            let dc = *dc;
-                            self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
-                            self.emit(ClientEvent::Connected { dc, addr });
-                            if let Some(t) = lost_at.take() {
-                                self.emit(ClientEvent::FailoverFinished {
-                                    dc,
-                                    addr,
-                                    stalled_ms: t.elapsed().as_millis() as u64,
-                                });
-                            }
-                        }
+                        self.last_rx = Some(Instant::now());
+                        self.first_unanswered = None;
+                        let welcome = match &msg {
+                            ServerMsg::Welcome { dc, .. } => Some(*dc),
+                            _ => None,
+                        };
                         if let ServerMsg::Error { error } = &msg {
                             break format!("datacenter error: {error}");
                         }
                         self.on_message(msg);
+                        if let Some(dc) = welcome {
+                            welcomed = true;
+                            self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
+                            self.note_route(addr, true);
+                            self.emit(ClientEvent::Connected { dc, addr });
+                            self.reconnected(dc, addr);
+                        }
                         Step::Continue
                     }
                     Some(Err(e)) => break e,
@@ -811,6 +1050,7 @@ impl Actor {
     }
 
     fn on_message(&mut self, msg: ServerMsg<Trip>) {
+        self.tick();
         match msg {
             ServerMsg::Welcome { dc, results } => self.core.on_welcome(dc, results),
             ServerMsg::OpResult {
@@ -845,6 +1085,7 @@ impl Actor {
             self.stopped = true;
             return Step::Stop;
         };
+        self.tick();
         match cmd {
             Command::Submit {
                 session,
@@ -867,9 +1108,25 @@ impl Actor {
                     });
                 }
                 Err(e) => {
-                    let _ = accepted.send(Err(e.into()));
+                    let _ = accepted.send(Err(EdgeError::Refused(e)));
                 }
             },
+            Command::OpStatus(id, reply) => {
+                let _ = reply.send(self.core.op_status(id));
+            }
+            Command::QueuedOps(reply) => {
+                let _ = reply.send(self.core.queued_ops());
+            }
+            Command::Outcomes(reply) => {
+                let _ = reply.send(self.core.outcomes());
+            }
+            Command::Acknowledge(ids, reply) => {
+                let n = ids.iter().filter(|id| self.core.acknowledge(**id)).count();
+                let _ = reply.send(n);
+                if let Err(e) = self.apply(None).await {
+                    tracing::debug!(error = %e, "after an acknowledgement");
+                }
+            }
             Command::SetAvailable(a) => {
                 self.available = a;
                 if self.core.connected_to().is_some() {
@@ -883,7 +1140,12 @@ impl Actor {
                 }
             }
             Command::Sessions(reply) => {
-                let list = self.core.sessions().map(|(s, h)| snapshot(*s, h)).collect();
+                let me = self.cfg.device;
+                let list = self
+                    .core
+                    .sessions()
+                    .map(|(s, h)| snapshot(me, *s, h))
+                    .collect();
                 let _ = reply.send(list);
             }
             Command::Shutdown(reply) => {
@@ -918,7 +1180,11 @@ impl Actor {
             if let Ok(f) = encode_frame(m) {
                 out.extend_from_slice(&f);
             }
+            if matches!(m, ClientMsg::Submit { .. } | ClientMsg::Resubmit { .. }) {
+                self.first_unanswered.get_or_insert_with(Instant::now);
+            }
         }
+        let answered = !fx.resolved.is_empty();
         for (id, result) in fx.resolved {
             if result.is_ok() {
                 self.stats.ops_committed.fetch_add(1, Ordering::Relaxed);
@@ -930,6 +1196,9 @@ impl Actor {
         }
         for e in fx.events {
             self.emit(ClientEvent::Session(e));
+        }
+        if answered {
+            self.finish_failover();
         }
         if !out.is_empty() {
             if let Some(send) = send {

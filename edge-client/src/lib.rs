@@ -33,8 +33,9 @@ pub mod store;
 pub use blocking::BlockingEdgeClient;
 pub use client::{
     client_config, client_endpoint, ClientEvent, ClientStatsSnapshot, EdgeClient, EdgeError,
-    ProbeBoard, SessionSnapshot,
+    ProbeBoard, SessionSnapshot, TimedEvent,
 };
 pub use config::EdgeConfig;
 pub use lifeboat_common::edge::{Commit, SubmitError};
-pub use store::{SharedDb, StoreLocation};
+pub use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
+pub use store::{RouteMemory, SharedDb, StoreLocation};

@@ -8,6 +8,11 @@
 //! the same with 20,000 devices as with one (a sled tree per device does not: sled rewrites
 //! its whole tree table on every `open_tree`, quadratic over a city of devices).
 //!
+//! The `outbox` tree holds, per op of this device, the op while it is queued and then its
+//! outcome until the app acknowledges it ([`OpRecord`]): one key, so the write that decides
+//! an op also removes it from the queue, and no crash can leave an op neither queued nor
+//! decided.
+//!
 //! Invariant: the client calls [`EdgeStore::flush`] after writing and before it reports
 //! anything committed; sled otherwise keeps writes in memory for up to its flush interval.
 //!
@@ -20,6 +25,7 @@
 
 use lifeboat_common::clock::Clock;
 use lifeboat_common::edge::{HeldSession, StoreWrite};
+use lifeboat_common::op_outcome::{OpOutcomeRecord, OpRecord};
 use lifeboat_common::wire::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
 use lifeboat_common::{DeviceId, OpId, SessionId, Trip, TripOp};
 use std::path::PathBuf;
@@ -126,7 +132,18 @@ pub enum StoreError {
 }
 
 /// The trees of a device store (shared by all devices of a [`SharedDb`]).
-const TREES: [&str; 3] = ["sessions", "outbox", "finished"];
+const TREES: [&str; 4] = ["sessions", "outbox", "finished", "meta"];
+/// The `meta` key of the route memory.
+const ROUTE_KEY: &[u8] = b"route";
+
+/// Which datacenter this device last reached and which recently failed (unix ms), so a
+/// restarted app starts where it was instead of waiting on a dead primary. A hint only:
+/// losing it (no flush is forced for it) costs a slower first connect, nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteMemory {
+    pub last_reached: Option<std::net::SocketAddr>,
+    pub failed: Vec<(std::net::SocketAddr, u64)>,
+}
 
 /// Longest [`StoreLocation::Shared`] name.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -161,6 +178,8 @@ pub(crate) async fn flush_blocking(db: &sled::Db) -> Result<(), StoreError> {
 pub struct Loaded {
     pub sessions: Vec<(SessionId, HeldSession<Trip>)>,
     pub ops: Vec<(OpId, TripOp)>,
+    /// Decided outcomes the app has not acknowledged, in the order they were decided.
+    pub outcomes: Vec<OpOutcomeRecord<Trip>>,
     /// Records that could not be decoded (reported, kept on disk, not loaded).
     pub unreadable: usize,
     /// Tombstones older than the configured age, deleted from the store at load.
@@ -174,6 +193,8 @@ pub struct EdgeStore {
     outbox: sled::Tree,
     /// Session id -> unix time (ms, big endian) it was first stored as a tombstone.
     finished: sled::Tree,
+    /// Small records of the client itself ([`RouteMemory`]).
+    meta: sled::Tree,
     /// Prepended to every key (empty for a database of its own).
     prefix: Vec<u8>,
     device: DeviceId,
@@ -234,11 +255,12 @@ impl EdgeStore {
                 (db.db.clone(), Some(db.clone()), device_prefix(name)?)
             }
         };
-        let [sessions, outbox, finished] = TREES;
+        let [sessions, outbox, finished, meta] = TREES;
         Ok(Self {
             sessions: db.open_tree(sessions)?,
             outbox: db.open_tree(outbox)?,
             finished: db.open_tree(finished)?,
+            meta: db.open_tree(meta)?,
             db,
             shared,
             prefix,
@@ -295,6 +317,7 @@ impl EdgeStore {
         let mut loaded = Loaded {
             sessions: Vec::new(),
             ops: Vec::new(),
+            outcomes: Vec::new(),
             unreadable: 0,
             expired: 0,
         };
@@ -348,8 +371,8 @@ impl EdgeStore {
         for kv in self.records(&self.outbox) {
             let (k, v) = kv?;
             let key: Option<[u8; 16]> = k.as_slice().try_into().ok();
-            match (key, decode_exact::<TripOp>(&v, MAX_FRAME_BYTES)) {
-                (Some(k), Ok(op)) => {
+            match (key, decode_exact::<OpRecord<Trip>>(&v, MAX_FRAME_BYTES)) {
+                (Some(k), Ok(OpRecord::Queued(op))) => {
                     let mut s = [0u8; 8];
                     let mut q = [0u8; 8];
                     s.copy_from_slice(&k[..8]);
@@ -363,9 +386,11 @@ impl EdgeStore {
                         op,
                     ));
                 }
+                (Some(_), Ok(OpRecord::Decided(rec))) => loaded.outcomes.push(rec),
                 _ => loaded.unreadable += 1,
             }
         }
+        loaded.outcomes.sort_by_key(|r| (r.at_ms, r.id));
         Ok(loaded)
     }
 
@@ -391,7 +416,13 @@ impl EdgeStore {
                     self.finished.remove(key)?;
                 }
                 StoreWrite::PutOp(id, op) => {
-                    self.outbox.insert(self.key(&op_key(*id)), encode(op)?)?;
+                    let rec = OpRecord::<Trip>::Queued(op.clone());
+                    self.outbox.insert(self.key(&op_key(*id)), encode(&rec)?)?;
+                }
+                StoreWrite::PutOutcome(rec) => {
+                    // The same key as the queued op: one write replaces it.
+                    let value = encode(&OpRecord::Decided(rec.clone()))?;
+                    self.outbox.insert(self.key(&op_key(rec.id)), value)?;
                 }
                 StoreWrite::DeleteOp(id) => {
                     self.outbox.remove(self.key(&op_key(*id)))?;
@@ -415,6 +446,18 @@ impl EdgeStore {
     /// Bytes of the store on disk (sled's own estimate).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The route memory (`None`: never written, or unreadable: then it is a hint lost).
+    pub fn load_route(&self) -> Option<RouteMemory> {
+        let v = self.meta.get(self.key(ROUTE_KEY)).ok()??;
+        decode_exact::<RouteMemory>(&v, MAX_FRAME_BYTES).ok()
+    }
+
+    /// Write the route memory (not flushed here; it goes with the next flush).
+    pub fn save_route(&self, route: &RouteMemory) -> Result<(), StoreError> {
+        self.meta.insert(self.key(ROUTE_KEY), encode(route)?)?;
+        Ok(())
     }
 }
 

@@ -71,6 +71,30 @@
 // Rider or driver, before the trip starts.
 #define LIFEBOAT_ACTION_CANCEL 5
 
+// Rider: the op that requested (created) the trip (reported by `LifeboatOp`, not accepted by
+// `lifeboat_submit`: use `lifeboat_request_trip` / `lifeboat_enqueue_request`).
+#define LIFEBOAT_ACTION_REQUEST_TRIP 6
+
+// Where an op stands (`LifeboatOp::state`): not known here (never queued on this device,
+// or its outcome was acknowledged).
+#define LIFEBOAT_OP_UNKNOWN 0
+
+// On the device's disk, not decided yet; sent (again) until it is.
+#define LIFEBOAT_OP_QUEUED 1
+
+// Committed: applied once, covered by a committed copy on this device's disk.
+#define LIFEBOAT_OP_COMMITTED 2
+
+// Failed for good: never applied (`message` says why).
+#define LIFEBOAT_OP_FAILED 3
+
+// `LifeboatTrip::role`: the held copy no longer names this device.
+#define LIFEBOAT_ROLE_NONE 0
+
+#define LIFEBOAT_ROLE_RIDER 1
+
+#define LIFEBOAT_ROLE_DRIVER 2
+
 // No phase (the event is not about a trip's state).
 #define LIFEBOAT_PHASE_NONE 0
 
@@ -168,6 +192,28 @@ typedef struct LifeboatCommit {
   bool duplicate;
 } LifeboatCommit;
 
+// An op's id and where it stands (`lifeboat_enqueue`, `lifeboat_op_status`,
+// `lifeboat_queued_ops`, `lifeboat_outcomes`).
+typedef struct LifeboatOp {
+  uint64_t session;
+  uint64_t op_seq;
+  // `LIFEBOAT_OP_*`.
+  int32_t state;
+  // `LIFEBOAT_ACTION_*` (0 when the state is `LIFEBOAT_OP_UNKNOWN`).
+  int32_t action;
+  // The position of a location op, the pickup of a trip request (valid when `has_at`).
+  struct LifeboatPoint at;
+  bool has_at;
+  // Committed: a retry of an op the datacenter had already applied (applied once).
+  bool duplicate;
+  // Committed: the version total of the committed copy that covers it.
+  uint64_t version_total;
+  // Committed or failed: when the device decided it (unix ms).
+  uint64_t decided_at_ms;
+  // Failed: why. NUL-terminated, truncated to fit.
+  char message[LIFEBOAT_MESSAGE_BYTES];
+} LifeboatOp;
+
 // A trip as the device holds it.
 typedef struct LifeboatTrip {
   uint64_t session;
@@ -184,6 +230,19 @@ typedef struct LifeboatTrip {
   // Finished (completed or cancelled): the device holds its tombstone.
   bool finished;
   bool committed;
+  // `LIFEBOAT_ROLE_*`: this device's part in the trip.
+  int32_t role;
+  // The rider's device id, and the driver's (0: none assigned yet).
+  uint64_t rider;
+  uint64_t driver;
+  struct LifeboatPoint pickup;
+  struct LifeboatPoint dropoff;
+  // The driver's last reported position, valid when `has_last_position`.
+  struct LifeboatPoint last_position;
+  bool has_last_position;
+  // When the trip was requested and started (unix ms; 0: not yet).
+  uint64_t requested_ms;
+  uint64_t started_ms;
 } LifeboatTrip;
 
 // One event (`lifeboat_poll_event`). Fields that do not apply to `kind` are zero/empty.
@@ -197,6 +256,11 @@ typedef struct LifeboatEvent {
   uint64_t stalled_ms;
   uint64_t version_total;
   uint64_t count;
+  // When it happened (unix ms, the device's clock), not when it was polled.
+  uint64_t at_ms;
+  // `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the part of `stalled_ms` spent noticing that the
+  // datacenter was gone.
+  uint64_t detection_ms;
   uint16_t dc;
   // NUL-terminated.
   char addr[LIFEBOAT_ADDR_BYTES];
@@ -324,6 +388,69 @@ int32_t lifeboat_submit(const struct LifeboatClient *client,
                         uint64_t timeout_ms,
                         const struct LifeboatCancel *cancel,
                         struct LifeboatCommit *out_commit);
+
+// Queue an op (as `lifeboat_submit`) and return at once: `out_op` names it (state
+// `LIFEBOAT_OP_QUEUED`; it is on the device's disk). Its outcome arrives as an event and
+// stays readable with `lifeboat_op_status` until `lifeboat_acknowledge`.
+//
+// # Safety
+// `client` from `lifeboat_client_start`; `out_op` writable.
+int32_t lifeboat_enqueue(const struct LifeboatClient *client,
+                         uint64_t session,
+                         int32_t action,
+                         struct LifeboatPoint at,
+                         struct LifeboatOp *out_op);
+
+// Rider: queue a trip request and return at once: `out_op` names the op (its `session` is
+// the new trip's id).
+//
+// # Safety
+// `client` from `lifeboat_client_start`; `out_op` writable.
+int32_t lifeboat_enqueue_request(const struct LifeboatClient *client,
+                                 struct LifeboatPoint pickup,
+                                 struct LifeboatPoint dropoff,
+                                 struct LifeboatOp *out_op);
+
+// Where op `session`/`op_seq` of this device stands (written to `out_op`; state
+// `LIFEBOAT_OP_UNKNOWN` if it was never queued here or its outcome was acknowledged).
+//
+// # Safety
+// `client` from `lifeboat_client_start`; `out_op` writable.
+int32_t lifeboat_op_status(const struct LifeboatClient *client,
+                           uint64_t session,
+                           uint64_t op_seq,
+                           struct LifeboatOp *out_op);
+
+// The ops queued on the device and not decided yet (also those queued before a kill):
+// up to `capacity` written to `out_ops`, the total to `*out_count` (`out_ops` may be NULL
+// when `capacity` is 0).
+//
+// # Safety
+// `client` from `lifeboat_client_start`; `out_ops` has room for `capacity` ops;
+// `out_count` writable.
+int32_t lifeboat_queued_ops(const struct LifeboatClient *client,
+                            struct LifeboatOp *out_ops,
+                            size_t capacity,
+                            size_t *out_count);
+
+// The decided outcomes not acknowledged yet, oldest first (after a restart: what the app
+// may not have handled), written like `lifeboat_queued_ops`.
+//
+// # Safety
+// As `lifeboat_queued_ops`.
+int32_t lifeboat_outcomes(const struct LifeboatClient *client,
+                          struct LifeboatOp *out_ops,
+                          size_t capacity,
+                          size_t *out_count);
+
+// The app has handled op `session`/`op_seq`'s outcome: forget it. `LIFEBOAT_OK`, or
+// `LIFEBOAT_NOT_FOUND` if no unacknowledged outcome was held for it.
+//
+// # Safety
+// `client` from `lifeboat_client_start`.
+int32_t lifeboat_acknowledge(const struct LifeboatClient *client,
+                             uint64_t session,
+                             uint64_t op_seq);
 
 // Driver: offer (or withdraw) this device for dispatch.
 //

@@ -21,7 +21,9 @@ use crate::core::Core;
 use crate::error::LifeboatError;
 use crate::events::{Event, EventKind};
 use crate::settings::{default_settings, Settings};
-use crate::types::{CommitInfo, Phase, Point, TripAction, TripView};
+use crate::types::{
+    CommitInfo, OpInfo, OpKind, OpState, Phase, Point, TripAction, TripRole, TripView,
+};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -69,6 +71,24 @@ pub const LIFEBOAT_ACTION_LOCATION: i32 = 3;
 pub const LIFEBOAT_ACTION_COMPLETE: i32 = 4;
 /// Rider or driver, before the trip starts.
 pub const LIFEBOAT_ACTION_CANCEL: i32 = 5;
+/// Rider: the op that requested (created) the trip (reported by `LifeboatOp`, not accepted by
+/// `lifeboat_submit`: use `lifeboat_request_trip` / `lifeboat_enqueue_request`).
+pub const LIFEBOAT_ACTION_REQUEST_TRIP: i32 = 6;
+
+/// Where an op stands (`LifeboatOp::state`): not known here (never queued on this device,
+/// or its outcome was acknowledged).
+pub const LIFEBOAT_OP_UNKNOWN: i32 = 0;
+/// On the device's disk, not decided yet; sent (again) until it is.
+pub const LIFEBOAT_OP_QUEUED: i32 = 1;
+/// Committed: applied once, covered by a committed copy on this device's disk.
+pub const LIFEBOAT_OP_COMMITTED: i32 = 2;
+/// Failed for good: never applied (`message` says why).
+pub const LIFEBOAT_OP_FAILED: i32 = 3;
+
+/// `LifeboatTrip::role`: the held copy no longer names this device.
+pub const LIFEBOAT_ROLE_NONE: i32 = 0;
+pub const LIFEBOAT_ROLE_RIDER: i32 = 1;
+pub const LIFEBOAT_ROLE_DRIVER: i32 = 2;
 
 /// No phase (the event is not about a trip's state).
 pub const LIFEBOAT_PHASE_NONE: i32 = 0;
@@ -173,6 +193,43 @@ pub struct LifeboatTrip {
     /// Finished (completed or cancelled): the device holds its tombstone.
     pub finished: bool,
     pub committed: bool,
+    /// `LIFEBOAT_ROLE_*`: this device's part in the trip.
+    pub role: i32,
+    /// The rider's device id, and the driver's (0: none assigned yet).
+    pub rider: u64,
+    pub driver: u64,
+    pub pickup: LifeboatPoint,
+    pub dropoff: LifeboatPoint,
+    /// The driver's last reported position, valid when `has_last_position`.
+    pub last_position: LifeboatPoint,
+    pub has_last_position: bool,
+    /// When the trip was requested and started (unix ms; 0: not yet).
+    pub requested_ms: u64,
+    pub started_ms: u64,
+}
+
+/// An op's id and where it stands (`lifeboat_enqueue`, `lifeboat_op_status`,
+/// `lifeboat_queued_ops`, `lifeboat_outcomes`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LifeboatOp {
+    pub session: u64,
+    pub op_seq: u64,
+    /// `LIFEBOAT_OP_*`.
+    pub state: i32,
+    /// `LIFEBOAT_ACTION_*` (0 when the state is `LIFEBOAT_OP_UNKNOWN`).
+    pub action: i32,
+    /// The position of a location op, the pickup of a trip request (valid when `has_at`).
+    pub at: LifeboatPoint,
+    pub has_at: bool,
+    /// Committed: a retry of an op the datacenter had already applied (applied once).
+    pub duplicate: bool,
+    /// Committed: the version total of the committed copy that covers it.
+    pub version_total: u64,
+    /// Committed or failed: when the device decided it (unix ms).
+    pub decided_at_ms: u64,
+    /// Failed: why. NUL-terminated, truncated to fit.
+    pub message: [c_char; LIFEBOAT_MESSAGE_BYTES],
 }
 
 /// One event (`lifeboat_poll_event`). Fields that do not apply to `kind` are zero/empty.
@@ -188,6 +245,11 @@ pub struct LifeboatEvent {
     pub stalled_ms: u64,
     pub version_total: u64,
     pub count: u64,
+    /// When it happened (unix ms, the device's clock), not when it was polled.
+    pub at_ms: u64,
+    /// `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the part of `stalled_ms` spent noticing that the
+    /// datacenter was gone.
+    pub detection_ms: u64,
     pub dc: u16,
     /// NUL-terminated.
     pub addr: [c_char; LIFEBOAT_ADDR_BYTES],
@@ -349,6 +411,8 @@ fn c_event(e: &Event) -> LifeboatEvent {
         stalled_ms: e.stalled_ms,
         version_total: e.version_total,
         count: e.count,
+        at_ms: e.at_ms,
+        detection_ms: e.detection_ms,
         dc: e.dc,
         addr: [0; LIFEBOAT_ADDR_BYTES],
         message: [0; LIFEBOAT_MESSAGE_BYTES],
@@ -373,7 +437,91 @@ fn c_trip(t: &TripView) -> LifeboatTrip {
         digest_bytes: u32::try_from(t.digest_bytes).unwrap_or(u32::MAX),
         finished: t.finished,
         committed: t.committed,
+        role: match t.role {
+            None => LIFEBOAT_ROLE_NONE,
+            Some(TripRole::Rider) => LIFEBOAT_ROLE_RIDER,
+            Some(TripRole::Driver) => LIFEBOAT_ROLE_DRIVER,
+        },
+        rider: t.rider,
+        driver: t.driver.unwrap_or(0),
+        pickup: c_point(t.pickup),
+        dropoff: c_point(t.dropoff),
+        last_position: t.last_position.map(c_point).unwrap_or_default(),
+        has_last_position: t.last_position.is_some(),
+        requested_ms: t.requested_ms,
+        started_ms: t.started_ms,
     }
+}
+
+fn c_point(p: Point) -> LifeboatPoint {
+    LifeboatPoint {
+        lat_e6: p.lat_e6,
+        lon_e6: p.lon_e6,
+    }
+}
+
+fn c_op(o: &OpInfo) -> LifeboatOp {
+    let mut c = LifeboatOp {
+        session: o.session,
+        op_seq: o.op_seq,
+        state: match o.state {
+            OpState::Unknown => LIFEBOAT_OP_UNKNOWN,
+            OpState::Queued => LIFEBOAT_OP_QUEUED,
+            OpState::Committed => LIFEBOAT_OP_COMMITTED,
+            OpState::Failed => LIFEBOAT_OP_FAILED,
+        },
+        action: match o.kind {
+            None => 0,
+            Some(OpKind::Arrived) => LIFEBOAT_ACTION_ARRIVED,
+            Some(OpKind::StartTrip) => LIFEBOAT_ACTION_START_TRIP,
+            Some(OpKind::Location) => LIFEBOAT_ACTION_LOCATION,
+            Some(OpKind::Complete) => LIFEBOAT_ACTION_COMPLETE,
+            Some(OpKind::Cancel) => LIFEBOAT_ACTION_CANCEL,
+            Some(OpKind::RequestTrip) => LIFEBOAT_ACTION_REQUEST_TRIP,
+        },
+        at: o.at.map(c_point).unwrap_or_default(),
+        has_at: o.at.is_some(),
+        duplicate: o.duplicate,
+        version_total: o.version_total,
+        decided_at_ms: o.decided_at_ms,
+        message: [0; LIFEBOAT_MESSAGE_BYTES],
+    };
+    copy_str(&o.message, &mut c.message);
+    c
+}
+
+/// Write up to `capacity` ops to `out_ops` and the total to `*out_count`.
+unsafe fn write_ops(
+    list: &[OpInfo],
+    out_ops: *mut LifeboatOp,
+    capacity: usize,
+    out_count: &mut usize,
+) -> Result<i32, CallError> {
+    if capacity > 0 && out_ops.is_null() {
+        return Err(CallError::Null("out_ops"));
+    }
+    for (i, o) in list.iter().take(capacity).enumerate() {
+        // SAFETY: non-NULL, and the caller gave room for `capacity` ops (documented).
+        unsafe { out_ops.add(i).write(c_op(o)) };
+    }
+    *out_count = list.len();
+    Ok(LIFEBOAT_OK)
+}
+
+fn action_arg(action: i32, at: LifeboatPoint) -> Result<TripAction, CallError> {
+    Ok(match action {
+        LIFEBOAT_ACTION_ARRIVED => TripAction::Arrived,
+        LIFEBOAT_ACTION_START_TRIP => TripAction::StartTrip,
+        LIFEBOAT_ACTION_LOCATION => TripAction::Location {
+            at: Point {
+                lat_e6: at.lat_e6,
+                lon_e6: at.lon_e6,
+            },
+        },
+        LIFEBOAT_ACTION_COMPLETE => TripAction::Complete,
+        LIFEBOAT_ACTION_CANCEL => TripAction::Cancel,
+        other => return Err(LifeboatError::invalid(format!("unknown action {other}")).into()),
+    })
 }
 
 fn c_commit(c: &CommitInfo) -> LifeboatCommit {
@@ -665,21 +813,136 @@ pub unsafe extern "C" fn lifeboat_submit(
     call(|| {
         let core = unsafe { client_ref(client) }?;
         let out_commit = unsafe { out(out_commit, "out_commit") }?;
-        let action = match action {
-            LIFEBOAT_ACTION_ARRIVED => TripAction::Arrived,
-            LIFEBOAT_ACTION_START_TRIP => TripAction::StartTrip,
-            LIFEBOAT_ACTION_LOCATION => TripAction::Location {
-                at: Point {
-                    lat_e6: at.lat_e6,
-                    lon_e6: at.lon_e6,
-                },
-            },
-            LIFEBOAT_ACTION_COMPLETE => TripAction::Complete,
-            LIFEBOAT_ACTION_CANCEL => TripAction::Cancel,
-            other => return Err(LifeboatError::invalid(format!("unknown action {other}")).into()),
-        };
+        let action = action_arg(action, at)?;
         let r = core.submit(session, action, timeout_ms, unsafe { cancel_arg(cancel) });
         finish_submit(r, out_commit)
+    })
+}
+
+/// Queue an op (as `lifeboat_submit`) and return at once: `out_op` names it (state
+/// `LIFEBOAT_OP_QUEUED`; it is on the device's disk). Its outcome arrives as an event and
+/// stays readable with `lifeboat_op_status` until `lifeboat_acknowledge`.
+///
+/// # Safety
+/// `client` from `lifeboat_client_start`; `out_op` writable.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_enqueue(
+    client: *const LifeboatClient,
+    session: u64,
+    action: i32,
+    at: LifeboatPoint,
+    out_op: *mut LifeboatOp,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        let out_op = unsafe { out(out_op, "out_op") }?;
+        *out_op = c_op(&core.enqueue(session, action_arg(action, at)?)?);
+        Ok(LIFEBOAT_OK)
+    })
+}
+
+/// Rider: queue a trip request and return at once: `out_op` names the op (its `session` is
+/// the new trip's id).
+///
+/// # Safety
+/// `client` from `lifeboat_client_start`; `out_op` writable.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_enqueue_request(
+    client: *const LifeboatClient,
+    pickup: LifeboatPoint,
+    dropoff: LifeboatPoint,
+    out_op: *mut LifeboatOp,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        let out_op = unsafe { out(out_op, "out_op") }?;
+        let p = |p: LifeboatPoint| Point {
+            lat_e6: p.lat_e6,
+            lon_e6: p.lon_e6,
+        };
+        *out_op = c_op(&core.enqueue_request(p(pickup), p(dropoff))?);
+        Ok(LIFEBOAT_OK)
+    })
+}
+
+/// Where op `session`/`op_seq` of this device stands (written to `out_op`; state
+/// `LIFEBOAT_OP_UNKNOWN` if it was never queued here or its outcome was acknowledged).
+///
+/// # Safety
+/// `client` from `lifeboat_client_start`; `out_op` writable.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_op_status(
+    client: *const LifeboatClient,
+    session: u64,
+    op_seq: u64,
+    out_op: *mut LifeboatOp,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        let out_op = unsafe { out(out_op, "out_op") }?;
+        *out_op = c_op(&core.op_status(session, op_seq)?);
+        Ok(LIFEBOAT_OK)
+    })
+}
+
+/// The ops queued on the device and not decided yet (also those queued before a kill):
+/// up to `capacity` written to `out_ops`, the total to `*out_count` (`out_ops` may be NULL
+/// when `capacity` is 0).
+///
+/// # Safety
+/// `client` from `lifeboat_client_start`; `out_ops` has room for `capacity` ops;
+/// `out_count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_queued_ops(
+    client: *const LifeboatClient,
+    out_ops: *mut LifeboatOp,
+    capacity: usize,
+    out_count: *mut usize,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        let out_count = unsafe { out(out_count, "out_count") }?;
+        unsafe { write_ops(&core.queued_ops()?, out_ops, capacity, out_count) }
+    })
+}
+
+/// The decided outcomes not acknowledged yet, oldest first (after a restart: what the app
+/// may not have handled), written like `lifeboat_queued_ops`.
+///
+/// # Safety
+/// As `lifeboat_queued_ops`.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_outcomes(
+    client: *const LifeboatClient,
+    out_ops: *mut LifeboatOp,
+    capacity: usize,
+    out_count: *mut usize,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        let out_count = unsafe { out(out_count, "out_count") }?;
+        unsafe { write_ops(&core.outcomes()?, out_ops, capacity, out_count) }
+    })
+}
+
+/// The app has handled op `session`/`op_seq`'s outcome: forget it. `LIFEBOAT_OK`, or
+/// `LIFEBOAT_NOT_FOUND` if no unacknowledged outcome was held for it.
+///
+/// # Safety
+/// `client` from `lifeboat_client_start`.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_acknowledge(
+    client: *const LifeboatClient,
+    session: u64,
+    op_seq: u64,
+) -> i32 {
+    call(|| {
+        let core = unsafe { client_ref(client) }?;
+        Ok(if core.acknowledge(session, op_seq)? {
+            LIFEBOAT_OK
+        } else {
+            LIFEBOAT_NOT_FOUND
+        })
     })
 }
 

@@ -22,8 +22,8 @@ use crate::cancel::CancelToken;
 use crate::error::LifeboatError;
 use crate::events::{Event, EventQueue};
 use crate::settings::Settings;
-use crate::types::{CommitInfo, Point, Stats, TripAction, TripView};
-use lifeboat_common::{SessionId, TripOp};
+use crate::types::{CommitInfo, OpInfo, Point, Stats, TripAction, TripView};
+use lifeboat_common::{DeviceId, OpId, SessionId, TripOp};
 use lifeboat_edge::{EdgeClient, EdgeConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +83,7 @@ fn spawn_forwarder(
         loop {
             match rx.recv().await {
                 Ok(e) => {
-                    if let Some(ev) = Event::from_client(e) {
+                    if let Some(ev) = Event::from_timed(e) {
                         events.push(ev);
                     }
                 }
@@ -196,6 +196,8 @@ impl Core {
                 match result {
                     Ok(c) => Ok(CommitInfo::from(&c)),
                     Err(e) => Err(LifeboatError::Rejected {
+                        session: id.session.0,
+                        op_seq: id.seq,
                         message: e.to_string(),
                     }),
                 }
@@ -258,6 +260,85 @@ impl Core {
     ) -> Result<JoinHandle<Result<CommitInfo, LifeboatError>>, LifeboatError> {
         let fut = self.submit_future(SessionId(session), action.to_op()?, timeout_ms, cancel)?;
         Ok(self.rt()?.spawn(fut))
+    }
+
+    /// Run a quick call to the client (bounded by [`STOP_WAIT`]).
+    fn ask<T, F>(&self, f: impl FnOnce(EdgeClient) -> F) -> Result<T, LifeboatError>
+    where
+        F: std::future::Future<Output = Result<T, lifeboat_edge::EdgeError>>,
+    {
+        let client = self.client()?;
+        self.rt()?.block_on(async {
+            tokio::time::timeout(STOP_WAIT, f(client))
+                .await
+                .map_err(|_| LifeboatError::Runtime {
+                    message: "the client did not answer within 5 s".into(),
+                })?
+                .map_err(LifeboatError::from)
+        })
+    }
+
+    fn op_id(&self, session: u64, op_seq: u64) -> OpId {
+        OpId {
+            session: SessionId(session),
+            device: self.device(),
+            seq: op_seq,
+        }
+    }
+
+    fn device(&self) -> DeviceId {
+        self.cfg.device
+    }
+
+    /// Queue an op and return at once with its id (state `Queued`): the op is on the
+    /// device's disk. Its outcome arrives as an event and stays readable with
+    /// [`Core::op_status`] until acknowledged.
+    pub fn enqueue(&self, session: u64, action: TripAction) -> Result<OpInfo, LifeboatError> {
+        let op = action.to_op()?;
+        let sent = op.clone();
+        let (id, _) = self.ask(|c| async move { c.enqueue(SessionId(session), sent).await })?;
+        Ok(OpInfo::queued(id, &op))
+    }
+
+    /// Rider: queue a trip request (a new trip id) and return at once with the op's id.
+    pub fn enqueue_request(&self, pickup: Point, dropoff: Point) -> Result<OpInfo, LifeboatError> {
+        let op = TripOp::Request {
+            pickup: pickup.to_geo()?,
+            dropoff: dropoff.to_geo()?,
+        };
+        let sent = op.clone();
+        let (id, _) = self.ask(|c| async move { c.enqueue(fresh_session(), sent).await })?;
+        Ok(OpInfo::queued(id, &op))
+    }
+
+    /// Where op `session`/`op_seq` of this device stands.
+    pub fn op_status(&self, session: u64, op_seq: u64) -> Result<OpInfo, LifeboatError> {
+        let id = self.op_id(session, op_seq);
+        let s = self.ask(|c| async move { c.op_status(id).await })?;
+        Ok(OpInfo::from_status(id, &s))
+    }
+
+    /// The ops queued on the device and not decided yet (also those queued before a kill).
+    pub fn queued_ops(&self) -> Result<Vec<OpInfo>, LifeboatError> {
+        let list = self.ask(|c| async move { c.queued_ops().await })?;
+        Ok(list
+            .iter()
+            .map(|(id, op)| OpInfo::queued(*id, op))
+            .collect())
+    }
+
+    /// Decided outcomes not acknowledged yet, oldest first.
+    pub fn outcomes(&self) -> Result<Vec<OpInfo>, LifeboatError> {
+        let list = self.ask(|c| async move { c.outcomes().await })?;
+        Ok(list.iter().map(OpInfo::decided).collect())
+    }
+
+    /// The app has handled op `session`/`op_seq`'s outcome: forget it. Returns whether an
+    /// unacknowledged outcome was held.
+    pub fn acknowledge(&self, session: u64, op_seq: u64) -> Result<bool, LifeboatError> {
+        let id = self.op_id(session, op_seq);
+        let n = self.ask(|c| async move { c.acknowledge(vec![id]).await })?;
+        Ok(n > 0)
     }
 
     /// Driver: offer (or withdraw) this device for dispatch. Kept across pause/resume.

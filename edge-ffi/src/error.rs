@@ -1,8 +1,10 @@
 //! The one error type of the embedding API, and its C status codes.
 //!
-//! Each variant says whether anything changed: only `Timeout` and `Cancelled` can leave an
-//! op behind, durably queued on the device (its outcome arrives later as an event); every
-//! other error means the call changed nothing. The C status codes are defined (and
+//! Each variant says whether anything changed: `Timeout` and `Cancelled` can leave an op
+//! behind, durably queued on the device (its outcome arrives later as an event and stays
+//! readable with `op_status`); `Rejected` with a non-zero `op_seq` names an op that was
+//! queued and then failed for good (never applied); every other error means the call changed
+//! nothing. The C status codes are defined (and
 //! documented for C) in [`crate::c_api`].
 
 /// Why a call failed.
@@ -29,8 +31,15 @@ pub enum LifeboatError {
         "cancelled (op {session}/{op_seq} stays queued if it was; its outcome arrives as an event)"
     )]
     Cancelled { session: u64, op_seq: u64 },
-    #[error("refused: {message}")]
-    Rejected { message: String },
+    /// The op was not applied and never will be. `op_seq` 0: it was never queued (nothing
+    /// was recorded: a local limit, an unknown trip); otherwise op `session`/`op_seq` was
+    /// queued and then failed for good (its outcome is also readable with `op_status`).
+    #[error("refused (op {session}/{op_seq}): {message}")]
+    Rejected {
+        session: u64,
+        op_seq: u64,
+        message: String,
+    },
     #[error("runtime: {message}")]
     Runtime { message: String },
 }
@@ -76,8 +85,15 @@ impl From<lifeboat_edge::EdgeError> for LifeboatError {
             E::Io(io) => LifeboatError::Runtime {
                 message: io.to_string(),
             },
-            E::Submit(s) => LifeboatError::Rejected {
+            E::Refused(s) => LifeboatError::Rejected {
+                session: 0,
+                op_seq: 0,
                 message: s.to_string(),
+            },
+            E::Failed { op, error } => LifeboatError::Rejected {
+                session: op.session.0,
+                op_seq: op.seq,
+                message: error.to_string(),
             },
             E::Closed => LifeboatError::Closed,
             E::Runtime(m) => LifeboatError::Runtime { message: m },
@@ -109,6 +125,8 @@ mod tests {
                 op_seq: 1,
             },
             LifeboatError::Rejected {
+                session: 1,
+                op_seq: 1,
                 message: "x".into(),
             },
             LifeboatError::Runtime {

@@ -9,12 +9,15 @@
 //! Invariants: the queue holds at most `capacity` events; when it is full the oldest event is
 //! dropped and counted, and the next poll returns one `EventsDropped` event with the count
 //! before the remaining events. Events are hints: the state itself is always available from
-//! `sessions()`, so an app that lost events loses nothing but notifications.
+//! `sessions()`, and every op's outcome from `op_status()`/`outcomes()` until the app
+//! acknowledges it, so an app that lost events (or was killed) loses nothing but
+//! notifications. Every event carries the time it happened (`at_ms`), not the time it was
+//! polled.
 
 use crate::types::{CommitInfo, Phase};
 use lifeboat_common::edge::{EdgeEvent, WaitReason};
 use lifeboat_common::Trip;
-use lifeboat_edge::ClientEvent;
+use lifeboat_edge::{ClientEvent, TimedEvent};
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +33,10 @@ pub enum EventKind {
     Disconnected,
     /// The client lost its datacenter (`addr`) and is looking for another.
     FailoverStarted,
-    /// Connected again to `dc` at `addr` after `stalled_ms` without a datacenter.
+    /// The failover is over as the user felt it: the first op answered at `dc` (`addr`)
+    /// after the reconnect. `stalled_ms` runs from the first op the lost datacenter left
+    /// unanswered (or its last frame) to then; `detection_ms` is the part spent noticing
+    /// that the datacenter was gone.
     FailoverFinished,
     /// A new copy of trip `session` arrived (`phase`, `version`).
     SessionUpdated,
@@ -64,11 +70,14 @@ pub enum EventKind {
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Event {
     pub kind: EventKind,
+    /// When it happened (unix ms, the device's clock).
+    pub at_ms: u64,
     pub session: u64,
     pub op_seq: u64,
     pub dc: u16,
     pub addr: String,
     pub stalled_ms: u64,
+    pub detection_ms: u64,
     pub phase: Option<Phase>,
     pub version: String,
     pub version_total: u64,
@@ -80,17 +89,26 @@ impl Event {
     fn new(kind: EventKind) -> Self {
         Event {
             kind,
+            at_ms: 0,
             session: 0,
             op_seq: 0,
             dc: 0,
             addr: String::new(),
             stalled_ms: 0,
+            detection_ms: 0,
             phase: None,
             version: String::new(),
             version_total: 0,
             count: 0,
             message: String::new(),
         }
+    }
+
+    /// The app's view of a client event, stamped with its time; `None` for events another
+    /// one already covers.
+    pub fn from_timed(e: TimedEvent) -> Option<Event> {
+        let at_ms = e.at_ms;
+        Self::from_client(e.event).map(|ev| Event { at_ms, ..ev })
     }
 
     /// The app's view of a client event; `None` for events another one already covers.
@@ -124,10 +142,12 @@ impl Event {
                 dc,
                 addr,
                 stalled_ms,
+                detection_ms,
             } => Event {
                 dc: dc.0,
                 addr: addr.to_string(),
                 stalled_ms,
+                detection_ms,
                 ..Event::new(EventKind::FailoverFinished)
             },
             ClientEvent::Session(s) => return Self::from_session(s),
@@ -275,8 +295,13 @@ impl EventQueue {
         loop {
             if g.dropped > 0 {
                 let count = std::mem::take(&mut g.dropped);
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
                 return Some(Event {
                     count,
+                    at_ms,
                     ..Event::new(EventKind::EventsDropped)
                 });
             }

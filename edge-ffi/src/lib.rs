@@ -34,6 +34,8 @@ pub use cancel::CancelToken;
 pub use error::LifeboatError;
 pub use events::{Event, EventKind};
 pub use settings::Settings;
-pub use types::{CommitInfo, Phase, Point, Stats, TripAction, TripView};
+pub use types::{
+    CommitInfo, OpInfo, OpKind, OpState, Phase, Point, Stats, TripAction, TripRole, TripView,
+};
 
 uniffi::setup_scaffolding!("lifeboat_edge_ffi");

@@ -2,14 +2,23 @@
 //! `#[repr(C)]` structs of its own).
 
 use crate::error::LifeboatError;
-use lifeboat_common::{GeoPoint, TripOp, TripPhase};
-use lifeboat_edge::SessionSnapshot;
+use lifeboat_common::{GeoPoint, OpId, Role, TripOp, TripPhase};
+use lifeboat_edge::{OpOutcomeRecord, OpStatus, SessionSnapshot};
 
 /// A point in microdegrees (WGS84).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Point {
     pub lat_e6: i32,
     pub lon_e6: i32,
+}
+
+impl From<GeoPoint> for Point {
+    fn from(p: GeoPoint) -> Self {
+        Point {
+            lat_e6: p.lat_e6,
+            lon_e6: p.lon_e6,
+        }
+    }
 }
 
 impl Point {
@@ -80,11 +89,32 @@ impl TripAction {
     }
 }
 
+/// The part this device plays in a trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum TripRole {
+    Rider,
+    Driver,
+}
+
 /// A trip as this device holds it.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct TripView {
     pub session: u64,
+    /// The session id in its one printed form (`s` and 16 hex digits), as in logs.
+    pub label: String,
     pub phase: Phase,
+    /// This device's part in the trip (`None`: the held copy no longer names it).
+    pub role: Option<TripRole>,
+    /// The participants: the rider's device id, and the driver's once one is assigned.
+    pub rider: u64,
+    pub driver: Option<u64>,
+    pub pickup: Point,
+    pub dropoff: Point,
+    /// The last position the driver reported, once on the way.
+    pub last_position: Option<Point>,
+    /// When the trip was requested and started (unix ms; 0: not yet).
+    pub requested_ms: u64,
+    pub started_ms: u64,
     /// The version vector, as text (for logs).
     pub version: String,
     /// Sum of the version vector's counters: grows with every change.
@@ -105,7 +135,19 @@ impl From<&SessionSnapshot> for TripView {
     fn from(s: &SessionSnapshot) -> Self {
         TripView {
             session: s.session.0,
+            label: s.session.to_string(),
             phase: s.view.phase.into(),
+            role: s.role.map(|r| match r {
+                Role::Rider => TripRole::Rider,
+                Role::Driver => TripRole::Driver,
+            }),
+            rider: s.rider.0,
+            driver: s.driver.map(|d| d.0),
+            pickup: s.view.pickup.into(),
+            dropoff: s.view.dropoff.into(),
+            last_position: s.view.last_position.map(Point::from),
+            requested_ms: s.view.requested_ms,
+            started_ms: s.view.started_ms,
             version: s.version.to_string(),
             version_total: s.version.total(),
             finished: s.finished,
@@ -156,4 +198,117 @@ pub struct Stats {
     pub events_dropped: u64,
     /// The local UDP address (changes with `rebind`).
     pub local_addr: String,
+}
+
+/// What an op does (the trip model's ops; `RequestTrip` creates the trip).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum OpKind {
+    RequestTrip,
+    Arrived,
+    StartTrip,
+    Location,
+    Complete,
+    Cancel,
+}
+
+/// Where an op stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum OpState {
+    /// On the device's disk, not decided yet; sent (again) until it is.
+    Queued,
+    /// Committed: applied once, and a committed copy that covers it is on this device's disk.
+    Committed,
+    /// Failed for good: never applied (`message` says why).
+    Failed,
+    /// Not known: never queued on this device, or its outcome was acknowledged.
+    Unknown,
+}
+
+/// An op's id and where it stands (`op_status`, `queued_ops`, `outcomes`, `enqueue`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct OpInfo {
+    pub session: u64,
+    pub op_seq: u64,
+    pub state: OpState,
+    /// What the op does (`None` when the state is `Unknown`).
+    pub kind: Option<OpKind>,
+    /// The position of a `Location` op, the pickup of a `RequestTrip`.
+    pub at: Option<Point>,
+    /// Committed: the version of the committed copy that covers it.
+    pub version: String,
+    pub version_total: u64,
+    /// Committed: a retry of an op the datacenter had already applied (applied once).
+    pub duplicate: bool,
+    /// Failed: why.
+    pub message: String,
+    /// Committed or failed: when the device decided it (unix ms).
+    pub decided_at_ms: u64,
+}
+
+fn kind_of(op: &TripOp) -> (OpKind, Option<Point>) {
+    match op {
+        TripOp::Request { pickup, .. } => (OpKind::RequestTrip, Some((*pickup).into())),
+        TripOp::Arrived => (OpKind::Arrived, None),
+        TripOp::StartTrip => (OpKind::StartTrip, None),
+        TripOp::Location { at } => (OpKind::Location, Some((*at).into())),
+        TripOp::Complete => (OpKind::Complete, None),
+        TripOp::Cancel => (OpKind::Cancel, None),
+    }
+}
+
+impl OpInfo {
+    fn bare(id: OpId, state: OpState) -> Self {
+        OpInfo {
+            session: id.session.0,
+            op_seq: id.seq,
+            state,
+            kind: None,
+            at: None,
+            version: String::new(),
+            version_total: 0,
+            duplicate: false,
+            message: String::new(),
+            decided_at_ms: 0,
+        }
+    }
+
+    pub(crate) fn queued(id: OpId, op: &TripOp) -> Self {
+        let (kind, at) = kind_of(op);
+        OpInfo {
+            kind: Some(kind),
+            at,
+            ..OpInfo::bare(id, OpState::Queued)
+        }
+    }
+
+    pub(crate) fn decided(rec: &OpOutcomeRecord<lifeboat_common::Trip>) -> Self {
+        let (kind, at) = kind_of(&rec.op);
+        let base = OpInfo {
+            kind: Some(kind),
+            at,
+            decided_at_ms: rec.at_ms,
+            ..OpInfo::bare(rec.id, OpState::Committed)
+        };
+        match &rec.result {
+            Ok(c) => OpInfo {
+                version: c.version.to_string(),
+                version_total: c.version.total(),
+                duplicate: c.duplicate,
+                ..base
+            },
+            Err(e) => OpInfo {
+                state: OpState::Failed,
+                message: e.to_string(),
+                ..base
+            },
+        }
+    }
+
+    pub(crate) fn from_status(id: OpId, s: &OpStatus<lifeboat_common::Trip>) -> Self {
+        match s {
+            OpStatus::Queued { op } => OpInfo::queued(id, op),
+            OpStatus::Decided(rec) => OpInfo::decided(rec),
+            OpStatus::Unknown => OpInfo::bare(id, OpState::Unknown),
+        }
+    }
 }

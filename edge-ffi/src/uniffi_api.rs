@@ -10,7 +10,7 @@ use crate::core::Core;
 use crate::error::LifeboatError;
 use crate::events::Event;
 use crate::settings::Settings;
-use crate::types::{CommitInfo, Point, Stats, TripAction, TripView};
+use crate::types::{CommitInfo, OpInfo, Point, Stats, TripAction, TripView};
 use std::sync::Arc;
 
 /// An embedded edge client (see [`Core`]).
@@ -67,6 +67,38 @@ impl EmbeddedClient {
         task.await.map_err(|e| LifeboatError::Runtime {
             message: format!("submit task: {e}"),
         })?
+    }
+
+    /// Queue an op and return at once with its id (state `Queued`); the outcome arrives as
+    /// an event and stays readable with `op_status` until `acknowledge`.
+    pub fn enqueue(&self, session: u64, action: TripAction) -> Result<OpInfo, LifeboatError> {
+        self.core.enqueue(session, action)
+    }
+
+    /// Rider: queue a trip request and return at once with its id (`session` is the trip).
+    pub fn enqueue_request(&self, pickup: Point, dropoff: Point) -> Result<OpInfo, LifeboatError> {
+        self.core.enqueue_request(pickup, dropoff)
+    }
+
+    /// Where an op of this device stands: queued, committed, failed, or unknown.
+    pub fn op_status(&self, session: u64, op_seq: u64) -> Result<OpInfo, LifeboatError> {
+        self.core.op_status(session, op_seq)
+    }
+
+    /// Ops queued on the device and not decided yet (also those queued before a kill).
+    pub fn queued_ops(&self) -> Result<Vec<OpInfo>, LifeboatError> {
+        self.core.queued_ops()
+    }
+
+    /// Outcomes not acknowledged yet, oldest first: after a restart, what the app may not
+    /// have handled.
+    pub fn outcomes(&self) -> Result<Vec<OpInfo>, LifeboatError> {
+        self.core.outcomes()
+    }
+
+    /// The app has handled this op's outcome; returns whether one was held.
+    pub fn acknowledge(&self, session: u64, op_seq: u64) -> Result<bool, LifeboatError> {
+        self.core.acknowledge(session, op_seq)
     }
 
     pub fn set_available(&self, available: bool) -> Result<(), LifeboatError> {

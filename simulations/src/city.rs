@@ -91,7 +91,7 @@ pub struct DeviceLog {
     pub device: u64,
     pub ops: Vec<OpRecord>,
     pub disconnects_ms: Vec<u64>,
-    /// (time, datacenter) of each connect after a failover.
+    /// (time, datacenter) of each connection (the first ones before the kill included).
     pub failovers_ms: Vec<(u64, u16)>,
     /// When the device first held each session in the Assigned phase (or later).
     pub assigned_seen: Vec<(SessionId, u64)>,
@@ -293,14 +293,23 @@ async fn start_device(
         let mut waiting_since: std::collections::HashMap<SessionId, u64> =
             std::collections::HashMap::new();
         loop {
-            let e = match events.recv().await {
+            let e = match events.recv().await.map(|t| t.event) {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
             let now = shared.now_ms();
             match e {
-                ClientEvent::Connected { dc, .. } => connected.store(dc.0, Ordering::Relaxed),
+                ClientEvent::Connected { dc, .. } => {
+                    connected.store(dc.0, Ordering::Relaxed);
+                    // Every (re)connection: the restore rate counts from the first after the
+                    // kill (`FailoverFinished` comes later, at the first answered op).
+                    if let Ok(mut l) = log.lock() {
+                        if l.failovers_ms.len() < 1_000 {
+                            l.failovers_ms.push((now, dc.0));
+                        }
+                    }
+                }
                 ClientEvent::Disconnected { .. } => {
                     let left = connected.swap(0, Ordering::Relaxed) as usize;
                     let up = left
@@ -324,11 +333,6 @@ async fn start_device(
                                 l.waits_ms.push(now.saturating_sub(since));
                             }
                         }
-                    }
-                }
-                ClientEvent::FailoverFinished { dc, .. } => {
-                    if let Ok(mut l) = log.lock() {
-                        l.failovers_ms.push((now, dc.0));
                     }
                 }
                 ClientEvent::Session(EdgeEvent::Conflict { session, .. }) => {

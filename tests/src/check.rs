@@ -140,7 +140,7 @@ impl VersionWatch {
                 tokio::spawn(async move {
                     loop {
                         let line = match events.recv().await {
-                            Ok(e) => timeline_entry(&e),
+                            Ok(e) => timeline_entry(&e.event),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                                 Some(format!("({n} events missed)"))
                             }

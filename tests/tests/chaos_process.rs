@@ -553,7 +553,7 @@ async fn s5_edge_ack_dispatch_cut_off_by_the_kill_was_never_reported_committed(
         let mut events = rider.subscribe();
         let committed_changes = committed_changes.clone();
         tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
+            while let Ok(e) = events.recv().await.map(|t| t.event) {
                 if let ClientEvent::Session(EdgeEvent::ServerChangeCommitted { session, version }) =
                     e
                 {
@@ -777,7 +777,7 @@ async fn s13_split_partners_on_two_sites_only_the_anchors_side_commits_the_other
     let start = Instant::now();
     let mut waiting = false;
     while start.elapsed() < Duration::from_secs(4) {
-        match rider_events.try_recv() {
+        match rider_events.try_recv().map(|t| t.event) {
             Ok(ClientEvent::Session(EdgeEvent::Waiting { session: s, .. })) if s == session => {
                 waiting = true;
             }

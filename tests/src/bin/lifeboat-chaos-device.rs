@@ -129,7 +129,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let mut events = client.subscribe();
     tokio::spawn(async move {
         loop {
-            match events.recv().await {
+            match events.recv().await.map(|t| t.event) {
                 Ok(ClientEvent::OpResolved { op, result }) => report(&Report::Resolved {
                     op,
                     ok: result.is_ok(),
