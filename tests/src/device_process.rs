@@ -13,7 +13,9 @@
 
 use crate::Cluster;
 use anyhow::{bail, Context};
-use lifeboat_common::{DatacenterId, DeviceId, OpId, SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_common::{
+    DatacenterId, DeviceId, GeoPoint, OpId, SessionId, TripOp, TripPhase, VersionVector,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,20 @@ pub enum Command {
     },
     /// Report the sessions held (`Sessions` with the same tag).
     Sessions { tag: u64 },
+    /// Report the ops still queued and the decided outcomes not acknowledged yet
+    /// (`Outcomes` with the same tag).
+    Outcomes { tag: u64 },
+    /// Acknowledge these outcomes (`Acknowledged` with the same tag).
+    Acknowledge { tag: u64, ops: Vec<OpId> },
+}
+
+/// A decided outcome, as the device lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Decided {
+    pub op: OpId,
+    pub body: TripOp,
+    pub ok: bool,
+    pub error: Option<String>,
 }
 
 /// A session as the device holds it.
@@ -49,6 +65,7 @@ pub struct Held {
     pub version: VersionVector,
     pub phase: TripPhase,
     pub location_updates: u32,
+    pub last_position: Option<GeoPoint>,
     pub finished: bool,
     pub committed: bool,
 }
@@ -87,6 +104,15 @@ pub enum Report {
     Sessions {
         tag: u64,
         list: Vec<Held>,
+    },
+    Outcomes {
+        tag: u64,
+        queued: Vec<(OpId, TripOp)>,
+        decided: Vec<Decided>,
+    },
+    Acknowledged {
+        tag: u64,
+        count: usize,
     },
     /// The datacenter holds a diverged copy of a session (S13).
     Conflict {
@@ -314,6 +340,43 @@ impl DeviceProcess {
             _ => None,
         })
         .await
+    }
+
+    /// The ops still queued on the device and its unacknowledged outcomes.
+    pub async fn outcomes(&mut self) -> anyhow::Result<(Vec<(OpId, TripOp)>, Vec<Decided>)> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.send(&Command::Outcomes { tag })?;
+        self.wait_for(Duration::from_secs(10), "outcomes", |r| match r {
+            Report::Outcomes {
+                tag: t,
+                queued,
+                decided,
+            } if *t == tag => Some((queued.clone(), decided.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Acknowledge outcomes (does not wait for the answer; returns the tag).
+    pub fn acknowledge(&mut self, ops: Vec<OpId>) -> anyhow::Result<u64> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.send(&Command::Acknowledge { tag, ops })?;
+        Ok(tag)
+    }
+
+    /// How many reports so far `pick` accepts.
+    pub fn count(&self, pick: impl Fn(&Report) -> bool) -> usize {
+        self.reports
+            .lock()
+            .map(|v| v.iter().filter(|r| pick(r)).count())
+            .unwrap_or(0)
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Wait (bounded) until the device holds a session `pred` accepts.

@@ -827,3 +827,268 @@ async fn s13_split_partners_on_two_sites_only_the_anchors_side_commits_the_other
     );
     Ok(())
 }
+
+/// Issue 17: the app itself is killed at seeded points of the submit path, again and again,
+/// and what it knows after each restart comes only from the device (`queued_ops`, the
+/// unacknowledged `outcomes`, the trip view): the test's own record of what the device said
+/// is kept apart, for the checks. The kill points: right after the device reported the j-th
+/// op of a batch queued (the app got its id), right after the j-th outcome, right after an
+/// acknowledgement was sent, or a seeded moment after the batch was handed over. After
+/// every restart the app sends only the positions it cannot find queued or decided.
+///
+/// Checked at the end, against the device's reports and the datacenter's own store: every
+/// op id the device ever reported queued has an outcome the app learned (from an event, or
+/// from the outcome list after a restart), never two different ones; every position was
+/// queued under exactly one op id (the app never had to guess and sent none twice); and the
+/// datacenter applied each exactly once (its trip counts exactly N positions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_killed_at_seeded_points_of_the_submit_path_learns_every_outcome_from_the_device(
+) -> anyhow::Result<()> {
+    let name =
+        "app_killed_at_seeded_points_of_the_submit_path_learns_every_outcome_from_the_device";
+    let seed = seed_for(name);
+    with_seed(seed, name, app_killed_on_submit(seed).await)
+}
+
+/// Which position a location op reports (`route_point(k)` has latitude `PICKUP + 100 k`).
+fn position_index(op: &TripOp) -> Option<u32> {
+    match op {
+        TripOp::Location { at } => u32::try_from((at.lat_e6 - PICKUP.lat_e6) / 100).ok(),
+        _ => None,
+    }
+}
+
+async fn app_killed_on_submit(seed: u64) -> anyhow::Result<()> {
+    use lifeboat_common::OpId;
+    use std::collections::{BTreeMap, BTreeSet};
+    const POSITIONS: u32 = 40;
+    const MAX_LIVES: usize = 24;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut c = Cluster::new(1, &[])?;
+    c.start(0)?;
+    let spec = DeviceSpawn::new(DEVICE_BIN.into(), &c, 1000, true);
+    let mut driver = DeviceProcess::spawn(spec.clone()).await?;
+    driver
+        .wait_for(WAIT, "connected", |r| {
+            matches!(r, Report::Connected { .. }).then_some(())
+        })
+        .await?;
+    let rider = c.device(1, false).await?;
+    let (session, _) =
+        tokio::time::timeout(OP_TIMEOUT, rider.request_trip(PICKUP, route_point(50)))
+            .await
+            .context("trip request")??;
+    driver
+        .wait_for_session(WAIT, |h| {
+            h.session == session && h.phase == TripPhase::Assigned
+        })
+        .await?;
+    for op in [TripOp::Arrived, TripOp::StartTrip] {
+        driver.submit_wait(session, op, OP_TIMEOUT).await?;
+    }
+
+    // The checker's record (never shown to the app): op ids the device reported queued, and
+    // every outcome it reported for them (true: committed).
+    let mut given: BTreeMap<OpId, TripOp> = BTreeMap::new();
+    let mut learned: BTreeMap<OpId, BTreeSet<bool>> = BTreeMap::new();
+    let note = |reports: &[Report],
+                given: &mut BTreeMap<OpId, TripOp>,
+                learned: &mut BTreeMap<OpId, BTreeSet<bool>>,
+                sent: &HashMap<u64, TripOp>| {
+        for r in reports {
+            match r {
+                Report::Queued { tag, op } => {
+                    if let Some(body) = sent.get(tag) {
+                        given.insert(*op, body.clone());
+                    }
+                }
+                Report::Committed { op, .. } => {
+                    learned.entry(*op).or_default().insert(true);
+                }
+                Report::Resolved { op, ok, .. } => {
+                    learned.entry(*op).or_default().insert(*ok);
+                }
+                Report::Outcomes {
+                    queued, decided, ..
+                } => {
+                    for (op, body) in queued {
+                        given.insert(*op, body.clone());
+                    }
+                    for d in decided {
+                        given.insert(d.op, d.body.clone());
+                        learned.entry(d.op).or_default().insert(d.ok);
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let mut kills = Vec::new();
+    let mut lives = 0usize;
+    loop {
+        lives += 1;
+        ensure!(
+            lives <= MAX_LIVES + 2,
+            "the app did not finish in {lives} lives"
+        );
+        // The app starts: everything it knows comes from the device.
+        let (queued, decided) = driver.outcomes().await?;
+        let held = driver
+            .wait_for_session(WAIT, |h| h.session == session)
+            .await?;
+        let mut known: BTreeSet<u32> = BTreeSet::new();
+        if let Some(at) = held.last_position {
+            known.extend(1..=position_index(&TripOp::Location { at }).unwrap_or(0));
+        }
+        known.extend(queued.iter().filter_map(|(_, op)| position_index(op)));
+        known.extend(decided.iter().filter_map(|d| position_index(&d.body)));
+        let failed: Vec<&lifeboat_tests::device_process::Decided> =
+            decided.iter().filter(|d| !d.ok).collect();
+        ensure!(failed.is_empty(), "ops failed: {failed:?}");
+        let last_life = lives > MAX_LIVES;
+        let batch: Vec<u32> = (1..=POSITIONS)
+            .filter(|k| !known.contains(k))
+            .take(if last_life {
+                usize::MAX
+            } else {
+                rng.random_range(1..6)
+            })
+            .collect();
+        let mut sent: HashMap<u64, TripOp> = HashMap::new();
+        let ack_tag = driver.acknowledge(decided.iter().map(|d| d.op).collect())?;
+        for k in &batch {
+            let op = TripOp::Location {
+                at: route_point(*k),
+            };
+            let tag = driver.submit(session, op.clone())?;
+            sent.insert(tag, op);
+        }
+        if last_life || batch.is_empty() {
+            // Run to the end: every queued op decided.
+            let start = Instant::now();
+            loop {
+                let (q, d) = driver.outcomes().await?;
+                let reports = driver.reports();
+                note(&reports, &mut given, &mut learned, &sent);
+                driver.acknowledge(d.iter().map(|d| d.op).collect())?;
+                if q.is_empty() && sent.keys().all(|t| {
+                    reports.iter().any(|r| matches!(r, Report::Committed { tag, .. } | Report::Failed { tag, .. } if tag == t))
+                }) {
+                    break;
+                }
+                ensure!(
+                    start.elapsed() < OP_TIMEOUT,
+                    "queued ops never decided: {q:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let have = driver
+                .wait_for_session(WAIT, |h| h.session == session)
+                .await?;
+            if have.location_updates >= POSITIONS || last_life {
+                driver
+                    .submit_wait(session, TripOp::Complete, OP_TIMEOUT)
+                    .await?;
+                let reports = driver.shutdown().await?;
+                note(&reports, &mut given, &mut learned, &sent);
+                break;
+            }
+            continue;
+        }
+        // Kill at a seeded point of this batch's path.
+        let point = rng.random_range(0..4);
+        let j = rng.random_range(1..=batch.len().max(1));
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let what = match point {
+            0 => {
+                while driver
+                    .count(|r| matches!(r, Report::Queued { tag, .. } if sent.contains_key(tag)))
+                    < j
+                    && Instant::now() < deadline
+                    && !driver.exited()
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                format!("after op {j} of {} was queued", batch.len())
+            }
+            1 => {
+                while driver
+                    .count(|r| matches!(r, Report::Committed { tag, .. } if sent.contains_key(tag)))
+                    < j
+                    && Instant::now() < deadline
+                    && !driver.exited()
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                format!("after outcome {j} of {}", batch.len())
+            }
+            2 => {
+                while driver
+                    .count(|r| matches!(r, Report::Acknowledged { tag, .. } if *tag == ack_tag))
+                    < 1
+                    && Instant::now() < deadline
+                    && !driver.exited()
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                "after the acknowledgement".to_string()
+            }
+            _ => {
+                let us = rng.random_range(0..40_000);
+                tokio::time::sleep(Duration::from_micros(us)).await;
+                format!("{us} us after the batch of {}", batch.len())
+            }
+        };
+        let reports = driver.kill().await?;
+        note(&reports, &mut given, &mut learned, &sent);
+        kills.push(what);
+        driver = DeviceProcess::spawn(spec.clone()).await?;
+    }
+    eprintln!("{} kills: {}", kills.len(), kills.join("; "));
+
+    // Every op id the device ever gave out has an outcome the app learned, only one.
+    for (op, body) in &given {
+        let seen = learned.get(op);
+        ensure!(
+            seen.is_some_and(|s| !s.is_empty()),
+            "op {op} ({body:?}) was queued but its outcome never reached the app"
+        );
+        ensure!(
+            seen.is_some_and(|s| s.len() == 1),
+            "op {op} had two different outcomes: {seen:?}"
+        );
+    }
+    // The app sent each position under exactly one op id, and every one committed.
+    let mut ids_per_position: BTreeMap<u32, Vec<OpId>> = BTreeMap::new();
+    for (op, body) in &given {
+        if let Some(k) = position_index(body) {
+            ids_per_position.entry(k).or_default().push(*op);
+        }
+    }
+    for k in 1..=POSITIONS {
+        let ids = ids_per_position.get(&k).cloned().unwrap_or_default();
+        ensure!(
+            ids.len() == 1,
+            "position {k} was queued as {ids:?}: the app could not tell it was already sent"
+        );
+        ensure!(
+            learned.get(&ids[0]).is_some_and(|s| s.contains(&true)),
+            "position {k} (op {}) never committed",
+            ids[0]
+        );
+    }
+    // The datacenter's own store: each position applied exactly once.
+    let stored = c.stop_and_read(0)?;
+    let (_, body) = newest_copies(stored)
+        .into_iter()
+        .find(|(h, _)| h.session == session)
+        .context("the datacenter does not hold the trip")?;
+    ensure!(
+        body.state.location_updates == POSITIONS,
+        "the datacenter applied {} positions, the app sent {POSITIONS}",
+        body.state.location_updates
+    );
+    ensure!(body.state.phase == TripPhase::Completed);
+    drop(rider);
+    Ok(())
+}

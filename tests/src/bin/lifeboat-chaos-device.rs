@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use lifeboat_common::edge::EdgeEvent;
 use lifeboat_common::DeviceId;
 use lifeboat_edge::{ClientEvent, EdgeClient, EdgeConfig, StoreLocation};
-use lifeboat_tests::device_process::{Command, Held, Report};
+use lifeboat_tests::device_process::{Command, Decided, Held, Report};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -187,8 +187,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         let client = client.clone();
         match cmd {
             Command::Submit { tag, session, op } => {
+                // Queued in the order the commands came (as an app's one thread would), so
+                // a session's seqs follow the test's order; the waits run concurrently.
+                let queued = client.enqueue(session, op).await;
                 tokio::spawn(async move {
-                    match client.enqueue(session, op).await {
+                    match queued {
                         Ok((op, done)) => {
                             report(&Report::Queued { tag, op });
                             match done.await {
@@ -226,11 +229,36 @@ async fn run(a: Args) -> anyhow::Result<()> {
                         version: s.version,
                         phase: s.view.phase,
                         location_updates: s.view.location_updates,
+                        last_position: s.view.last_position,
                         finished: s.finished,
                         committed: s.committed,
                     })
                     .collect();
                 report(&Report::Sessions { tag, list });
+            }
+            Command::Outcomes { tag } => {
+                let queued = client.queued_ops().await.unwrap_or_default();
+                let decided = client
+                    .outcomes()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| Decided {
+                        op: o.id,
+                        body: o.op,
+                        ok: o.result.is_ok(),
+                        error: o.result.err().map(|e| e.to_string()),
+                    })
+                    .collect();
+                report(&Report::Outcomes {
+                    tag,
+                    queued,
+                    decided,
+                });
+            }
+            Command::Acknowledge { tag, ops } => {
+                let count = client.acknowledge(ops).await.unwrap_or(0);
+                report(&Report::Acknowledged { tag, count });
             }
         }
     }
