@@ -68,9 +68,10 @@ pub enum ClientEvent {
     Moved { from: SocketAddr, to: SocketAddr },
     /// The failover is over, as the user felt it: the first op answered after the client
     /// reconnected (or the reconnect itself, if nothing was queued). `stalled_ms` runs from
-    /// the first op the lost datacenter left unanswered (or, with none, from the last frame
-    /// it sent) to then; `detection_ms` is the part from the datacenter's last frame to the
-    /// moment the client gave the connection up.
+    /// the first op sent after the lost datacenter's last frame (or, with none, from its last
+    /// sign of life) to then; `detection_ms` is the part from that last sign of life to the
+    /// moment the client gave the connection up (the idle timeout for a datacenter that went
+    /// silent, 0 for one that closed the connection).
     FailoverFinished {
         dc: DatacenterId,
         addr: SocketAddr,
@@ -335,7 +336,6 @@ impl EdgeClient {
             cmd_rx,
             stopped: false,
             route,
-            last_rx: None,
             first_unanswered: None,
             failover: None,
         };
@@ -524,9 +524,7 @@ struct Actor {
     rng: SmallRng,
     /// Which datacenter this device last reached, and which failed (kept in the store).
     route: RouteMemory,
-    /// The last frame from the current datacenter.
-    last_rx: Option<Instant>,
-    /// The first op sent since then (unanswered so far).
+    /// The first op sent since the last frame from the datacenter (unanswered so far).
     first_unanswered: Option<Instant>,
     failover: Option<FailoverClock>,
 }
@@ -632,17 +630,24 @@ impl Actor {
         self.core.set_time(self.cfg.clock.now_ms());
     }
 
-    /// The connection to `idx` is gone (not a move home): start the failover clock, once.
-    fn start_failover(&mut self, lost_at: Instant) {
-        let last_rx = self.last_rx.unwrap_or(lost_at);
+    /// The connection is gone (not a move home): start the failover clock, once. The last
+    /// sign of life of a datacenter that went silent is one idle timeout before the client
+    /// gave up (QUIC counts it from the last packet, keep-alive acks included); one that
+    /// closed the connection was noticed at once.
+    fn start_failover(&mut self, lost_at: Instant, timed_out: bool) {
+        let detection = if timed_out {
+            self.cfg.idle_timeout
+        } else {
+            Duration::ZERO
+        };
+        let last_sign = lost_at.checked_sub(detection).unwrap_or(lost_at);
         if self.failover.is_none() {
             self.failover = Some(FailoverClock {
-                stall_from: self.first_unanswered.unwrap_or(last_rx).min(lost_at),
-                detection_ms: lost_at.saturating_duration_since(last_rx).as_millis() as u64,
+                stall_from: self.first_unanswered.unwrap_or(last_sign).min(lost_at),
+                detection_ms: detection.as_millis() as u64,
                 reconnected: None,
             });
         }
-        self.last_rx = None;
         self.first_unanswered = None;
     }
 
@@ -799,6 +804,7 @@ impl Actor {
             self.stats
                 .bytes_down
                 .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
+            let timed_out = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
             conn.close(0u32.into(), b"bye");
             self.stats.connected_dc.store(0, Ordering::Relaxed);
             self.core.on_disconnect();
@@ -821,7 +827,7 @@ impl Actor {
                 reason: reason.clone(),
             });
             self.emit(ClientEvent::FailoverStarted { from: addr });
-            self.start_failover(Instant::now());
+            self.start_failover(Instant::now(), timed_out);
             // The datacenter that just failed goes to the back of the line.
             last_lost = Some(idx);
             queue = self.order(Some(idx));
@@ -946,7 +952,6 @@ impl Actor {
                 _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
                 frame = frame_rx.recv() => match frame {
                     Some(Ok(msg)) => {
-                        self.last_rx = Some(Instant::now());
                         self.first_unanswered = None;
                         let welcome = match &msg {
                             ServerMsg::Welcome { dc, .. } => Some(*dc),

@@ -272,3 +272,74 @@ async fn s10_finished_trip_is_not_revived_by_an_older_digest_after_failover() ->
     ensure!(body.state.phase == TripPhase::Completed);
     Ok(())
 }
+
+/// Issue 17: the failover figures the app is given are the ones its user felt. The driver
+/// sends a position right after the primary is SIGKILLed; the test times that op itself, from
+/// the moment it handed it over to its commit at the backup. The `FailoverFinished` event
+/// must account for that wait (it reported only the reconnect gap, 1-8 ms, for a wait of
+/// seconds), carry the detection part separately, and be stamped with the time it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_finished_reports_the_stall_the_user_felt_detection_included(
+) -> anyhow::Result<()> {
+    use lifeboat_edge::ClientEvent;
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let driver = c.device(1000, true).await?;
+    let rider = c.device(1, false).await?;
+    let mut events = driver.subscribe();
+    let (session, _) = rider.request_trip(PICKUP, route_point(30)).await?;
+    wait_for_assignment(&driver, WAIT).await?;
+    for op in [TripOp::Arrived, TripOp::StartTrip] {
+        lifeboat_tests::trips::submit(&driver, session, op).await?;
+    }
+    c.kill(0, true)?;
+    let killed_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let handed_over = std::time::Instant::now();
+    lifeboat_tests::trips::submit(&driver, session, TripOp::Location { at: route_point(1) })
+        .await?;
+    let felt_ms = handed_over.elapsed().as_millis() as u64;
+    let (at_ms, stalled_ms, detection_ms) = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let ClientEvent::FailoverFinished {
+                        stalled_ms,
+                        detection_ms,
+                        ..
+                    } = e.event
+                    {
+                        return Ok((e.at_ms, stalled_ms, detection_ms));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(anyhow::anyhow!("events ended: {e}")),
+            }
+        }
+    })
+    .await
+    .context("no FailoverFinished event")??;
+    eprintln!(
+        "op waited {felt_ms} ms; FailoverFinished: stalled {stalled_ms} ms, detection {detection_ms} ms"
+    );
+    ensure!(
+        detection_ms == lifeboat_tests::TEST_IDLE_MS,
+        "a silent primary is detected after the idle timeout ({} ms), reported {detection_ms}",
+        lifeboat_tests::TEST_IDLE_MS
+    );
+    ensure!(
+        stalled_ms >= detection_ms,
+        "the stall ({stalled_ms} ms) must include detection ({detection_ms} ms)"
+    );
+    ensure!(
+        stalled_ms + 250 >= felt_ms,
+        "the op waited {felt_ms} ms but the event says the stall was {stalled_ms} ms"
+    );
+    ensure!(
+        at_ms >= killed_at_ms && at_ms >= killed_at_ms + felt_ms.saturating_sub(250),
+        "the event is stamped {at_ms}, before the op it ended was answered (kill at {killed_at_ms})"
+    );
+    Ok(())
+}
