@@ -69,9 +69,9 @@ pub enum ClientEvent {
     /// The failover is over, as the user felt it: the first op answered after the client
     /// reconnected (or the reconnect itself, if nothing was queued). `stalled_ms` runs from
     /// the first op sent after the lost datacenter's last frame (or, with none, from its last
-    /// sign of life) to then; `detection_ms` is the part from that last sign of life to the
-    /// moment the client gave the connection up (the idle timeout for a datacenter that went
-    /// silent, 0 for one that closed the connection).
+    /// sign of life) to then; `detection_ms` is the part of it before the client gave the
+    /// connection up (at most the idle timeout for a datacenter that went silent; 0 for one
+    /// that closed the connection).
     FailoverFinished {
         dc: DatacenterId,
         addr: SocketAddr,
@@ -642,9 +642,13 @@ impl Actor {
         };
         let last_sign = lost_at.checked_sub(detection).unwrap_or(lost_at);
         if self.failover.is_none() {
+            let stall_from = self.first_unanswered.unwrap_or(last_sign).min(lost_at);
+            // The part of the stall spent noticing: from its start (or the last sign of life,
+            // if that came later) to giving up.
+            let noticed_from = stall_from.max(last_sign);
             self.failover = Some(FailoverClock {
-                stall_from: self.first_unanswered.unwrap_or(last_sign).min(lost_at),
-                detection_ms: detection.as_millis() as u64,
+                stall_from,
+                detection_ms: lost_at.saturating_duration_since(noticed_from).as_millis() as u64,
                 reconnected: None,
             });
         }

@@ -34,13 +34,22 @@ fn c_example_rides_through_a_primary_datacenter_kill() -> anyhow::Result<()> {
         String::from_utf8_lossy(&build.stderr)
     );
     let mut cmd = Command::new(&exe);
-    cmd.args(example_args(&c, &c.path().join("devices")));
+    // Load the library the rpath names: cargo's LD_LIBRARY_PATH would otherwise win and may
+    // hold an older build of it (the one `cargo build` left in the profile directory).
+    cmd.args(example_args(&c, &c.path().join("devices")))
+        .env_remove("LD_LIBRARY_PATH");
     let out = run_through_failover(cmd, &mut c)?;
     let trip = summary_field(&out, "trip")?;
     ensure!(summary_field(&out, "location_updates")? == u64::from(STEPS));
     ensure!(
         summary_field(&out, "driver_failovers")? >= 1,
         "the driver never reported a finished failover:\n{out}"
+    );
+    // The stall the driver's app is told of includes detection (it was the reconnect gap
+    // alone, a few ms, for a wait of seconds).
+    ensure!(
+        summary_field(&out, "driver_stalled_ms_max")? >= lifeboat_tests::TEST_IDLE_MS / 2,
+        "the reported failover stall leaves out detection:\n{out}"
     );
     ensure!(out.contains("rider changed network"), "no rebind:\n{out}");
     if let Some(f) = out.lines().find(|l| l.starts_with("footprint:")) {

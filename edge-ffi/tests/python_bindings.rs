@@ -87,6 +87,12 @@ fn python_bindings_ride_through_a_primary_datacenter_kill() -> anyhow::Result<()
         summary_field(&out, "driver_failovers")? >= 1,
         "the driver never reported a finished failover:\n{out}"
     );
+    // The stall the driver's app is told of includes detection (it was the reconnect gap
+    // alone, a few ms, for a wait of seconds).
+    ensure!(
+        summary_field(&out, "driver_stalled_ms_max")? >= lifeboat_tests::TEST_IDLE_MS / 2,
+        "the reported failover stall leaves out detection:\n{out}"
+    );
     ensure!(
         out.contains("cancelled before it was queued"),
         "cancel demo missing:\n{out}"

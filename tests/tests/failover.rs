@@ -279,8 +279,8 @@ async fn s10_finished_trip_is_not_revived_by_an_older_digest_after_failover() ->
 /// must account for that wait (it reported only the reconnect gap, 1-8 ms, for a wait of
 /// seconds), carry the detection part separately, and be stamped with the time it happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_finished_reports_the_stall_the_user_felt_detection_included(
-) -> anyhow::Result<()> {
+async fn failover_finished_reports_the_stall_the_user_felt_detection_included() -> anyhow::Result<()>
+{
     use lifeboat_edge::ClientEvent;
     let mut c = Cluster::new(2, &[])?;
     c.start(0)?;
@@ -325,8 +325,8 @@ async fn failover_finished_reports_the_stall_the_user_felt_detection_included(
         "op waited {felt_ms} ms; FailoverFinished: stalled {stalled_ms} ms, detection {detection_ms} ms"
     );
     ensure!(
-        detection_ms == lifeboat_tests::TEST_IDLE_MS,
-        "a silent primary is detected after the idle timeout ({} ms), reported {detection_ms}",
+        detection_ms > 0 && detection_ms <= lifeboat_tests::TEST_IDLE_MS,
+        "a silent primary is detected within the idle timeout ({} ms), reported {detection_ms}",
         lifeboat_tests::TEST_IDLE_MS
     );
     ensure!(

@@ -89,40 +89,55 @@ struct seen {
     unsigned long long stalled_ms_max;
 };
 
-/* Print every event waiting for `who` (never blocks). */
+/* An event's own time as HH:MM:SS.mmm (UTC). */
+static void clock_of(uint64_t at_ms, char out[16]) {
+    unsigned long long ms = (unsigned long long)(at_ms % 86400000ULL);
+    snprintf(out, 16, "%02llu:%02llu:%02llu.%03llu", ms / 3600000ULL, ms / 60000ULL % 60,
+             ms / 1000ULL % 60, ms % 1000ULL);
+}
+
+/* Print every event waiting for `who`, one short line each (never blocks). Trip ids are
+ * printed as the library's logs print them: `s` and 16 hex digits. */
 static void drain_events(const char *who, LifeboatClient *c, struct seen *seen) {
     LifeboatEvent e;
+    char at[16];
     for (int i = 0; i < 10000; i++) {
         int32_t st = lifeboat_poll_event(c, 0, &e);
         check("lifeboat_poll_event", st);
         if (st == LIFEBOAT_NO_EVENT) return;
+        clock_of(e.at_ms, at);
         switch (e.kind) {
         case LIFEBOAT_EVENT_CONNECTED:
-            printf("%s event: connected to dc%u at %s\n", who, e.dc, e.addr);
+            printf("%s %s: connected to dc%u at %s\n", at, who, e.dc, e.addr);
             break;
         case LIFEBOAT_EVENT_DISCONNECTED:
-            printf("%s event: disconnected from %s (%s)\n", who, e.addr, e.message);
+            printf("%s %s: disconnected from %s (%s)\n", at, who, e.addr, e.message);
             break;
         case LIFEBOAT_EVENT_FAILOVER_STARTED:
-            printf("%s event: failover started, lost %s\n", who, e.addr);
+            printf("%s %s: failover started, lost %s\n", at, who, e.addr);
             break;
         case LIFEBOAT_EVENT_FAILOVER_FINISHED:
             seen->failovers++;
             if (e.stalled_ms > seen->stalled_ms_max) seen->stalled_ms_max = e.stalled_ms;
-            printf("%s event: failover finished: dc%u at %s after %llu ms\n", who, e.dc,
-                   e.addr, (unsigned long long)e.stalled_ms);
+            printf("%s %s: failover finished at dc%u: stalled %llu ms (detection %llu ms)\n", at,
+                   who, e.dc, (unsigned long long)e.stalled_ms,
+                   (unsigned long long)e.detection_ms);
             break;
         case LIFEBOAT_EVENT_SESSION_UPDATED:
-            printf("%s event: trip %llu is %s (version %llu)\n", who,
+            printf("%s %s: trip s%016llx is %s (version %llu)\n", at, who,
                    (unsigned long long)e.session, phase_name(e.phase),
                    (unsigned long long)e.version_total);
             break;
         case LIFEBOAT_EVENT_OP_REJECTED:
-            printf("%s event: op %llu/%llu rejected: %s\n", who, (unsigned long long)e.session,
-                   (unsigned long long)e.op_seq, e.message);
+            printf("%s %s: op s%016llx#%llu failed: %s\n", at, who,
+                   (unsigned long long)e.session, (unsigned long long)e.op_seq, e.message);
+            break;
+        case LIFEBOAT_EVENT_WAITING:
+            printf("%s %s: trip s%016llx waits: %s\n", at, who, (unsigned long long)e.session,
+                   e.message);
             break;
         case LIFEBOAT_EVENT_EVENTS_DROPPED:
-            printf("%s event: %llu events dropped\n", who, (unsigned long long)e.count);
+            printf("%s %s: %llu events dropped\n", at, who, (unsigned long long)e.count);
             break;
         default:
             break; /* connect failures, op commits: the calls report those */
@@ -217,7 +232,8 @@ int main(int argc, char **argv) {
     check("lifeboat_request_trip",
           lifeboat_request_trip(rider, pickup, dropoff, OP_TIMEOUT_MS, NULL, &c));
     uint64_t trip = c.session;
-    printf("requested trip %llu (version %llu)\n", (unsigned long long)trip,
+    lifeboat_acknowledge(rider, trip, c.op_seq); /* handled: the device may forget it */
+    printf("requested trip s%016llx (version %llu)\n", (unsigned long long)trip,
            (unsigned long long)c.version_total);
 
     /* The driver holds the trip once dispatch assigns it. */
@@ -233,13 +249,29 @@ int main(int argc, char **argv) {
         fprintf(stderr, "trip: the driver was not assigned the trip within 20 s\n");
         return 1;
     }
-    printf("driver assigned trip %llu\n", (unsigned long long)trip);
+    printf("driver assigned trip s%016llx: rider d%llu, role %s\n", (unsigned long long)trip,
+           (unsigned long long)t.rider, t.role == LIFEBOAT_ROLE_DRIVER ? "driver" : "?");
 
+    /* Queue without waiting: the op's id at once; its outcome by asking. */
     LifeboatPoint nowhere = {0, 0};
-    check("arrive", lifeboat_submit(driver, trip, LIFEBOAT_ACTION_ARRIVED, nowhere,
-                                    OP_TIMEOUT_MS, NULL, &c));
+    LifeboatOp op;
+    check("lifeboat_enqueue",
+          lifeboat_enqueue(driver, trip, LIFEBOAT_ACTION_ARRIVED, nowhere, &op));
+    printf("arrive queued as op s%016llx#%llu\n", (unsigned long long)op.session,
+           (unsigned long long)op.op_seq);
+    uint64_t arrive_seq = op.op_seq;
+    for (int i = 0; i < 600 && op.state == LIFEBOAT_OP_QUEUED; i++) {
+        check("lifeboat_op_status", lifeboat_op_status(driver, trip, arrive_seq, &op));
+        if (op.state == LIFEBOAT_OP_QUEUED) sleep_ms(50);
+    }
+    if (op.state != LIFEBOAT_OP_COMMITTED) {
+        fprintf(stderr, "trip: arrive ended in state %d: %s\n", op.state, op.message);
+        return 1;
+    }
+    check("lifeboat_acknowledge", lifeboat_acknowledge(driver, trip, arrive_seq));
     check("start", lifeboat_submit(driver, trip, LIFEBOAT_ACTION_START_TRIP, nowhere,
                                    OP_TIMEOUT_MS, NULL, &c));
+    lifeboat_acknowledge(driver, trip, c.op_seq);
     printf("trip started (version %llu)\n", (unsigned long long)c.version_total);
 
     for (int k = 1; k <= a.steps; k++) {
@@ -249,6 +281,7 @@ int main(int argc, char **argv) {
                                      cancel, &c);
         lifeboat_cancel_free(cancel);
         check("location", st);
+        lifeboat_acknowledge(driver, trip, c.op_seq);
         printf("location %d/%d committed (version %llu)\n", k, a.steps,
                (unsigned long long)c.version_total);
         drain_events("driver", driver, &seen_driver);
@@ -266,8 +299,9 @@ int main(int argc, char **argv) {
     }
     check("complete", lifeboat_submit(driver, trip, LIFEBOAT_ACTION_COMPLETE, nowhere,
                                       OP_TIMEOUT_MS, NULL, &c));
+    lifeboat_acknowledge(driver, trip, c.op_seq);
     check("lifeboat_trip", lifeboat_trip(driver, trip, &t));
-    printf("driver: trip %llu %s, %llu m, %u location updates, fare %lld cents\n",
+    printf("driver: trip s%016llx %s, %llu m, %u location updates, fare %lld cents\n",
            (unsigned long long)trip, phase_name(t.phase), (unsigned long long)t.distance_m,
            t.location_updates, (long long)t.fare_cents);
 
@@ -288,7 +322,7 @@ int main(int argc, char **argv) {
     }
     LifeboatStats s;
     check("lifeboat_stats", lifeboat_stats(driver, &s));
-    printf("rider: trip %llu completed, fare %lld cents, %u location updates\n",
+    printf("rider: trip s%016llx completed, fare %lld cents, %u location updates\n",
            (unsigned long long)trip, (long long)t.fare_cents, t.location_updates);
     printf("summary: trip=%llu location_updates=%u fare_cents=%lld driver_failovers=%d "
            "driver_stalled_ms_max=%llu driver_connects=%llu driver_bytes_up=%llu "

@@ -4,7 +4,10 @@
 The rider requests a trip, dispatch assigns the driver, the driver drives it, and both ride
 through a datacenter failover (kill -9 the primary while the trip runs). Shows the blocking
 calls, one async call (``submit_async``, run on the client's own runtime), a cancel token,
-event polling, a network change (``rebind``) and app backgrounding (``pause``/``resume``).
+an op queued without waiting (``enqueue``, then ``op_status``), outcomes acknowledged once
+handled (and, after a restart, ``outcomes()``/``queued_ops()`` first), event polling with
+each event's own time, a network change (``rebind``) and app backgrounding
+(``pause``/``resume``).
 
 Generate the bindings first (see docs/EMBEDDING.md), then:
 
@@ -52,29 +55,54 @@ class Seen:
         self.stalled_ms_max = 0
 
 
+def label(session):
+    """A trip id in its one printed form, as the library's logs show it."""
+    return f"s{session:016x}"
+
+
+def clock(at_ms):
+    """HH:MM:SS.mmm (UTC) of an event's own time."""
+    return time.strftime("%H:%M:%S", time.gmtime(at_ms / 1000)) + f".{at_ms % 1000:03d}"
+
+
 def drain_events(who, client, seen):
-    """Print every event waiting for `who` (never blocks)."""
+    """Print every event waiting for `who`, one short line each (never blocks)."""
     for _ in range(10_000):
         e = client.poll_event(0)
         if e is None:
             return
         k = e.kind
+        at = f"{clock(e.at_ms)} {who}:"
         if k == lb.EventKind.CONNECTED:
-            print(f"{who} event: connected to dc{e.dc} at {e.addr}")
+            print(f"{at} connected to dc{e.dc} at {e.addr}")
         elif k == lb.EventKind.DISCONNECTED:
-            print(f"{who} event: disconnected from {e.addr} ({e.message})")
+            print(f"{at} disconnected from {e.addr} ({e.message})")
         elif k == lb.EventKind.FAILOVER_STARTED:
-            print(f"{who} event: failover started, lost {e.addr}")
+            print(f"{at} failover started, lost {e.addr}")
         elif k == lb.EventKind.FAILOVER_FINISHED:
             seen.failovers += 1
             seen.stalled_ms_max = max(seen.stalled_ms_max, e.stalled_ms)
-            print(f"{who} event: failover finished: dc{e.dc} at {e.addr} after {e.stalled_ms} ms")
+            print(
+                f"{at} failover finished at dc{e.dc}: stalled {e.stalled_ms} ms "
+                f"(detection {e.detection_ms} ms)"
+            )
         elif k == lb.EventKind.SESSION_UPDATED:
-            print(f"{who} event: trip {e.session} is {e.phase} (version {e.version})")
+            print(f"{at} trip {label(e.session)} is {e.phase.name.lower()} at {e.version}")
         elif k == lb.EventKind.OP_REJECTED:
-            print(f"{who} event: op {e.session}/{e.op_seq} rejected: {e.message}")
+            print(f"{at} op {label(e.session)}#{e.op_seq} failed: {e.message}")
+        elif k == lb.EventKind.WAITING:
+            print(f"{at} trip {label(e.session)} waits: {e.message}")
         elif k == lb.EventKind.EVENTS_DROPPED:
-            print(f"{who} event: {e.count} events dropped")
+            print(f"{at} {e.count} events dropped")
+
+
+def handle_earlier_outcomes(who, client):
+    """After a restart: outcomes the last run may not have handled, and ops still queued."""
+    for o in client.outcomes():
+        print(f"{who}: from before: op {label(o.session)}#{o.op_seq} {o.kind.name.lower()} {o.state.name.lower()}")
+        client.acknowledge(o.session, o.op_seq)
+    for o in client.queued_ops():
+        print(f"{who}: still queued from before: op {label(o.session)}#{o.op_seq} {o.kind.name.lower()}")
 
 
 def wait_for(what, pred, timeout_s):
@@ -106,17 +134,21 @@ def main():
     driver = start_device(args, args.driver, args.driver_token, True)
     rider = start_device(args, args.rider, args.rider_token, False)
     seen_driver, seen_rider = Seen(), Seen()
+    handle_earlier_outcomes("driver", driver)
+    handle_earlier_outcomes("rider", rider)
 
     commit = rider.request_trip(PICKUP, DROPOFF, OP_TIMEOUT_MS, None)
     trip = commit.session
-    print(f"requested trip {trip} (version {commit.version})")
+    rider.acknowledge(trip, commit.op_seq)
+    print(f"requested trip {label(trip)} at {commit.version}")
 
     def assigned():
         t = driver.trip(trip)
         return t is not None and t.phase == lb.Phase.ASSIGNED
 
     wait_for("driver assigned", assigned, 20)
-    print(f"driver assigned trip {trip}")
+    t = driver.trip(trip)
+    print(f"driver assigned trip {t.label}: rider d{t.rider}, pickup {t.pickup.lat_e6},{t.pickup.lon_e6}, role {t.role.name.lower()}")
 
     # A cancel token ends a wait; cancelled before the call, nothing is even queued.
     token = lb.CancelToken()
@@ -128,9 +160,21 @@ def main():
         assert e.op_seq == 0
         print("arrive: cancelled before it was queued (op_seq 0); submitting for real")
 
-    driver.submit(trip, lb.TripAction.ARRIVED(), OP_TIMEOUT_MS, None)
+    # Queue without waiting: the op's id at once, its outcome by asking (or as an event).
+    op = driver.enqueue(trip, lb.TripAction.ARRIVED())
+    print(f"arrive queued as op {label(op.session)}#{op.op_seq}")
+
+    def decided():
+        s = driver.op_status(trip, op.op_seq)
+        return s if s.state != lb.OpState.QUEUED else None
+
+    o = wait_for("arrive decided", decided, 30)
+    assert o.state == lb.OpState.COMMITTED, o
+    driver.acknowledge(trip, op.op_seq)
+    print(f"arrive committed at {o.version}")
     c = driver.submit(trip, lb.TripAction.START_TRIP(), OP_TIMEOUT_MS, None)
-    print(f"trip started (version {c.version})")
+    driver.acknowledge(trip, c.op_seq)
+    print(f"trip started at {c.version}")
 
     for k in range(1, args.steps + 1):
         at = lb.Point(lat_e6=PICKUP.lat_e6 + k * 300, lon_e6=PICKUP.lon_e6)
@@ -139,9 +183,11 @@ def main():
             # The same op from async code: the work runs on the client's own runtime.
             c = asyncio.run(driver.submit_async(trip, action, OP_TIMEOUT_MS, None))
             print("async location committed")
+            driver.acknowledge(trip, c.op_seq)
         else:
             c = driver.submit(trip, action, OP_TIMEOUT_MS, None)
-        print(f"location {k}/{args.steps} committed (version {c.version})")
+        driver.acknowledge(trip, c.op_seq)  # handled: the device may forget the outcome
+        print(f"location {k}/{args.steps} committed at {c.version}")
         drain_events("driver", driver, seen_driver)
         drain_events("rider", rider, seen_rider)
         if k == 1:
@@ -151,10 +197,11 @@ def main():
             print("rider app in the background (paused)")
         time.sleep(args.pause_ms / 1000)
 
-    driver.submit(trip, lb.TripAction.COMPLETE(), OP_TIMEOUT_MS, None)
+    c = driver.submit(trip, lb.TripAction.COMPLETE(), OP_TIMEOUT_MS, None)
+    driver.acknowledge(trip, c.op_seq)
     t = driver.trip(trip)
     print(
-        f"driver: trip {trip} {t.phase}, {t.distance_m} m, "
+        f"driver: trip {label(trip)} {t.phase.name.lower()}, {t.distance_m} m, "
         f"{t.location_updates} location updates, fare {t.fare_cents} cents"
     )
 
@@ -169,7 +216,7 @@ def main():
     drain_events("driver", driver, seen_driver)
     drain_events("rider", rider, seen_rider)
     s = driver.stats()
-    print(f"rider: trip {trip} completed, fare {t.fare_cents} cents, {t.location_updates} location updates")
+    print(f"rider: trip {label(trip)} completed, fare {t.fare_cents} cents, {t.location_updates} location updates")
     print(
         f"summary: trip={trip} location_updates={t.location_updates} fare_cents={t.fare_cents} "
         f"driver_failovers={seen_driver.failovers} driver_stalled_ms_max={seen_driver.stalled_ms_max} "

@@ -30,15 +30,24 @@ pub fn cdylib_name() -> &'static str {
 }
 
 /// The directory holding the cdylib cargo built for this test run: the test binary lives
-/// in `<target>/<profile>/deps`, the library in `<target>/<profile>` (and `deps`), whatever
-/// `CARGO_TARGET_DIR` is.
+/// in `<target>/<profile>/deps`, the library in `deps` (and, after a `cargo build`, also in
+/// `<target>/<profile>`), whatever `CARGO_TARGET_DIR` is. The newer of the two wins:
+/// `cargo test` refreshes only the one in `deps`, so the other may be an older build.
 pub fn cdylib_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let deps = exe.parent().context("test binary has no directory")?;
-    for dir in [deps.parent(), Some(deps)].into_iter().flatten() {
-        if dir.join(cdylib_name()).is_file() {
-            return Ok(dir.to_path_buf());
-        }
+    let newest = [Some(deps), deps.parent()]
+        .into_iter()
+        .flatten()
+        .filter_map(|dir| {
+            let modified = std::fs::metadata(dir.join(cdylib_name()))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((modified, dir.to_path_buf()))
+        })
+        .max_by_key(|(modified, _)| *modified);
+    if let Some((_, dir)) = newest {
+        return Ok(dir);
     }
     bail!(
         "{} not found next to {} (cargo builds it with the test targets of lifeboat-edge-ffi)",
