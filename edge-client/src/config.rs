@@ -70,8 +70,8 @@ pub struct EdgeConfig {
 
 impl EdgeConfig {
     /// Longest wait between two probes of a preferred datacenter that keeps not answering.
-    /// Kept well under the datacenters' restore grace (10 s by default): a partner that stayed
-    /// behind must follow before the grace runs out.
+    /// Kept short: while two partners are on different datacenters, the ops that wait for
+    /// the session's anchor wait until they meet again (docs/PROTOCOL.md).
     pub const HOME_PROBE_MAX: Duration = Duration::from_secs(4);
 
     /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
