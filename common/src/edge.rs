@@ -232,7 +232,7 @@ impl<A: Application> std::fmt::Display for EdgeEvent<A> {
                 let c = if *committed {
                     "committed"
                 } else {
-                    "not committed yet"
+                    "not confirmed to this device yet"
                 };
                 write!(f, "{session} updated to {version} ({c})")
             }

@@ -116,34 +116,62 @@ async fn main() -> anyhow::Result<()> {
         Role::Driver { steps } => loop {
             let s = client.sessions().await?;
             let Some(trip) = s
-                .iter()
-                .find(|s| !s.finished && s.view.phase == TripPhase::Assigned)
-                .map(|s| s.session)
+                .into_iter()
+                .find(|s| !s.finished && s.role == Some(lifeboat_common::Role::Driver))
             else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            println!("assigned trip {trip}");
-            for op in [TripOp::Arrived, TripOp::StartTrip] {
-                let c = client.submit(trip, op).await?;
+            let id = trip.session;
+            // After a restart: what is done (the trip's committed view) or still queued (it
+            // goes out by itself) is never sent again.
+            let queued: Vec<TripOp> = client
+                .queued_ops()
+                .await?
+                .into_iter()
+                .filter(|(op, _)| op.session == id)
+                .map(|(_, op)| op)
+                .collect();
+            let has = |want: &TripOp| queued.iter().any(|q| q == want);
+            println!("driving trip {id} ({:?})", trip.view.phase);
+            let mut todo = Vec::new();
+            if trip.view.phase == TripPhase::Assigned && !has(&TripOp::Arrived) {
+                todo.push(TripOp::Arrived);
+            }
+            if matches!(
+                trip.view.phase,
+                TripPhase::Assigned | TripPhase::DriverArrived
+            ) && !has(&TripOp::StartTrip)
+            {
+                todo.push(TripOp::StartTrip);
+            }
+            for op in todo {
+                let c = client.submit(id, op).await?;
                 client.acknowledge(vec![c.op]).await?;
             }
-            for k in 1..=steps {
+            let sent = trip.view.location_updates
+                + queued
+                    .iter()
+                    .filter(|q| matches!(q, TripOp::Location { .. }))
+                    .count() as u32;
+            for k in sent + 1..=steps {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 let at = GeoPoint {
                     lat_e6: HERE.lat_e6 + k as i32 * 300,
                     lon_e6: HERE.lon_e6,
                 };
-                let c = client.submit(trip, TripOp::Location { at }).await?;
+                let c = client.submit(id, TripOp::Location { at }).await?;
                 client.acknowledge(vec![c.op]).await?;
                 println!(
                     "location {k}/{steps}: op {} committed at {}",
                     c.op, c.version
                 );
             }
-            let c = client.submit(trip, TripOp::Complete).await?;
-            client.acknowledge(vec![c.op]).await?;
-            println!("trip {trip} completed at version {}", c.version);
+            if !has(&TripOp::Complete) {
+                let c = client.submit(id, TripOp::Complete).await?;
+                client.acknowledge(vec![c.op]).await?;
+                println!("trip {id} completed at {}", c.version);
+            }
         },
     }
     client.shutdown().await;
