@@ -521,6 +521,63 @@ mod tests {
         v
     }
 
+    /// Issue 17: a decided op's outcome is on disk under the op's key in place of the op,
+    /// and comes back at the next start (an acknowledged one does not); the route memory too.
+    #[test]
+    fn an_outcome_replaces_its_op_on_disk_and_comes_back_after_a_reopen() {
+        use lifeboat_common::edge::{Commit, SubmitError};
+        let dir = tempfile::tempdir().unwrap();
+        let loc = StoreLocation::Path(dir.path().join("d"));
+        let id = |seq| OpId {
+            session: SessionId(5),
+            device: DeviceId(9),
+            seq,
+        };
+        let route = RouteMemory {
+            last_reached: Some("127.0.0.1:4434".parse().unwrap()),
+            failed: vec![("127.0.0.1:4433".parse().unwrap(), 77)],
+        };
+        {
+            let store = EdgeStore::open(&loc, DeviceId(9)).unwrap();
+            store
+                .apply(&[
+                    StoreWrite::PutOp(id(1), TripOp::Cancel),
+                    StoreWrite::PutOp(id(2), TripOp::Arrived),
+                    StoreWrite::PutOp(id(3), TripOp::StartTrip),
+                    StoreWrite::PutOutcome(OpOutcomeRecord {
+                        id: id(1),
+                        op: TripOp::Cancel,
+                        result: Err(SubmitError::SessionFinished),
+                        at_ms: 20,
+                    }),
+                    StoreWrite::PutOutcome(OpOutcomeRecord {
+                        id: id(2),
+                        op: TripOp::Arrived,
+                        result: Ok(Commit {
+                            op: id(2),
+                            version: VersionVector::new(),
+                            duplicate: false,
+                        }),
+                        at_ms: 10,
+                    }),
+                ])
+                .unwrap();
+            store.save_route(&route).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = EdgeStore::open(&loc, DeviceId(9)).unwrap();
+        let l = store.load().unwrap();
+        let queued: Vec<u64> = l.ops.iter().map(|(i, _)| i.seq).collect();
+        assert_eq!(queued, vec![3], "decided ops are no longer queued");
+        let decided: Vec<u64> = l.outcomes.iter().map(|r| r.id.seq).collect();
+        assert_eq!(decided, vec![2, 1], "in the order they were decided");
+        assert_eq!(l.unreadable, 0);
+        assert_eq!(store.load_route(), Some(route));
+        store.apply(&[StoreWrite::DeleteOp(id(2))]).unwrap();
+        let l = store.load().unwrap();
+        assert_eq!(l.outcomes.len(), 1, "an acknowledged outcome is gone");
+    }
+
     #[test]
     fn devices_sharing_a_database_see_only_their_own_records_and_a_wipe_removes_only_one() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -343,3 +343,63 @@ async fn failover_finished_reports_the_stall_the_user_felt_detection_included() 
     );
     Ok(())
 }
+
+/// Issue 17: a restarted app tried the dead primary first (a connect timeout lost at every
+/// start). The client remembers which datacenter it last reached and which failed: started
+/// again on its store after the primary died, it goes straight to the backup, and no connect
+/// attempt to the dead primary comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_starts_at_the_datacenter_it_last_reached_not_the_dead_primary(
+) -> anyhow::Result<()> {
+    use lifeboat_common::DatacenterId;
+    use lifeboat_edge::ClientEvent;
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let primary = c.addrs()[0];
+    let device = c.device(1, false).await?;
+    ensure!(device.wait_connected(WAIT).await == Some(DatacenterId(1)));
+    c.kill(0, false)?;
+    let start = std::time::Instant::now();
+    while device.connected_dc() != Some(DatacenterId(2)) {
+        ensure!(start.elapsed() < WAIT, "no failover to dc2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    device.shutdown().await;
+    drop(device);
+    // The app starts again on the same store (once the stopped client released it); dc1 is
+    // still dead.
+    let begun = std::time::Instant::now();
+    let device = loop {
+        match c.device(1, false).await {
+            Ok(d) => break d,
+            Err(e) if begun.elapsed() < Duration::from_secs(5) => {
+                tracing_log(&e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // A connect attempt to the dead primary would fail only after the connect timeout, long
+    // after this subscription: if one comes before the connection, it is seen.
+    let mut events = device.subscribe();
+    let dc = device
+        .wait_connected(WAIT)
+        .await
+        .context("no connection after the restart")?;
+    while let Ok(e) = events.try_recv() {
+        if let ClientEvent::ConnectFailed { addr, .. } = &e.event {
+            ensure!(
+                *addr != primary,
+                "tried the dead primary first: {}",
+                e.event
+            );
+        }
+    }
+    ensure!(dc == DatacenterId(2), "connected to {dc} after the restart");
+    Ok(())
+}
+
+fn tracing_log(e: &anyhow::Error) {
+    eprintln!("store still held by the stopped client: {e}");
+}

@@ -149,6 +149,8 @@ def main():
     wait_for("driver assigned", assigned, 20)
     t = driver.trip(trip)
     print(f"driver assigned trip {t.label}: rider d{t.rider}, pickup {t.pickup.lat_e6},{t.pickup.lon_e6}, role {t.role.name.lower()}")
+    assert t.role == lb.TripRole.DRIVER and t.rider == args.rider and t.driver == args.driver, t
+    assert t.label == label(trip) and t.pickup == PICKUP, t
 
     # A cancel token ends a wait; cancelled before the call, nothing is even queued.
     token = lb.CancelToken()
@@ -213,6 +215,7 @@ def main():
         return t if t is not None and t.phase == lb.Phase.COMPLETED else None
 
     t = wait_for("rider sees the trip completed", completed, 30)
+    assert t.role == lb.TripRole.RIDER and t.last_position is not None, t
     drain_events("driver", driver, seen_driver)
     drain_events("rider", rider, seen_rider)
     s = driver.stats()
