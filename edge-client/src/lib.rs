@@ -21,6 +21,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Every op's outcome
+//!
+//! - An op gets its [`lifeboat_common::OpId`] when it is queued ([`EdgeClient::enqueue`]
+//!   returns it at once; [`EdgeClient::submit`] with the commit, or in
+//!   [`EdgeError::Failed`]); it is on the device's disk before the call returns.
+//! - It has exactly one outcome, committed or failed, decided once. The outcome replaces the
+//!   queued op on disk in one write, so no kill leaves an op neither queued nor decided.
+//! - The outcome is an event ([`ClientEvent::OpResolved`]) and stays readable
+//!   ([`EdgeClient::op_status`], [`EdgeClient::outcomes`]) until the app calls
+//!   [`EdgeClient::acknowledge`]: at-least-once delivery, also across a kill. After a restart,
+//!   read [`EdgeClient::outcomes`] and [`EdgeClient::queued_ops`] before sending an action
+//!   again: a queued or decided op must not be re-sent; one that is neither was never queued.
+//! - At most `EdgeLimits::max_outcomes` (1,024) unacknowledged outcomes are kept; beyond,
+//!   the oldest is dropped.
+//!
+//! Events carry their own time ([`TimedEvent::at_ms`]); `FailoverFinished` reports the stall
+//! the user felt, detection included. The client remembers the datacenter it last reached.
+//!
 //! Apps that do not run tokio use [`BlockingEdgeClient`], which owns its runtime.
 //! The replication rules live in [`lifeboat_common::edge::EdgeCore`]; this crate is the
 //! driver: QUIC (quinn), the sled store, failure detection and reconnects.
