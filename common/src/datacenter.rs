@@ -679,6 +679,9 @@ impl<A: Application> DatacenterCore<A> {
                     self.reanchor(session, device);
                 }
                 self.push_to(session, device);
+                // It knows nothing of the session: also what is committed of it (a provider
+                // assigned on the chain while it was away learns the hand-over only so).
+                self.tell_committed(session, device, &VersionVector::new());
             }
         }
         if available {
@@ -1209,8 +1212,21 @@ impl<A: Application> DatacenterCore<A> {
             session,
             from: device,
         });
-        // Everyone connected gets the kept copy, the uploader included.
+        // Everyone connected gets the kept copy, the uploader included, and what of it is
+        // committed: a provider the committed copy names that never held it (it was away
+        // when the hand-over was made elsewhere) learns only so that it holds the chain, and
+        // without it nobody could ever confirm the kept copy.
         self.push_to_participants(session, None);
+        let others: Vec<DeviceId> = self
+            .sessions
+            .get(&session)
+            .map(|e| e.header.participants().collect())
+            .unwrap_or_default();
+        for d in others {
+            if d != device && self.connected.contains_key(&d) {
+                self.tell_committed(session, d, &VersionVector::new());
+            }
+        }
         UploadOutcome::Restored
     }
 

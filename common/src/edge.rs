@@ -756,9 +756,21 @@ impl<A: Application> EdgeCore<A> {
             h.committed = true;
             h.committed_version = h.digest.header.version.clone();
             h.committed_driver = h.digest.header.driver;
+            let held_version = h.digest.header.version.clone();
+            let holder = h.digest.header.anchor() == me;
             let h = h.clone();
             self.effects.writes.push(StoreWrite::PutSession(session, h));
             self.effects.flush = true;
+            if holder && order == VersionOrder::Newer {
+                // We hold the chain now and our copy descends from the committed hand-over:
+                // our persisting (flushed before this goes out) commits it; say so, or a
+                // datacenter that asked us to confirm it would wait for ever.
+                self.effects.send.push(ClientMsg::Ack {
+                    session,
+                    version: held_version,
+                    certified: true,
+                });
+            }
             self.after_commit(session);
         } else if !ours_on_chain {
             // A committed copy older than (or beside) ours: ops it covers with the same

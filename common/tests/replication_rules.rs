@@ -1885,3 +1885,64 @@ fn unacknowledged_outcomes_beyond_the_bound_are_dropped_oldest_first() {
         .iter()
         .any(|(d, w)| *d == driver && matches!(w, StoreWrite::DeleteOp(i) if *i == first)));
 }
+
+/// Soak seed 177491 (`NotConverged`, 1 in 15,000 seeds): the rider's request reached dc1
+/// (reply lost, dc1 dispatched driver A there); the rider failed over to dc2, which created
+/// the trip again and dispatched driver B, who was cut off from dc2 and never heard of it;
+/// the rider persisted that hand-over (committed). Rider and B then both reached dc1, which
+/// adopted the rider's committed copy over its own branch with a version above both and
+/// asked the chain holder (B) to confirm it. But B had never held the committed copy, so it
+/// did not know it held the chain: its acknowledgement was not certified, nobody could ever
+/// confirm the kept copy, and the two phones ended on two unconfirmed branches. Now dc1 tells
+/// the participants what is committed along with the kept copy, and B, learning that the
+/// hand-over names it and holding a copy descending from it, confirms it (certified).
+#[test]
+fn a_provider_that_missed_its_hand_over_learns_it_holds_the_chain_when_another_site_adopts_it() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, a, b) = (r.add_device(1), r.add_device(2), r.add_device(3));
+    let s = SessionId(177_491);
+    // dc1 applies the request, its answers lost; it dispatches A there.
+    r.connect(a, 0, true);
+    r.connect(rider, 0, false);
+    let req = TripOp::Request {
+        pickup: P,
+        dropoff: Q,
+    };
+    r.submit_without_answer(rider, 0, s, req);
+    r.kill_link(rider);
+    r.pump();
+    assert_eq!(r.dc(0).session(s).unwrap().0.driver, Some(a));
+    // B is available at dc2, then cut off from it (dc2 does not notice).
+    r.connect(b, 1, true);
+    r.link.remove(&b);
+    r.edges.get_mut(&b).unwrap().on_disconnect();
+    // The rider fails over to dc2: the trip is created again there and B dispatched; the
+    // rider persists the hand-over, B never hears of it.
+    r.connect(rider, 1, false);
+    let held = r.edges[&rider].held(s).expect("the rider holds its trip");
+    assert!(held.committed, "the rider persisted the hand-over");
+    assert_eq!(held.digest.header.driver, Some(b));
+    assert!(r.edges[&b].held(s).is_none(), "B never heard of it");
+    // Both reach dc1, B first (it holds nothing of the trip), then the rider.
+    r.kill_link(rider);
+    r.connect(b, 0, false);
+    r.connect(rider, 0, false);
+    let kept = r.dc(0).session(s).unwrap().0.clone();
+    assert_eq!(kept.driver, Some(b), "dc1 kept the committed copy");
+    let hb = r.edges[&b].held(s).expect("B got the kept copy");
+    assert!(
+        hb.committed,
+        "B was told it holds the chain: {:?}",
+        hb.digest.header
+    );
+    // B drives; its ops commit, and both phones hold the same copy.
+    let go = r.submit(b, s, TripOp::Arrived);
+    assert!(
+        r.committed(go),
+        "B's op never committed: the chain is stuck"
+    );
+    assert_eq!(
+        r.edges[&rider].held(s).unwrap().digest.header.version,
+        r.edges[&b].held(s).unwrap().digest.header.version
+    );
+}
