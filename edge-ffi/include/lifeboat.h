@@ -336,6 +336,13 @@ int32_t lifeboat_config_set_tombstones(struct LifeboatConfig *config,
                                        uint32_t max_tombstones,
                                        uint64_t ttl_s);
 
+// Op outcomes kept until the app acknowledges them (`lifeboat_acknowledge`); beyond it the
+// oldest is dropped (at least 1; default 1024).
+//
+// # Safety
+// `config` from `lifeboat_config_new`.
+int32_t lifeboat_config_set_outcomes(struct LifeboatConfig *config, uint32_t max_outcomes);
+
 // Events buffered for `lifeboat_poll_event` (1..=65536; default 256).
 //
 // # Safety

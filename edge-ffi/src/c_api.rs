@@ -698,6 +698,26 @@ pub unsafe extern "C" fn lifeboat_config_set_tombstones(
     })
 }
 
+/// Op outcomes kept until the app acknowledges them (`lifeboat_acknowledge`); beyond it the
+/// oldest is dropped (at least 1; default 1024).
+///
+/// # Safety
+/// `config` from `lifeboat_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn lifeboat_config_set_outcomes(
+    config: *mut LifeboatConfig,
+    max_outcomes: u32,
+) -> i32 {
+    call(|| {
+        let s = unsafe { config_mut(config) }?;
+        if max_outcomes == 0 {
+            return Err(LifeboatError::invalid("max_outcomes must be at least 1").into());
+        }
+        s.max_outcomes = max_outcomes;
+        Ok(LIFEBOAT_OK)
+    })
+}
+
 /// Events buffered for `lifeboat_poll_event` (1..=65536; default 256).
 ///
 /// # Safety

@@ -48,10 +48,13 @@ pub struct Settings {
     pub max_tombstones: u32,
     /// Tombstones older than this are dropped when the client starts or resumes (0: never).
     pub tombstone_ttl_s: u64,
+    /// Op outcomes kept until the app acknowledges them (`acknowledge`); beyond it the
+    /// oldest is dropped. At least 1.
+    pub max_outcomes: u32,
 }
 
 /// Settings with the defaults: keep-alive 500 ms, idle timeout 3 s, connect timeout 2 s,
-/// 256 events, 64 tombstones kept at most for 7 days.
+/// 256 events, 64 tombstones kept at most for 7 days, 1,024 unacknowledged op outcomes.
 #[uniffi::export]
 pub fn default_settings(
     device: u64,
@@ -74,6 +77,7 @@ pub fn default_settings(
         event_queue: 256,
         max_tombstones: 64,
         tombstone_ttl_s: 7 * 24 * 3600,
+        max_outcomes: 1024,
     }
 }
 
@@ -167,6 +171,10 @@ impl Settings {
         // The edge client's own broadcast only needs to cover the forwarder's scheduling gap.
         cfg.event_queue = (self.event_queue as usize).min(256);
         cfg.limits.max_tombstones = self.max_tombstones as usize;
+        if self.max_outcomes == 0 {
+            return Err(LifeboatError::config("max_outcomes must be at least 1"));
+        }
+        cfg.limits.max_outcomes = self.max_outcomes as usize;
         cfg.tombstone_ttl = match self.tombstone_ttl_s {
             0 => None,
             s => Some(Duration::from_secs(s)),
@@ -199,12 +207,19 @@ mod tests {
         s.idle_timeout_ms = 20_000;
         s.max_tombstones = 3;
         s.tombstone_ttl_s = 60;
+        s.max_outcomes = 7;
         let cfg = s.to_edge_config().expect("valid");
+        assert_eq!(cfg.limits.max_outcomes, 7);
         assert_eq!(cfg.token, [0xab; 32]);
         assert_eq!(cfg.keep_alive, Duration::from_secs(5));
         assert_eq!(cfg.idle_timeout, Duration::from_secs(20));
         assert_eq!(cfg.limits.max_tombstones, 3);
         assert_eq!(cfg.tombstone_ttl, Some(Duration::from_secs(60)));
+        s.max_outcomes = 0;
+        assert!(
+            s.to_edge_config().is_err(),
+            "no room for outcomes is refused"
+        );
     }
 
     #[test]
