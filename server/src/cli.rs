@@ -2,13 +2,12 @@
 //! simulation harness) can run the very same datacenter in a child process of their own.
 
 use crate::region::Region;
-use crate::store::UnreadableStore;
-use crate::{Server, ServerConfig};
+use crate::settings::{LogFormat, ServeSettings};
+use crate::Server;
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use lifeboat_common::datacenter::Durability;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lifeboat_common::keyring::Keyring;
-use lifeboat_common::{DatacenterId, DeviceId};
+use lifeboat_common::DeviceId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -82,87 +81,101 @@ enum KeysAction {
     },
 }
 
-#[derive(clap::Args)]
+/// The flags of `serve`. Every setting is optional here: its default, shown by `--help`,
+/// comes from [`ServeSettings::default`], and a flag given on the command line overrides
+/// the config file and the environment (see [`crate::settings`]).
+#[derive(clap::Args, serde::Serialize)]
 struct ServeArgs {
+    /// A TOML file with any of the settings below (keys as the flags, with `_` for `-`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the merged settings (defaults < --config < LIFEBOAT_SERVE_* < flags) as TOML
+    /// and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
     /// Datacenter id: each datacenter of a region needs its own (1, 2, ...).
-    #[arg(long, default_value_t = 1)]
-    dc: u16,
+    #[arg(long)]
+    dc: Option<u16>,
     /// UDP address to listen on (QUIC). Port 0 picks a free port; the chosen address is printed.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Directory of this datacenter's sled store.
-    #[arg(long, default_value = "lifeboat-dc1")]
-    data_dir: PathBuf,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Region directory (keyring, CA, certificate), shared by the region's datacenters.
     /// Created on first run if missing.
-    #[arg(long, default_value = "lifeboat-region")]
-    region: PathBuf,
-    /// Refuse to start if the region directory is missing instead of creating it.
     #[arg(long)]
+    region: Option<PathBuf>,
+    /// Refuse to start if the region directory is missing instead of creating it (the
+    /// setting `create_region = false`).
+    #[arg(long)]
+    #[serde(skip)]
     no_create_region: bool,
     /// When a server-side change (dispatch) counts as committed: `async` (default: the
     /// business path never waits) or `edge-ack:K` (once K participants persisted it).
-    #[arg(long, default_value = "async")]
-    durability: Durability,
+    #[arg(long)]
+    durability: Option<String>,
     /// Close connections idle for this long (ms).
-    #[arg(long, default_value_t = 10_000)]
-    idle_timeout_ms: u64,
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
     /// Time allowed for the QUIC handshake and the connect upload (ms).
-    #[arg(long, default_value_t = 5_000)]
-    handshake_timeout_ms: u64,
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
     /// sled page cache (bytes).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    cache_bytes: u64,
+    #[arg(long)]
+    cache_bytes: Option<u64>,
     /// Most QUIC handshakes in progress at once (0: no bound). More are refused at once, so
     /// that in a reconnect storm the datacenter completes handshakes at its capacity instead
     /// of starting all of them and finishing none before the devices give up.
-    #[arg(long, default_value_t = 256)]
-    max_handshakes: usize,
+    #[arg(long)]
+    max_handshakes: Option<usize>,
     /// UDP receive/send buffer to ask the kernel for (bytes; 0: system default). Thousands
     /// of devices reconnecting at once overflow the default buffer; the kernel caps the
     /// request at net.core.rmem_max / wmem_max (a warning says so).
-    #[arg(long, default_value_t = 4 << 20)]
-    udp_buffer_bytes: usize,
+    #[arg(long)]
+    udp_buffer_bytes: Option<usize>,
     /// Most simultaneous device connections.
-    #[arg(long, default_value_t = 50_000)]
-    max_connections: usize,
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Most sessions (active and tombstoned) held.
-    #[arg(long, default_value_t = 1_000_000)]
-    max_sessions: usize,
+    #[arg(long)]
+    max_sessions: Option<usize>,
     /// Messages queued per connection before it counts as a slow consumer and is closed.
-    #[arg(long, default_value_t = 1024)]
-    conn_queue: usize,
+    #[arg(long)]
+    conn_queue: Option<usize>,
     /// Most upload frames after `Hello` (each up to 64 digests) in one connect upload.
-    #[arg(long, default_value_t = 16)]
-    max_upload_frames: usize,
+    #[arg(long)]
+    max_upload_frames: Option<usize>,
     /// Largest frame accepted from a device (bytes, at most 65536).
-    #[arg(long, default_value_t = 65_536)]
-    max_frame_bytes: usize,
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
     /// A frame whose first byte arrived must be complete within this (ms): slow senders are
     /// cut off.
-    #[arg(long, default_value_t = 5_000)]
-    frame_timeout_ms: u64,
+    #[arg(long)]
+    frame_timeout_ms: Option<u64>,
     /// Most simultaneous connections from one IP address (0: unlimited). Loopback is exempt
     /// unless --limit-loopback.
-    #[arg(long, default_value_t = 1_024)]
-    max_conns_per_addr: usize,
-    /// Apply --max-conns-per-addr to loopback addresses too.
     #[arg(long)]
-    limit_loopback: bool,
+    max_conns_per_addr: Option<usize>,
+    /// Apply --max-conns-per-addr to loopback addresses too.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    limit_loopback: Option<bool>,
     /// Most ops submitted and not yet answered on one connection; more get a retryable
     /// rejection.
-    #[arg(long, default_value_t = 1_024)]
-    max_inflight_ops: usize,
+    #[arg(long)]
+    max_inflight_ops: Option<usize>,
     /// A device in this many active sessions may not create another.
-    #[arg(long, default_value_t = 16)]
-    max_sessions_per_device: usize,
+    #[arg(long)]
+    max_sessions_per_device: Option<usize>,
     /// Session creates per device per minute, also the burst (0: unlimited).
-    #[arg(long, default_value_t = 10)]
-    session_creates_per_minute: u32,
+    #[arg(long)]
+    session_creates_per_minute: Option<u32>,
     /// Check the keyring file for changes this often (ms; 0: only on SIGHUP). A rotated or
     /// retired key takes effect without a restart.
-    #[arg(long, default_value_t = 1_000)]
-    keyring_poll_ms: u64,
+    #[arg(long)]
+    keyring_poll_ms: Option<u64>,
     /// Write a JSON status snapshot to this file every 500 ms.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -171,8 +184,45 @@ struct ServeArgs {
     /// starts empty, the sessions come back from the devices; `refuse` exits with an error
     /// and leaves it untouched. A store locked by another running process, or one this
     /// process may not open, is never moved aside.
-    #[arg(long, default_value = "move-aside")]
-    unreadable_store: UnreadableStore,
+    #[arg(long)]
+    unreadable_store: Option<String>,
+    /// Log lines on stderr: `text` or `json` (one object a line, with the span and event
+    /// fields: session, device, ...).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The flags given on the command line, as a settings table (keys as in the file).
+    fn given(&self) -> anyhow::Result<toml::Table> {
+        let mut t = toml::Table::try_from(self).context("reading the flags")?;
+        if self.no_create_region {
+            t.insert("create_region".into(), toml::Value::Boolean(false));
+        }
+        Ok(t)
+    }
+}
+
+/// `serve --help` shows the defaults of [`ServeSettings::default`] (the one place they live).
+fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
+    let Ok(defaults) = toml::Table::try_from(ServeSettings::default()) else {
+        return cmd;
+    };
+    cmd.mut_subcommand("serve", |mut sub| {
+        for (key, value) in defaults {
+            let shown = match &value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if sub.get_arguments().any(|a| a.get_id() == key.as_str()) {
+                sub = sub.mut_arg(key.as_str(), |a| {
+                    let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    a.help(format!("{help} [default: {shown}]"))
+                });
+            }
+        }
+        sub
+    })
 }
 
 fn keyring_cmd(region: PathBuf, action: KeysAction) -> anyhow::Result<()> {
@@ -245,16 +295,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .ok();
+    let matches = with_defaults_in_help(Cli::command()).get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches)?;
+    let settings = match &cli.cmd {
+        Cmd::Serve(a) => Some(ServeSettings::load(
+            a.config.as_deref(),
+            std::env::vars(),
+            a.given()?,
+        )?),
+        _ => None,
+    };
+    init_logging(settings.as_ref().map_or(LogFormat::Text, |s| s.log_format));
     match cli.cmd {
         Cmd::Init { region } => {
             Region::init(&region)
@@ -275,43 +326,37 @@ where
         }
         Cmd::Keys { region, action } => keyring_cmd(region, action),
         Cmd::Serve(a) => {
+            let settings = settings.context("serve settings")?;
+            if a.print_config {
+                print!("{}", settings.to_toml()?);
+                return Ok(());
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(serve(*a))
+            rt.block_on(serve(settings))
         }
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = ServerConfig::new(DatacenterId(a.dc), a.listen, a.data_dir, a.region);
-    cfg.create_region = !a.no_create_region;
-    cfg.durability = a.durability;
-    cfg.idle_timeout_ms = a.idle_timeout_ms;
-    cfg.handshake_timeout_ms = a.handshake_timeout_ms;
-    cfg.cache_bytes = a.cache_bytes;
-    cfg.udp_buffer_bytes = a.udp_buffer_bytes;
-    cfg.max_handshakes = a.max_handshakes;
-    cfg.max_connections = a.max_connections;
-    cfg.max_sessions = a.max_sessions;
-    cfg.conn_queue = a.conn_queue;
-    cfg.stats_file = a.stats_file;
-    cfg.max_upload_frames = a.max_upload_frames;
-    cfg.limits.max_frame_bytes = a.max_frame_bytes;
-    cfg.limits.frame_timeout_ms = a.frame_timeout_ms;
-    cfg.limits.max_conns_per_addr = a.max_conns_per_addr;
-    cfg.limits.limit_loopback = a.limit_loopback;
-    cfg.limits.max_inflight_ops = a.max_inflight_ops;
-    cfg.max_sessions_per_device = a.max_sessions_per_device;
-    cfg.session_creates_per_minute = a.session_creates_per_minute;
-    cfg.keyring_poll_ms = a.keyring_poll_ms;
-    cfg.unreadable_store = a.unreadable_store;
-    anyhow::ensure!(
-        (1..=lifeboat_common::wire::MAX_FRAME_BYTES).contains(&a.max_frame_bytes),
-        "--max-frame-bytes must be between 1 and {}",
-        lifeboat_common::wire::MAX_FRAME_BYTES
-    );
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let cfg = settings.server_config();
     let region_dir = cfg.region_dir.clone();
     let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg.clone()).await?;

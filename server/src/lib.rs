@@ -4,7 +4,8 @@
 //! with ring) in front, a sled store behind, one actor owning the core. See
 //! [`service`] for the task layout and its invariants, [`store`] for what is on disk and
 //! [`region`] for the keys and certificates shared by the datacenters of a region, [`limits`]
-//! for the connection limits and [`keyring_watch`] for key rotation without restart.
+//! for the connection limits, [`keyring_watch`] for key rotation without restart and
+//! [`settings`] for the layered settings of `serve` (file, environment, flags).
 
 pub mod cli;
 pub mod crash;
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod process;
 pub mod region;
 pub mod service;
+pub mod settings;
 pub mod socket;
 pub mod store;
 

@@ -1,0 +1,347 @@
+//! The settings of `lifeboat-server serve`: one typed struct, read in layers with figment:
+//! the defaults < a TOML file (`--config PATH`) < the environment (`LIFEBOAT_SERVE_<KEY>`,
+//! e.g. `LIFEBOAT_SERVE_MAX_SESSIONS=500000`) < the flags given on the command line.
+//!
+//! Invariants:
+//! - The defaults live in one place, [`ServerConfig::new`] (the library's), and
+//!   [`ServeSettings::default`] reads them from there; `--help` shows the same values.
+//! - Every key of the file and of the environment must be a known setting: an unknown one is
+//!   an error naming the key and where it came from (a typo never silently does nothing).
+//! - A value with the wrong type or shape is an error naming the key and its source.
+//! - `--print-config` prints the merged result as TOML, which is also a valid `--config` file.
+
+use crate::service::ServerConfig;
+use crate::store::UnreadableStore;
+use anyhow::Context;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use lifeboat_common::datacenter::Durability;
+use lifeboat_common::DatacenterId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The environment prefix of the settings (`LIFEBOAT_SERVE_MAX_SESSIONS`).
+pub const ENV_PREFIX: &str = "LIFEBOAT_SERVE_";
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields: session, device, ...).
+    Json,
+}
+
+/// Serde for types that have `Display` and `FromStr` (durability, unreadable-store policy).
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: std::str::FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything `serve` can be told (see the module docs for where each value comes from).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSettings {
+    /// Datacenter id: each datacenter of a region needs its own (1, 2, ...).
+    pub dc: u16,
+    /// UDP address to listen on (QUIC). Port 0 picks a free port; the chosen one is printed.
+    pub listen: SocketAddr,
+    /// Directory of this datacenter's sled store.
+    pub data_dir: PathBuf,
+    /// Region directory (keyring, CA, certificate), shared by the region's datacenters.
+    pub region: PathBuf,
+    /// Create the region directory on first run if it is missing.
+    pub create_region: bool,
+    /// When a server-side change (dispatch) counts as committed: `async` or `edge-ack:K`.
+    #[serde(with = "as_text")]
+    pub durability: Durability,
+    pub idle_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub cache_bytes: u64,
+    pub max_handshakes: usize,
+    pub udp_buffer_bytes: usize,
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub conn_queue: usize,
+    pub max_upload_frames: usize,
+    pub max_frame_bytes: usize,
+    pub frame_timeout_ms: u64,
+    pub max_conns_per_addr: usize,
+    pub limit_loopback: bool,
+    pub max_inflight_ops: usize,
+    pub max_sessions_per_device: usize,
+    pub session_creates_per_minute: u32,
+    pub keyring_poll_ms: u64,
+    /// Write a JSON status snapshot to this file every 500 ms (none: no file).
+    pub stats_file: Option<PathBuf>,
+    #[serde(with = "as_text")]
+    pub unreadable_store: UnreadableStore,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        let c = ServerConfig::new(
+            DatacenterId(1),
+            SocketAddr::from(([127, 0, 0, 1], 4433)),
+            "lifeboat-dc1".into(),
+            "lifeboat-region".into(),
+        );
+        Self {
+            dc: c.dc.0,
+            listen: c.listen,
+            data_dir: c.data_dir,
+            region: c.region_dir,
+            create_region: c.create_region,
+            durability: c.durability,
+            idle_timeout_ms: c.idle_timeout_ms,
+            handshake_timeout_ms: c.handshake_timeout_ms,
+            cache_bytes: c.cache_bytes,
+            max_handshakes: c.max_handshakes,
+            udp_buffer_bytes: c.udp_buffer_bytes,
+            max_connections: c.max_connections,
+            max_sessions: c.max_sessions,
+            conn_queue: c.conn_queue,
+            max_upload_frames: c.max_upload_frames,
+            max_frame_bytes: c.limits.max_frame_bytes,
+            frame_timeout_ms: c.limits.frame_timeout_ms,
+            max_conns_per_addr: c.limits.max_conns_per_addr,
+            limit_loopback: c.limits.limit_loopback,
+            max_inflight_ops: c.limits.max_inflight_ops,
+            max_sessions_per_device: c.max_sessions_per_device,
+            session_creates_per_minute: c.session_creates_per_minute,
+            keyring_poll_ms: c.keyring_poll_ms,
+            stats_file: c.stats_file,
+            unreadable_store: c.unreadable_store,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl ServeSettings {
+    /// Merge the layers: defaults, then `file` (if given: it must exist), then the
+    /// environment `env` (name, value pairs; the process's own in production), then
+    /// `flags` (a TOML-shaped table of the flags given on the command line).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: toml::Table,
+    ) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(ServeSettings::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(
+                path.is_file(),
+                "config file {} does not exist",
+                path.display()
+            );
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only our prefix; the environment is read from the given pairs (tests give theirs).
+        let ours: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let env_toml = ours
+            .iter()
+            .map(|(k, v)| {
+                let key = k[ENV_PREFIX.len()..].to_ascii_lowercase();
+                (key, toml_value(v))
+            })
+            .collect::<toml::Table>();
+        fig = fig.merge(Layer {
+            name: "the environment (LIFEBOAT_SERVE_*)",
+            table: env_toml,
+        });
+        fig = fig.merge(Layer {
+            name: "the command-line flags",
+            table: flags,
+        });
+        let s: ServeSettings = fig.extract().map_err(|e| {
+            let mut msg = String::from("invalid settings:");
+            for err in e {
+                let from = match err.metadata.as_ref() {
+                    Some(m) => match &m.source {
+                        Some(figment::Source::File(p)) => p.display().to_string(),
+                        _ => m.name.to_string(),
+                    },
+                    None => "the defaults".into(),
+                };
+                msg.push_str(&format!(
+                    "\n  `{}` (in {from}): {}",
+                    err.path.join("."),
+                    err.kind
+                ));
+            }
+            anyhow::anyhow!(msg)
+        })?;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Checks figment cannot express as types.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=lifeboat_common::wire::MAX_FRAME_BYTES).contains(&self.max_frame_bytes),
+            "max_frame_bytes must be between 1 and {}",
+            lifeboat_common::wire::MAX_FRAME_BYTES
+        );
+        anyhow::ensure!(self.dc > 0, "dc must be 1 or more");
+        Ok(())
+    }
+
+    /// The merged settings as TOML (a valid `--config` file).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("printing the settings as TOML")
+    }
+
+    /// The server configuration these settings describe.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut cfg = ServerConfig::new(
+            DatacenterId(self.dc),
+            self.listen,
+            self.data_dir.clone(),
+            self.region.clone(),
+        );
+        cfg.create_region = self.create_region;
+        cfg.durability = self.durability;
+        cfg.idle_timeout_ms = self.idle_timeout_ms;
+        cfg.handshake_timeout_ms = self.handshake_timeout_ms;
+        cfg.cache_bytes = self.cache_bytes;
+        cfg.udp_buffer_bytes = self.udp_buffer_bytes;
+        cfg.max_handshakes = self.max_handshakes;
+        cfg.max_connections = self.max_connections;
+        cfg.max_sessions = self.max_sessions;
+        cfg.conn_queue = self.conn_queue;
+        cfg.stats_file = self.stats_file.clone();
+        cfg.max_upload_frames = self.max_upload_frames;
+        cfg.limits.max_frame_bytes = self.max_frame_bytes;
+        cfg.limits.frame_timeout_ms = self.frame_timeout_ms;
+        cfg.limits.max_conns_per_addr = self.max_conns_per_addr;
+        cfg.limits.limit_loopback = self.limit_loopback;
+        cfg.limits.max_inflight_ops = self.max_inflight_ops;
+        cfg.max_sessions_per_device = self.max_sessions_per_device;
+        cfg.session_creates_per_minute = self.session_creates_per_minute;
+        cfg.keyring_poll_ms = self.keyring_poll_ms;
+        cfg.unreadable_store = self.unreadable_store;
+        cfg
+    }
+}
+
+/// One named layer of settings (the environment, the flags), so that an error says where
+/// the bad key came from.
+struct Layer {
+    name: &'static str,
+    table: toml::Table,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(&self.table).data()
+    }
+}
+
+/// An environment value as TOML: a number or boolean if it reads as one, else a string
+/// (the settings' types then decide whether it fits).
+fn toml_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match v {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(v.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, text: &str) -> PathBuf {
+        let p = dir.join("dc.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "dc = 2\nmax_sessions = 10\nmax_connections = 20\ndurability = \"edge-ack:1\"\n",
+        );
+        let env = vec![
+            (
+                "LIFEBOAT_SERVE_MAX_CONNECTIONS".to_string(),
+                "30".to_string(),
+            ),
+            ("LIFEBOAT_SERVE_CONN_QUEUE".to_string(), "40".to_string()),
+            ("LIFEBOAT_SEED".to_string(), "7".to_string()),
+        ];
+        let mut flags = toml::Table::new();
+        flags.insert("conn_queue".into(), toml::Value::Integer(50));
+        let s = ServeSettings::load(Some(&file), env, flags).unwrap();
+        assert_eq!(s.dc, 2, "from the file");
+        assert_eq!(s.max_sessions, 10, "from the file");
+        assert_eq!(s.max_connections, 30, "the environment beats the file");
+        assert_eq!(s.conn_queue, 50, "a flag beats the environment");
+        assert_eq!(s.durability, Durability::EdgeAck(1));
+        let d = ServeSettings::default();
+        assert_eq!(s.max_handshakes, d.max_handshakes, "untouched: the default");
+        // The printed settings read back as the same settings.
+        let again = write(dir.path(), &s.to_toml().unwrap());
+        let back = ServeSettings::load(Some(&again), Vec::new(), toml::Table::new()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "max_sesions = 10\n");
+        let e = ServeSettings::load(Some(&file), Vec::new(), toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_sesions"), "{e}");
+        assert!(e.contains("dc.toml"), "the file is named: {e}");
+        let env = vec![("LIFEBOAT_SERVE_MAX_SESIONS".to_string(), "1".to_string())];
+        let e = ServeSettings::load(None, env, toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_sesions"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "durability = \"sometimes\"\n");
+        let e = ServeSettings::load(Some(&file), Vec::new(), toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("durability"), "{e}");
+        let file = write(dir.path(), "max_frame_bytes = 0\n");
+        assert!(ServeSettings::load(Some(&file), Vec::new(), toml::Table::new()).is_err());
+        assert!(ServeSettings::load(
+            Some(&dir.path().join("missing.toml")),
+            Vec::new(),
+            toml::Table::new()
+        )
+        .is_err());
+    }
+}
