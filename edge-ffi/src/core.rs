@@ -106,7 +106,7 @@ impl Core {
             .enable_all()
             .build()
             .map_err(|e| LifeboatError::Runtime {
-                message: e.to_string(),
+                detail: e.to_string(),
             })?;
         let endpoint = {
             let _inside = rt.enter();
@@ -198,7 +198,7 @@ impl Core {
                     Err(e) => Err(LifeboatError::Rejected {
                         session: id.session.0,
                         op_seq: id.seq,
-                        message: e.to_string(),
+                        detail: e.to_string(),
                     }),
                 }
             };
@@ -272,7 +272,7 @@ impl Core {
             tokio::time::timeout(STOP_WAIT, f(client))
                 .await
                 .map_err(|_| LifeboatError::Runtime {
-                    message: "the client did not answer within 5 s".into(),
+                    detail: "the client did not answer within 5 s".into(),
                 })?
                 .map_err(LifeboatError::from)
         })
@@ -355,7 +355,7 @@ impl Core {
             tokio::time::timeout(STOP_WAIT, client.sessions())
                 .await
                 .map_err(|_| LifeboatError::Runtime {
-                    message: "the client did not answer within 5 s".into(),
+                    detail: "the client did not answer within 5 s".into(),
                 })?
                 .map_err(LifeboatError::from)
         })?;
@@ -462,12 +462,12 @@ impl Core {
             _ => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         };
         let socket = std::net::UdpSocket::bind(bind).map_err(|e| LifeboatError::Runtime {
-            message: format!("binding a new UDP socket: {e}"),
+            detail: format!("binding a new UDP socket: {e}"),
         })?;
         self.endpoint
             .rebind(socket)
             .map_err(|e| LifeboatError::Runtime {
-                message: format!("rebinding the QUIC endpoint: {e}"),
+                detail: format!("rebinding the QUIC endpoint: {e}"),
             })?;
         self.local_addr()
     }
@@ -477,7 +477,7 @@ impl Core {
             .local_addr()
             .map(|a| a.to_string())
             .map_err(|e| LifeboatError::Runtime {
-                message: e.to_string(),
+                detail: e.to_string(),
             })
     }
 

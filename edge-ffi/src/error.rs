@@ -8,14 +8,19 @@
 //! documented for C) in [`crate::c_api`].
 
 /// Why a call failed.
+///
+/// The text fields are called `detail`, not `message`: in the generated Kotlin every
+/// variant is a subclass of `kotlin.Exception`, and a field named `message` clashes with
+/// `Throwable.message`, so the Kotlin does not compile (uniffi-rs issue 1434). The
+/// `kotlin_swift_bindings` test compiles the Kotlin and catches such a clash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum LifeboatError {
-    #[error("invalid argument: {message}")]
-    InvalidArgument { message: String },
-    #[error("configuration: {message}")]
-    Config { message: String },
-    #[error("device store: {message}")]
-    Store { message: String },
+    #[error("invalid argument: {detail}")]
+    InvalidArgument { detail: String },
+    #[error("configuration: {detail}")]
+    Config { detail: String },
+    #[error("device store: {detail}")]
+    Store { detail: String },
     #[error("the client is paused; resume it first")]
     Paused,
     #[error("the client has stopped")]
@@ -34,14 +39,14 @@ pub enum LifeboatError {
     /// The op was not applied and never will be. `op_seq` 0: it was never queued (nothing
     /// was recorded: a local limit, an unknown trip); otherwise op `session`/`op_seq` was
     /// queued and then failed for good (its outcome is also readable with `op_status`).
-    #[error("refused (op {session}/{op_seq}): {message}")]
+    #[error("refused (op {session}/{op_seq}): {detail}")]
     Rejected {
         session: u64,
         op_seq: u64,
-        message: String,
+        detail: String,
     },
-    #[error("runtime: {message}")]
-    Runtime { message: String },
+    #[error("runtime: {detail}")]
+    Runtime { detail: String },
 }
 
 impl LifeboatError {
@@ -63,13 +68,13 @@ impl LifeboatError {
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         LifeboatError::InvalidArgument {
-            message: message.into(),
+            detail: message.into(),
         }
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
         LifeboatError::Config {
-            message: message.into(),
+            detail: message.into(),
         }
     }
 }
@@ -80,23 +85,23 @@ impl From<lifeboat_edge::EdgeError> for LifeboatError {
         match e {
             E::NoDatacenters | E::Tls(_) => LifeboatError::config(e.to_string()),
             E::Store(s) => LifeboatError::Store {
-                message: s.to_string(),
+                detail: s.to_string(),
             },
             E::Io(io) => LifeboatError::Runtime {
-                message: io.to_string(),
+                detail: io.to_string(),
             },
             E::Refused(s) => LifeboatError::Rejected {
                 session: 0,
                 op_seq: 0,
-                message: s.to_string(),
+                detail: s.to_string(),
             },
             E::Failed { op, error } => LifeboatError::Rejected {
                 session: op.session.0,
                 op_seq: op.seq,
-                message: error.to_string(),
+                detail: error.to_string(),
             },
             E::Closed => LifeboatError::Closed,
-            E::Runtime(m) => LifeboatError::Runtime { message: m },
+            E::Runtime(m) => LifeboatError::Runtime { detail: m },
         }
     }
 }
@@ -110,9 +115,7 @@ mod tests {
         let all = [
             LifeboatError::invalid("x"),
             LifeboatError::config("x"),
-            LifeboatError::Store {
-                message: "x".into(),
-            },
+            LifeboatError::Store { detail: "x".into() },
             LifeboatError::Paused,
             LifeboatError::Closed,
             LifeboatError::Timeout {
@@ -127,11 +130,9 @@ mod tests {
             LifeboatError::Rejected {
                 session: 1,
                 op_seq: 1,
-                message: "x".into(),
+                detail: "x".into(),
             },
-            LifeboatError::Runtime {
-                message: "x".into(),
-            },
+            LifeboatError::Runtime { detail: "x".into() },
         ];
         let mut codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
         assert!(codes.iter().all(|c| *c < 0));

@@ -253,7 +253,7 @@ mod tests {
             let mut s = valid(dir.path());
             change(&mut s);
             match s.to_edge_config() {
-                Err(LifeboatError::Config { message }) => assert!(!message.is_empty(), "{what}"),
+                Err(LifeboatError::Config { detail }) => assert!(!detail.is_empty(), "{what}"),
                 Err(other) => panic!("{what}: expected a config error, got {other}"),
                 Ok(_) => panic!("{what}: accepted"),
             }

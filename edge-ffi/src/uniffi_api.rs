@@ -65,7 +65,7 @@ impl EmbeddedClient {
             .core
             .spawn_submit(session, action, timeout_ms, cancel.as_deref())?;
         task.await.map_err(|e| LifeboatError::Runtime {
-            message: format!("submit task: {e}"),
+            detail: format!("submit task: {e}"),
         })?
     }
 

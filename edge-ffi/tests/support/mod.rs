@@ -192,3 +192,39 @@ pub fn check_backup_store(c: &mut Cluster, trip: u64) -> anyhow::Result<()> {
     ensure!(body.state.fare_cents.is_some());
     Ok(())
 }
+
+/// Run the bundled generator for one language into `out`.
+pub fn generate(lib: &Path, language: &str, out: &Path) -> anyhow::Result<()> {
+    let o = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["generate", "--no-format", "--library"])
+        .arg(lib)
+        .args(["--language", language, "--out-dir"])
+        .arg(out)
+        .output()
+        .context("running uniffi-bindgen")?;
+    ensure!(
+        o.status.success(),
+        "uniffi-bindgen --language {language} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    for _ in 0..1000 {
+        let Some(d) = todo.pop() else { break };
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
