@@ -333,13 +333,15 @@ async fn failover_finished_reports_the_stall_the_user_felt_detection_included() 
         stalled_ms >= detection_ms,
         "the stall ({stalled_ms} ms) must include detection ({detection_ms} ms)"
     );
+    // Loose bounds (a loaded CI machine wakes this task late): the event said a few ms for
+    // this wait before, and the wait here is at least the idle timeout.
     ensure!(
-        stalled_ms + 250 >= felt_ms,
+        stalled_ms >= felt_ms / 2,
         "the op waited {felt_ms} ms but the event says the stall was {stalled_ms} ms"
     );
     ensure!(
-        at_ms >= killed_at_ms && at_ms >= killed_at_ms + felt_ms.saturating_sub(250),
-        "the event is stamped {at_ms}, before the op it ended was answered (kill at {killed_at_ms})"
+        at_ms >= killed_at_ms + felt_ms / 2,
+        "the event is stamped {at_ms}, before the op it ended was answered (kill at {killed_at_ms}, wait {felt_ms} ms)"
     );
     Ok(())
 }
