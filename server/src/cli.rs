@@ -190,6 +190,10 @@ struct ServeArgs {
     /// fields: session, device, ...).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Where to serve /metrics, /healthz and /readyz over HTTP: `auto` (127.0.0.1, the QUIC
+    /// port + 1000), `off`, or an address (keep it on loopback or a private network).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -384,6 +388,12 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         server.loaded_sessions,
         cfg.durability
     );
+    if let Some(m) = server.metrics_addr {
+        println!(
+            "lifeboat-server dc{} serves http://{m}/metrics, /healthz and /readyz",
+            cfg.dc.0
+        );
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 

@@ -9,8 +9,10 @@
 
 pub mod cli;
 pub mod crash;
+pub mod http;
 pub mod keyring_watch;
 pub mod limits;
+pub mod metrics;
 pub mod process;
 pub mod region;
 pub mod service;

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Write a JSON status snapshot here every 500 ms.
     pub stats_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP here (see [`crate::http`]);
+    /// `None`: no HTTP endpoint.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connection-level limits (see [`crate::limits`]).
     pub limits: Limits,
     /// A device in this many active sessions may not create another.
@@ -109,6 +112,7 @@ impl ServerConfig {
             core_queue: 65_536,
             max_sessions: 1_000_000,
             stats_file: None,
+            metrics_listen: None,
             limits: Limits::default(),
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
@@ -190,6 +194,9 @@ enum Input {
 /// A started datacenter.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not asked for, or the
+    /// address could not be bound: an error was logged).
+    pub metrics_addr: Option<SocketAddr>,
     pub moved_aside: Option<PathBuf>,
     pub loaded_sessions: usize,
     pub region_created: bool,
@@ -274,6 +281,17 @@ impl Server {
         })?;
 
         let counters = Arc::new(DriverCounters::default());
+        let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+        let metrics_addr = match cfg.metrics_listen {
+            Some(addr) => match crate::http::start(addr, status_rx).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot serve /metrics: the datacenter runs without its HTTP endpoints");
+                    None
+                }
+            },
+            None => None,
+        };
         let (core_tx, core_rx) = mpsc::channel(cfg.core_queue);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let actor = Actor {
@@ -284,6 +302,7 @@ impl Server {
             applied_seen: 0,
             counters: counters.clone(),
             stats_file: cfg.stats_file.clone(),
+            status_tx,
             listen: local_addr,
             limit_hits: Arc::new(LimitCounters::default()),
             keys: KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring),
@@ -302,6 +321,7 @@ impl Server {
         ));
         Ok(Server {
             local_addr,
+            metrics_addr,
             moved_aside: opened.moved_aside,
             loaded_sessions: loaded,
             region_created,
@@ -461,6 +481,8 @@ struct Actor {
     applied_seen: u64,
     counters: Arc<DriverCounters>,
     stats_file: Option<PathBuf>,
+    /// The latest status for the HTTP endpoints (nobody may be listening).
+    status_tx: tokio::sync::watch::Sender<crate::http::Published>,
     listen: SocketAddr,
     limit_hits: Arc<LimitCounters>,
     keys: Arc<KeyringWatch>,
@@ -624,18 +646,28 @@ impl Actor {
         }
     }
 
+    /// Publish the status: to the HTTP endpoints (if any listen) and the status file (if
+    /// asked for). One snapshot feeds both.
     fn write_status(&self) {
+        if self.status_tx.receiver_count() == 0 && self.stats_file.is_none() {
+            return;
+        }
+        let status = self.status();
         let Some(path) = &self.stats_file else {
+            self.status_tx
+                .send_replace(Some((std::time::Instant::now(), status)));
             return;
         };
         let tmp = path.with_extension("tmp");
-        let ok = serde_json::to_vec(&self.status())
+        let ok = serde_json::to_vec(&status)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = ok {
             tracing::warn!(error = %e, path = %path.display(), "could not write the status file");
         }
+        self.status_tx
+            .send_replace(Some((std::time::Instant::now(), status)));
     }
 }
 

@@ -90,6 +90,10 @@ pub struct ServeSettings {
     #[serde(with = "as_text")]
     pub unreadable_store: UnreadableStore,
     pub log_format: LogFormat,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (TCP): `auto` (loopback, the QUIC
+    /// port + 1000: 4433 gives 127.0.0.1:5433; a free port when listening on port 0), `off`,
+    /// or an address.
+    pub metrics_listen: String,
 }
 
 impl Default for ServeSettings {
@@ -127,6 +131,7 @@ impl Default for ServeSettings {
             stats_file: c.stats_file,
             unreadable_store: c.unreadable_store,
             log_format: LogFormat::Text,
+            metrics_listen: "auto".into(),
         }
     }
 }
@@ -199,7 +204,25 @@ impl ServeSettings {
             lifeboat_common::wire::MAX_FRAME_BYTES
         );
         anyhow::ensure!(self.dc > 0, "dc must be 1 or more");
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The HTTP endpoints' address `metrics_listen` names (`None`: off).
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        Ok(match self.metrics_listen.as_str() {
+            "off" => None,
+            "auto" => {
+                let port = match self.listen.port() {
+                    0 => 0,
+                    p => p.checked_add(1000).unwrap_or(0),
+                };
+                Some(SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+            other => Some(other.parse().with_context(|| {
+                format!("metrics_listen must be `auto`, `off` or an address, not `{other}`")
+            })?),
+        })
     }
 
     /// The merged settings as TOML (a valid `--config` file).
@@ -236,6 +259,7 @@ impl ServeSettings {
         cfg.session_creates_per_minute = self.session_creates_per_minute;
         cfg.keyring_poll_ms = self.keyring_poll_ms;
         cfg.unreadable_store = self.unreadable_store;
+        cfg.metrics_listen = self.metrics_addr().ok().flatten();
         cfg
     }
 }

@@ -1,0 +1,174 @@
+//! The datacenter's HTTP endpoints, on their own (loopback by default) TCP address:
+//!
+//! - `GET /metrics`: the counters in the Prometheus text format ([`crate::metrics`]);
+//! - `GET /healthz`: 200 while the process serves HTTP (alive);
+//! - `GET /readyz`: 200 when the datacenter is ready, else 503 with the reasons: its actor
+//!   published a status in the last [`STALE_AFTER`] (the store is open and loaded, the QUIC
+//!   endpoint listening, the actor not stuck), the keyring's last reload did not fail, and no
+//!   store write failed in the last [`STORE_ERROR_WINDOW`].
+//!
+//! Invariants: at most [`MAX_CONNECTIONS`] HTTP connections at once (more are closed at
+//! once); a request's head must arrive within 5 s and a connection lasts at most 10 s; the
+//! endpoint only reads the latest status snapshot (written by the actor every 500 ms), never
+//! the core, so a scrape cannot slow the datacenter down. It stops when the actor does.
+
+use crate::service::Status;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A status older than this makes the datacenter not ready (the actor is stuck or gone).
+pub const STALE_AFTER: Duration = Duration::from_secs(2);
+/// A store write failure makes the datacenter not ready for this long.
+pub const STORE_ERROR_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the actor publishes: its latest status, and when.
+pub type Published = Option<(Instant, Status)>;
+
+struct State {
+    status: watch::Receiver<Published>,
+    /// The store error count last seen, and when it last grew.
+    store_errors: Mutex<(u64, Option<Instant>)>,
+}
+
+impl State {
+    /// Why the datacenter is not ready (empty: ready).
+    fn not_ready(&self, now: Instant) -> Vec<String> {
+        let snap = self.status.borrow().clone();
+        let Some((at, s)) = snap else {
+            return vec!["no status yet (the datacenter is starting)".into()];
+        };
+        let mut why = Vec::new();
+        if now.saturating_duration_since(at) > STALE_AFTER {
+            why.push(format!(
+                "the last status is {} ms old (the datacenter is stuck or stopping)",
+                now.saturating_duration_since(at).as_millis()
+            ));
+        }
+        if let Some(e) = &s.keyring.last_error {
+            why.push(format!("the keyring's last reload failed: {e}"));
+        }
+        let mut seen = self.store_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if s.store_errors > seen.0 {
+            *seen = (s.store_errors, Some(at));
+        }
+        if let Some(t) = seen.1 {
+            if now.saturating_duration_since(t) < STORE_ERROR_WINDOW {
+                why.push(format!(
+                    "a store write failed {} ms ago ({} in all)",
+                    now.saturating_duration_since(t).as_millis(),
+                    seen.0
+                ));
+            }
+        }
+        why
+    }
+}
+
+fn text(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n".into());
+    }
+    let now = Instant::now();
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        "/readyz" => {
+            let why = state.not_ready(now);
+            if why.is_empty() {
+                text(StatusCode::OK, PLAIN, "ready\n".into())
+            } else {
+                let body = format!("not ready:\n{}\n", why.join("\n"));
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, body)
+            }
+        }
+        "/metrics" => {
+            let ready = state.not_ready(now).is_empty();
+            let snap = state.status.borrow().clone();
+            match snap {
+                Some((_, s)) => text(
+                    StatusCode::OK,
+                    crate::metrics::CONTENT_TYPE,
+                    crate::metrics::render(&s, ready),
+                ),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    "no status yet\n".into(),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+/// Bind `addr` and serve the endpoints until the actor's status channel closes. Returns the
+/// address bound.
+pub async fn start(
+    addr: SocketAddr,
+    status: watch::Receiver<Published>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(State {
+        status,
+        store_errors: Mutex::new((0, None)),
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        let mut closed = state.status.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                r = closed.changed() => {
+                    if r.is_err() {
+                        return; // the actor is gone
+                    }
+                    continue;
+                }
+            };
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue; // too many at once: dropped (closed)
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let svc = hyper::service::service_fn(move |req| {
+                    let r = route(&state, &req);
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .keep_alive(false)
+                    .serve_connection(io, svc);
+                let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,170 @@
+//! The datacenter's counters in the Prometheus text format (version 0.0.4), rendered from
+//! the same [`Status`] snapshot the status file is written from: one source of counters,
+//! two views.
+//!
+//! Names: `lifeboat_<name>` for the driver's own figures, `lifeboat_core_<field>_total` for
+//! every counter of the replication core ([`lifeboat_common::datacenter::DcStats`], all of
+//! them, so a new one shows up without a change here), `lifeboat_limit_hits_total{limit}` for
+//! the limits of SECURITY.md. Every series carries `dc="<id>"`.
+//!
+//! Invariants: label values are escaped (`\`, `"`, newline); the output is bounded by the
+//! number of counters, limits and key ids (all bounded).
+
+use crate::service::Status;
+use std::fmt::Write;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out {
+    text: String,
+    dc: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        let mut l = format!("dc=\"{}\"", self.dc);
+        for (k, v) in labels {
+            let _ = write!(l, ",{k}=\"{}\"", escape(v));
+        }
+        let _ = writeln!(self.text, "{name}{{{l}}} {value}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// The snapshot as Prometheus text.
+pub fn render(s: &Status, ready: bool) -> String {
+    let mut o = Out {
+        text: String::new(),
+        dc: s.dc.to_string(),
+    };
+    o.one(
+        "lifeboat_ready",
+        "gauge",
+        "1 when the datacenter is ready (see /readyz).",
+        u64::from(ready),
+    );
+    o.one(
+        "lifeboat_sessions",
+        "gauge",
+        "Sessions held, active and tombstoned.",
+        s.sessions as u64,
+    );
+    o.one(
+        "lifeboat_active_sessions",
+        "gauge",
+        "Sessions held and not finished.",
+        s.active_sessions as u64,
+    );
+    o.one(
+        "lifeboat_connections",
+        "gauge",
+        "Devices connected now.",
+        s.connections as u64,
+    );
+    for (name, help, v) in [
+        (
+            "lifeboat_refused_connections_total",
+            "Connections refused (limits, bad credentials, handshake failures).",
+            s.refused_connections,
+        ),
+        (
+            "lifeboat_bad_credentials_total",
+            "Connections with a credential that did not verify.",
+            s.bad_credentials,
+        ),
+        (
+            "lifeboat_bad_frames_total",
+            "Frames that did not decode (the connection was closed).",
+            s.bad_frames,
+        ),
+        (
+            "lifeboat_slow_consumers_total",
+            "Connections closed because their queue filled up.",
+            s.slow_consumers,
+        ),
+        (
+            "lifeboat_store_errors_total",
+            "Failed writes or flushes of the datacenter's store.",
+            s.store_errors,
+        ),
+    ] {
+        o.one(name, "counter", help, v);
+    }
+    // Every counter of the core, by its field name (all are monotonic counts).
+    if let Ok(serde_json::Value::Object(core)) = serde_json::to_value(&s.core) {
+        for (field, v) in core {
+            if let Some(n) = v.as_u64() {
+                let name = format!("lifeboat_core_{field}_total");
+                o.one(
+                    &name,
+                    "counter",
+                    &format!("Replication core: {}.", field.replace('_', " ")),
+                    n,
+                );
+            }
+        }
+    }
+    o.family(
+        "lifeboat_limit_hits_total",
+        "counter",
+        "How often each limit of SECURITY.md was hit.",
+    );
+    for (limit, n) in &s.limits {
+        o.sample("lifeboat_limit_hits_total", &[("limit", limit)], *n);
+    }
+    o.one(
+        "lifeboat_keyring_active_key",
+        "gauge",
+        "Id of the key new digests are sealed with.",
+        u64::from(s.keyring.active_key),
+    );
+    o.one(
+        "lifeboat_keyring_reloads_total",
+        "counter",
+        "Keyring reloads that took effect.",
+        s.keyring.reloads,
+    );
+    o.one(
+        "lifeboat_keyring_reload_errors_total",
+        "counter",
+        "Keyring reloads that failed (the previous keyring stays in use).",
+        s.keyring.reload_errors,
+    );
+    o.family(
+        "lifeboat_active_sessions_by_key",
+        "gauge",
+        "Active sessions by the key their digest is sealed with (retire a key at 0 everywhere).",
+    );
+    for (key, n) in &s.keyring.active_sessions_by_key {
+        o.sample(
+            "lifeboat_active_sessions_by_key",
+            &[("key", &key.to_string())],
+            *n,
+        );
+    }
+    o.text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,124 @@
+//! Operating a datacenter (issue 14): its HTTP endpoints scraped over real HTTP from a real
+//! `lifeboat-server` process while real devices drive a trip through it.
+
+use anyhow::{ensure, Context};
+use lifeboat_common::TripOp;
+use lifeboat_tests::trips::{submit, WAIT};
+use lifeboat_tests::{route_point, wait_for_assignment, Cluster, PICKUP};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One GET over a fresh TCP connection: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+/// The samples of a Prometheus text page, by series (`name{labels}`).
+fn samples(page: &str) -> BTreeMap<String, u64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(page: &BTreeMap<String, u64>, series: &str) -> anyhow::Result<u64> {
+    page.get(series)
+        .copied()
+        .with_context(|| format!("no series {series} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_http_count_the_traffic_the_devices_saw_and_readyz_says_ready(
+) -> anyhow::Result<()> {
+    let mut c = Cluster::new(1, &[])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    c.start_with_args(0, &["--metrics-listen", &http.to_string()])?;
+    let (code, body) = get(http, "/healthz")?;
+    ensure!(code == 200 && body == "ok\n", "healthz: {code} {body:?}");
+    let start = Instant::now();
+    loop {
+        let (code, body) = get(http, "/readyz")?;
+        if code == 200 {
+            break;
+        }
+        ensure!(start.elapsed() < WAIT, "never ready: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = samples(&get(http, "/metrics")?.1);
+    let applied_before = sample(&before, "lifeboat_core_ops_applied_total{dc=\"1\"}")?;
+
+    // A trip: the rider's request, the driver's arrival, start, 5 positions and completion.
+    let driver = c.device(1000, true).await?;
+    let rider = c.device(1, false).await?;
+    let (session, _) = rider.request_trip(PICKUP, route_point(20)).await?;
+    wait_for_assignment(&driver, WAIT).await?;
+    let mut committed = 1u64;
+    for op in [TripOp::Arrived, TripOp::StartTrip]
+        .into_iter()
+        .chain((1..=5).map(|k| TripOp::Location { at: route_point(k) }))
+        .chain([TripOp::Complete])
+    {
+        submit(&driver, session, op).await?;
+        committed += 1;
+    }
+    // The page is rendered from the status the datacenter publishes every 500 ms.
+    let start = Instant::now();
+    let page = loop {
+        let page = samples(&get(http, "/metrics")?.1);
+        let applied = sample(&page, "lifeboat_core_ops_applied_total{dc=\"1\"}")?;
+        if applied >= applied_before + committed {
+            break page;
+        }
+        ensure!(
+            start.elapsed() < WAIT,
+            "ops applied {applied}, the devices were told {committed} committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let applied = sample(&page, "lifeboat_core_ops_applied_total{dc=\"1\"}")?;
+    ensure!(
+        applied == applied_before + committed,
+        "ops applied {applied}: {committed} were committed (and nothing was retried)"
+    );
+    ensure!(sample(&page, "lifeboat_core_sessions_created_total{dc=\"1\"}")? == 1);
+    ensure!(sample(&page, "lifeboat_core_dispatched_total{dc=\"1\"}")? == 1);
+    ensure!(sample(&page, "lifeboat_connections{dc=\"1\"}")? == 2);
+    ensure!(sample(&page, "lifeboat_sessions{dc=\"1\"}")? == 1);
+    ensure!(
+        sample(&page, "lifeboat_active_sessions{dc=\"1\"}")? == 0,
+        "the trip finished"
+    );
+    ensure!(sample(&page, "lifeboat_ready{dc=\"1\"}")? == 1);
+    ensure!(sample(&page, "lifeboat_store_errors_total{dc=\"1\"}")? == 0);
+    let (code, _) = get(http, "/nothing-here")?;
+    ensure!(code == 404);
+    // Stopped: the endpoint goes with the datacenter.
+    c.stop_and_read(0)?;
+    ensure!(
+        get(http, "/healthz").is_err(),
+        "the endpoint outlived its datacenter"
+    );
+    Ok(())
+}
