@@ -141,6 +141,9 @@ impl KeyringWatch {
             }
         };
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        // The file reads again: a failure reported before is over, also when the file came
+        // back with the keyring already in use.
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let old = self.current();
         if old.to_text() == loaded.to_text() {
             return Ok(Reload::Unchanged);

@@ -114,6 +114,26 @@ async fn metrics_over_http_count_the_traffic_the_devices_saw_and_readyz_says_rea
     ensure!(sample(&page, "lifeboat_store_errors_total{dc=\"1\"}")? == 0);
     let (code, _) = get(http, "/nothing-here")?;
     ensure!(code == 404);
+    // Readiness flips: the keyring file becomes unreadable (the datacenter keeps the keyring
+    // it has, and says it is not ready), then comes back.
+    let keyring = lifeboat_server::region::Region::keyring_path(&c.region_dir);
+    let good = std::fs::read(&keyring)?;
+    std::fs::write(&keyring, b"not a keyring")?;
+    let wait_ready = |want: u16| async move {
+        let start = Instant::now();
+        loop {
+            let (code, body) = get(http, "/readyz")?;
+            if code == want {
+                return anyhow::Ok(body);
+            }
+            ensure!(start.elapsed() < WAIT, "/readyz stayed {code}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let body = wait_ready(503).await?;
+    ensure!(body.contains("keyring"), "{body}");
+    std::fs::write(&keyring, &good)?;
+    wait_ready(200).await?;
     // Stopped: the endpoint goes with the datacenter.
     c.stop_and_read(0)?;
     ensure!(
