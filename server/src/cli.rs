@@ -360,6 +360,12 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    // Before the ready line: a supervisor that stops the server as soon as it said it is
+    // ready gets a clean stop, not the default action of the signal.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let cfg = settings.server_config();
     let region_dir = cfg.region_dir.clone();
     let data_dir = cfg.data_dir.clone();
@@ -380,8 +386,8 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         );
     }
     // Tests and the harness wait for this exact line.
-    println!(
-        "lifeboat-server dc{} listening on {} (store {}, {} sessions loaded, durability {})",
+    let mut ready = format!(
+        "lifeboat-server dc{} listening on {} (store {}, {} sessions loaded, durability {})\n",
         cfg.dc.0,
         server.local_addr,
         data_dir.display(),
@@ -389,18 +395,19 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         cfg.durability
     );
     if let Some(m) = server.metrics_addr {
-        println!(
-            "lifeboat-server dc{} serves http://{m}/metrics, /healthz and /readyz",
+        ready.push_str(&format!(
+            "lifeboat-server dc{} serves http://{m}/metrics, /healthz and /readyz\n",
             cfg.dc.0
-        );
+        ));
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // A closed stdout (a supervisor that read the ready line and went away) must not stop
+    // the datacenter: `println!` would panic on the broken pipe.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(ready.as_bytes()).and_then(|()| out.flush());
+    }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -413,6 +420,13 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         }
     }
     server.shutdown().await;
-    eprintln!("lifeboat-server dc{} stopped cleanly", cfg.dc.0);
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "lifeboat-server dc{} stopped cleanly",
+            cfg.dc.0
+        );
+    }
     Ok(())
 }

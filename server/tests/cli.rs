@@ -181,8 +181,8 @@ fn serve_runs_from_a_config_file_with_environment_and_flags_on_top() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
     let logs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
     assert!(!logs.is_empty(), "no JSON log lines:\n{stderr}");
     for l in &logs {
