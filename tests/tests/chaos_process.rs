@@ -267,12 +267,12 @@ async fn driver_app_killed_mid_trip_restarts_on_its_store_nothing_lost_or_applie
     with_seed(seed, name, driver_app_killed(seed).await)
 }
 
-async fn driver_app_killed(seed: u64) -> anyhow::Result<()> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut c = Cluster::new(2, &[])?;
-    c.start(0)?;
-    c.start(1)?;
-    let spec = DeviceSpawn::new(DEVICE_BIN.into(), &c, 1000, true);
+/// Driver 1000 in a process of its own, connected, and assigned the trip that rider 1 (an
+/// in-process client) just requested.
+async fn driver_process_assigned_a_trip(
+    c: &Cluster,
+) -> anyhow::Result<(DeviceSpawn, DeviceProcess, EdgeClient, SessionId)> {
+    let spec = DeviceSpawn::new(DEVICE_BIN.into(), c, 1000, true);
     let mut driver = DeviceProcess::spawn(spec.clone()).await?;
     driver
         .wait_for(WAIT, "connected", |r| {
@@ -289,6 +289,15 @@ async fn driver_app_killed(seed: u64) -> anyhow::Result<()> {
             h.session == session && h.phase == TripPhase::Assigned
         })
         .await?;
+    Ok((spec, driver, rider, session))
+}
+
+async fn driver_app_killed(seed: u64) -> anyhow::Result<()> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut c = Cluster::new(2, &[])?;
+    c.start(0)?;
+    c.start(1)?;
+    let (spec, mut driver, rider, session) = driver_process_assigned_a_trip(&c).await?;
     let mut lives = Vec::new();
     let mut asked: HashMap<u64, TripOp> = HashMap::new();
     let mut k = 0u32;
@@ -866,23 +875,7 @@ async fn app_killed_on_submit(seed: u64) -> anyhow::Result<()> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut c = Cluster::new(1, &[])?;
     c.start(0)?;
-    let spec = DeviceSpawn::new(DEVICE_BIN.into(), &c, 1000, true);
-    let mut driver = DeviceProcess::spawn(spec.clone()).await?;
-    driver
-        .wait_for(WAIT, "connected", |r| {
-            matches!(r, Report::Connected { .. }).then_some(())
-        })
-        .await?;
-    let rider = c.device(1, false).await?;
-    let (session, _) =
-        tokio::time::timeout(OP_TIMEOUT, rider.request_trip(PICKUP, route_point(50)))
-            .await
-            .context("trip request")??;
-    driver
-        .wait_for_session(WAIT, |h| {
-            h.session == session && h.phase == TripPhase::Assigned
-        })
-        .await?;
+    let (spec, mut driver, rider, session) = driver_process_assigned_a_trip(&c).await?;
     for op in [TripOp::Arrived, TripOp::StartTrip] {
         driver.submit_wait(session, op, OP_TIMEOUT).await?;
     }
