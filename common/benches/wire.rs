@@ -5,9 +5,10 @@
 //! Run: `cargo bench -p lifeboat-common --bench wire`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lifeboat_common::codec::{decode_exact, encode_frame, MAX_FRAME_BYTES};
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::samples::typical_trip;
-use lifeboat_common::wire::{decode_exact, encode_frame, ClientMsg, ServerMsg, MAX_FRAME_BYTES};
+use lifeboat_common::wire::{ClientMsg, ServerMsg};
 use lifeboat_common::Trip;
 use std::hint::black_box;
 

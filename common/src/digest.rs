@@ -12,11 +12,11 @@
 //!
 //! Overhead over the encoded body: 24 (nonce) + 16 (tag) + up to 5 (key id varint) bytes.
 
+use crate::codec::{decode_exact, encode, CodecError};
 use crate::dedup::DedupEntry;
 use crate::ids::{DeviceId, Role, SessionId};
 use crate::keyring::{KeyId, Keyring};
 use crate::version::{VersionError, VersionVector};
-use crate::wire::{decode_exact, encode, CodecError};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;

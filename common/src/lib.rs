@@ -9,7 +9,7 @@
 //! - [`dedup`]: the per-device watermark that makes every op apply exactly once (C2);
 //! - [`app`] and [`trip`]: the application behind a session, and the built-in trip model;
 //! - [`keyring`] and [`digest`]: the region's keys and the sealed digest devices store (C4);
-//! - [`wire`]: wire messages and the bounded frame codec (C6);
+//! - [`codec`]: the bounded frame codec (C6); [`wire`]: the messages it carries;
 //! - [`limits`]: the names of the limits a datacenter enforces (C6);
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
 //! - [`edge`]: the device-side state machine (outbox, held digests, replay);
@@ -25,13 +25,13 @@
 
 pub mod app;
 pub mod clock;
+pub mod codec;
 pub mod datacenter;
 pub mod dedup;
 pub mod digest;
 pub mod edge;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-pub mod frame_io;
 pub mod ids;
 pub mod keyring;
 pub mod limits;

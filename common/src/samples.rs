@@ -12,6 +12,7 @@
 //! a device whatever the trip length (see [`crate::dedup`]), so the long trip is only a few
 //! bytes larger than the typical one: the digest does not grow with the trip.
 
+use crate::codec::{encode, CodecError};
 use crate::dedup::DedupEntry;
 use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
 use crate::ids::{DeviceId, ReplicaId, Role, SessionId};
@@ -19,7 +20,7 @@ use crate::keyring::Keyring;
 use crate::trip::{fare_cents, GeoPoint, TripPhase, TripState};
 use crate::trip::{Trip, TripOp};
 use crate::version::VersionVector;
-use crate::wire::{encode, ClientMsg, CodecError, OpOutcome, ServerMsg, SessionUpdate};
+use crate::wire::{ClientMsg, OpOutcome, ServerMsg, SessionUpdate};
 
 /// A trip's digest before sealing.
 #[derive(Clone, Debug, PartialEq)]

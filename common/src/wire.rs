@@ -1,15 +1,9 @@
-//! Wire messages and the frame codec.
-//!
-//! A frame is a 4-byte big-endian length followed by that many bytes of bincode (standard
-//! config). Invariants, all checked on decode and each a typed [`CodecError`]:
-//! - the length is at most [`MAX_FRAME_BYTES`] (checked before any allocation);
-//! - bincode decodes with an explicit byte limit, so a hostile length inside a frame (a
-//!   "vector of 2^60 items") is refused instead of allocated;
-//! - the whole frame must be consumed: trailing bytes are an error, not ignored.
+//! The wire messages: what a device and a datacenter say to each other.
 //!
 //! One QUIC bidirectional stream per connection carries [`ClientMsg`] up and [`ServerMsg`]
-//! down. The device id is never in a message after `Hello`: the datacenter takes it from the
-//! authenticated connection.
+//! down, each message in one frame of [`crate::codec`]. The device id is never in a message
+//! after `Hello`: the datacenter takes it from the authenticated connection. Every list in a
+//! message is bounded ([`MAX_DIGESTS_PER_FRAME`], and the frame limit of the codec).
 
 use crate::app::{AppRejection, Application};
 use crate::digest::SealError;
@@ -18,87 +12,10 @@ use crate::ids::{DatacenterId, DeviceId, SessionId};
 use crate::keyring::{DeviceToken, KeyId};
 use crate::limits::{LimitExceeded, LimitKind};
 use crate::version::VersionVector;
-use bincode::config::{BigEndian, Configuration, Limit, Varint};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Largest frame either side sends or accepts (C6).
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Most digests in one `Hello` or `Upload` frame.
 pub const MAX_DIGESTS_PER_FRAME: usize = 64;
-/// Length prefix size.
-pub const FRAME_HEADER_BYTES: usize = 4;
-
-type Config = Configuration<BigEndian, Varint, Limit<MAX_FRAME_BYTES>>;
-
-fn config() -> Config {
-    bincode::config::standard()
-        .with_big_endian()
-        .with_variable_int_encoding()
-        .with_limit::<MAX_FRAME_BYTES>()
-}
-
-/// Why bytes could not be encoded or decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodecError {
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: usize, max: usize },
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    #[error("{0} trailing bytes after the message")]
-    TrailingBytes(usize),
-    #[error("could not encode: {0}")]
-    Encode(String),
-}
-
-/// Encode a value with the wire configuration.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
-}
-
-/// Decode a value that must use every byte of `bytes`, refusing inputs over `max` bytes.
-pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
-    let max = max.min(MAX_FRAME_BYTES);
-    if bytes.len() > max {
-        return Err(CodecError::TooLarge {
-            len: bytes.len(),
-            max,
-        });
-    }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::TrailingBytes(bytes.len() - used));
-    }
-    Ok(value)
-}
-
-/// Encode a message as a length-prefixed frame.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let body = encode(msg)?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge {
-            len: body.len(),
-            max: MAX_FRAME_BYTES,
-        });
-    }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    Ok(frame)
-}
-
-/// Validate a length prefix before reading the body.
-pub fn frame_len(prefix: [u8; FRAME_HEADER_BYTES]) -> Result<usize, CodecError> {
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge {
-            len,
-            max: MAX_FRAME_BYTES,
-        });
-    }
-    Ok(len)
-}
 
 /// Device to datacenter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -352,10 +269,13 @@ pub enum ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{
+        decode_exact, encode, encode_frame, frame_len, CodecError, MAX_FRAME_BYTES,
+    };
     use crate::trip::{Trip, TripOp};
 
     #[test]
-    fn frame_round_trips() {
+    fn a_message_round_trips_through_a_frame() {
         let msg: ClientMsg<Trip> = ClientMsg::Submit {
             session: SessionId(1),
             seq: 3,
@@ -369,14 +289,6 @@ mod tests {
     }
 
     #[test]
-    fn oversized_length_prefix_is_refused_before_allocation() {
-        assert!(matches!(
-            frame_len(u32::MAX.to_be_bytes()),
-            Err(CodecError::TooLarge { .. })
-        ));
-    }
-
-    #[test]
     fn huge_vector_claim_is_refused_not_allocated() {
         // Variant 1 (Upload) followed by a varint length of u64::MAX digests.
         let hostile = [1u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
@@ -385,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_refused() {
+    fn trailing_bytes_after_a_message_are_refused() {
         let mut bytes = encode(&ClientMsg::<Trip>::SetAvailable { available: true }).unwrap();
         bytes.push(0);
         assert_eq!(

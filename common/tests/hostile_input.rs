@@ -1,5 +1,6 @@
 //! Property tests and a stable-Rust fuzz loop for the entry points a hostile peer reaches:
-//! frame decoding, digest opening and the datacenter core's message handling.
+//! frame decoding, digest opening and the datacenter core's message handling (the async
+//! frame reader's properties are in `lifeboat-frame-io`).
 //!
 //! - The proptests run in CI with a modest number of cases (fast).
 //! - `LIFEBOAT_FUZZ_CASES=N` raises the number of proptest cases of every property.
@@ -13,11 +14,9 @@ mod support {
     pub mod fuzz_targets;
 }
 
+use lifeboat_common::codec::{decode_exact, encode, encode_frame, MAX_FRAME_BYTES};
 use lifeboat_common::digest::SealedDigest;
-use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
-use lifeboat_common::wire::{
-    decode_exact, encode, encode_frame, ClientMsg, CodecError, OfferedCopy, MAX_FRAME_BYTES,
-};
+use lifeboat_common::wire::{ClientMsg, OfferedCopy};
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, Trip, TripOp, VersionVector};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
@@ -151,45 +150,6 @@ proptest! {
     #[test]
     fn datacenter_core_keeps_the_contract_under_any_device_script(script in proptest::collection::vec(any::<u8>(), 0..1_500)) {
         let _ = core_script(&script);
-    }
-}
-
-proptest! {
-    #![proptest_config(config(64))]
-
-    /// The async frame reader, fed any bytes in any chunking: a message, a clean end, or a
-    /// typed error; never more bytes buffered than the frame limit.
-    #[test]
-    fn frame_reader_handles_any_stream(data in proptest::collection::vec(any::<u8>(), 0..2_000), chunk in 1usize..64, max in 1usize..4_096) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (mut w, mut r) = tokio::io::duplex(chunk);
-            let writer = tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                for c in data.chunks(chunk) {
-                    if w.write_all(c).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let limits = FrameLimits { max_bytes: max, frame_timeout: None };
-            let mut buf = Vec::new();
-            // Bounded: every frame consumes at least its 4-byte prefix.
-            for _ in 0..1_000 {
-                match read_frame_limited::<ClientMsg<Trip>, _>(&mut r, &mut buf, &limits).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(FrameReadError::Codec(CodecError::TooLarge { max: m, .. })) => {
-                        assert_eq!(m, max);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-                assert!(buf.len() <= max);
-            }
-            drop(r);
-            let _ = writer.await;
-        });
     }
 }
 

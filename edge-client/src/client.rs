@@ -25,13 +25,14 @@
 
 use crate::config::EdgeConfig;
 use crate::store::{EdgeStore, RouteMemory, StoreError};
+use lifeboat_common::codec::encode_frame;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
-use lifeboat_common::frame_io::read_frame;
 use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
-use lifeboat_common::wire::{encode_frame, ClientMsg, ServerMsg};
+use lifeboat_common::wire::{ClientMsg, ServerMsg};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripState, VersionVector,
 };
+use lifeboat_frame_io::read_frame;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, VecDeque};

@@ -24,9 +24,9 @@
 //! own tombstone, so an older live digest is still refused there (C3).
 
 use lifeboat_common::clock::Clock;
+use lifeboat_common::codec::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
 use lifeboat_common::edge::{HeldSession, StoreWrite};
 use lifeboat_common::op_outcome::{OpOutcomeRecord, OpRecord};
-use lifeboat_common::wire::{decode_exact, encode, CodecError, MAX_FRAME_BYTES};
 use lifeboat_common::{DeviceId, OpId, SessionId, Trip, TripOp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

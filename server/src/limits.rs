@@ -13,10 +13,10 @@
 //! grown only as bytes arrive), the QUIC send window ([`Limits::send_window_bytes`]) and the
 //! output queue (`conn_queue` messages).
 
+use lifeboat_common::codec::MAX_FRAME_BYTES;
 use lifeboat_common::datacenter::DcStats;
-use lifeboat_common::frame_io::FrameLimits;
 use lifeboat_common::limits::{LimitExceeded, LimitKind};
-use lifeboat_common::wire::MAX_FRAME_BYTES;
+use lifeboat_frame_io::FrameLimits;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -18,14 +18,15 @@ use crate::limits::{AddressLimiter, InflightGate, LimitCounters, Limits};
 use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
 use lifeboat_common::clock::Clock;
+use lifeboat_common::codec::{encode_frame, CodecError};
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
-use lifeboat_common::frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use lifeboat_common::limits::LimitKind;
 use lifeboat_common::wire::{
-    encode_frame, ClientMsg, CodecError, OfferedCopy, OpOutcome, OpRejection, ProtocolError,
-    ServerMsg, UploadOutcome, UploadRefusal, UploadResult, MAX_DIGESTS_PER_FRAME,
+    ClientMsg, OfferedCopy, OpOutcome, OpRejection, ProtocolError, ServerMsg, UploadOutcome,
+    UploadRefusal, UploadResult, MAX_DIGESTS_PER_FRAME,
 };
 use lifeboat_common::{DatacenterId, DeviceId, Trip};
+use lifeboat_frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -199,9 +199,9 @@ impl ServeSettings {
     /// Checks figment cannot express as types.
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            (1..=lifeboat_common::wire::MAX_FRAME_BYTES).contains(&self.max_frame_bytes),
+            (1..=lifeboat_common::codec::MAX_FRAME_BYTES).contains(&self.max_frame_bytes),
             "max_frame_bytes must be between 1 and {}",
-            lifeboat_common::wire::MAX_FRAME_BYTES
+            lifeboat_common::codec::MAX_FRAME_BYTES
         );
         anyhow::ensure!(self.dc > 0, "dc must be 1 or more");
         self.metrics_addr()?;

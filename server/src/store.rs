@@ -37,9 +37,9 @@
 //! `sled` can only be caught panicking if the binary unwinds on panic (the default; do not
 //! build the server with `panic = "abort"`).
 
+use lifeboat_common::codec::{decode_exact, encode, CodecError};
 use lifeboat_common::digest::{SealedDigest, MAX_DIGEST_BYTES};
 use lifeboat_common::ids::ReplicaId;
-use lifeboat_common::wire::{decode_exact, encode, CodecError};
 use lifeboat_common::SessionId;
 use rand::Rng;
 use std::path::{Path, PathBuf};

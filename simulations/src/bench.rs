@@ -35,9 +35,10 @@ pub mod procfs;
 
 use anyhow::Context;
 use clap::Parser;
+use lifeboat_common::codec::encode_frame;
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::samples::typical_trip;
-use lifeboat_common::wire::{encode_frame, ServerMsg};
+use lifeboat_common::wire::ServerMsg;
 use lifeboat_common::Trip;
 use lifeboat_server::process::{DcProcess, DcSpawn};
 use lifeboat_server::region::Region;

@@ -5,14 +5,14 @@
 //! Every read has a deadline; nothing here retries.
 
 use anyhow::{bail, Context};
+use lifeboat_common::codec::encode_frame;
 use lifeboat_common::digest::SealedDigest;
-use lifeboat_common::frame_io::read_frame;
 use lifeboat_common::keyring::{DeviceToken, Keyring};
 use lifeboat_common::wire::{
-    encode_frame, ClientMsg, OfferedCopy, OpOutcome, ProtocolError, ServerMsg, SessionUpdate,
-    UploadResult,
+    ClientMsg, OfferedCopy, OpOutcome, ProtocolError, ServerMsg, SessionUpdate, UploadResult,
 };
 use lifeboat_common::{DeviceId, SessionId, Trip, TripOp};
+use lifeboat_frame_io::read_frame;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,11 +10,11 @@
 //! edge clients, see `lifeboat_tests::arena`) keep committing ops throughout.
 
 use anyhow::{bail, ensure, Context};
+use lifeboat_common::codec::encode;
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::limits::{LimitExceeded, LimitKind};
 use lifeboat_common::wire::{
-    encode, ClientMsg, OfferedCopy, OpOutcome, OpRejection, ProtocolError, UploadOutcome,
-    UploadRefusal,
+    ClientMsg, OfferedCopy, OpOutcome, OpRejection, ProtocolError, UploadOutcome, UploadRefusal,
 };
 use lifeboat_common::{DeviceId, SessionId, Trip, TripOp};
 use lifeboat_tests::arena::{Arena, HONEST_RIDER};
@@ -341,7 +341,7 @@ async fn garbage_frames_are_refused() -> anyhow::Result<()> {
 async fn truncated_frame_is_refused() -> anyhow::Result<()> {
     let arena = Arena::start(ARGS).await?;
     let h = arena.raw(160)?;
-    let hello = lifeboat_common::wire::encode_frame(&ClientMsg::<Trip>::Hello {
+    let hello = lifeboat_common::codec::encode_frame(&ClientMsg::<Trip>::Hello {
         device: h.device,
         token: h.token,
         available: false,
@@ -638,8 +638,9 @@ async fn slowloris_senders_are_cut_off() -> anyhow::Result<()> {
     }
     // After Welcome: a small frame dribbled one byte every 150 ms.
     let (mut c, _) = h.hello(false, vec![]).await?;
-    let frame =
-        lifeboat_common::wire::encode_frame(&ClientMsg::<Trip>::SetAvailable { available: false })?;
+    let frame = lifeboat_common::codec::encode_frame(&ClientMsg::<Trip>::SetAvailable {
+        available: false,
+    })?;
     let (e, took) = c
         .dribble_until_error(&frame, Duration::from_millis(150))
         .await?;
@@ -674,7 +675,7 @@ async fn in_flight_flood_gets_typed_retryable_rejections() -> anyhow::Result<()>
     let n = 60u64;
     let mut burst = Vec::new();
     for seq in 2..2 + n {
-        burst.extend(lifeboat_common::wire::encode_frame(
+        burst.extend(lifeboat_common::codec::encode_frame(
             &ClientMsg::<Trip>::Submit {
                 session,
                 seq,

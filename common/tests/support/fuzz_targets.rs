@@ -13,14 +13,12 @@
 
 #![allow(dead_code)]
 
+use lifeboat_common::codec::{decode_exact, encode, frame_len, MAX_FRAME_BYTES};
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats};
 use lifeboat_common::digest::{DigestBody, SealedDigest, MAX_DIGEST_BYTES};
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
-use lifeboat_common::wire::{
-    decode_exact, encode, frame_len, ClientMsg, OfferedCopy, OpOutcome, ServerMsg, UploadOutcome,
-    MAX_FRAME_BYTES,
-};
+use lifeboat_common::wire::{ClientMsg, OfferedCopy, OpOutcome, ServerMsg, UploadOutcome};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, SessionId, Trip, TripOp, TripState, VersionOrder,
     VersionVector,

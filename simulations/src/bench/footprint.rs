@@ -18,12 +18,13 @@
 
 use crate::bench::procfs::rss_bytes;
 use anyhow::{bail, Context};
-use lifeboat_common::frame_io::read_frame;
+use lifeboat_common::codec::encode_frame;
 use lifeboat_common::keyring::Keyring;
 use lifeboat_common::samples::{long_trip, typical_trip};
-use lifeboat_common::wire::{encode_frame, ClientMsg, OpOutcome, ServerMsg};
+use lifeboat_common::wire::{ClientMsg, OpOutcome, ServerMsg};
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, Trip, TripOp};
 use lifeboat_edge::{BlockingEdgeClient, EdgeConfig, StoreLocation};
+use lifeboat_frame_io::read_frame;
 use lifeboat_server::region::Region;
 use std::io::Read;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
-//! Reading and writing frames on an async byte stream (a QUIC stream).
+//! # lifeboat-frame-io: reading frames of the wire codec from an async byte stream
 //!
-//! The only I/O helper in the core crate: it is shared verbatim by the server and the edge
-//! client and holds no protocol state. Invariants:
+//! The one piece of stream I/O the server and the edge client share (a QUIC stream, or any
+//! `AsyncRead`). It lives outside `lifeboat-common` so that the replication core has no
+//! tokio dependency; it holds no protocol state. Invariants:
 //! - a frame's length is validated (against [`FrameLimits::max_bytes`], itself at most
 //!   [`MAX_FRAME_BYTES`]) before its body is read;
 //! - the body buffer grows only as bytes actually arrive, so a hostile prefix that claims a
@@ -10,7 +11,9 @@
 //!   complete within that time (a slow sender, "slowloris", is cut off); the wait *between*
 //!   frames is not limited here (QUIC's idle timeout covers a silent peer).
 
-use crate::wire::{decode_exact, frame_len, CodecError, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use lifeboat_common::codec::{
+    decode_exact, frame_len, CodecError, FRAME_HEADER_BYTES, MAX_FRAME_BYTES,
+};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -116,8 +119,9 @@ async fn read_rest<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trip::Trip;
-    use crate::wire::{encode_frame, ClientMsg};
+    use lifeboat_common::codec::encode_frame;
+    use lifeboat_common::wire::ClientMsg;
+    use lifeboat_common::Trip;
     use tokio::io::AsyncWriteExt;
 
     fn msg() -> ClientMsg<Trip> {
