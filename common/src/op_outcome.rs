@@ -18,11 +18,43 @@
 //! acknowledges what it handles never loses one.
 
 use crate::app::Application;
-use crate::edge::{Commit, SubmitError};
 use crate::ids::OpId;
+use crate::version::VersionVector;
+use crate::wire::OpRejection;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+
+/// Why a submit was refused locally, or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum SubmitError {
+    #[error("the outbox is full ({0} ops waiting)")]
+    OutboxFull(usize),
+    #[error("too many ops in flight for this session ({0})")]
+    TooManyInFlight(u64),
+    #[error("this device holds no such session")]
+    UnknownSession,
+    #[error("the datacenter rejected the op: {0}")]
+    Rejected(OpRejection),
+    #[error("gave up after {0} retries: the datacenter could not take the op")]
+    GaveUp(u32),
+    #[error("the session is finished")]
+    SessionFinished,
+    /// The committed copy of the session no longer names this device (a provider assigned on
+    /// a branch that never committed): the op was never committed, and never will be.
+    #[error("this device is no longer a participant of the session")]
+    Removed,
+}
+
+/// A committed op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub op: OpId,
+    /// The version of a committed copy that covers the op.
+    pub version: VersionVector,
+    /// This was a retry of an op the datacenter had already applied.
+    pub duplicate: bool,
+}
 
 /// How an op ended, with the op itself (an app restarted after a kill can tell which of its
 /// actions this was) and when the device decided it.

@@ -2,6 +2,10 @@
 //! edge cores wired by in-memory message passing (no sockets, no clock). Every random choice
 //! comes from a seed that failing assertions print.
 
+mod support {
+    pub mod wiring;
+}
+
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, StoreWrite, SubmitError};
@@ -103,23 +107,13 @@ impl Region {
     }
 
     fn connect(&mut self, d: DeviceId, dc: usize, available: bool) {
-        let token = self.keyring.device_token(d);
-        let hello = self.edges[&d].hello(token, available);
+        let c = support::wiring::connect_upload(&self.keyring, &self.edges[&d], available);
         self.link.insert(d, dc);
-        let mut digests = Vec::new();
-        for m in hello {
-            match m {
-                ClientMsg::Hello { digests: ds, .. } | ClientMsg::Upload { digests: ds, .. } => {
-                    digests.extend(ds)
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
         let now = self.now;
         self.dcs[dc]
             .as_mut()
             .expect("up")
-            .handle_connect(now, d, available, digests);
+            .handle_connect(now, c.device, c.available, c.digests);
         self.pump();
     }
 
@@ -163,6 +157,7 @@ impl Region {
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut quiet = true;
+            let now = self.now;
             for i in 0..self.dcs.len() {
                 let Some(dc) = self.dcs[i].as_mut() else {
                     continue;
@@ -175,41 +170,18 @@ impl Region {
                     }
                     quiet = false;
                     let edge = self.edges.get_mut(&to).expect("device");
-                    match msg {
-                        ServerMsg::Welcome { dc, results } => edge.on_welcome(dc, results),
-                        ServerMsg::OpResult {
-                            session,
-                            seq,
-                            outcome,
-                            update,
-                        } => {
-                            if let Some(pos) = self
-                                .drop_replies_to
-                                .iter()
-                                .position(|x| *x == (to, session, seq))
-                            {
-                                self.drop_replies_to.remove(pos);
-                                continue;
-                            }
-                            edge.on_op_result(session, seq, outcome, update)
+                    if let ServerMsg::OpResult { session, seq, .. } = &msg {
+                        if let Some(pos) = self
+                            .drop_replies_to
+                            .iter()
+                            .position(|x| *x == (to, *session, *seq))
+                        {
+                            self.drop_replies_to.remove(pos);
+                            continue;
                         }
-                        ServerMsg::Push { update } => edge.on_push(update),
-                        ServerMsg::Committed {
-                            session,
-                            version,
-                            driver,
-                            your_last_seq,
-                            your_applied_bits,
-                        } => edge.on_committed(
-                            session,
-                            version,
-                            driver,
-                            your_last_seq,
-                            your_applied_bits,
-                        ),
-                        ServerMsg::Uploaded { result } => edge.on_uploaded(result),
-                        ServerMsg::Removed { session } => edge.on_removed(session),
-                        ServerMsg::Error { error } => panic!("protocol error {error}"),
+                    }
+                    if let Err(error) = edge.handle_message(now, msg) {
+                        panic!("protocol error {error}");
                     }
                 }
             }
@@ -239,23 +211,8 @@ impl Region {
                 };
                 for msg in fx.send {
                     quiet = false;
-                    match msg {
-                        ClientMsg::Submit { session, seq, op } => {
-                            dc.handle_submit(now, *d, session, seq, op)
-                        }
-                        ClientMsg::Resubmit { session, seq, op } => {
-                            dc.handle_resubmit(now, *d, session, seq, op)
-                        }
-                        ClientMsg::Ack {
-                            session,
-                            version,
-                            certified,
-                        } => dc.handle_ack(*d, session, version, certified),
-                        ClientMsg::SetAvailable { available } => {
-                            dc.handle_set_available(now, *d, available)
-                        }
-                        ClientMsg::Reupload { copy } => dc.handle_reupload(now, *d, copy),
-                        other => panic!("unexpected {other:?}"),
+                    if let Err(e) = dc.handle_message(now, *d, msg) {
+                        panic!("test wiring: {d} sent a connect frame after connecting: {e}");
                     }
                 }
             }

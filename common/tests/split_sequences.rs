@@ -20,12 +20,16 @@
 //! the sequences read as they were found. Each test failed on the core before the chain
 //! rule (commit c4fdbdb), on the assertion its name states.
 
+mod support {
+    pub mod wiring;
+}
+
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::digest::{DigestBody, SealedDigest};
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEvent, EdgeLimits, SubmitError};
 use lifeboat_common::ids::ReplicaId;
 use lifeboat_common::keyring::Keyring;
-use lifeboat_common::wire::{ClientMsg, ServerMsg};
+use lifeboat_common::wire::ServerMsg;
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripPhase, TripState,
 };
@@ -147,20 +151,11 @@ impl Region {
 
     fn connect(&mut self, d: DeviceId, dc: usize, available: bool) {
         self.hang_up(d);
-        let token = self.keyring.device_token(d);
-        let mut digests = Vec::new();
-        for m in self.edges[&d].hello(token, available) {
-            match m {
-                ClientMsg::Hello { digests: ds, .. } | ClientMsg::Upload { digests: ds, .. } => {
-                    digests.extend(ds)
-                }
-                other => panic!("test wiring: unexpected {other:?} in a hello"),
-            }
-        }
+        let c = support::wiring::connect_upload(&self.keyring, &self.edges[&d], available);
         self.note(format!("{d} connects to dc{}", dc + 1));
         self.link.insert(d, dc);
         let now = self.now;
-        self.dcs[dc].handle_connect(now, d, available, digests);
+        self.dcs[dc].handle_connect(now, c.device, c.available, c.digests);
         self.pump();
     }
 
@@ -247,6 +242,7 @@ impl Region {
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut quiet = true;
+            let now = self.now;
             for i in 0..self.dcs.len() {
                 if self.frozen[i] {
                     continue;
@@ -257,45 +253,21 @@ impl Region {
                     }
                     quiet = false;
                     let edge = self.edges.get_mut(&to).expect("device");
-                    match msg {
-                        ServerMsg::Welcome { dc, results } => edge.on_welcome(dc, results),
-                        ServerMsg::OpResult {
-                            session,
-                            seq,
-                            outcome,
-                            update,
-                        } => {
-                            let id = OpId {
-                                session,
-                                device: to,
-                                seq,
-                            };
-                            if self.lost_replies.remove(&id) {
-                                self.trace
-                                    .push(format!("t={} reply to {id} lost", self.now));
-                                continue;
-                            }
-                            edge.on_op_result(session, seq, outcome, update)
+                    if let ServerMsg::OpResult { session, seq, .. } = &msg {
+                        let id = OpId {
+                            session: *session,
+                            device: to,
+                            seq: *seq,
+                        };
+                        if self.lost_replies.remove(&id) {
+                            self.trace
+                                .push(format!("t={} reply to {id} lost", self.now));
+                            continue;
                         }
-                        ServerMsg::Push { update } => edge.on_push(update),
-                        ServerMsg::Committed {
-                            session,
-                            version,
-                            driver,
-                            your_last_seq,
-                            your_applied_bits,
-                        } => edge.on_committed(
-                            session,
-                            version,
-                            driver,
-                            your_last_seq,
-                            your_applied_bits,
-                        ),
-                        ServerMsg::Uploaded { result } => edge.on_uploaded(result),
-                        ServerMsg::Removed { session } => edge.on_removed(session),
-                        ServerMsg::Error { error } => self
-                            .trace
-                            .push(format!("t={} {to} got a protocol error: {error}", self.now)),
+                    }
+                    if let Err(error) = edge.handle_message(now, msg) {
+                        self.trace
+                            .push(format!("t={} {to} got a protocol error: {error}", self.now));
                     }
                 }
             }
@@ -320,23 +292,8 @@ impl Region {
                 let dc = &mut self.dcs[l];
                 for msg in fx.send {
                     quiet = false;
-                    match msg {
-                        ClientMsg::Submit { session, seq, op } => {
-                            dc.handle_submit(now, *d, session, seq, op)
-                        }
-                        ClientMsg::Resubmit { session, seq, op } => {
-                            dc.handle_resubmit(now, *d, session, seq, op)
-                        }
-                        ClientMsg::Ack {
-                            session,
-                            version,
-                            certified,
-                        } => dc.handle_ack(*d, session, version, certified),
-                        ClientMsg::SetAvailable { available } => {
-                            dc.handle_set_available(now, *d, available)
-                        }
-                        ClientMsg::Reupload { copy } => dc.handle_reupload(now, *d, copy),
-                        other => panic!("test wiring: unexpected {other:?} from {d}"),
+                    if let Err(e) = dc.handle_message(now, *d, msg) {
+                        panic!("test wiring: {d} sent a connect frame after connecting: {e}");
                     }
                 }
             }

@@ -962,10 +962,9 @@ impl Actor {
                             ServerMsg::Welcome { dc, .. } => Some(*dc),
                             _ => None,
                         };
-                        if let ServerMsg::Error { error } = &msg {
+                        if let Err(error) = self.core.handle_message(self.cfg.clock.now_ms(), msg) {
                             break format!("datacenter error: {error}");
                         }
-                        self.on_message(msg);
                         if let Some(dc) = welcome {
                             welcomed = true;
                             self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
@@ -1057,32 +1056,6 @@ impl Actor {
             }
             None
         })
-    }
-
-    fn on_message(&mut self, msg: ServerMsg<Trip>) {
-        self.tick();
-        match msg {
-            ServerMsg::Welcome { dc, results } => self.core.on_welcome(dc, results),
-            ServerMsg::OpResult {
-                session,
-                seq,
-                outcome,
-                update,
-            } => self.core.on_op_result(session, seq, outcome, update),
-            ServerMsg::Push { update } => self.core.on_push(update),
-            ServerMsg::Committed {
-                session,
-                version,
-                driver,
-                your_last_seq,
-                your_applied_bits,
-            } => self
-                .core
-                .on_committed(session, version, driver, your_last_seq, your_applied_bits),
-            ServerMsg::Uploaded { result } => self.core.on_uploaded(result),
-            ServerMsg::Removed { session } => self.core.on_removed(session),
-            ServerMsg::Error { .. } => {}
-        }
     }
 
     async fn command(

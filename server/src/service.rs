@@ -19,12 +19,12 @@ use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
 use lifeboat_common::clock::Clock;
 use lifeboat_common::codec::{encode_frame, CodecError};
-use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats, Durability};
-use lifeboat_common::limits::LimitKind;
-use lifeboat_common::wire::{
-    ClientMsg, OfferedCopy, OpOutcome, OpRejection, ProtocolError, ServerMsg, UploadOutcome,
-    UploadRefusal, UploadResult, MAX_DIGESTS_PER_FRAME,
+use lifeboat_common::datacenter::{
+    ConnectIntake, Connected, DatacenterCore, DcConfig, DcEvent, DcStats, Durability, InflightRule,
+    IntakeStep,
 };
+use lifeboat_common::limits::LimitKind;
+use lifeboat_common::wire::{ClientMsg, OfferedCopy, OpOutcome, ProtocolError, ServerMsg};
 use lifeboat_common::{DatacenterId, DeviceId, Trip};
 use lifeboat_frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use serde::Serialize;
@@ -507,24 +507,12 @@ impl Actor {
                 }
                 self.core.handle_connect(now, device, available, digests);
             }
-            Input::Frame { device, msg } => match msg {
-                ClientMsg::Submit { session, seq, op } => {
-                    self.core.handle_submit(now, device, session, seq, op)
+            Input::Frame { device, msg } => {
+                // The connection task lets no Hello/Upload through after the connect upload.
+                if let Err(e) = self.core.handle_message(now, device, msg) {
+                    tracing::debug!(%device, error = %e, "message refused by the core");
                 }
-                ClientMsg::Resubmit { session, seq, op } => {
-                    self.core.handle_resubmit(now, device, session, seq, op)
-                }
-                ClientMsg::Ack {
-                    session,
-                    version,
-                    certified,
-                } => self.core.handle_ack(device, session, version, certified),
-                ClientMsg::SetAvailable { available } => {
-                    self.core.handle_set_available(now, device, available)
-                }
-                ClientMsg::Reupload { copy } => self.core.handle_reupload(now, device, copy),
-                ClientMsg::Hello { .. } | ClientMsg::Upload { .. } => {}
-            },
+            }
             Input::Disconnect { conn_id, device } => {
                 if self
                     .conns
@@ -734,59 +722,28 @@ async fn handle_conn(
         .map_err(timed_out)??;
     let mut buf = Vec::new();
     // The whole connect upload must arrive within the handshake timeout (slowloris).
+    let keyring = ctx.keyring.current();
     let hello = tokio::time::timeout(ctx.handshake, async {
-        let first: Option<ClientMsg<Trip>> =
-            read_frame_limited(&mut recv, &mut buf, &ctx.frames).await?;
-        let Some(ClientMsg::Hello {
-            device,
-            token,
-            available,
-            mut digests,
-            mut more,
-        }) = first
-        else {
-            return Ok::<_, FrameReadError>(Err(ProtocolError::ExpectedHello));
-        };
-        if !ctx.keyring.current().verify_device(device, &token) {
-            return Ok(Err(ProtocolError::BadCredential));
-        }
-        let mut frames = 0;
-        while more {
-            frames += 1;
-            if frames > ctx.max_upload_frames {
-                return Ok(Err(limit(
-                    ctx,
-                    LimitKind::UploadFrames,
-                    ctx.max_upload_frames,
-                )));
-            }
-            match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await?
-            {
-                Some(ClientMsg::Upload {
-                    digests: more_digests,
-                    more: m,
-                }) => {
-                    if more_digests.len() > MAX_DIGESTS_PER_FRAME {
-                        return Ok(Err(limit(
-                            ctx,
-                            LimitKind::DigestsPerFrame,
-                            MAX_DIGESTS_PER_FRAME,
-                        )));
-                    }
-                    digests.extend(more_digests);
-                    more = m;
-                }
-                _ => return Ok(Err(ProtocolError::ExpectedHello)),
+        let mut intake = ConnectIntake::new(ctx.max_upload_frames);
+        loop {
+            let Some(msg) =
+                read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await?
+            else {
+                return Ok::<_, FrameReadError>(Err(ProtocolError::ExpectedHello));
+            };
+            match intake.handle_frame(msg, &keyring) {
+                Ok(IntakeStep::More) => {}
+                Ok(IntakeStep::Done(connected)) => return Ok(Ok(connected)),
+                Err(e) => return Ok(Err(e)),
             }
         }
-        let max_digests = (ctx.max_upload_frames + 1) * MAX_DIGESTS_PER_FRAME;
-        if digests.len() > max_digests {
-            return Ok(Err(limit(ctx, LimitKind::DigestsPerConnect, max_digests)));
-        }
-        Ok(Ok((device, available, digests)))
     })
     .await;
-    let (device, available, digests) = match hello {
+    let Connected {
+        device,
+        available,
+        digests,
+    } = match hello {
         Err(_) => {
             let ms = ctx.handshake.as_millis();
             let err = limit(ctx, LimitKind::HandshakeTimeout, ms);
@@ -797,12 +754,11 @@ async fn handle_conn(
             return Err(refuse(&mut send, &conn, err).await);
         }
         Ok(Ok(Err(e))) => {
-            match e {
+            match &e {
                 ProtocolError::BadCredential => {
                     ctx.counters.bad_credentials.fetch_add(1, Ordering::Relaxed);
                 }
-                // Counted where it was detected.
-                ProtocolError::Limit(_) => {}
+                ProtocolError::Limit(exceeded) => ctx.limit_hits.hit(exceeded.kind),
                 _ => {
                     ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                 }
@@ -831,7 +787,7 @@ async fn handle_conn(
     let writer_conn = conn.clone();
     let mut writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if matches!(msg, ServerMsg::OpResult { .. } | ServerMsg::Uploaded { .. }) {
+            if InflightRule::releases_slot(&msg) {
                 writer_inflight.answered();
             }
             let last = matches!(msg, ServerMsg::Error { .. });
@@ -852,45 +808,23 @@ async fn handle_conn(
 
     let result = loop {
         match read_frame_limited::<ClientMsg<Trip>, _>(&mut recv, &mut buf, &ctx.frames).await {
-            Ok(Some(
-                ClientMsg::Submit { session, seq, .. } | ClientMsg::Resubmit { session, seq, .. },
-            )) if !inflight.submit() => {
+            Ok(Some(msg)) if InflightRule::takes_slot(&msg) && !inflight.submit() => {
                 // Over the in-flight limit: a typed, retryable answer; the core never sees it.
                 let exceeded = ctx.limits.exceeded(LimitKind::InFlightOps);
                 ctx.limit_hits.hit(LimitKind::InFlightOps);
-                let outcome = OpOutcome::Rejected(OpRejection::Limit(exceeded));
-                let answer = ServerMsg::OpResult {
-                    session,
-                    seq,
-                    outcome,
-                    update: None,
-                };
-                if reply_tx.try_send(answer).is_err() {
-                    inflight.answered();
+                if let Some(answer) = InflightRule::refusal(&msg, exceeded) {
+                    if reply_tx.try_send(answer).is_err() {
+                        inflight.answered();
+                    }
                 }
             }
-            Ok(Some(ClientMsg::Reupload { copy })) if !inflight.submit() => {
-                // A re-upload costs a digest open, like an op: the same bound, the same
-                // typed, retryable answer.
-                let exceeded = ctx.limits.exceeded(LimitKind::InFlightOps);
-                ctx.limit_hits.hit(LimitKind::InFlightOps);
-                let answer = ServerMsg::Uploaded {
-                    result: UploadResult {
-                        session: copy.digest.header.session,
-                        outcome: UploadOutcome::Refused(UploadRefusal::Limit(exceeded)),
-                    },
-                };
-                if reply_tx.try_send(answer).is_err() {
-                    inflight.answered();
-                }
+            Ok(Some(ClientMsg::Hello { .. } | ClientMsg::Upload { .. })) => {
+                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                break Err(ConnError::Protocol(ProtocolError::BadFrame(
+                    "Hello/Upload after connect".into(),
+                )));
             }
-            Ok(Some(
-                msg @ (ClientMsg::Submit { .. }
-                | ClientMsg::Resubmit { .. }
-                | ClientMsg::Ack { .. }
-                | ClientMsg::SetAvailable { .. }
-                | ClientMsg::Reupload { .. }),
-            )) => {
+            Ok(Some(msg)) => {
                 if ctx
                     .core_tx
                     .send(Input::Frame { device, msg })
@@ -899,12 +833,6 @@ async fn handle_conn(
                 {
                     break Err(ConnError::CoreGone);
                 }
-            }
-            Ok(Some(_)) => {
-                ctx.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                break Err(ConnError::Protocol(ProtocolError::BadFrame(
-                    "Hello/Upload after connect".into(),
-                )));
             }
             Ok(None) => break Ok(()),
             // `Closed` here is a stream that ended mid-frame (a truncated frame).

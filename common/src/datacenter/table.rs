@@ -1,0 +1,183 @@
+//! The session table: adding, indexing and changing sessions, and pushing a changed copy to
+//! its participants.
+//!
+//! Invariants: `by_device` lists exactly the active (non-tombstoned) sessions of each
+//! participant, and only `insert`, `index` and `unindex` change it; every change of a copy
+//! bumps this datacenter's slot of the version vector, reseals it, persists it (an effect
+//! the driver carries out before any send of the batch) and pushes it to the connected
+//! participants.
+
+use super::*;
+
+use crate::app::{AppRejection, Application};
+use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
+use crate::ids::{DeviceId, SessionId};
+use crate::wire::{ServerMsg, SessionUpdate};
+use std::collections::VecDeque;
+
+impl<A: Application> DatacenterCore<A> {
+    /// A digest from this datacenter's own store, at startup. It may be stale (failback):
+    /// nothing here is known committed until a device says so, so it commits nothing on its
+    /// own (the chain holder's upload or `Ack` does).
+    pub fn load_persisted(&mut self, _now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
+        let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
+        let header = sealed.header.clone();
+        // Ask the devices to confirm it: whoever holds the chain acknowledges it if it is
+        // (or a descendant of what it holds), so what waited before the restart is reported.
+        let chain = Chain {
+            unconfirmed: VecDeque::from([Unconfirmed {
+                version: header.version.clone(),
+                driver: header.driver,
+                dedup: body.dedup.clone(),
+            }]),
+            ..Chain::default()
+        };
+        self.insert(header, body, sealed, chain);
+        Ok(())
+    }
+
+    /// Insert (or replace) a session's copy and keep the indexes.
+    pub(super) fn insert(
+        &mut self,
+        header: DigestHeader,
+        body: DigestBody<A::State>,
+        sealed: SealedDigest,
+        chain: Chain,
+    ) {
+        let id = header.session;
+        let active = !header.tombstone;
+        let old = self.sessions.insert(
+            id,
+            Entry {
+                header,
+                body,
+                sealed,
+                chain,
+                pending: None,
+                removed: Vec::new(),
+            },
+        );
+        if let Some(old) = old {
+            for d in old.header.participants() {
+                self.unindex(d, id);
+            }
+        }
+        if active {
+            self.index(id);
+        }
+    }
+
+    /// Index the participants of an active session, and queue it for dispatch if it needs a
+    /// provider.
+    pub(super) fn index(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get(&id) else {
+            return;
+        };
+        let participants: Vec<DeviceId> = entry.header.participants().collect();
+        let needs = A::needs_assignee(&entry.body.state);
+        for d in participants {
+            let list = self.by_device.entry(d).or_default();
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+        if needs {
+            self.waiting.push_back(id);
+        }
+    }
+
+    pub(super) fn unindex(&mut self, device: DeviceId, session: SessionId) {
+        if let Some(list) = self.by_device.get_mut(&device) {
+            list.retain(|s| *s != session);
+            if list.is_empty() {
+                self.by_device.remove(&device);
+            }
+        }
+    }
+
+    pub(super) fn update_for(entry: &Entry<A>, device: DeviceId) -> SessionUpdate<A> {
+        let (your_last_seq, your_applied_bits) = mark_of(&entry.body.dedup, device);
+        SessionUpdate {
+            digest: entry.sealed.clone(),
+            view: entry.body.state.clone(),
+            your_last_seq,
+            your_applied_bits,
+            committed: Self::committed_flag(entry.committed()),
+            ack: entry.ack_wanted(),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub(super) fn committed_flag(committed: bool) -> bool {
+        committed
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn committed_flag(committed: bool) -> bool {
+        crate::fault::distort_committed(committed)
+    }
+
+    pub(super) fn push_to(&mut self, session: SessionId, device: DeviceId) {
+        if let Some(entry) = self
+            .sessions
+            .get(&session)
+            .filter(|e| e.header.role_of(device).is_some())
+        {
+            let update = Self::update_for(entry, device);
+            self.effects.send.push((device, ServerMsg::Push { update }));
+        }
+    }
+
+    pub(super) fn push_to_participants(&mut self, session: SessionId, except: Option<DeviceId>) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        for d in entry.header.participants() {
+            if Some(d) != except && self.connected.contains_key(&d) {
+                let update = Self::update_for(entry, d);
+                self.effects.send.push((d, ServerMsg::Push { update }));
+            }
+        }
+    }
+
+    /// Apply a change to a session: bump the version, reseal, persist. `waits`: the change
+    /// commits only with the chain holder's `Ack` (another participant's op, a dispatch).
+    /// On any error nothing changed.
+    pub(super) fn change(
+        &mut self,
+        session: SessionId,
+        waits: bool,
+        f: impl FnOnce(&mut DigestHeader, &mut DigestBody<A::State>),
+    ) -> Result<(), AppRejection> {
+        let dc = self.cfg.replica;
+        let entry = self
+            .sessions
+            .get_mut(&session)
+            .ok_or_else(|| AppRejection::InvalidOp("no such session".into()))?;
+        let mut header = entry.header.clone();
+        let mut body = entry.body.clone();
+        f(&mut header, &mut body);
+        header
+            .version
+            .bump(dc)
+            .map_err(|e| AppRejection::InvalidOp(e.to_string()))?;
+        header.tombstone = A::is_finished(&body.state);
+        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body)
+            .map_err(|e| AppRejection::InvalidOp(format!("cannot seal the new state: {e}")))?;
+        let finished = header.tombstone && !entry.header.tombstone;
+        entry.header = header;
+        entry.body = body;
+        entry.sealed = sealed.clone();
+        entry.record_unconfirmed(waits);
+        self.effects.persist.push((session, sealed));
+        if finished {
+            let participants: Vec<DeviceId> = entry.header.participants().collect();
+            entry.pending = None;
+            for d in participants {
+                self.unindex(d, session);
+            }
+            self.effects.events.push(DcEvent::Finished(session));
+        }
+        Ok(())
+    }
+}
