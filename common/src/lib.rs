@@ -14,6 +14,8 @@
 //! - [`datacenter`]: the datacenter-side state machine (apply, restore, dispatch, tombstones);
 //! - [`edge`]: the device-side state machine (outbox, held digests, replay);
 //! - [`op_outcome`]: how each op ended, kept for the app until it acknowledges it;
+//! - [`route`]: the edge's route policy (which datacenter next, backoff, probing home) and
+//!   the failover clock;
 //! - `fault` (feature `fault-injection`, off by default): deliberate bugs for the chaos
 //!   suite's checker tests;
 //! - [`samples`]: representative trip digests for benchmarks and size reports.
@@ -36,6 +38,7 @@ pub mod ids;
 pub mod keyring;
 pub mod limits;
 pub mod op_outcome;
+pub mod route;
 pub mod samples;
 pub mod trip;
 pub mod version;

@@ -3,39 +3,35 @@
 //! One actor task per client owns the core, the store and the connection. The app talks to
 //! it through a bounded command queue and hears back through a bounded event broadcast.
 //!
-//! Connection life: connect to the preferred datacenter, send `Hello` with every held digest
-//! (and `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then
-//! serve. QUIC keep-alives and the idle timeout detect a dead datacenter; the client then
-//! tries the datacenters in preference order with the one that just failed last, with a
-//! bounded exponential backoff after a full round of failures. A datacenter that refuses
-//! the connection (QUIC `CONNECTION_REFUSED`: it is at its handshake limit in a reconnect
-//! storm) is busy, not down: the client retries that same one after a jittered backoff
-//! rather than fall over to the next. Ops submitted while disconnected wait in the outbox
-//! (bounded) and go out after the next `Welcome`.
+//! Connection life: connect to a datacenter, send `Hello` with every held digest (and
+//! `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then serve.
+//! QUIC keep-alives and the idle timeout detect a dead datacenter. Ops submitted while
+//! disconnected wait in the outbox (bounded) and go out after the next `Welcome`.
 //!
-//! Converging: the datacenter list is an order of preference shared by the devices of a
-//! region. While connected to any but the first, the client probes the more preferred ones
-//! (bounded backoff) and moves back as soon as one completes a handshake. So the two
-//! participants of a session end up at the same datacenter (the most preferred one that is
-//! up) well within the restore grace, instead of each continuing its own copy (S13).
+//! Which datacenter, how long to wait between attempts, what a busy (refusing) datacenter
+//! means, when to probe the more preferred ones and move back (converging on one
+//! datacenter, S13), and how long the user felt a failover are not decided here: they are
+//! the route policy of [`lifeboat_common::route`] ([`Planner`], [`StallClock`]), a
+//! deterministic state machine with its own tests. This driver connects, sleeps, probes
+//! and writes the route memory to the store as the policy says.
 //!
 //! Invariants: effects are carried out in the core's order (store writes, flush, then sends,
 //! then the app hears of commits); a store failure stops the client rather than report an op
 //! committed that is not on disk (C1); no API call panics.
 
 use crate::config::EdgeConfig;
-use crate::store::{EdgeStore, RouteMemory, StoreError};
+use crate::store::{EdgeStore, StoreError};
 use lifeboat_common::codec::encode_frame;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
 use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
+use lifeboat_common::route::{Next, Planner, RouteConfig, Stall, StallClock};
 use lifeboat_common::wire::{ClientMsg, ServerMsg};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripState, VersionVector,
 };
 use lifeboat_frame_io::read_frame;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use std::collections::{HashMap, VecDeque};
+use rand::Rng;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,8 +44,6 @@ use tokio::time::Instant;
 const COMMAND_QUEUE: usize = 256;
 /// A datacenter that failed this recently goes to the back of the first round after a start.
 const REMEMBER_FAILURE: Duration = Duration::from_secs(10 * 60);
-/// Failed datacenters remembered at most.
-const MAX_REMEMBERED_FAILURES: usize = 16;
 /// Frames buffered from the connection reader.
 const FRAME_QUEUE: usize = 256;
 
@@ -311,19 +305,21 @@ impl EdgeClient {
         for rec in loaded.outcomes {
             core.load_outcome(rec);
         }
-        let route = store.load_route().unwrap_or_default();
+        let memory = store.load_route().unwrap_or_default();
         if loaded.unreadable > 0 {
             tracing::warn!(device = %cfg.device, unreadable = loaded.unreadable, "device store has unreadable records; left on disk, not loaded");
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(cfg.event_queue.max(1));
         let stats = Arc::new(ClientStats::default());
-        let rng = match cfg.rng_seed {
-            Some(seed) => SmallRng::seed_from_u64(seed),
-            None => SmallRng::from_os_rng(),
-        };
+        let route = Planner::new(
+            route_config(&cfg),
+            cfg.datacenters.clone(),
+            memory,
+            cfg.rng_seed.unwrap_or_else(|| rand::rng().random()),
+            cfg.clock.now_ms(),
+        );
         let actor = Actor {
-            rng,
             available: cfg.available,
             cfg,
             core,
@@ -337,8 +333,7 @@ impl EdgeClient {
             cmd_rx,
             stopped: false,
             route,
-            first_unanswered: None,
-            failover: None,
+            stall: StallClock::default(),
         };
         let device = actor.cfg.device;
         tokio::spawn(actor.run());
@@ -500,14 +495,6 @@ impl EdgeClient {
     }
 }
 
-/// A failover in progress, as the user feels it (see [`ClientEvent::FailoverFinished`]).
-struct FailoverClock {
-    stall_from: Instant,
-    detection_ms: u64,
-    /// Welcomed again: the datacenter; the failover ends at the next answered op.
-    reconnected: Option<(DatacenterId, SocketAddr)>,
-}
-
 struct Actor {
     cfg: EdgeConfig,
     core: EdgeCore<Trip>,
@@ -521,17 +508,23 @@ struct Actor {
     cmd_rx: mpsc::Receiver<Command>,
     available: bool,
     stopped: bool,
-    /// Jitter only (see `EdgeConfig::rng_seed`).
-    rng: SmallRng,
-    /// Which datacenter this device last reached, and which failed (kept in the store).
-    route: RouteMemory,
-    /// The first op sent since the last frame from the datacenter (unanswered so far).
-    first_unanswered: Option<Instant>,
-    failover: Option<FailoverClock>,
+    /// Which datacenter next, how long to wait, when to probe (the route policy; its
+    /// memory is kept in the store).
+    route: Planner<SocketAddr>,
+    /// The failover as the user feels it.
+    stall: StallClock<SocketAddr>,
 }
 
 enum Step {
     Continue,
+    Stop,
+}
+
+/// What one step of the route policy gave.
+enum Attempt {
+    Connected(usize, quinn::Connection),
+    /// Nothing yet (a wait served, a connect failed): ask the policy again.
+    Again,
     Stop,
 }
 
@@ -552,31 +545,35 @@ fn is_refusal(e: &quinn::ConnectionError) -> bool {
     )
 }
 
-/// What a client (or every client sharing it, as in a simulation of thousands) knows about
-/// datacenters that recently did not answer: a probe skips one that failed less than the
-/// probe interval ago, so a dead datacenter costs one handshake attempt per interval, not
-/// one per client. Bounded by the datacenter list.
+/// The probe board ([`lifeboat_common::route::ProbeBoard`]) of one client, or shared by every
+/// client of a process (a simulation of thousands): a dead datacenter then costs one
+/// handshake attempt per probe window, not one per client.
 #[derive(Debug, Default)]
 pub struct ProbeBoard {
-    failed_at: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+    board: std::sync::Mutex<lifeboat_common::route::ProbeBoard<SocketAddr>>,
 }
 
 impl ProbeBoard {
-    fn recently_failed(&self, addr: SocketAddr, within: Duration) -> bool {
-        self.failed_at
-            .lock()
-            .map(|m| m.get(&addr).is_some_and(|t| t.elapsed() < within))
-            .unwrap_or(false)
+    /// Work on the board (never held across an await). A poisoned lock still holds a
+    /// usable board: the entries are plain timestamps.
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut lifeboat_common::route::ProbeBoard<SocketAddr>) -> R,
+    ) -> R {
+        let mut guard = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
     }
+}
 
-    fn record(&self, addr: SocketAddr, answered: bool) {
-        if let Ok(mut m) = self.failed_at.lock() {
-            if answered {
-                m.remove(&addr);
-            } else if m.len() < 64 || m.contains_key(&addr) {
-                m.insert(addr, Instant::now());
-            }
-        }
+/// The route policy's settings, from the client's.
+fn route_config(cfg: &EdgeConfig) -> RouteConfig {
+    let ms = |d: Duration| d.as_millis() as u64;
+    RouteConfig {
+        backoff_min_ms: ms(cfg.backoff_min),
+        backoff_max_ms: ms(cfg.backoff_max),
+        home_probe_ms: cfg.home_probe.map(ms),
+        probe_max_ms: ms(EdgeConfig::HOME_PROBE_MAX),
+        remember_failure_ms: ms(REMEMBER_FAILURE),
     }
 }
 
@@ -631,174 +628,49 @@ impl Actor {
         self.core.set_time(self.cfg.clock.now_ms());
     }
 
-    /// The connection is gone (not a move home): start the failover clock, once. The last
-    /// sign of life of a datacenter that went silent is one idle timeout before the client
-    /// gave up (QUIC counts it from the last packet, keep-alive acks included); one that
-    /// closed the connection was noticed at once.
-    fn start_failover(&mut self, lost_at: Instant, timed_out: bool) {
-        let detection = if timed_out {
-            self.cfg.idle_timeout
-        } else {
-            Duration::ZERO
-        };
-        let last_sign = lost_at.checked_sub(detection).unwrap_or(lost_at);
-        if self.failover.is_none() {
-            let stall_from = self.first_unanswered.unwrap_or(last_sign).min(lost_at);
-            // The part of the stall spent noticing: from its start (or the last sign of life,
-            // if that came later) to giving up.
-            let noticed_from = stall_from.max(last_sign);
-            self.failover = Some(FailoverClock {
-                stall_from,
-                detection_ms: lost_at.saturating_duration_since(noticed_from).as_millis() as u64,
-                reconnected: None,
+    /// The failover ended (see [`ClientEvent::FailoverFinished`]).
+    fn failover_finished(&self, stall: Option<Stall<SocketAddr>>) {
+        if let Some(s) = stall {
+            self.emit(ClientEvent::FailoverFinished {
+                dc: s.dc,
+                addr: s.addr,
+                stalled_ms: s.stalled_ms,
+                detection_ms: s.detection_ms,
             });
         }
-        self.first_unanswered = None;
     }
 
-    /// Welcomed by `dc`: the failover ends now if nothing waits, else at the next answer.
-    fn reconnected(&mut self, dc: DatacenterId, addr: SocketAddr) {
-        if let Some(f) = self.failover.as_mut() {
-            f.reconnected = Some((dc, addr));
-        }
-        if self.core.outbox_len() == 0 {
-            self.finish_failover();
-        }
-    }
-
-    fn finish_failover(&mut self) {
-        let Some(f) = self.failover.take_if(|f| f.reconnected.is_some()) else {
-            return;
-        };
-        let Some((dc, addr)) = f.reconnected else {
-            return;
-        };
-        self.emit(ClientEvent::FailoverFinished {
-            dc,
-            addr,
-            stalled_ms: f.stall_from.elapsed().as_millis() as u64,
-            detection_ms: f.detection_ms,
-        });
-    }
-
-    /// Datacenters to try: most preferred first, except that `last` (the one just lost) and
-    /// any that recently did not answer go to the back, in preference order too.
-    fn order(&self, last: Option<usize>) -> VecDeque<usize> {
-        let window = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
-        let mut q: Vec<usize> = (0..self.cfg.datacenters.len()).collect();
-        q.sort_by_key(|i| {
-            let failing = Some(*i) == last
-                || self
-                    .probe_board
-                    .recently_failed(self.cfg.datacenters[*i], window);
-            (failing, *i)
-        });
-        q.into()
-    }
-
-    /// The first round after a start: the datacenter this device last reached first (the
-    /// home probe brings it back to a more preferred one that is up), then the others in
-    /// preference order, those that failed in the last [`REMEMBER_FAILURE`] last. So a
-    /// restarted app does not wait on a datacenter that was dead when it was killed.
-    fn first_order(&self) -> VecDeque<usize> {
-        let now = self.cfg.clock.now_ms();
-        let window = REMEMBER_FAILURE.as_millis() as u64;
-        let failed = |addr: SocketAddr| {
-            self.route
-                .failed
-                .iter()
-                .any(|(a, t)| *a == addr && now.saturating_sub(*t) < window)
-        };
-        let last = self
-            .route
-            .last_reached
-            .and_then(|a| self.cfg.datacenters.iter().position(|d| *d == a));
-        let mut q: Vec<usize> = (0..self.cfg.datacenters.len()).collect();
-        q.sort_by_key(|i| (Some(*i) != last, failed(self.cfg.datacenters[*i]), *i));
-        q.into()
-    }
-
-    /// Remember (in the store, no flush: a lost record only costs the old order) that `addr`
-    /// answered or failed.
-    fn note_route(&mut self, addr: SocketAddr, reached: bool) {
-        if reached {
-            self.route.last_reached = Some(addr);
-            self.route.failed.retain(|(a, _)| *a != addr);
-        } else {
-            if self.route.last_reached == Some(addr) {
-                self.route.last_reached = None;
-            }
-            self.route.failed.retain(|(a, _)| *a != addr);
-            self.route.failed.push((addr, self.cfg.clock.now_ms()));
-            let excess = self
-                .route
-                .failed
-                .len()
-                .saturating_sub(MAX_REMEMBERED_FAILURES);
-            self.route.failed.drain(..excess);
-        }
-        if let Err(e) = self.store.save_route(&self.route) {
+    /// Keep the route memory in the store (no flush: a lost record only costs the old
+    /// order on the next start).
+    fn save_route(&self) {
+        if let Err(e) = self.store.save_route(self.route.memory()) {
             tracing::debug!(error = %e, "could not remember the route");
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.cfg.clock.now_ms()
+    }
+
     async fn run(mut self) {
-        let mut queue = self.first_order();
-        let mut last_lost: Option<usize> = None;
-        let mut backoff = self.cfg.backoff_min;
         // A connection already up (a probe of a preferred datacenter that answered).
         let mut ready: Option<(usize, quinn::Connection)> = None;
         while !self.stopped {
             let (idx, conn) = match ready.take() {
                 Some(r) => r,
-                None => {
-                    let Some(idx) = queue.pop_front() else {
-                        // A full round failed: wait, then start again from the most preferred.
-                        let jitter = self.rng.random_range(0..=backoff.as_millis() as u64 / 2);
-                        let wait = backoff + Duration::from_millis(jitter);
-                        if !self.idle_for(wait).await {
-                            break;
-                        }
-                        backoff = (backoff * 2).min(self.cfg.backoff_max);
-                        queue = self.order(last_lost);
-                        continue;
-                    };
-                    let addr = self.cfg.datacenters[idx];
-                    match self.connect(addr).await {
-                        Ok(Some(conn)) => (idx, conn),
-                        Ok(None) => break, // shut down while connecting
-                        Err(ConnectFailure::Busy(reason)) => {
-                            // Alive but at its handshake limit (a reconnect storm): not a
-                            // failure to route around; come back after a jittered backoff.
-                            self.emit(ClientEvent::ConnectFailed { addr, reason });
-                            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
-                            if !self.idle_for(backoff + Duration::from_millis(jitter)).await {
-                                break;
-                            }
-                            backoff = (backoff * 2).min(self.cfg.backoff_max);
-                            queue.push_front(idx);
-                            continue;
-                        }
-                        Err(ConnectFailure::Failed(reason)) => {
-                            self.probe_board.record(addr, false);
-                            self.note_route(addr, false);
-                            self.emit(ClientEvent::ConnectFailed { addr, reason });
-                            continue;
-                        }
-                    }
-                }
+                None => match self.attempt().await {
+                    Attempt::Connected(idx, conn) => (idx, conn),
+                    Attempt::Again => continue,
+                    Attempt::Stop => break,
+                },
             };
             let addr = self.cfg.datacenters[idx];
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
             let (reason, welcomed, moved) = self.serve(&conn, idx).await;
-            if welcomed {
-                backoff = self.cfg.backoff_min;
-            } else {
+            if let Some(wait) = self.route.connection_ended(welcomed) {
                 // Refused before Welcome (bad credential, replaced, overloaded): back off
                 // like a failed connect instead of hammering the datacenter.
-                let wait = backoff;
-                backoff = (backoff * 2).min(self.cfg.backoff_max);
-                if !self.stopped && !self.idle_for(wait).await {
+                if !self.stopped && !self.idle_for(Duration::from_millis(wait)).await {
                     break;
                 }
             }
@@ -816,35 +688,72 @@ impl Actor {
             if self.stopped {
                 break;
             }
+            let now = self.now_ms();
             if let Some((to, new_conn)) = moved {
                 self.emit(ClientEvent::Moved {
                     from: addr,
                     to: self.cfg.datacenters[to],
                 });
                 ready = Some((to, new_conn));
-                queue = self.order(Some(idx));
+                self.probe_board.with(|b| self.route.moved(idx, b, now));
                 continue;
             }
-            self.probe_board.record(addr, false);
-            self.note_route(addr, false);
+            self.probe_board.with(|b| self.route.lost(idx, b, now));
+            self.save_route();
             self.emit(ClientEvent::Disconnected {
                 addr,
                 reason: reason.clone(),
             });
             self.emit(ClientEvent::FailoverStarted { from: addr });
-            self.start_failover(Instant::now(), timed_out);
-            // The datacenter that just failed goes to the back of the line.
-            last_lost = Some(idx);
-            queue = self.order(Some(idx));
+            // A datacenter that went silent last gave a sign of life one idle timeout before
+            // the client gave up (QUIC counts it from the last packet); one that closed the
+            // connection was noticed at once.
+            let idle_ms = if timed_out {
+                self.cfg.idle_timeout.as_millis() as u64
+            } else {
+                0
+            };
+            self.stall.lost(now, idle_ms);
         }
         self.stopped = true;
     }
 
-    /// Time until the next probe of the more preferred datacenters (jittered, so a whole
-    /// population does not probe in lock-step).
-    fn probe_wait(&mut self, base: Duration) -> Duration {
-        let ms = base.as_millis() as u64;
-        Duration::from_millis(ms / 2 + self.rng.random_range(0..=ms))
+    /// One step of the route policy before a connection: connect where it says, or wait.
+    async fn attempt(&mut self) -> Attempt {
+        let now = self.now_ms();
+        let next = self.probe_board.with(|b| self.route.next(b, now));
+        let idx = match next {
+            Next::Wait(ms) => {
+                return match self.idle_for(Duration::from_millis(ms)).await {
+                    true => Attempt::Again,
+                    false => Attempt::Stop,
+                };
+            }
+            Next::Connect(idx) => idx,
+        };
+        let addr = self.cfg.datacenters[idx];
+        match self.connect(addr).await {
+            Ok(Some(conn)) => Attempt::Connected(idx, conn),
+            Ok(None) => Attempt::Stop, // shut down while connecting
+            Err(ConnectFailure::Busy(reason)) => {
+                // Alive but at its handshake limit (a reconnect storm): not a failure to
+                // route around; the same one again after a jittered backoff.
+                self.emit(ClientEvent::ConnectFailed { addr, reason });
+                let wait = self.route.busy(idx);
+                match self.idle_for(Duration::from_millis(wait)).await {
+                    true => Attempt::Again,
+                    false => Attempt::Stop,
+                }
+            }
+            Err(ConnectFailure::Failed(reason)) => {
+                let now = self.now_ms();
+                self.probe_board
+                    .with(|b| self.route.connect_failed(idx, b, now));
+                self.save_route();
+                self.emit(ClientEvent::ConnectFailed { addr, reason });
+                Attempt::Again
+            }
+        }
     }
 
     /// Serve commands while waiting; false if the client was shut down.
@@ -938,9 +847,9 @@ impl Actor {
             return (e.to_string(), false, None);
         }
         // Probing the more preferred datacenters (only when this one is not the first).
-        let mut probe_every = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
-        let probing = idx > 0 && self.cfg.home_probe.is_some();
-        let probe_timer = tokio::time::sleep(self.probe_wait(probe_every));
+        let probing = self.route.probes_from(idx);
+        let first_wait = Duration::from_millis(self.route.first_probe_wait());
+        let probe_timer = tokio::time::sleep(first_wait);
         tokio::pin!(probe_timer);
         let mut probe: Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> = None;
         let mut moved = None;
@@ -957,7 +866,7 @@ impl Actor {
                 _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
                 frame = frame_rx.recv() => match frame {
                     Some(Ok(msg)) => {
-                        self.first_unanswered = None;
+                        self.stall.frame_received();
                         let welcome = match &msg {
                             ServerMsg::Welcome { dc, .. } => Some(*dc),
                             _ => None,
@@ -968,9 +877,12 @@ impl Actor {
                         if let Some(dc) = welcome {
                             welcomed = true;
                             self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
-                            self.note_route(addr, true);
+                            self.route.welcomed(idx, self.now_ms());
+                            self.save_route();
                             self.emit(ClientEvent::Connected { dc, addr });
-                            self.reconnected(dc, addr);
+                            let waiting = self.core.outbox_len() > 0;
+                            let stall = self.stall.welcomed(dc, addr, waiting, self.now_ms());
+                            self.failover_finished(stall);
                         }
                         Step::Continue
                     }
@@ -994,10 +906,8 @@ impl Actor {
                             break "a more preferred datacenter is back".to_string();
                         }
                         None => {
-                            probe_every = (probe_every * 2).min(EdgeConfig::HOME_PROBE_MAX);
-                            probe_timer
-                                .as_mut()
-                                .reset(Instant::now() + self.probe_wait(probe_every));
+                            let wait = Duration::from_millis(self.route.probe_found_none());
+                            probe_timer.as_mut().reset(Instant::now() + wait);
                             Step::Continue
                         }
                     }
@@ -1029,30 +939,29 @@ impl Actor {
         let endpoint = self.endpoint.clone();
         let client_cfg = (*self.client_cfg).clone();
         let name = self.cfg.server_name.clone();
-        let targets: Vec<(usize, SocketAddr)> = self.cfg.datacenters[..idx]
-            .iter()
-            .copied()
-            .enumerate()
-            .collect();
+        let targets = self.route.probe_targets(idx);
         let timeout = self.cfg.connect_timeout;
         let board = self.probe_board.clone();
-        let window = self.cfg.home_probe.unwrap_or(EdgeConfig::HOME_PROBE_MAX);
+        let window = self.route.probe_window_ms();
+        let clock = self.cfg.clock.clone();
         tokio::spawn(async move {
             for (j, addr) in targets {
-                if board.recently_failed(addr, window) {
+                if board.with(|b| b.recently_failed(addr, clock.now_ms(), window)) {
                     continue;
                 }
                 // Pessimistic until it answers: the other clients sharing the board skip it
                 // meanwhile instead of all probing at once.
-                board.record(addr, false);
+                board.with(|b| b.record(addr, false, clock.now_ms()));
                 let Ok(connecting) = endpoint.connect_with(client_cfg.clone(), addr, &name) else {
                     continue;
                 };
-                if let Ok(Ok(conn)) = tokio::time::timeout(timeout, connecting).await {
-                    board.record(addr, true);
-                    return Some((j, conn));
+                match tokio::time::timeout(timeout, connecting).await {
+                    Ok(Ok(conn)) => {
+                        board.with(|b| b.record(addr, true, clock.now_ms()));
+                        return Some((j, conn));
+                    }
+                    _ => board.with(|b| b.record(addr, false, clock.now_ms())),
                 }
-                board.record(addr, false);
             }
             None
         })
@@ -1164,7 +1073,7 @@ impl Actor {
                 out.extend_from_slice(&f);
             }
             if matches!(m, ClientMsg::Submit { .. } | ClientMsg::Resubmit { .. }) {
-                self.first_unanswered.get_or_insert_with(Instant::now);
+                self.stall.op_sent(self.cfg.clock.now_ms());
             }
         }
         let answered = !fx.resolved.is_empty();
@@ -1181,7 +1090,8 @@ impl Actor {
             self.emit(ClientEvent::Session(e));
         }
         if answered {
-            self.finish_failover();
+            let stall = self.stall.answered(self.now_ms());
+            self.failover_finished(stall);
         }
         if !out.is_empty() {
             if let Some(send) = send {

@@ -139,11 +139,8 @@ const ROUTE_KEY: &[u8] = b"route";
 /// Which datacenter this device last reached and which recently failed (unix ms), so a
 /// restarted app starts where it was instead of waiting on a dead primary. A hint only:
 /// losing it (no flush is forced for it) costs a slower first connect, nothing else.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RouteMemory {
-    pub last_reached: Option<std::net::SocketAddr>,
-    pub failed: Vec<(std::net::SocketAddr, u64)>,
-}
+/// The rules that keep it are [`lifeboat_common::route::RouteMemory`]'s.
+pub type RouteMemory = lifeboat_common::route::RouteMemory<std::net::SocketAddr>;
 
 /// Longest [`StoreLocation::Shared`] name.
 pub const MAX_NAME_BYTES: usize = 1024;

@@ -1,0 +1,77 @@
+//! What a client (or every client sharing it, as in a simulation of thousands) knows about
+//! datacenters that recently did not answer: a probe skips one that failed less than the
+//! probe window ago, so a dead datacenter costs one handshake attempt per window, not one
+//! per client.
+//!
+//! Invariants: bounded ([`MAX_BOARD_ENTRIES`] addresses; an address already on the board is
+//! always updated); an answer removes the address.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// Most addresses the board tracks (the datacenter lists of a region are short).
+pub const MAX_BOARD_ENTRIES: usize = 64;
+
+/// Recent failures by address, with when (the driver's clock, ms).
+#[derive(Debug)]
+pub struct ProbeBoard<T> {
+    failed_at: HashMap<T, u64>,
+}
+
+impl<T> Default for ProbeBoard<T> {
+    fn default() -> Self {
+        Self {
+            failed_at: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Copy + Eq + Hash> ProbeBoard<T> {
+    /// Whether `addr` failed less than `window_ms` before `now_ms`.
+    pub fn recently_failed(&self, addr: T, now_ms: u64, window_ms: u64) -> bool {
+        self.failed_at
+            .get(&addr)
+            .is_some_and(|t| now_ms.saturating_sub(*t) < window_ms)
+    }
+
+    /// `addr` answered, or did not, at `now_ms`.
+    pub fn record(&mut self, addr: T, answered: bool, now_ms: u64) {
+        if answered {
+            self.failed_at.remove(&addr);
+        } else if self.failed_at.len() < MAX_BOARD_ENTRIES || self.failed_at.contains_key(&addr) {
+            self.failed_at.insert(addr, now_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_skipped_within_its_window_and_forgotten_on_an_answer() {
+        let mut b = ProbeBoard::default();
+        b.record(7u8, false, 1_000);
+        assert!(b.recently_failed(7, 2_999, 2_000));
+        assert!(!b.recently_failed(7, 3_000, 2_000));
+        b.record(7, true, 1_500);
+        assert!(!b.recently_failed(7, 1_600, 2_000));
+    }
+
+    #[test]
+    fn the_board_is_bounded_but_keeps_updating_what_it_holds() {
+        let mut b = ProbeBoard::default();
+        for a in 0..(MAX_BOARD_ENTRIES as u32 + 10) {
+            b.record(a, false, 0);
+        }
+        assert!(
+            !b.recently_failed(MAX_BOARD_ENTRIES as u32 + 1, 0, 10),
+            "over the bound"
+        );
+        b.record(0, false, 50);
+        assert!(
+            b.recently_failed(0, 55, 10),
+            "an address it holds is updated"
+        );
+    }
+}

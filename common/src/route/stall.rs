@@ -1,0 +1,174 @@
+//! The failover as the user feels it: from the first op that went unanswered (or the lost
+//! datacenter's last sign of life) to the first op answered after the reconnect.
+//!
+//! Invariants: one failover is measured at a time (a second loss before the first ends
+//! extends it); `detection_ms` is the part of the stall before the client gave the
+//! connection up, so it is at most the stall; a move home is not a failover (only
+//! [`StallClock::lost`] starts one).
+
+use crate::ids::DatacenterId;
+
+/// A failover that just ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall<T> {
+    /// The datacenter and address that took over.
+    pub dc: DatacenterId,
+    pub addr: T,
+    /// From the first op sent after the lost datacenter's last frame (or, with none, from
+    /// its last sign of life) to the first answer after the reconnect.
+    pub stalled_ms: u64,
+    /// The part of it before the client gave the connection up.
+    pub detection_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Failover<T> {
+    stall_from: u64,
+    detection_ms: u64,
+    /// Welcomed again: the failover ends at the next answered op.
+    reconnected: Option<(DatacenterId, T)>,
+}
+
+/// Measures failovers (see the module docs). Times are the driver's clock, ms.
+#[derive(Clone, Debug)]
+pub struct StallClock<T> {
+    /// The first op sent since the last frame from the datacenter (unanswered so far).
+    first_unanswered: Option<u64>,
+    failover: Option<Failover<T>>,
+}
+
+impl<T> Default for StallClock<T> {
+    fn default() -> Self {
+        Self {
+            first_unanswered: None,
+            failover: None,
+        }
+    }
+}
+
+impl<T: Copy> StallClock<T> {
+    /// An op (or a resend of one) went out.
+    pub fn op_sent(&mut self, now_ms: u64) {
+        self.first_unanswered.get_or_insert(now_ms);
+    }
+
+    /// A frame arrived from the datacenter: it was alive then.
+    pub fn frame_received(&mut self) {
+        self.first_unanswered = None;
+    }
+
+    /// The connection is gone (not a move home), noticed at `now_ms`. A datacenter that went
+    /// silent (`idle_ms`: the idle timeout) last gave a sign of life that long before; one
+    /// that closed the connection (`idle_ms` 0) was noticed at once.
+    pub fn lost(&mut self, now_ms: u64, idle_ms: u64) {
+        let last_sign = now_ms.saturating_sub(idle_ms);
+        if self.failover.is_none() {
+            let stall_from = self.first_unanswered.unwrap_or(last_sign).min(now_ms);
+            // The part of the stall spent noticing: from its start (or the last sign of
+            // life, if that came later) to giving up.
+            let noticed_from = stall_from.max(last_sign);
+            self.failover = Some(Failover {
+                stall_from,
+                detection_ms: now_ms.saturating_sub(noticed_from),
+                reconnected: None,
+            });
+        }
+        self.first_unanswered = None;
+    }
+
+    /// Welcomed by `dc` at `addr`: the failover ends now if no op waits, else at the next
+    /// answer.
+    pub fn welcomed(
+        &mut self,
+        dc: DatacenterId,
+        addr: T,
+        ops_waiting: bool,
+        now_ms: u64,
+    ) -> Option<Stall<T>> {
+        if let Some(f) = self.failover.as_mut() {
+            f.reconnected = Some((dc, addr));
+        }
+        if ops_waiting {
+            None
+        } else {
+            self.answered(now_ms)
+        }
+    }
+
+    /// An op was answered at `now_ms`: a failover whose reconnect is done ends.
+    pub fn answered(&mut self, now_ms: u64) -> Option<Stall<T>> {
+        let f = self.failover.take_if(|f| f.reconnected.is_some())?;
+        let (dc, addr) = f.reconnected?;
+        Some(Stall {
+            dc,
+            addr,
+            stalled_ms: now_ms.saturating_sub(f.stall_from),
+            detection_ms: f.detection_ms,
+        })
+    }
+
+    /// Whether a failover is being measured.
+    pub fn in_failover(&self) -> bool {
+        self.failover.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DC2: DatacenterId = DatacenterId(2);
+
+    #[test]
+    fn a_silent_datacenter_stalls_from_the_first_unanswered_op_to_the_first_answer() {
+        let mut c = StallClock::default();
+        c.op_sent(10_000);
+        c.op_sent(10_400); // a second op: the stall still runs from the first
+        c.lost(13_000, 3_000); // the idle timeout gave up at 13 s
+        assert_eq!(
+            c.welcomed(DC2, 'b', true, 13_500),
+            None,
+            "an op still waits"
+        );
+        let s = c.answered(13_700).expect("the first answer ends it");
+        assert_eq!((s.dc, s.addr), (DC2, 'b'));
+        assert_eq!(s.stalled_ms, 3_700);
+        assert_eq!(s.detection_ms, 3_000);
+        assert_eq!(c.answered(14_000), None, "measured once");
+    }
+
+    #[test]
+    fn an_idle_device_stalls_from_the_last_sign_of_life_and_ends_at_the_welcome() {
+        let mut c = StallClock::default();
+        c.lost(20_000, 3_000);
+        let s = c.welcomed(DC2, 1u8, false, 20_600).expect("nothing waits");
+        assert_eq!((s.stalled_ms, s.detection_ms), (3_600, 3_000));
+    }
+
+    #[test]
+    fn a_closed_connection_is_noticed_at_once_and_an_answer_before_the_reconnect_ends_nothing() {
+        let mut c = StallClock::default();
+        c.op_sent(5_000);
+        c.lost(5_200, 0);
+        assert_eq!(c.answered(5_300), None, "not reconnected yet");
+        assert!(c.in_failover());
+        let s = c
+            .welcomed(DC2, 0u8, false, 5_400)
+            .expect("ends at the welcome");
+        assert_eq!((s.stalled_ms, s.detection_ms), (400, 200));
+    }
+
+    #[test]
+    fn a_second_loss_during_a_failover_extends_the_first() {
+        let mut c = StallClock::default();
+        c.lost(1_000, 500);
+        c.op_sent(1_200);
+        c.lost(2_000, 500);
+        let s = c.welcomed(DC2, 0u8, false, 2_500).expect("ends");
+        assert_eq!(
+            s.stalled_ms, 2_000,
+            "from the first loss's last sign of life"
+        );
+        assert_eq!(s.detection_ms, 500);
+    }
+}
