@@ -47,6 +47,9 @@ const REMEMBER_FAILURE: Duration = Duration::from_secs(10 * 60);
 /// Frames buffered from the connection reader.
 const FRAME_QUEUE: usize = 256;
 
+/// The frames (or the reason the stream ended) from a connection's reader.
+type FrameRx = mpsc::Receiver<Result<ServerMsg<Trip>, String>>;
+
 /// What the app hears.
 #[derive(Clone, Debug)]
 pub enum ClientEvent {
@@ -806,20 +809,14 @@ impl Actor {
         }
     }
 
-    /// Run one connection until it fails or a more preferred datacenter answers a probe;
-    /// returns why, whether it was welcomed, and the probe's connection if it moves.
-    async fn serve(
+    /// Open the connection's stream, start its frame reader and send the `Hello` (with
+    /// every held copy). The reader's frames arrive on the returned queue (bounded).
+    async fn open_stream(
         &mut self,
         conn: &quinn::Connection,
-        idx: usize,
-    ) -> (String, bool, Option<(usize, quinn::Connection)>) {
-        let addr = self.cfg.datacenters[idx];
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => return (e.to_string(), false, None),
-        };
-        let (frame_tx, mut frame_rx) =
-            mpsc::channel::<Result<ServerMsg<Trip>, String>>(FRAME_QUEUE);
+    ) -> Result<(quinn::SendStream, tokio::task::JoinHandle<()>, FrameRx), String> {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (frame_tx, frame_rx) = mpsc::channel::<Result<ServerMsg<Trip>, String>>(FRAME_QUEUE);
         let reader = tokio::spawn(async move {
             let mut buf = Vec::new();
             loop {
@@ -839,13 +836,58 @@ impl Actor {
         for m in self.core.hello(self.cfg.token, self.available) {
             match encode_frame(&m) {
                 Ok(f) => hello.extend_from_slice(&f),
-                Err(e) => return (format!("encoding hello: {e}"), false, None),
+                Err(e) => {
+                    reader.abort();
+                    return Err(format!("encoding hello: {e}"));
+                }
             }
         }
         if let Err(e) = write_bounded(&mut send, &hello, self.cfg.idle_timeout).await {
             reader.abort();
-            return (e.to_string(), false, None);
+            return Err(e);
         }
+        Ok((send, reader, frame_rx))
+    }
+
+    /// A frame from the datacenter at `idx`: to the core; a `Welcome` also tells the route
+    /// policy and the failover clock. `Ok(true)`: this frame was the `Welcome`. An error is
+    /// the datacenter's own, and ends the connection.
+    fn on_frame(&mut self, msg: ServerMsg<Trip>, idx: usize) -> Result<bool, String> {
+        self.stall.frame_received();
+        let welcome = match &msg {
+            ServerMsg::Welcome { dc, .. } => Some(*dc),
+            _ => None,
+        };
+        if let Err(error) = self.core.handle_message(self.now_ms(), msg) {
+            return Err(format!("datacenter error: {error}"));
+        }
+        let Some(dc) = welcome else {
+            return Ok(false);
+        };
+        let addr = self.cfg.datacenters[idx];
+        self.stats
+            .connected_dc
+            .store(u64::from(dc.0), Ordering::Relaxed);
+        self.route.welcomed(idx, self.now_ms());
+        self.save_route();
+        self.emit(ClientEvent::Connected { dc, addr });
+        let waiting = self.core.outbox_len() > 0;
+        let stall = self.stall.welcomed(dc, addr, waiting, self.now_ms());
+        self.failover_finished(stall);
+        Ok(true)
+    }
+
+    /// Run one connection until it fails or a more preferred datacenter answers a probe;
+    /// returns why, whether it was welcomed, and the probe's connection if it moves.
+    async fn serve(
+        &mut self,
+        conn: &quinn::Connection,
+        idx: usize,
+    ) -> (String, bool, Option<(usize, quinn::Connection)>) {
+        let (mut send, reader, mut frame_rx) = match self.open_stream(conn).await {
+            Ok(opened) => opened,
+            Err(e) => return (e, false, None),
+        };
         // Probing the more preferred datacenters (only when this one is not the first).
         let probing = self.route.probes_from(idx);
         let first_wait = Duration::from_millis(self.route.first_probe_wait());
@@ -865,27 +907,13 @@ impl Actor {
                 biased;
                 _ = &mut welcome_deadline, if !welcomed => break "no Welcome from the datacenter in time".to_string(),
                 frame = frame_rx.recv() => match frame {
-                    Some(Ok(msg)) => {
-                        self.stall.frame_received();
-                        let welcome = match &msg {
-                            ServerMsg::Welcome { dc, .. } => Some(*dc),
-                            _ => None,
-                        };
-                        if let Err(error) = self.core.handle_message(self.cfg.clock.now_ms(), msg) {
-                            break format!("datacenter error: {error}");
+                    Some(Ok(msg)) => match self.on_frame(msg, idx) {
+                        Ok(now_welcomed) => {
+                            welcomed |= now_welcomed;
+                            Step::Continue
                         }
-                        if let Some(dc) = welcome {
-                            welcomed = true;
-                            self.stats.connected_dc.store(u64::from(dc.0), Ordering::Relaxed);
-                            self.route.welcomed(idx, self.now_ms());
-                            self.save_route();
-                            self.emit(ClientEvent::Connected { dc, addr });
-                            let waiting = self.core.outbox_len() > 0;
-                            let stall = self.stall.welcomed(dc, addr, waiting, self.now_ms());
-                            self.failover_finished(stall);
-                        }
-                        Step::Continue
-                    }
+                        Err(e) => break e,
+                    },
                     Some(Err(e)) => break e,
                     None => break "connection reader ended".to_string(),
                 },

@@ -12,7 +12,7 @@
 //! endpoint only reads the latest status snapshot (written by the actor every 500 ms), never
 //! the core, so a scrape cannot slow the datacenter down. It stops when the actor does.
 
-use crate::service::Status;
+use crate::status::Status;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};

@@ -18,6 +18,7 @@ pub mod region;
 pub mod service;
 pub mod settings;
 pub mod socket;
+pub mod status;
 pub mod store;
 
 pub use service::{Server, ServerConfig, ServerError, Status};

@@ -10,7 +10,7 @@
 //! Invariants: label values are escaped (`\`, `"`, newline); the output is bounded by the
 //! number of counters, limits and key ids (all bounded).
 
-use crate::service::Status;
+use crate::status::Status;
 use std::fmt::Write;
 
 /// The content type of [`render`]'s output.
@@ -47,6 +47,83 @@ impl Out {
     }
 }
 
+/// A gauge or counter read from the snapshot.
+type Figure = (&'static str, &'static str, &'static str, fn(&Status) -> u64);
+
+/// The driver's own figures: name, kind, help, value.
+const DRIVER_FIGURES: [Figure; 8] = [
+    (
+        "lifeboat_sessions",
+        "gauge",
+        "Sessions held, active and tombstoned.",
+        |s| s.sessions as u64,
+    ),
+    (
+        "lifeboat_active_sessions",
+        "gauge",
+        "Sessions held and not finished.",
+        |s| s.active_sessions as u64,
+    ),
+    (
+        "lifeboat_connections",
+        "gauge",
+        "Devices connected now.",
+        |s| s.connections as u64,
+    ),
+    (
+        "lifeboat_refused_connections_total",
+        "counter",
+        "Connections refused (limits, bad credentials, handshake failures).",
+        |s| s.refused_connections,
+    ),
+    (
+        "lifeboat_bad_credentials_total",
+        "counter",
+        "Connections with a credential that did not verify.",
+        |s| s.bad_credentials,
+    ),
+    (
+        "lifeboat_bad_frames_total",
+        "counter",
+        "Frames that did not decode (the connection was closed).",
+        |s| s.bad_frames,
+    ),
+    (
+        "lifeboat_slow_consumers_total",
+        "counter",
+        "Connections closed because their queue filled up.",
+        |s| s.slow_consumers,
+    ),
+    (
+        "lifeboat_store_errors_total",
+        "counter",
+        "Failed writes or flushes of the datacenter's store.",
+        |s| s.store_errors,
+    ),
+];
+
+/// The keyring's figures: name, kind, help, value.
+const KEYRING_FIGURES: [Figure; 3] = [
+    (
+        "lifeboat_keyring_active_key",
+        "gauge",
+        "Id of the key new digests are sealed with.",
+        |s| u64::from(s.keyring.active_key),
+    ),
+    (
+        "lifeboat_keyring_reloads_total",
+        "counter",
+        "Keyring reloads that took effect.",
+        |s| s.keyring.reloads,
+    ),
+    (
+        "lifeboat_keyring_reload_errors_total",
+        "counter",
+        "Keyring reloads that failed (the previous keyring stays in use).",
+        |s| s.keyring.reload_errors,
+    ),
+];
+
 /// The snapshot as Prometheus text.
 pub fn render(s: &Status, ready: bool) -> String {
     let mut o = Out {
@@ -59,67 +136,10 @@ pub fn render(s: &Status, ready: bool) -> String {
         "1 when the datacenter is ready (see /readyz).",
         u64::from(ready),
     );
-    o.one(
-        "lifeboat_sessions",
-        "gauge",
-        "Sessions held, active and tombstoned.",
-        s.sessions as u64,
-    );
-    o.one(
-        "lifeboat_active_sessions",
-        "gauge",
-        "Sessions held and not finished.",
-        s.active_sessions as u64,
-    );
-    o.one(
-        "lifeboat_connections",
-        "gauge",
-        "Devices connected now.",
-        s.connections as u64,
-    );
-    for (name, help, v) in [
-        (
-            "lifeboat_refused_connections_total",
-            "Connections refused (limits, bad credentials, handshake failures).",
-            s.refused_connections,
-        ),
-        (
-            "lifeboat_bad_credentials_total",
-            "Connections with a credential that did not verify.",
-            s.bad_credentials,
-        ),
-        (
-            "lifeboat_bad_frames_total",
-            "Frames that did not decode (the connection was closed).",
-            s.bad_frames,
-        ),
-        (
-            "lifeboat_slow_consumers_total",
-            "Connections closed because their queue filled up.",
-            s.slow_consumers,
-        ),
-        (
-            "lifeboat_store_errors_total",
-            "Failed writes or flushes of the datacenter's store.",
-            s.store_errors,
-        ),
-    ] {
-        o.one(name, "counter", help, v);
+    for (name, kind, help, value) in DRIVER_FIGURES {
+        o.one(name, kind, help, value(s));
     }
-    // Every counter of the core, by its field name (all are monotonic counts).
-    if let Ok(serde_json::Value::Object(core)) = serde_json::to_value(&s.core) {
-        for (field, v) in core {
-            if let Some(n) = v.as_u64() {
-                let name = format!("lifeboat_core_{field}_total");
-                o.one(
-                    &name,
-                    "counter",
-                    &format!("Replication core: {}.", field.replace('_', " ")),
-                    n,
-                );
-            }
-        }
-    }
+    render_core(&mut o, s);
     o.family(
         "lifeboat_limit_hits_total",
         "counter",
@@ -128,24 +148,9 @@ pub fn render(s: &Status, ready: bool) -> String {
     for (limit, n) in &s.limits {
         o.sample("lifeboat_limit_hits_total", &[("limit", limit)], *n);
     }
-    o.one(
-        "lifeboat_keyring_active_key",
-        "gauge",
-        "Id of the key new digests are sealed with.",
-        u64::from(s.keyring.active_key),
-    );
-    o.one(
-        "lifeboat_keyring_reloads_total",
-        "counter",
-        "Keyring reloads that took effect.",
-        s.keyring.reloads,
-    );
-    o.one(
-        "lifeboat_keyring_reload_errors_total",
-        "counter",
-        "Keyring reloads that failed (the previous keyring stays in use).",
-        s.keyring.reload_errors,
-    );
+    for (name, kind, help, value) in KEYRING_FIGURES {
+        o.one(name, kind, help, value(s));
+    }
     o.family(
         "lifeboat_active_sessions_by_key",
         "gauge",
@@ -159,6 +164,23 @@ pub fn render(s: &Status, ready: bool) -> String {
         );
     }
     o.text
+}
+
+/// Every counter of the core, by its field name (all are monotonic counts).
+fn render_core(o: &mut Out, s: &Status) {
+    if let Ok(serde_json::Value::Object(core)) = serde_json::to_value(&s.core) {
+        for (field, v) in core {
+            if let Some(n) = v.as_u64() {
+                let name = format!("lifeboat_core_{field}_total");
+                o.one(
+                    &name,
+                    "counter",
+                    &format!("Replication core: {}.", field.replace('_', " ")),
+                    n,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

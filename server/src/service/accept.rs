@@ -1,0 +1,104 @@
+//! The accept loop: admission of new connections before any crypto is done.
+//!
+//! Invariants: a connection over `max_connections`, over the handshakes in progress, or over
+//! its source address's share is refused at once (QUIC `CONNECTION_REFUSED`, counted by
+//! limit); a source address at its share must first answer a retry, so a spoofed address
+//! cannot take a victim's slots.
+
+use super::*;
+
+use crate::keyring_watch::KeyringWatch;
+use crate::limits::{AddressLimiter, LimitCounters};
+use lifeboat_common::limits::LimitKind;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The per-address limit at accept time: a slot, or the connection refused (or asked to
+/// prove its address with a QUIC retry when the address is busy).
+pub(super) fn admit_address(
+    incoming: quinn::Incoming,
+    per_addr: &Arc<AddressLimiter>,
+    limit_hits: &LimitCounters,
+    counters: &DriverCounters,
+) -> Option<(quinn::Incoming, crate::limits::AddressSlot)> {
+    let addr = incoming.remote_address();
+    if per_addr.is_busy(addr) && !incoming.remote_address_validated() {
+        // A spoofed source cannot answer a retry, so it cannot hold a victim's slots.
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().refuse();
+        }
+        return None;
+    }
+    match per_addr.try_acquire(addr) {
+        Some(slot) => Some((incoming, slot)),
+        None => {
+            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            limit_hits.hit(LimitKind::ConnectionsPerAddress);
+            incoming.refuse();
+            None
+        }
+    }
+}
+
+/// Accept connections until the endpoint closes, each admitted one in a task of its own.
+pub(super) fn spawn_accept(
+    endpoint: quinn::Endpoint,
+    cfg: ServerConfig,
+    core_tx: mpsc::Sender<Input>,
+    keyring: Arc<KeyringWatch>,
+    counters: Arc<DriverCounters>,
+    limit_hits: Arc<LimitCounters>,
+) -> tokio::task::JoinHandle<()> {
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let per_addr = AddressLimiter::new(&cfg.limits);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(if cfg.max_handshakes == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        cfg.max_handshakes
+    }));
+    {
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                if counters.connections.load(Ordering::Relaxed) >= cfg.max_connections {
+                    counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    limit_hits.hit(LimitKind::Connections);
+                    incoming.refuse();
+                    continue;
+                }
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    limit_hits.hit(LimitKind::Handshakes);
+                    incoming.refuse();
+                    continue;
+                };
+                let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters) else {
+                    continue;
+                };
+                let (incoming, slot) = slot;
+                let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
+                let ctx = ConnCtx {
+                    conn_id,
+                    core_tx: core_tx.clone(),
+                    keyring: keyring.clone(),
+                    counters: counters.clone(),
+                    handshake: Duration::from_millis(cfg.handshake_timeout_ms),
+                    max_upload_frames: cfg.max_upload_frames,
+                    conn_queue: cfg.conn_queue,
+                    frames: cfg.limits.frame_limits(),
+                    limits: cfg.limits.clone(),
+                    limit_hits: limit_hits.clone(),
+                };
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = handle_conn(incoming, handshake, &ctx).await {
+                        tracing::debug!(conn = ctx.conn_id, error = %e, "connection ended");
+                    }
+                    ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })
+    }
+}

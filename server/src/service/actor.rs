@@ -1,0 +1,343 @@
+//! The core actor: it owns the [`DatacenterCore`] and the store, takes inputs in batches and,
+//! for each batch, persists first, then sends (the core's contract). It also keeps the
+//! connections' output queues.
+//!
+//! Invariants: a device has at most one connection here, and the core is told of a device's
+//! connect and disconnect exactly when that connection is added or removed
+//! ([`Actor::attach`], [`Actor::detach`]); a full output queue closes its connection (a slow
+//! consumer), never grows; the timers run before queued inputs, so a steady stream of
+//! inputs cannot starve them.
+
+use super::*;
+
+use crate::crash::CrashPoint;
+use crate::keyring_watch::KeyringWatch;
+use crate::limits::LimitCounters;
+use crate::store::DcStore;
+use lifeboat_common::datacenter::{Connected, DcEvent};
+use lifeboat_common::wire::{ClientMsg, OfferedCopy, OpOutcome, ProtocolError, ServerMsg};
+use lifeboat_common::{DeviceId, Trip};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub(super) enum Input {
+    Connect {
+        conn_id: u64,
+        device: DeviceId,
+        available: bool,
+        digests: Vec<OfferedCopy>,
+        tx: mpsc::Sender<Msg>,
+        conn: quinn::Connection,
+    },
+    Frame {
+        device: DeviceId,
+        msg: ClientMsg<Trip>,
+    },
+    Disconnect {
+        conn_id: u64,
+        device: DeviceId,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve(
+    cfg: ServerConfig,
+    endpoint: quinn::Endpoint,
+    mut actor: Actor,
+    core_tx: mpsc::Sender<Input>,
+    mut core_rx: mpsc::Receiver<Input>,
+    mut shutdown_rx: oneshot::Receiver<()>,
+    keyring: Arc<KeyringWatch>,
+    counters: Arc<DriverCounters>,
+) {
+    let accept = spawn_accept(
+        endpoint.clone(),
+        cfg.clone(),
+        core_tx,
+        keyring.clone(),
+        counters,
+        actor.limit_hits.clone(),
+    );
+    let keyring_poll = (cfg.keyring_poll_ms > 0)
+        .then(|| keyring.spawn_poll(Duration::from_millis(cfg.keyring_poll_ms)));
+    let mut keyring_seen = keyring.generation();
+
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_every = tokio::time::interval(Duration::from_millis(500));
+    status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Timers first: under a steady stream of inputs a core-first order never ran
+            // the tick (barrier expiry, dispatch retries, key changes) or the status file.
+            biased;
+            _ = &mut shutdown_rx => break,
+            _ = tick.tick() => {
+                if let Some(k) = keyring.changed_since(&mut keyring_seen) {
+                    // A revoked device loses its open connection too.
+                    for d in k.revoked() {
+                        if let Some(conn) = actor.detach(d, None) {
+                            conn.close(1u32.into(), ProtocolError::BadCredential.to_string().as_bytes());
+                        }
+                    }
+                    actor.core.set_keyring((*k).clone());
+                }
+                actor.core.handle_tick(cfg.clock.now_ms());
+                actor.flush_effects().await;
+            }
+            _ = status_every.tick() => actor.write_status(),
+            input = core_rx.recv() => {
+                let Some(input) = input else { break };
+                let now = cfg.clock.now_ms();
+                actor.handle(now, input);
+                // Batch whatever else is queued: one persist, then the sends.
+                for _ in 0..512 {
+                    match core_rx.try_recv() {
+                        Ok(input) => actor.handle(now, input),
+                        Err(_) => break,
+                    }
+                }
+                actor.flush_effects().await;
+            }
+        }
+    }
+    tracing::info!(dc = %cfg.dc, "shutting down");
+    for (_, (_, tx, _)) in actor.conns.drain() {
+        let _ = tx.try_send(ServerMsg::Error {
+            error: ProtocolError::ShuttingDown,
+        });
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    accept.abort();
+    if let Some(p) = keyring_poll {
+        p.abort();
+    }
+    if let Err(e) = actor.store.flush() {
+        tracing::error!(error = %e, "store flush at shutdown failed");
+    }
+    actor.write_status();
+    endpoint.wait_idle().await;
+}
+
+pub(super) struct Actor {
+    pub(super) core: Core,
+    pub(super) store: DcStore,
+    pub(super) conns: HashMap<DeviceId, (u64, mpsc::Sender<Msg>, quinn::Connection)>,
+    pub(super) crash: Option<CrashPoint>,
+    pub(super) applied_seen: u64,
+    pub(super) counters: Arc<DriverCounters>,
+    pub(super) stats_file: Option<PathBuf>,
+    /// The latest status for the HTTP endpoints (nobody may be listening).
+    pub(super) status_tx: tokio::sync::watch::Sender<crate::http::Published>,
+    pub(super) listen: SocketAddr,
+    pub(super) limit_hits: Arc<LimitCounters>,
+    pub(super) keys: Arc<KeyringWatch>,
+}
+
+impl Actor {
+    /// A device's connect upload arrived on connection `conn_id`: it replaces any earlier
+    /// connection of the device (told so), and the core takes the upload.
+    pub(super) fn attach(
+        &mut self,
+        now: u64,
+        conn_id: u64,
+        tx: mpsc::Sender<Msg>,
+        conn: quinn::Connection,
+        c: Connected,
+    ) {
+        if let Some((_, old, _)) = self.conns.insert(c.device, (conn_id, tx, conn)) {
+            let _ = old.try_send(ServerMsg::Error {
+                error: ProtocolError::Replaced,
+            });
+        }
+        self.core
+            .handle_connect(now, c.device, c.available, c.digests);
+    }
+
+    /// The device's connection is gone (only connection `conn_id` if given: a replaced
+    /// connection that ends later changes nothing): the core is told, and the connection is
+    /// returned for the caller to close if it wants.
+    pub(super) fn detach(
+        &mut self,
+        device: DeviceId,
+        conn_id: Option<u64>,
+    ) -> Option<quinn::Connection> {
+        let current = self.conns.get(&device)?;
+        if conn_id.is_some_and(|id| id != current.0) {
+            return None;
+        }
+        let (_, _, conn) = self.conns.remove(&device)?;
+        self.core.handle_disconnect(device);
+        Some(conn)
+    }
+
+    pub(super) fn handle(&mut self, now: u64, input: Input) {
+        match input {
+            Input::Connect {
+                conn_id,
+                device,
+                available,
+                digests,
+                tx,
+                conn,
+            } => {
+                self.attach(
+                    now,
+                    conn_id,
+                    tx,
+                    conn,
+                    Connected {
+                        device,
+                        available,
+                        digests,
+                    },
+                );
+            }
+            Input::Frame { device, msg } => {
+                // The connection task lets no Hello/Upload through after the connect upload.
+                if let Err(e) = self.core.handle_message(now, device, msg) {
+                    tracing::debug!(%device, error = %e, "message refused by the core");
+                }
+            }
+            Input::Disconnect { conn_id, device } => {
+                self.detach(device, Some(conn_id));
+            }
+        }
+    }
+
+    pub(super) async fn flush_effects(&mut self) {
+        let fx = self.core.poll_effects();
+        if fx.is_empty() {
+            return;
+        }
+        let applied_in_batch = fx
+            .send
+            .iter()
+            .filter(|(_, m)| {
+                matches!(
+                    m,
+                    ServerMsg::OpResult {
+                        outcome: OpOutcome::Applied,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        let crash_now = self.crash.filter(|c| {
+            applied_in_batch > 0
+                && self.applied_seen < c.nth()
+                && self.applied_seen + applied_in_batch >= c.nth()
+        });
+        self.applied_seen += applied_in_batch;
+        match crash_now {
+            Some(CrashPoint::AfterApplyBeforeReply(_)) => {
+                let _ = self.store.persist(&fx.persist);
+                let _ = self.store.flush();
+                eprintln!("CRASH POINT after-apply-before-reply reached: aborting");
+                std::process::abort();
+            }
+            Some(CrashPoint::AfterReplyBeforePersist(_)) => {
+                self.send_all(fx.send);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                eprintln!("CRASH POINT after-reply-before-persist reached: aborting");
+                std::process::abort();
+            }
+            None => {}
+        }
+        if !fx.persist.is_empty() {
+            // Group commit: one flush for the whole batch, before any of its replies leave.
+            let r = match self.store.persist(&fx.persist) {
+                Ok(()) => self.store.flush_async().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                // The devices still hold every digest; keep serving, but say it loudly.
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "store write failed");
+            }
+        }
+        self.send_all(fx.send);
+        for e in fx.events {
+            match e {
+                // One line per server-side change, so that a harness can tell, after a kill,
+                // which dispatches never reached a device (S5).
+                DcEvent::Dispatched { session, driver } => tracing::debug!(
+                    target: "lifeboat::dispatch",
+                    session = session.0,
+                    driver = driver.0,
+                    "dispatched"
+                ),
+                other => tracing::debug!(event = ?other, "core event"),
+            }
+        }
+    }
+
+    pub(super) fn send_all(&mut self, sends: Vec<(DeviceId, Msg)>) {
+        for (device, msg) in sends {
+            let Some((_, tx, _)) = self.conns.get(&device) else {
+                continue;
+            };
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%device, "slow consumer: output queue full, closing its connection");
+                    if let Some(conn) = self.detach(device, None) {
+                        conn.close(2u32.into(), b"slow consumer");
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.detach(device, None);
+                }
+            }
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let c = &self.counters;
+        Status {
+            dc: self.core.config().dc.0,
+            listen: self.listen.to_string(),
+            sessions: self.core.session_count(),
+            active_sessions: self.core.active_session_count(),
+            connections: self.conns.len(),
+            refused_connections: c.refused_connections.load(Ordering::Relaxed),
+            bad_credentials: c.bad_credentials.load(Ordering::Relaxed),
+            bad_frames: c.bad_frames.load(Ordering::Relaxed),
+            slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+            core: self.core.stats().clone(),
+            limits: self.limit_hits.snapshot(self.core.stats()),
+            keyring: self.keys.status(self.core.active_sessions_by_key()),
+        }
+    }
+
+    /// Publish the status: to the HTTP endpoints (if any listen) and the status file (if
+    /// asked for). One snapshot feeds both.
+    pub(super) fn write_status(&self) {
+        if self.status_tx.receiver_count() == 0 && self.stats_file.is_none() {
+            return;
+        }
+        let status = self.status();
+        let Some(path) = &self.stats_file else {
+            self.status_tx
+                .send_replace(Some((std::time::Instant::now(), status)));
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let ok = serde_json::to_vec(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = ok {
+            tracing::warn!(error = %e, path = %path.display(), "could not write the status file");
+        }
+        self.status_tx
+            .send_replace(Some((std::time::Instant::now(), status)));
+    }
+}

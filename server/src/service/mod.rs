@@ -1,0 +1,354 @@
+//! The running datacenter: a thin tokio/quinn driver around [`DatacenterCore`].
+//!
+//! Tasks:
+//! - one accept loop;
+//! - per connection, a reader (handshake, `Hello` + uploads, then frames into the core
+//!   queue) and a writer (frames out of a bounded per-connection queue);
+//! - one core actor that owns the [`DatacenterCore`] and the store: it takes inputs in
+//!   batches, and for each batch persists first, then sends (see the core's contract).
+//!
+//! Invariants: every queue is bounded (core input queue, per-connection output queue); a
+//! connection whose output queue is full is a slow consumer and is closed, never buffered
+//! without bound; the device id comes only from the verified `Hello` credential; a second
+//! connection of the same device replaces the first.
+//!
+//! The rooms: this file (configuration, start and stop), `accept` (admission), `conn` (one
+//! connection), `actor` (the core actor and its loop); counters and the status snapshot are
+//! in [`crate::status`].
+
+mod accept;
+mod actor;
+mod conn;
+
+use crate::status::DriverCounters;
+pub use crate::status::Status;
+use accept::spawn_accept;
+use actor::{serve, Actor, Input};
+use conn::{handle_conn, ConnCtx};
+
+use crate::crash::CrashPoint;
+use crate::keyring_watch::KeyringWatch;
+use crate::limits::{LimitCounters, Limits};
+use crate::region::{Region, RegionError};
+use crate::store::{DcStore, StoreError, UnreadableStore};
+use lifeboat_common::clock::Clock;
+use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
+use lifeboat_common::wire::ServerMsg;
+use lifeboat_common::{DatacenterId, Trip};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+type Core = DatacenterCore<Trip>;
+
+type Msg = ServerMsg<Trip>;
+
+/// Everything a datacenter needs to run.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub dc: DatacenterId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub region_dir: PathBuf,
+    /// Create the region directory if it is missing (local use).
+    pub create_region: bool,
+    pub durability: Durability,
+    pub idle_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub cache_bytes: u64,
+    pub max_connections: usize,
+    /// Most upload frames after `Hello` (so at most this many + 1 times 64 digests).
+    pub max_upload_frames: usize,
+    pub conn_queue: usize,
+    pub core_queue: usize,
+    pub max_sessions: usize,
+    /// Write a JSON status snapshot here every 500 ms.
+    pub stats_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP here (see [`crate::http`]);
+    /// `None`: no HTTP endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Connection-level limits (see [`crate::limits`]).
+    pub limits: Limits,
+    /// A device in this many active sessions may not create another.
+    pub max_sessions_per_device: usize,
+    /// Session creates per device per minute (0: unlimited).
+    pub session_creates_per_minute: u32,
+    /// Poll the keyring file for changes this often (ms); 0: only on SIGHUP.
+    pub keyring_poll_ms: u64,
+    /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
+    /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
+    pub endpoint: Option<quinn::Endpoint>,
+    /// Most QUIC handshakes in progress at once; more are refused at once (see
+    /// [`LimitKind::Handshakes`]). 0: no bound.
+    pub max_handshakes: usize,
+    /// UDP receive and send buffer to ask the kernel for (0: system default); see
+    /// [`crate::socket`] for why a datacenter needs a large one.
+    pub udp_buffer_bytes: usize,
+    /// What to do with a store that cannot be opened or read (see [`crate::store`]).
+    pub unreadable_store: UnreadableStore,
+    /// Wall-clock time for grace periods, rate limits and expiries: the system clock, unless
+    /// a deterministic simulation gives its simulated one.
+    pub clock: Clock,
+    /// Flush the store on the actor's thread instead of tokio's blocking pool: for a
+    /// deterministic simulation only (see `DcStore::set_inline_flush`).
+    pub inline_flush: bool,
+}
+
+impl ServerConfig {
+    pub fn new(
+        dc: DatacenterId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        region_dir: PathBuf,
+    ) -> Self {
+        Self {
+            dc,
+            listen,
+            data_dir,
+            region_dir,
+            create_region: true,
+            durability: Durability::Async,
+            idle_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            cache_bytes: 64 * 1024 * 1024,
+            max_connections: 50_000,
+            max_upload_frames: 16,
+            conn_queue: 1024,
+            core_queue: 65_536,
+            max_sessions: 1_000_000,
+            stats_file: None,
+            metrics_listen: None,
+            limits: Limits::default(),
+            max_sessions_per_device: 16,
+            session_creates_per_minute: 10,
+            keyring_poll_ms: 1_000,
+            endpoint: None,
+            udp_buffer_bytes: 4 << 20,
+            max_handshakes: 256,
+            unreadable_store: UnreadableStore::MoveAside,
+            clock: Clock::system(),
+            inline_flush: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started datacenter.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not asked for, or the
+    /// address could not be bound: an error was logged).
+    pub metrics_addr: Option<SocketAddr>,
+    pub moved_aside: Option<PathBuf>,
+    pub loaded_sessions: usize,
+    pub region_created: bool,
+    /// The keyring in use; `check(true)` reloads it now (SIGHUP).
+    pub keys: Arc<KeyringWatch>,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Open the store, load it into the core, bind and start serving.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
+        let opened = DcStore::open_with(&cfg.data_dir, cfg.cache_bytes, cfg.unreadable_store)?;
+        let replica = opened.replica;
+        let mut store = opened.store;
+        store.set_inline_flush(cfg.inline_flush);
+        let (core, loaded) = load_core(&cfg, replica, &region, opened.digests);
+
+        let endpoint = bind_endpoint(&cfg, &region)?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+
+        let counters = Arc::new(DriverCounters::default());
+        let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+        let metrics_addr = start_http(cfg.metrics_listen, status_rx).await;
+
+        let (core_tx, core_rx) = mpsc::channel(cfg.core_queue);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let actor = Actor {
+            core,
+            store,
+            conns: HashMap::new(),
+            crash: CrashPoint::from_env(),
+            applied_seen: 0,
+            counters: counters.clone(),
+            stats_file: cfg.stats_file.clone(),
+            status_tx,
+            listen: local_addr,
+            limit_hits: Arc::new(LimitCounters::default()),
+            keys: KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring),
+        };
+        let keyring = actor.keys.clone();
+        let keyring_for_handle = keyring.clone();
+        let done = tokio::spawn(serve(
+            cfg,
+            endpoint,
+            actor,
+            core_tx,
+            core_rx,
+            shutdown_rx,
+            keyring,
+            counters,
+        ));
+        Ok(Server {
+            local_addr,
+            metrics_addr,
+            moved_aside: opened.moved_aside,
+            loaded_sessions: loaded,
+            region_created,
+            keys: keyring_for_handle,
+            shutdown: Some(shutdown_tx),
+            done,
+        })
+    }
+
+    /// Stop accepting, close connections, flush the store.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// Wait until the server stops by itself (it does not, unless its task fails).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.done).await;
+    }
+}
+
+/// The core, loaded with every digest the store holds (an unreadable one is skipped and
+/// logged: the devices hold it too); how many were loaded.
+fn load_core(
+    cfg: &ServerConfig,
+    replica: lifeboat_common::ids::ReplicaId,
+    region: &Region,
+    digests: Vec<Result<lifeboat_common::digest::SealedDigest, String>>,
+) -> (Core, usize) {
+    let mut dc_cfg = DcConfig::new(cfg.dc, replica);
+    dc_cfg.durability = cfg.durability;
+    dc_cfg.max_sessions = cfg.max_sessions;
+    dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
+    dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
+    let mut core = Core::new(dc_cfg, region.keyring.clone());
+    let now = cfg.clock.now_ms();
+    let mut loaded = 0;
+    for item in digests {
+        match item.map(|d| core.load_persisted(now, d).map_err(|e| e.to_string())) {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable stored digest")
+            }
+        }
+    }
+    (core, loaded)
+}
+
+/// The QUIC endpoint: the one given (simulation, fault injection) or a UDP socket bound to
+/// `cfg.listen` with the asked-for buffers, serving the region's certificate.
+fn bind_endpoint(cfg: &ServerConfig, region: &Region) -> Result<quinn::Endpoint, ServerError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            Duration::from_millis(cfg.idle_timeout_ms)
+                .try_into()
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+        ))
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    cfg.limits.apply_transport(&mut transport);
+    let mut server_cfg =
+        quinn::ServerConfig::with_single_cert(region.cert_chain.clone(), region.key.clone_key())?;
+    server_cfg.transport_config(Arc::new(transport));
+    let endpoint = match &cfg.endpoint {
+        Some(endpoint) => {
+            endpoint.set_server_config(Some(server_cfg));
+            endpoint.clone()
+        }
+        None => {
+            let bind_err = |source| ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            };
+            let bound =
+                crate::socket::bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(bind_err)?;
+            if bound.recv_buffer_bytes < cfg.udp_buffer_bytes {
+                tracing::warn!(
+                    asked = cfg.udp_buffer_bytes,
+                    granted = bound.recv_buffer_bytes,
+                    "UDP receive buffer capped by the kernel: handshake bursts may be \
+                     dropped; raise net.core.rmem_max"
+                );
+            }
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_cfg),
+                bound.socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(bind_err)?
+        }
+    };
+    Ok(endpoint)
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` at `metrics_listen` if asked; a bind failure
+/// is logged and the datacenter runs without them.
+async fn start_http(
+    metrics_listen: Option<SocketAddr>,
+    status_rx: tokio::sync::watch::Receiver<crate::http::Published>,
+) -> Option<SocketAddr> {
+    match metrics_listen {
+        Some(addr) => match crate::http::start(addr, status_rx).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot serve /metrics: the datacenter runs without its HTTP endpoints");
+                None
+            }
+        },
+        None => None,
+    }
+}
+
+/// A session as read back from a datacenter's store.
+pub type StoredSession = (
+    lifeboat_common::digest::DigestHeader,
+    lifeboat_common::digest::DigestBody<lifeboat_common::TripState>,
+);
+
+/// What tests and the harness read back from a datacenter's store after it stopped: every
+/// digest that opens with the region keyring.
+pub fn read_store(
+    data_dir: &std::path::Path,
+    keyring: &lifeboat_common::keyring::Keyring,
+) -> Result<Vec<StoredSession>, ServerError> {
+    // Reading never moves a store aside.
+    let opened = DcStore::open_with(data_dir, 8 * 1024 * 1024, UnreadableStore::Refuse)?;
+    Ok(opened
+        .digests
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.open(keyring).ok().map(|body| (d.header, body)))
+        .collect())
+}
