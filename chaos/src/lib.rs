@@ -26,6 +26,8 @@
 //! bounded delay queue), `impair.rs` (the socket), `partition.rs` (the cut switch),
 //! `stats.rs` (counters), `endpoint.rs` (impaired quinn endpoints on real sockets).
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod endpoint;
 mod impair;

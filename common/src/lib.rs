@@ -25,6 +25,8 @@
 //! (the anchor's chain), its invariants and the contract C1-C7 / failure catalogue S1-S17
 //! cited throughout are in `docs/PROTOCOL.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod clock;
 pub mod codec;

@@ -162,6 +162,51 @@ pub enum OpRejection {
     /// A per-device or per-connection limit (C6). Nothing was recorded.
     #[error(transparent)]
     Limit(LimitExceeded),
+    /// The datacenter could not make the change, for a reason of its own, not the op's.
+    /// Nothing changed.
+    #[error("the datacenter could not make the change: {0}")]
+    ChangeFailed(ChangeFailure),
+    /// The op was rejected on an earlier attempt whose answer named no reason this device
+    /// kept (it learned the outcome from a watermark).
+    #[error("rejected on an earlier attempt")]
+    RejectedEarlier,
+}
+
+/// Why a datacenter could not change a session (a typed internal failure, never the op's
+/// fault). Nothing changed when it is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeFailure {
+    /// The session is not (or no longer) held here.
+    #[error("no such session")]
+    NoSuchSession,
+    /// This datacenter's version counter for the session is exhausted.
+    #[error("the version counter is exhausted")]
+    VersionExhausted,
+    /// The changed digest is over the digest size limit.
+    #[error("the new state seals to {0} bytes, over the digest limit")]
+    DigestTooLarge(usize),
+    /// The active sealing key is not in the keyring.
+    #[error("the active sealing key {0} is missing")]
+    NoActiveKey(KeyId),
+    /// The digest could not be sealed (encoding failed).
+    #[error("the new state could not be sealed")]
+    Seal,
+}
+
+impl From<crate::version::VersionError> for ChangeFailure {
+    fn from(_: crate::version::VersionError) -> Self {
+        ChangeFailure::VersionExhausted
+    }
+}
+
+impl From<SealError> for ChangeFailure {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::TooLarge(n) => ChangeFailure::DigestTooLarge(n),
+            SealError::UnknownKey(k) => ChangeFailure::NoActiveKey(k),
+            _ => ChangeFailure::Seal,
+        }
+    }
 }
 
 impl OpRejection {

@@ -23,6 +23,8 @@
 //! `lifeboat-common` and `lifeboat-server` data types, never their rules (its own version
 //! dominance, raw watermark bits). Any suite that records a [`checker::History`] can use it.
 
+#![forbid(unsafe_code)]
+
 pub mod checker;
 pub mod faults;
 pub mod net;

@@ -20,6 +20,7 @@
 //! committed that is not on disk (C1); no API call panics.
 
 use crate::config::EdgeConfig;
+pub use crate::probe_board::ProbeBoard;
 use crate::store::{EdgeStore, StoreError};
 use lifeboat_common::codec::encode_frame;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
@@ -147,7 +148,7 @@ pub enum EdgeError {
     #[error("no datacenter configured")]
     NoDatacenters,
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("socket: {0}")]
@@ -163,6 +164,21 @@ pub enum EdgeError {
     Closed,
     #[error("runtime: {0}")]
     Runtime(String),
+}
+
+/// Why the client's TLS and QUIC configuration could not be built from what it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("CA PEM: {0}")]
+    Pem(rustls::pki_types::pem::Error),
+    #[error("CA certificate: {0}")]
+    Certificate(rustls::Error),
+    #[error("no CA certificate in the given PEM")]
+    NoCertificate,
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("idle timeout out of range: {0}")]
+    IdleTimeout(#[from] quinn::VarIntBoundsExceeded),
 }
 
 /// A session as the device holds it.
@@ -241,16 +257,14 @@ pub fn client_config(
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| EdgeError::Tls(format!("CA PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| EdgeError::Tls(format!("CA certificate: {e}")))?;
+        let cert = cert.map_err(TlsSetupError::Pem)?;
+        roots.add(cert).map_err(TlsSetupError::Certificate)?;
     }
     if roots.is_empty() {
-        return Err(EdgeError::Tls("no CA certificate in the given PEM".into()));
+        return Err(TlsSetupError::NoCertificate.into());
     }
     let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
-        .map_err(|e| EdgeError::Tls(e.to_string()))?;
+        .map_err(TlsSetupError::from)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive));
     // The client opens its one stream; it accepts none from the datacenter (and so sets up
@@ -258,8 +272,7 @@ pub fn client_config(
     transport
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into());
-    let idle = quinn::IdleTimeout::try_from(idle_timeout)
-        .map_err(|e| EdgeError::Tls(format!("idle timeout: {e}")))?;
+    let idle = quinn::IdleTimeout::try_from(idle_timeout).map_err(TlsSetupError::from)?;
     transport.max_idle_timeout(Some(idle));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
@@ -546,26 +559,6 @@ fn is_refusal(e: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::ConnectionClosed(c)
             if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
     )
-}
-
-/// The probe board ([`lifeboat_common::route::ProbeBoard`]) of one client, or shared by every
-/// client of a process (a simulation of thousands): a dead datacenter then costs one
-/// handshake attempt per probe window, not one per client.
-#[derive(Debug, Default)]
-pub struct ProbeBoard {
-    board: std::sync::Mutex<lifeboat_common::route::ProbeBoard<SocketAddr>>,
-}
-
-impl ProbeBoard {
-    /// Work on the board (never held across an await). A poisoned lock still holds a
-    /// usable board: the entries are plain timestamps.
-    fn with<R>(
-        &self,
-        f: impl FnOnce(&mut lifeboat_common::route::ProbeBoard<SocketAddr>) -> R,
-    ) -> R {
-        let mut guard = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
-    }
 }
 
 /// The route policy's settings, from the client's.

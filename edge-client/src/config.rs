@@ -53,7 +53,7 @@ pub struct EdgeConfig {
     pub home_probe: Option<Duration>,
     /// Share what probes learned between many clients in one process (a simulation); each
     /// client has its own when `None`.
-    pub probe_board: Option<Arc<crate::client::ProbeBoard>>,
+    pub probe_board: Option<Arc<crate::probe_board::ProbeBoard>>,
     /// Finished sessions' tombstones older than this are deleted from the device store when
     /// the client starts (`None`: kept until the count bound, `limits.max_tombstones`).
     pub tombstone_ttl: Option<Duration>,

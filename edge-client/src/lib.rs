@@ -43,15 +43,18 @@
 //! The replication rules live in [`lifeboat_common::edge::EdgeCore`]; this crate is the
 //! driver: QUIC (quinn), the sled store, failure detection and reconnects.
 
+#![forbid(unsafe_code)]
+
 pub mod blocking;
 pub mod client;
 pub mod config;
+pub mod probe_board;
 pub mod store;
 
 pub use blocking::BlockingEdgeClient;
 pub use client::{
     client_config, client_endpoint, ClientEvent, ClientStatsSnapshot, EdgeClient, EdgeError,
-    ProbeBoard, SessionSnapshot, TimedEvent,
+    ProbeBoard, SessionSnapshot, TimedEvent, TlsSetupError,
 };
 pub use config::EdgeConfig;
 pub use lifeboat_common::edge::{Commit, SubmitError};

@@ -318,7 +318,7 @@ fn call(f: impl FnOnce() -> Result<i32, CallError>) -> i32 {
         }
         Ok(Err(CallError::Lib(e))) => {
             set_last_error(&e.to_string());
-            e.code()
+            status_of(&e)
         }
         Err(p) => {
             set_last_error(&format!(
@@ -1206,9 +1206,55 @@ pub unsafe extern "C" fn lifeboat_cancel_free(cancel: *mut LifeboatCancel) {
     }
 }
 
+/// The C status code of an error (`LIFEBOAT_ERR_*` in `lifeboat.h`).
+fn status_of(e: &LifeboatError) -> i32 {
+    match e {
+        LifeboatError::InvalidArgument { .. } => LIFEBOAT_ERR_INVALID_ARGUMENT,
+        LifeboatError::Config { .. } => LIFEBOAT_ERR_CONFIG,
+        LifeboatError::Store { .. } => LIFEBOAT_ERR_STORE,
+        LifeboatError::Paused => LIFEBOAT_ERR_PAUSED,
+        LifeboatError::Closed => LIFEBOAT_ERR_CLOSED,
+        LifeboatError::Timeout { .. } => LIFEBOAT_ERR_TIMEOUT,
+        LifeboatError::Cancelled { .. } => LIFEBOAT_ERR_CANCELLED,
+        LifeboatError::Rejected { .. } => LIFEBOAT_ERR_REJECTED,
+        LifeboatError::Runtime { .. } => LIFEBOAT_ERR_RUNTIME,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_distinct_negative_code() {
+        let all = [
+            LifeboatError::invalid("x"),
+            LifeboatError::config("x"),
+            LifeboatError::Store { detail: "x".into() },
+            LifeboatError::Paused,
+            LifeboatError::Closed,
+            LifeboatError::Timeout {
+                session: 1,
+                op_seq: 1,
+                timeout_ms: 1,
+            },
+            LifeboatError::Cancelled {
+                session: 1,
+                op_seq: 1,
+            },
+            LifeboatError::Rejected {
+                session: 1,
+                op_seq: 1,
+                detail: "x".into(),
+            },
+            LifeboatError::Runtime { detail: "x".into() },
+        ];
+        let mut codes: Vec<i32> = all.iter().map(status_of).collect();
+        assert!(codes.iter().all(|c| *c < 0));
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
     use std::ptr::{null, null_mut};
 
     fn last_error() -> String {

@@ -5,7 +5,7 @@
 //! readable with `op_status`); `Rejected` with a non-zero `op_seq` names an op that was
 //! queued and then failed for good (never applied); every other error means the call changed
 //! nothing. The C status codes are defined (and
-//! documented for C) in [`crate::c_api`].
+//! documented for C) in `c_api` (`status_of`).
 
 /// Why a call failed.
 ///
@@ -50,22 +50,6 @@ pub enum LifeboatError {
 }
 
 impl LifeboatError {
-    /// The C status code of this error (`LIFEBOAT_ERR_*` in `lifeboat.h`).
-    pub fn code(&self) -> i32 {
-        use crate::c_api as code;
-        match self {
-            LifeboatError::InvalidArgument { .. } => code::LIFEBOAT_ERR_INVALID_ARGUMENT,
-            LifeboatError::Config { .. } => code::LIFEBOAT_ERR_CONFIG,
-            LifeboatError::Store { .. } => code::LIFEBOAT_ERR_STORE,
-            LifeboatError::Paused => code::LIFEBOAT_ERR_PAUSED,
-            LifeboatError::Closed => code::LIFEBOAT_ERR_CLOSED,
-            LifeboatError::Timeout { .. } => code::LIFEBOAT_ERR_TIMEOUT,
-            LifeboatError::Cancelled { .. } => code::LIFEBOAT_ERR_CANCELLED,
-            LifeboatError::Rejected { .. } => code::LIFEBOAT_ERR_REJECTED,
-            LifeboatError::Runtime { .. } => code::LIFEBOAT_ERR_RUNTIME,
-        }
-    }
-
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         LifeboatError::InvalidArgument {
             detail: message.into(),
@@ -103,41 +87,5 @@ impl From<lifeboat_edge::EdgeError> for LifeboatError {
             E::Closed => LifeboatError::Closed,
             E::Runtime(m) => LifeboatError::Runtime { detail: m },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_error_maps_to_a_distinct_negative_code() {
-        let all = [
-            LifeboatError::invalid("x"),
-            LifeboatError::config("x"),
-            LifeboatError::Store { detail: "x".into() },
-            LifeboatError::Paused,
-            LifeboatError::Closed,
-            LifeboatError::Timeout {
-                session: 1,
-                op_seq: 1,
-                timeout_ms: 1,
-            },
-            LifeboatError::Cancelled {
-                session: 1,
-                op_seq: 1,
-            },
-            LifeboatError::Rejected {
-                session: 1,
-                op_seq: 1,
-                detail: "x".into(),
-            },
-            LifeboatError::Runtime { detail: "x".into() },
-        ];
-        let mut codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
-        assert!(codes.iter().all(|c| *c < 0));
-        codes.sort();
-        codes.dedup();
-        assert_eq!(codes.len(), all.len());
     }
 }

@@ -11,6 +11,8 @@
 //!   complete within that time (a slow sender, "slowloris", is cut off); the wait *between*
 //!   frames is not limited here (QUIC's idle timeout covers a silent peer).
 
+#![forbid(unsafe_code)]
+
 use lifeboat_common::codec::{
     decode_exact, frame_len, CodecError, FRAME_HEADER_BYTES, MAX_FRAME_BYTES,
 };

@@ -7,6 +7,8 @@
 //! for the connection limits, [`keyring_watch`] for key rotation without restart and
 //! [`settings`] for the layered settings of `serve` (file, environment, flags).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod crash;
 pub mod http;

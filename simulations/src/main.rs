@@ -4,6 +4,8 @@
 //! as real edge clients over QUIC, runs trips through a scripted failure from the catalogue,
 //! then verifies every device's ledger against the surviving datacenters' own stores.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod city;
 mod cluster;

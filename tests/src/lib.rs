@@ -11,6 +11,8 @@
 //!
 //! Everything lives in one temporary directory per test; every wait is bounded.
 
+#![forbid(unsafe_code)]
+
 pub mod arena;
 pub mod check;
 pub mod dc_faults;

@@ -6,7 +6,7 @@
 
 use super::*;
 
-use crate::app::{AppRejection, Application};
+use crate::app::Application;
 use crate::dedup::{DedupEntry, Seen};
 use crate::digest::{DigestBody, DigestHeader, SealedDigest};
 use crate::ids::{DeviceId, SessionId};
@@ -119,7 +119,7 @@ impl<A: Application> DatacenterCore<A> {
             }
         });
         let outcome = match (changed, app_result) {
-            (Err(e), _) => return reject(self, OpRejection::App(e), true),
+            (Err(e), _) => return reject(self, OpRejection::ChangeFailed(e), true),
             (Ok(()), Ok(())) => {
                 self.stats.ops_applied += 1;
                 OpOutcome::Applied
@@ -176,7 +176,7 @@ impl<A: Application> DatacenterCore<A> {
         mark.record(true);
         let mut version = VersionVector::new();
         if let Err(e) = version.bump(self.cfg.replica) {
-            let r = OpRejection::App(AppRejection::InvalidOp(e.to_string()));
+            let r = OpRejection::ChangeFailed(e.into());
             return self.reply(device, session, 1, OpOutcome::Rejected(r), false);
         }
         let header = DigestHeader {
@@ -193,7 +193,7 @@ impl<A: Application> DatacenterCore<A> {
         let sealed = match SealedDigest::seal(&self.keyring, header.clone(), &body) {
             Ok(s) => s,
             Err(e) => {
-                let r = OpRejection::App(AppRejection::InvalidOp(e.to_string()));
+                let r = OpRejection::ChangeFailed(e.into());
                 return self.reply(device, session, 1, OpOutcome::Rejected(r), false);
             }
         };

@@ -9,10 +9,10 @@
 
 use super::*;
 
-use crate::app::{AppRejection, Application};
+use crate::app::Application;
 use crate::digest::{DigestBody, DigestHeader, SealError, SealedDigest};
 use crate::ids::{DeviceId, SessionId};
-use crate::wire::{ServerMsg, SessionUpdate};
+use crate::wire::{ChangeFailure, ServerMsg, SessionUpdate};
 use std::collections::VecDeque;
 
 impl<A: Application> DatacenterCore<A> {
@@ -148,22 +148,18 @@ impl<A: Application> DatacenterCore<A> {
         session: SessionId,
         waits: bool,
         f: impl FnOnce(&mut DigestHeader, &mut DigestBody<A::State>),
-    ) -> Result<(), AppRejection> {
+    ) -> Result<(), ChangeFailure> {
         let dc = self.cfg.replica;
         let entry = self
             .sessions
             .get_mut(&session)
-            .ok_or_else(|| AppRejection::InvalidOp("no such session".into()))?;
+            .ok_or(ChangeFailure::NoSuchSession)?;
         let mut header = entry.header.clone();
         let mut body = entry.body.clone();
         f(&mut header, &mut body);
-        header
-            .version
-            .bump(dc)
-            .map_err(|e| AppRejection::InvalidOp(e.to_string()))?;
+        header.version.bump(dc)?;
         header.tombstone = A::is_finished(&body.state);
-        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body)
-            .map_err(|e| AppRejection::InvalidOp(format!("cannot seal the new state: {e}")))?;
+        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body)?;
         let finished = header.tombstone && !entry.header.tombstone;
         entry.header = header;
         entry.body = body;

@@ -8,7 +8,7 @@
 
 use super::*;
 
-use crate::app::{AppRejection, Application};
+use crate::app::Application;
 use crate::dedup::DEDUP_WINDOW;
 use crate::ids::{OpId, SessionId};
 use crate::op_outcome::{OpOutcomeRecord, OpStatus};
@@ -371,9 +371,7 @@ impl<A: Application> EdgeCore<A> {
         }
         let reason = match q.answered {
             Some(OpOutcome::Rejected(r)) => SubmitError::Rejected(r),
-            _ => SubmitError::Rejected(OpRejection::App(AppRejection::InvalidOp(
-                "rejected on an earlier attempt".into(),
-            ))),
+            _ => SubmitError::Rejected(OpRejection::RejectedEarlier),
         };
         self.decide(id, q.op, Err(reason));
     }

@@ -15,6 +15,8 @@
 //! returns, with no await in between; an op replayed from the store could only be resolved
 //! unreported if this thread were descheduled for several network round trips there.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{bail, Context};
 use lifeboat_common::edge::EdgeEvent;
 use lifeboat_common::DeviceId;
