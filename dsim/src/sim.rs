@@ -676,7 +676,7 @@ async fn run_datacenter(s: &DcSlot, seed: u64, region_dir: PathBuf) -> anyhow::R
     cfg.create_region = false;
     cfg.endpoint = Some(endpoint);
     cfg.clock = sim_clock();
-    cfg.keyring_poll_ms = 0;
+    cfg.keyring_poll = None;
     cfg.inline_flush = true;
     cfg.cache_bytes = 4 * 1024 * 1024;
     let server = Server::start(cfg).await?;

@@ -21,6 +21,7 @@ use lifeboat_common::DatacenterId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The environment prefix of the settings (`LIFEBOAT_SERVE_MAX_SESSIONS`).
 pub const ENV_PREFIX: &str = "LIFEBOAT_SERVE_";
@@ -111,8 +112,8 @@ impl Default for ServeSettings {
             region: c.region_dir,
             create_region: c.create_region,
             durability: c.durability,
-            idle_timeout_ms: c.idle_timeout_ms,
-            handshake_timeout_ms: c.handshake_timeout_ms,
+            idle_timeout_ms: c.idle_timeout.as_millis() as u64,
+            handshake_timeout_ms: c.handshake_timeout.as_millis() as u64,
             cache_bytes: c.cache_bytes,
             max_handshakes: c.max_handshakes,
             udp_buffer_bytes: c.udp_buffer_bytes,
@@ -127,7 +128,7 @@ impl Default for ServeSettings {
             max_inflight_ops: c.limits.max_inflight_ops,
             max_sessions_per_device: c.max_sessions_per_device,
             session_creates_per_minute: c.session_creates_per_minute,
-            keyring_poll_ms: c.keyring_poll_ms,
+            keyring_poll_ms: c.keyring_poll.map_or(0, |d| d.as_millis() as u64),
             stats_file: c.stats_file,
             unreadable_store: c.unreadable_store,
             log_format: LogFormat::Text,
@@ -240,8 +241,8 @@ impl ServeSettings {
         );
         cfg.create_region = self.create_region;
         cfg.durability = self.durability;
-        cfg.idle_timeout_ms = self.idle_timeout_ms;
-        cfg.handshake_timeout_ms = self.handshake_timeout_ms;
+        cfg.idle_timeout = Duration::from_millis(self.idle_timeout_ms);
+        cfg.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
         cfg.cache_bytes = self.cache_bytes;
         cfg.udp_buffer_bytes = self.udp_buffer_bytes;
         cfg.max_handshakes = self.max_handshakes;
@@ -257,7 +258,8 @@ impl ServeSettings {
         cfg.limits.max_inflight_ops = self.max_inflight_ops;
         cfg.max_sessions_per_device = self.max_sessions_per_device;
         cfg.session_creates_per_minute = self.session_creates_per_minute;
-        cfg.keyring_poll_ms = self.keyring_poll_ms;
+        cfg.keyring_poll =
+            (self.keyring_poll_ms > 0).then(|| Duration::from_millis(self.keyring_poll_ms));
         cfg.unreadable_store = self.unreadable_store;
         cfg.metrics_listen = self.metrics_addr().ok().flatten();
         cfg

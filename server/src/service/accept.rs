@@ -12,7 +12,6 @@ use crate::limits::{AddressLimiter, LimitCounters};
 use lifeboat_common::limits::LimitKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The per-address limit at accept time: a slot, or the connection refused (or asked to
@@ -83,7 +82,7 @@ pub(super) fn spawn_accept(
                     core_tx: core_tx.clone(),
                     keyring: keyring.clone(),
                     counters: counters.clone(),
-                    handshake: Duration::from_millis(cfg.handshake_timeout_ms),
+                    handshake: cfg.handshake_timeout,
                     max_upload_frames: cfg.max_upload_frames,
                     conn_queue: cfg.conn_queue,
                     frames: cfg.limits.frame_limits(),

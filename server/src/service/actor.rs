@@ -63,8 +63,7 @@ pub(super) async fn serve(
         counters,
         actor.limit_hits.clone(),
     );
-    let keyring_poll = (cfg.keyring_poll_ms > 0)
-        .then(|| keyring.spawn_poll(Duration::from_millis(cfg.keyring_poll_ms)));
+    let keyring_poll = cfg.keyring_poll.map(|every| keyring.spawn_poll(every));
     let mut keyring_seen = keyring.generation();
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));

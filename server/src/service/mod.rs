@@ -56,8 +56,10 @@ pub struct ServerConfig {
     /// Create the region directory if it is missing (local use).
     pub create_region: bool,
     pub durability: Durability,
-    pub idle_timeout_ms: u64,
-    pub handshake_timeout_ms: u64,
+    /// A device silent this long is disconnected (QUIC idle timeout).
+    pub idle_timeout: Duration,
+    /// The QUIC handshake and the whole connect upload must finish within this.
+    pub handshake_timeout: Duration,
     pub cache_bytes: u64,
     pub max_connections: usize,
     /// Most upload frames after `Hello` (so at most this many + 1 times 64 digests).
@@ -76,8 +78,8 @@ pub struct ServerConfig {
     pub max_sessions_per_device: usize,
     /// Session creates per device per minute (0: unlimited).
     pub session_creates_per_minute: u32,
-    /// Poll the keyring file for changes this often (ms); 0: only on SIGHUP.
-    pub keyring_poll_ms: u64,
+    /// Poll the keyring file for changes this often; `None`: only on SIGHUP.
+    pub keyring_poll: Option<Duration>,
     /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
     /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
     pub endpoint: Option<quinn::Endpoint>,
@@ -111,8 +113,8 @@ impl ServerConfig {
             region_dir,
             create_region: true,
             durability: Durability::Async,
-            idle_timeout_ms: 10_000,
-            handshake_timeout_ms: 5_000,
+            idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             cache_bytes: 64 * 1024 * 1024,
             max_connections: 50_000,
             max_upload_frames: 16,
@@ -124,7 +126,7 @@ impl ServerConfig {
             limits: Limits::default(),
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
-            keyring_poll_ms: 1_000,
+            keyring_poll: Some(Duration::from_secs(1)),
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
             max_handshakes: 256,
@@ -271,7 +273,7 @@ fn bind_endpoint(cfg: &ServerConfig, region: &Region) -> Result<quinn::Endpoint,
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
-            Duration::from_millis(cfg.idle_timeout_ms)
+            cfg.idle_timeout
                 .try_into()
                 .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
         ))
