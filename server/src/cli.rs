@@ -367,14 +367,41 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let cfg = settings.server_config();
-    let region_dir = cfg.region_dir.clone();
-    let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg.clone()).await?;
+    announce(&server, &cfg);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                // SIGHUP: reload the keyring now (key rotation without restart).
+                let keys = server.keys.clone();
+                let _ = tokio::task::spawn_blocking(move || keys.check_and_log(true)).await;
+            }
+        }
+    }
+    server.shutdown().await;
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "lifeboat-server dc{} stopped cleanly",
+            cfg.dc.0
+        );
+    }
+    Ok(())
+}
+
+/// Say what the start did (a region created, a store moved aside) and print the ready lines
+/// tests, the harness and supervisors wait for.
+fn announce(server: &Server, cfg: &crate::ServerConfig) {
+    let region_dir = &cfg.region_dir;
+    let data_dir = &cfg.data_dir;
     if server.region_created {
         eprintln!(
             "created region {} (keyring, CA {}); devices trust the CA",
             region_dir.display(),
-            Region::ca_path(&region_dir).display()
+            Region::ca_path(region_dir).display()
         );
     }
     if let Some(aside) = &server.moved_aside {
@@ -407,26 +434,4 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         let _ = out.write_all(ready.as_bytes()).and_then(|()| out.flush());
     }
-
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => {
-                // SIGHUP: reload the keyring now (key rotation without restart).
-                let keys = server.keys.clone();
-                let _ = tokio::task::spawn_blocking(move || keys.check_and_log(true)).await;
-            }
-        }
-    }
-    server.shutdown().await;
-    {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "lifeboat-server dc{} stopped cleanly",
-            cfg.dc.0
-        );
-    }
-    Ok(())
 }

@@ -78,13 +78,7 @@ pub(super) async fn serve(
             _ = &mut shutdown_rx => break,
             _ = tick.tick() => {
                 if let Some(k) = keyring.changed_since(&mut keyring_seen) {
-                    // A revoked device loses its open connection too.
-                    for d in k.revoked() {
-                        if let Some(conn) = actor.detach(d, None) {
-                            conn.close(1u32.into(), ProtocolError::BadCredential.to_string().as_bytes());
-                        }
-                    }
-                    actor.core.set_keyring((*k).clone());
+                    actor.new_keyring(&k);
                 }
                 actor.core.handle_tick(cfg.clock.now_ms());
                 actor.flush_effects().await;
@@ -106,21 +100,11 @@ pub(super) async fn serve(
         }
     }
     tracing::info!(dc = %cfg.dc, "shutting down");
-    for (_, (_, tx, _)) in actor.conns.drain() {
-        let _ = tx.try_send(ServerMsg::Error {
-            error: ProtocolError::ShuttingDown,
-        });
-    }
-    endpoint.close(0u32.into(), b"shutdown");
     accept.abort();
     if let Some(p) = keyring_poll {
         p.abort();
     }
-    if let Err(e) = actor.store.flush() {
-        tracing::error!(error = %e, "store flush at shutdown failed");
-    }
-    actor.write_status();
-    endpoint.wait_idle().await;
+    actor.shut_down(&endpoint).await;
 }
 
 pub(super) struct Actor {
@@ -139,6 +123,35 @@ pub(super) struct Actor {
 }
 
 impl Actor {
+    /// A new keyring took effect: a revoked device loses its open connection too.
+    fn new_keyring(&mut self, k: &lifeboat_common::keyring::Keyring) {
+        for d in k.revoked() {
+            if let Some(conn) = self.detach(d, None) {
+                conn.close(
+                    1u32.into(),
+                    ProtocolError::BadCredential.to_string().as_bytes(),
+                );
+            }
+        }
+        self.core.set_keyring(k.clone());
+    }
+
+    /// Stop: every device is told (`ShuttingDown`), the endpoint closes, the store is
+    /// flushed and the last status written.
+    async fn shut_down(&mut self, endpoint: &quinn::Endpoint) {
+        for (_, (_, tx, _)) in self.conns.drain() {
+            let _ = tx.try_send(ServerMsg::Error {
+                error: ProtocolError::ShuttingDown,
+            });
+        }
+        endpoint.close(0u32.into(), b"shutdown");
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+        self.write_status();
+        endpoint.wait_idle().await;
+    }
+
     /// A device's connect upload arrived on connection `conn_id`: it replaces any earlier
     /// connection of the device (told so), and the core takes the upload.
     pub(super) fn attach(
