@@ -44,6 +44,8 @@ enum Cmd {
         #[arg(long)]
         device: u64,
     },
+    /// Ask a running datacenter (its admin API, on its HTTP address; see docs/OPERATIONS.md).
+    Admin(AdminArgs),
     /// Manage the sealing keys of a region (S14: rotate without downtime).
     Keys {
         #[arg(long, default_value = "lifeboat-region")]
@@ -51,6 +53,33 @@ enum Cmd {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The datacenter's HTTP address (its metrics_listen).
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    addr: SocketAddr,
+    /// The file with the admin token (the datacenter's admin_token_file).
+    #[arg(long)]
+    token_file: PathBuf,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Write a new random admin token to --token-file (mode 0600; never overwrites).
+    Token,
+    /// Counters, limit hits, keyring and the configured limits (JSON).
+    Status,
+    /// One session's header as the datacenter holds it (JSON).
+    Session { id: u64 },
+    /// Re-read the keyring file now (as SIGHUP does).
+    ReloadKeyring,
+    /// Tell every device the datacenter is shutting down (they fail over at once), flush and
+    /// stop, as SIGTERM does.
+    Drain,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +223,10 @@ struct ServeArgs {
     /// port + 1000), `off`, or an address (keep it on loopback or a private network).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// A file holding the operator's bearer token for the admin API on the HTTP address
+    /// (`lifeboat-server admin token --out FILE` makes one); none: the admin API is off.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -329,6 +362,7 @@ where
             Ok(())
         }
         Cmd::Keys { region, action } => keyring_cmd(region, action),
+        Cmd::Admin(a) => admin_cmd(a),
         Cmd::Serve(a) => {
             let settings = settings.context("serve settings")?;
             if a.print_config {
@@ -342,6 +376,30 @@ where
             rt.block_on(serve(settings))
         }
     }
+}
+
+fn admin_cmd(a: AdminArgs) -> anyhow::Result<()> {
+    use crate::admin::AdminToken;
+    let (method, path) = match a.action {
+        AdminAction::Token => {
+            AdminToken::create(&a.token_file)?;
+            println!(
+                "admin token written to {} (mode 0600); give it to serve as admin_token_file",
+                a.token_file.display()
+            );
+            return Ok(());
+        }
+        AdminAction::Status => ("GET", "/admin/status".to_string()),
+        AdminAction::Session { id } => ("GET", format!("/admin/session/{id}")),
+        AdminAction::ReloadKeyring => ("POST", "/admin/keyring/reload".to_string()),
+        AdminAction::Drain => ("POST", "/admin/drain".to_string()),
+    };
+    let token = AdminToken::load(&a.token_file)?;
+    print!(
+        "{}",
+        crate::admin_client::call(a.addr, method, &path, &token)?
+    );
+    Ok(())
 }
 
 /// Log lines on stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
@@ -373,6 +431,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = server.drain_requested() => break,
             _ = hup.recv() => {
                 // SIGHUP: reload the keyring now (key rotation without restart).
                 let keys = server.keys.clone();

@@ -5,17 +5,21 @@
 //! - `GET /readyz`: 200 when the datacenter is ready, else 503 with the reasons: its actor
 //!   published a status in the last [`STALE_AFTER`] (the store is open and loaded, the QUIC
 //!   endpoint listening, the actor not stuck), the keyring's last reload did not fail, and no
-//!   store write failed in the last [`STORE_ERROR_WINDOW`].
+//!   store write failed in the last [`STORE_ERROR_WINDOW`];
+//! - `/admin/...`: the admin API, to the operator's token only ([`crate::admin`]).
 //!
 //! Invariants: at most [`MAX_CONNECTIONS`] HTTP connections at once (more are closed at
 //! once); a request's head must arrive within 5 s and a connection lasts at most 10 s; the
 //! endpoint only reads the latest status snapshot (written by the actor every 500 ms), never
 //! the core, so a scrape cannot slow the datacenter down. It stops when the actor does.
 
+use crate::admin::{AdminHandle, AdminRequest};
+use crate::keyring_watch::KeyringWatch;
 use crate::status::Status;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
+use lifeboat_common::SessionId;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,8 +35,18 @@ pub const STORE_ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// What the actor publishes: its latest status, and when.
 pub type Published = Option<(Instant, Status)>;
 
+/// What the admin API needs beside the status (`None` in [`start`]: the API is off).
+pub struct Admin {
+    pub handle: AdminHandle,
+    /// The keyring to reload on request.
+    pub keys: Arc<KeyringWatch>,
+    /// The configured limits, shown by `GET /admin/status`.
+    pub limits: serde_json::Value,
+}
+
 struct State {
     status: watch::Receiver<Published>,
+    admin: Option<Admin>,
     /// The store error count last seen, and when it last grew.
     store_errors: Mutex<(u64, Option<Instant>)>,
 }
@@ -80,8 +94,13 @@ fn text(code: StatusCode, content_type: &str, body: String) -> Response<Full<Byt
     r
 }
 
-fn route(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
+const PLAIN: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+async fn route(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path().starts_with("/admin/") {
+        return admin(state, req).await;
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n".into());
     }
@@ -121,16 +140,123 @@ fn route(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<B
     }
 }
 
+/// The admin API (see [`crate::admin`]): 404 when it is off, 401 without the token.
+async fn admin(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let Some(a) = &state.admin else {
+        return text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "the admin API is off (no admin_token_file)\n".into(),
+        );
+    };
+    let auth = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !a.handle.token.admits(auth) {
+        tracing::warn!(
+            path = req.uri().path(),
+            "admin call refused: no valid token"
+        );
+        let mut r = text(StatusCode::UNAUTHORIZED, PLAIN, "unauthorized\n".into());
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/admin/status") => {
+            let snap = state.status.borrow().clone();
+            let body = serde_json::json!({
+                "status": snap.map(|(_, s)| s),
+                "limits": a.limits,
+            });
+            json(StatusCode::OK, &body)
+        }
+        (&Method::GET, p) if p.starts_with("/admin/session/") => {
+            let Ok(id) = p["/admin/session/".len()..].parse::<u64>() else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    PLAIN,
+                    "session id: a number\n".into(),
+                );
+            };
+            session(a, SessionId(id)).await
+        }
+        (&Method::POST, "/admin/keyring/reload") => {
+            let keys = a.keys.clone();
+            let _ = tokio::task::spawn_blocking(move || keys.check_and_log(true)).await;
+            let status = a.keys.status(Default::default());
+            match &status.last_error {
+                None => json(StatusCode::OK, &status),
+                Some(_) => json(StatusCode::UNPROCESSABLE_ENTITY, &status),
+            }
+        }
+        (&Method::POST, "/admin/drain") => {
+            tracing::warn!("admin: drain requested; telling every device and stopping");
+            a.handle.drain.notify_one();
+            text(
+                StatusCode::ACCEPTED,
+                PLAIN,
+                "draining: the datacenter stops\n".into(),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "try GET /admin/status, GET /admin/session/<id>, POST /admin/keyring/reload or \
+             POST /admin/drain\n"
+                .into(),
+        ),
+    }
+}
+
+/// Ask the actor for one session, within a deadline (the actor is never waited on long).
+async fn session(a: &Admin, id: SessionId) -> Response<Full<Bytes>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if a.handle
+        .actor
+        .try_send(AdminRequest::Session(id, tx))
+        .is_err()
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "the datacenter is busy\n".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(2), rx).await {
+        Ok(Ok(Some(info))) => json(StatusCode::OK, &info),
+        Ok(Ok(None)) => text(StatusCode::NOT_FOUND, PLAIN, format!("no session {id}\n")),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "no answer from the datacenter\n".into(),
+        ),
+    }
+}
+
+fn json(code: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(body) {
+        Ok(b) => text(code, JSON, b + "\n"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e}\n")),
+    }
+}
+
 /// Bind `addr` and serve the endpoints until the actor's status channel closes. Returns the
 /// address bound.
 pub async fn start(
     addr: SocketAddr,
     status: watch::Receiver<Published>,
+    admin: Option<Admin>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let state = Arc::new(State {
         status,
+        admin,
         store_errors: Mutex::new((0, None)),
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -157,8 +283,8 @@ pub async fn start(
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let svc = hyper::service::service_fn(move |req| {
-                    let r = route(&state, &req);
-                    async move { Ok::<_, std::convert::Infallible>(r) }
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&state, &req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admin_client;
 pub mod cli;
 pub mod crash;
 pub mod http;

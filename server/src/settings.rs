@@ -95,6 +95,9 @@ pub struct ServeSettings {
     /// port + 1000: 4433 gives 127.0.0.1:5433; a free port when listening on port 0), `off`,
     /// or an address.
     pub metrics_listen: String,
+    /// A file holding the operator's bearer token for the admin API (`lifeboat-server admin
+    /// token --out FILE` makes one, mode 0600); none: the admin API is off.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ServeSettings {
@@ -133,6 +136,7 @@ impl Default for ServeSettings {
             unreadable_store: c.unreadable_store,
             log_format: LogFormat::Text,
             metrics_listen: "auto".into(),
+            admin_token_file: c.admin_token_file,
         }
     }
 }
@@ -262,6 +266,7 @@ impl ServeSettings {
             (self.keyring_poll_ms > 0).then(|| Duration::from_millis(self.keyring_poll_ms));
         cfg.unreadable_store = self.unreadable_store;
         cfg.metrics_listen = self.metrics_addr().ok().flatten();
+        cfg.admin_token_file = self.admin_token_file.clone();
         cfg
     }
 }

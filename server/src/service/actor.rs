@@ -52,6 +52,7 @@ pub(super) async fn serve(
     core_tx: mpsc::Sender<Input>,
     mut core_rx: mpsc::Receiver<Input>,
     mut shutdown_rx: oneshot::Receiver<()>,
+    mut admin_rx: mpsc::Receiver<crate::admin::AdminRequest>,
     keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
 ) {
@@ -84,6 +85,7 @@ pub(super) async fn serve(
                 actor.flush_effects().await;
             }
             _ = status_every.tick() => actor.write_status(),
+            Some(req) = admin_rx.recv() => actor.admin(req),
             input = core_rx.recv() => {
                 let Some(input) = input else { break };
                 let now = cfg.clock.now_ms();
@@ -123,6 +125,27 @@ pub(super) struct Actor {
 }
 
 impl Actor {
+    /// An operator's question (the admin API); answered at once from the core.
+    fn admin(&mut self, req: crate::admin::AdminRequest) {
+        match req {
+            crate::admin::AdminRequest::Session(id, reply) => {
+                let info = self
+                    .core
+                    .session(id)
+                    .map(|(h, _)| crate::admin::SessionInfo {
+                        session: id.0,
+                        version: h.version.to_string(),
+                        rider: h.rider.0,
+                        driver: h.driver.map(|d| d.0),
+                        finished: h.tombstone,
+                        committed: self.core.is_confirmed(id),
+                        key_id: self.core.sealed(id).map(|d| d.key_id),
+                    });
+                let _ = reply.send(info);
+            }
+        }
+    }
+
     /// A new keyring took effect: a revoked device loses its open connection too.
     fn new_keyring(&mut self, k: &lifeboat_common::keyring::Keyring) {
         for d in k.revoked() {

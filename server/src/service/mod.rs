@@ -20,6 +20,7 @@ mod accept;
 mod actor;
 mod conn;
 
+use crate::admin::{AdminHandle, AdminToken};
 use crate::status::DriverCounters;
 pub use crate::status::Status;
 use accept::spawn_accept;
@@ -72,6 +73,9 @@ pub struct ServerConfig {
     /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP here (see [`crate::http`]);
     /// `None`: no HTTP endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The operator's bearer token for the admin API ([`crate::admin`]); `None`: the admin
+    /// API is off.
+    pub admin_token_file: Option<PathBuf>,
     /// Connection-level limits (see [`crate::limits`]).
     pub limits: Limits,
     /// A device in this many active sessions may not create another.
@@ -123,6 +127,7 @@ impl ServerConfig {
             max_sessions: 1_000_000,
             stats_file: None,
             metrics_listen: None,
+            admin_token_file: None,
             limits: Limits::default(),
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
@@ -145,6 +150,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -164,6 +171,7 @@ pub struct Server {
     /// The keyring in use; `check(true)` reloads it now (SIGHUP).
     pub keys: Arc<KeyringWatch>,
     shutdown: Option<oneshot::Sender<()>>,
+    drain: Arc<tokio::sync::Notify>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -184,8 +192,23 @@ impl Server {
         })?;
 
         let counters = Arc::new(DriverCounters::default());
+        let keys = KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring);
         let (status_tx, status_rx) = tokio::sync::watch::channel(None);
-        let metrics_addr = start_http(cfg.metrics_listen, status_rx).await;
+        let (admin_tx, admin_rx) = mpsc::channel(crate::admin::ADMIN_QUEUE);
+        let drain = Arc::new(tokio::sync::Notify::new());
+        let admin = match &cfg.admin_token_file {
+            Some(path) => Some(crate::http::Admin {
+                handle: AdminHandle {
+                    token: AdminToken::load(path)?,
+                    actor: admin_tx,
+                    drain: drain.clone(),
+                },
+                keys: keys.clone(),
+                limits: limits_json(&cfg),
+            }),
+            None => None,
+        };
+        let metrics_addr = start_http(cfg.metrics_listen, status_rx, admin).await;
 
         let (core_tx, core_rx) = mpsc::channel(cfg.core_queue);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -200,7 +223,7 @@ impl Server {
             status_tx,
             listen: local_addr,
             limit_hits: Arc::new(LimitCounters::default()),
-            keys: KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring),
+            keys,
         };
         let keyring = actor.keys.clone();
         let keyring_for_handle = keyring.clone();
@@ -211,6 +234,7 @@ impl Server {
             core_tx,
             core_rx,
             shutdown_rx,
+            admin_rx,
             keyring,
             counters,
         ));
@@ -222,8 +246,15 @@ impl Server {
             region_created,
             keys: keyring_for_handle,
             shutdown: Some(shutdown_tx),
+            drain,
             done,
         })
+    }
+
+    /// Resolves when an operator asked the datacenter to drain and stop (`POST
+    /// /admin/drain`); the caller then shuts it down as on SIGTERM.
+    pub async fn drain_requested(&self) {
+        self.drain.notified().await
     }
 
     /// Stop accepting, close connections, flush the store.
@@ -320,9 +351,10 @@ fn bind_endpoint(cfg: &ServerConfig, region: &Region) -> Result<quinn::Endpoint,
 async fn start_http(
     metrics_listen: Option<SocketAddr>,
     status_rx: tokio::sync::watch::Receiver<crate::http::Published>,
+    admin: Option<crate::http::Admin>,
 ) -> Option<SocketAddr> {
     match metrics_listen {
-        Some(addr) => match crate::http::start(addr, status_rx).await {
+        Some(addr) => match crate::http::start(addr, status_rx, admin).await {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot serve /metrics: the datacenter runs without its HTTP endpoints");
@@ -331,6 +363,23 @@ async fn start_http(
         },
         None => None,
     }
+}
+
+/// The configured limits, as the admin API shows them.
+fn limits_json(cfg: &ServerConfig) -> serde_json::Value {
+    serde_json::json!({
+        "max_connections": cfg.max_connections,
+        "max_handshakes": cfg.max_handshakes,
+        "max_sessions": cfg.max_sessions,
+        "max_sessions_per_device": cfg.max_sessions_per_device,
+        "session_creates_per_minute": cfg.session_creates_per_minute,
+        "max_upload_frames": cfg.max_upload_frames,
+        "conn_queue": cfg.conn_queue,
+        "max_frame_bytes": cfg.limits.max_frame_bytes,
+        "frame_timeout_ms": cfg.limits.frame_timeout_ms,
+        "max_conns_per_addr": cfg.limits.max_conns_per_addr,
+        "max_inflight_ops": cfg.limits.max_inflight_ops,
+    })
 }
 
 /// A session as read back from a datacenter's store.
