@@ -15,6 +15,7 @@ pub mod cli;
 pub mod crash;
 pub mod http;
 pub mod keyring_watch;
+pub mod latency;
 pub mod limits;
 pub mod metrics;
 pub mod process;

@@ -41,6 +41,22 @@ impl Out {
         let _ = writeln!(self.text, "{name}{{{l}}} {value}");
     }
 
+    fn histogram(&mut self, name: &str, help: &str, h: &crate::latency::Histogram) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (le, n) in h.cumulative() {
+            self.sample(&bucket, &[("le", &le.to_string())], n);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.count);
+        let _ = writeln!(
+            self.text,
+            "{name}_sum{{dc=\"{}\"}} {}",
+            self.dc,
+            h.sum_us as f64 / 1e6
+        );
+        self.sample(&format!("{name}_count"), &[], h.count);
+    }
+
     fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
@@ -163,6 +179,16 @@ pub fn render(s: &Status, ready: bool) -> String {
             *n,
         );
     }
+    o.histogram(
+        "lifeboat_op_latency_seconds",
+        "Op latency at the datacenter: frame read to reply queued, after the batch's persist and flush.",
+        &s.op_latency,
+    );
+    o.histogram(
+        "lifeboat_store_flush_seconds",
+        "Store persist-and-flush time per batch of changes.",
+        &s.store_flush_latency,
+    );
     o.text
 }
 

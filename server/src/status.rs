@@ -34,4 +34,9 @@ pub struct Status {
     /// How often each limit was hit, by limit name (see `SECURITY.md`).
     pub limits: std::collections::BTreeMap<&'static str, u64>,
     pub keyring: KeyringStatus,
+    /// Op latency at this datacenter: from the frame read to the reply queued, after the
+    /// batch's persist and flush.
+    pub op_latency: crate::latency::Histogram,
+    /// Store persist-and-flush time per batch of changes.
+    pub store_flush_latency: crate::latency::Histogram,
 }

@@ -190,8 +190,15 @@ fn scrape(live: &Live) -> Exported {
     let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = rest.split_whitespace().next() {
+            let mut words = rest.split_whitespace();
+            if let Some(name) = words.next() {
                 families.insert(name.to_string());
+                // A histogram's samples are its name with these suffixes (what queries name).
+                if words.next() == Some("histogram") {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        families.insert(format!("{name}{suffix}"));
+                    }
+                }
             }
         } else if !line.starts_with('#') && !line.is_empty() {
             let name = line.split(['{', ' ']).next().unwrap_or_default();

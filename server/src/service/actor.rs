@@ -37,6 +37,8 @@ pub(super) enum Input {
     Frame {
         device: DeviceId,
         msg: ClientMsg<Trip>,
+        /// When the connection read it (the op latency runs from here).
+        received: std::time::Instant,
     },
     Disconnect {
         conn_id: u64,
@@ -98,6 +100,7 @@ pub(super) async fn serve(
                     }
                 }
                 actor.flush_effects().await;
+                actor.ops_answered();
             }
         }
     }
@@ -122,9 +125,25 @@ pub(super) struct Actor {
     pub(super) listen: SocketAddr,
     pub(super) limit_hits: Arc<LimitCounters>,
     pub(super) keys: Arc<KeyringWatch>,
+    /// When each op of the batch being handled was read (cleared as it is answered).
+    pub(super) ops_in_batch: Vec<std::time::Instant>,
+    /// Op latency: frame read to reply queued, after the batch's persist and flush.
+    pub(super) op_latency: crate::latency::Histogram,
+    /// Store persist-and-flush time per batch.
+    pub(super) flush_latency: crate::latency::Histogram,
 }
 
 impl Actor {
+    /// The ops of the batch just flushed are answered (their replies are queued): record
+    /// each one's latency, from the frame read to now.
+    fn ops_answered(&mut self) {
+        let now = std::time::Instant::now();
+        for received in self.ops_in_batch.drain(..) {
+            self.op_latency
+                .record(now.saturating_duration_since(received));
+        }
+    }
+
     /// An operator's question (the admin API); answered at once from the core.
     fn admin(&mut self, req: crate::admin::AdminRequest) {
         match req {
@@ -233,7 +252,14 @@ impl Actor {
                     },
                 );
             }
-            Input::Frame { device, msg } => {
+            Input::Frame {
+                device,
+                msg,
+                received,
+            } => {
+                if matches!(msg, ClientMsg::Submit { .. } | ClientMsg::Resubmit { .. }) {
+                    self.ops_in_batch.push(received);
+                }
                 // The connection task lets no Hello/Upload through after the connect upload.
                 if let Err(e) = self.core.handle_message(now, device, msg) {
                     tracing::debug!(%device, error = %e, "message refused by the core");
@@ -286,10 +312,12 @@ impl Actor {
         }
         if !fx.persist.is_empty() {
             // Group commit: one flush for the whole batch, before any of its replies leave.
+            let started = std::time::Instant::now();
             let r = match self.store.persist(&fx.persist) {
                 Ok(()) => self.store.flush_async().await,
                 Err(e) => Err(e),
             };
+            self.flush_latency.record(started.elapsed());
             if let Err(e) = r {
                 // The devices still hold every digest; keep serving, but say it loudly.
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +377,8 @@ impl Actor {
             core: self.core.stats().clone(),
             limits: self.limit_hits.snapshot(self.core.stats()),
             keyring: self.keys.status(self.core.active_sessions_by_key()),
+            op_latency: self.op_latency.clone(),
+            store_flush_latency: self.flush_latency.clone(),
         }
     }
 

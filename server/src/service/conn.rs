@@ -236,7 +236,11 @@ async fn read_frames(
                 )));
             }
             Ok(Some(msg)) => {
-                let input = Input::Frame { device, msg };
+                let input = Input::Frame {
+                    device,
+                    msg,
+                    received: std::time::Instant::now(),
+                };
                 if ctx.core_tx.send(input).await.is_err() {
                     return Err(ConnError::CoreGone);
                 }

@@ -224,6 +224,9 @@ impl Server {
             listen: local_addr,
             limit_hits: Arc::new(LimitCounters::default()),
             keys,
+            ops_in_batch: Vec::new(),
+            op_latency: Default::default(),
+            flush_latency: Default::default(),
         };
         let keyring = actor.keys.clone();
         let keyring_for_handle = keyring.clone();
