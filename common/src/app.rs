@@ -20,17 +20,33 @@ use std::fmt::Debug;
 /// Why the application refused an op. Nothing changed when this is returned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AppRejection {
+    /// The op does not apply in the session's current state (e.g. starting a cancelled trip).
     #[error("op {op} is not allowed in state {state}")]
-    InvalidTransition { state: String, op: String },
+    InvalidTransition {
+        /// The state the session is in, as the application names it (a trip's phase).
+        state: String,
+        /// What the op tried to do, in words.
+        op: String,
+    },
+    /// The op is one the other participant's role submits.
     #[error("a {role} may not {op}")]
-    WrongRole { role: Role, op: String },
+    WrongRole {
+        /// The role of the device that submitted the op.
+        role: Role,
+        /// What the op tried to do, in words.
+        op: String,
+    },
+    /// The op is malformed whatever the state (coordinates out of range, an implausible jump,
+    /// a session that does not start with its creating op); the text says which.
     #[error("invalid op: {0}")]
     InvalidOp(String),
 }
 
 /// Session logic plugged into the replication core.
 pub trait Application: Clone + Debug + PartialEq + Send + Sync + 'static {
+    /// A session's replicated state (sealed into the digest).
     type State: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// An op a participant submits to change the state.
     type Op: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Whether `op` is the op that creates a session (submitted by the requester as seq 1).

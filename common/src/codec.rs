@@ -32,12 +32,21 @@ fn config() -> Config {
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// The frame (or its claimed length) is over the limit; refused before any allocation.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Bytes the frame has or its length prefix claims.
+        len: usize,
+        /// The limit that applied, in bytes (at most [`MAX_FRAME_BYTES`]).
+        max: usize,
+    },
+    /// bincode could not decode the bytes as the expected type (bincode's message).
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The message decoded but did not use every byte; the count of bytes left over.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+    /// bincode could not encode the value (bincode's message), e.g. over the byte limit.
     #[error("could not encode: {0}")]
     Encode(String),
 }

@@ -22,7 +22,9 @@ pub const DEDUP_WINDOW: u64 = 64;
 /// Per-device watermark of processed ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupEntry {
+    /// The participant whose ops this watermark counts.
     pub device: DeviceId,
+    /// The highest seq processed (applied or rejected); 0 before the first.
     pub last_seq: u64,
     /// Bit `i` is the outcome of `last_seq - i`: 1 applied, 0 rejected.
     pub applied_bits: u64,
@@ -34,14 +36,21 @@ pub enum Seen {
     /// Not processed yet and next in line.
     Next,
     /// Already processed: it was applied (true) or rejected (false).
-    Duplicate { applied: bool },
+    Duplicate {
+        /// The op was applied (`false`: rejected).
+        applied: bool,
+    },
     /// Already processed, too long ago to remember the outcome.
     Forgotten,
     /// An earlier op has not been processed yet.
-    Gap { expected: u64 },
+    Gap {
+        /// The seq that is next in line (`last_seq + 1`).
+        expected: u64,
+    },
 }
 
 impl DedupEntry {
+    /// A watermark for a device that has had no op processed.
     pub fn new(device: DeviceId) -> Self {
         Self {
             device,
@@ -50,6 +59,7 @@ impl DedupEntry {
         }
     }
 
+    /// What this watermark says about `seq` (seq 0 is never valid: a [`Seen::Gap`]).
     pub fn check(&self, seq: u64) -> Seen {
         if seq == 0 {
             return Seen::Gap {

@@ -32,9 +32,13 @@ pub const NONCE_BYTES: usize = 24;
 /// The readable, authenticated part of a digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestHeader {
+    /// The session this is a copy of.
     pub session: SessionId,
+    /// The copy's version; devices keep the copy whose version dominates.
     pub version: VersionVector,
+    /// The requester, who created the session.
     pub rider: DeviceId,
+    /// The provider, once dispatch assigned one; `None` before.
     pub driver: Option<DeviceId>,
     /// The session is finished; this digest is its tombstone.
     pub tombstone: bool,
@@ -58,6 +62,7 @@ impl DigestHeader {
         self.driver.unwrap_or(self.rider)
     }
 
+    /// The rider, then the driver if one is assigned.
     pub fn participants(&self) -> impl Iterator<Item = DeviceId> {
         std::iter::once(self.rider).chain(self.driver)
     }
@@ -66,6 +71,7 @@ impl DigestHeader {
 /// The secret part of a digest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestBody<S> {
+    /// The application state ([`crate::app::Application::State`]).
     pub state: S,
     /// One watermark per participant that has submitted ops.
     pub dedup: Vec<DedupEntry>,
@@ -74,23 +80,34 @@ pub struct DigestBody<S> {
 /// A digest as devices store it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedDigest {
+    /// The clear header (authenticated as associated data).
     pub header: DigestHeader,
+    /// The id of the region key the body was sealed with.
     pub key_id: KeyId,
+    /// A random nonce, fresh for every seal.
     pub nonce: [u8; NONCE_BYTES],
+    /// The encrypted [`DigestBody`] followed by its 16-byte Poly1305 tag.
     pub ciphertext: Vec<u8>,
 }
 
 /// Why a digest could not be sealed or opened.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum SealError {
+    /// The key is not in the keyring: retired, from another region, or (sealing) the active
+    /// key is missing.
     #[error("digest sealed with key {0}, which this datacenter does not hold")]
     UnknownKey(KeyId),
+    /// The tag does not verify: header, key id or ciphertext changed, or the wrong key.
     #[error("digest failed authentication (tampered, or sealed by another region)")]
     Tampered,
+    /// Over [`MAX_DIGEST_BYTES`]: the sealed digest (when sealing) or its ciphertext (when
+    /// opening), in bytes.
     #[error("digest is {0} bytes, over the limit of {MAX_DIGEST_BYTES}")]
     TooLarge(usize),
+    /// The header's version vector breaks its invariants (checked before decrypting).
     #[error("digest header: {0}")]
     BadHeader(#[from] VersionError),
+    /// The body could not be encoded, or the decrypted body does not decode.
     #[error("digest codec: {0}")]
     Codec(#[from] CodecError),
 }

@@ -56,8 +56,11 @@ impl fmt::Display for ReplicaId {
 /// device's sequence number within the session (1, 2, 3, ...).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OpId {
+    /// The session the op targets.
     pub session: SessionId,
+    /// The device that submitted it.
     pub device: DeviceId,
+    /// The device's sequence number within the session, from 1.
     pub seq: u64,
 }
 

@@ -36,29 +36,51 @@ const TOKEN_CONTEXT: &[u8] = b"lifeboat-device-v1";
 /// Largest keyring file accepted (about 4,000 keys).
 const MAX_KEYRING_BYTES: u64 = 512 * 1024;
 
+/// Why a keyring could not be loaded, saved, parsed or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
+    /// Reading or writing the keyring file failed.
     #[error("keyring {path}: {source}")]
     Io {
+        /// The keyring file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The text is not a valid keyring (bad header, line, hex or id, or a file over the size
+    /// limit).
     #[error("keyring line {line}: {msg}")]
-    Parse { line: usize, msg: String },
+    Parse {
+        /// The 1-based line number (comments and blank lines counted); 0: the whole file.
+        line: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// No `key` line is marked `active`.
     #[error("keyring has no active key")]
     NoActiveKey,
+    /// The `auth` line is missing.
     #[error("keyring has no auth key")]
     NoAuthKey,
+    /// Two `key` lines have the same id.
     #[error("key id {0} is listed twice")]
     DuplicateKey(KeyId),
+    /// `activate` or `retire` named a key the keyring does not hold.
     #[error("key id {0} is not in the keyring")]
     UnknownKey(KeyId),
+    /// `retire` named the active key.
     #[error("key id {0} is active; activate another key before retiring it")]
     RetireActive(KeyId),
+    /// On Unix, the file grants group or others any access; it is not read.
     #[error(
         "keyring {path} is readable or writable by others (mode {mode:o}); run: chmod 600 {path}"
     )]
-    InsecurePermissions { path: String, mode: u32 },
+    InsecurePermissions {
+        /// The keyring file.
+        path: String,
+        /// Its permission bits (`mode & 0o777`).
+        mode: u32,
+    },
 }
 
 /// The region's keys.
@@ -119,10 +141,12 @@ impl Keyring {
         }
     }
 
+    /// The id of the key new seals use.
     pub fn active_key_id(&self) -> KeyId {
         self.active
     }
 
+    /// The ids of every key held (active and open-only), ascending.
     pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
         self.keys.keys().copied()
     }
@@ -184,10 +208,12 @@ impl Keyring {
         self.revoked.remove(&device)
     }
 
+    /// Whether the device's credential is withdrawn.
     pub fn is_revoked(&self, device: DeviceId) -> bool {
         self.revoked.contains(&device)
     }
 
+    /// The devices whose credentials are withdrawn, ascending.
     pub fn revoked(&self) -> impl Iterator<Item = DeviceId> + '_ {
         self.revoked.iter().copied()
     }
@@ -228,6 +254,7 @@ impl Keyring {
         s
     }
 
+    /// Parse the text form (see the module docs); `#` comments and blank lines are skipped.
     pub fn parse(text: &str) -> Result<Self, KeyringError> {
         let mut lines = text
             .lines()

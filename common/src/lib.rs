@@ -26,6 +26,7 @@
 //! cited throughout are in `docs/PROTOCOL.md`.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod app;
 pub mod clock;

@@ -95,11 +95,14 @@ impl std::fmt::Display for LimitKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind} limit of {max} exceeded")]
 pub struct LimitExceeded {
+    /// Which limit.
     pub kind: LimitKind,
+    /// Its configured maximum, in the kind's unit.
     pub max: u64,
 }
 
 impl LimitExceeded {
+    /// The limit `kind` at `max`; a `max` that does not fit a `u64` is reported as `u64::MAX`.
     pub fn new(kind: LimitKind, max: impl TryInto<u64>) -> Self {
         Self {
             kind,

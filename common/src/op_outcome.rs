@@ -28,16 +28,25 @@ use std::fmt;
 /// Why a submit was refused locally, or failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum SubmitError {
+    /// Refused locally: the outbox holds `max_outbox` ops (the count). Nothing was queued;
+    /// submit again once some are decided.
     #[error("the outbox is full ({0} ops waiting)")]
     OutboxFull(usize),
+    /// Refused locally: the session already has this many ops not known committed, and one
+    /// more would leave the dedup window ([`crate::dedup::DEDUP_WINDOW`]). Nothing was queued.
     #[error("too many ops in flight for this session ({0})")]
     TooManyInFlight(u64),
+    /// Refused locally: the device holds no copy of the session and the op does not create one.
     #[error("this device holds no such session")]
     UnknownSession,
+    /// The op's outcome on the committed chain is a rejection, for this reason.
     #[error("the datacenter rejected the op: {0}")]
     Rejected(OpRejection),
+    /// Retryable refusals went on past `max_retries` (the count); later ops of the session
+    /// fail the same way. The op was not applied.
     #[error("gave up after {0} retries: the datacenter could not take the op")]
     GaveUp(u32),
+    /// The session ended before the op was applied (refused locally if already a tombstone).
     #[error("the session is finished")]
     SessionFinished,
     /// The committed copy of the session no longer names this device (a provider assigned on
@@ -49,6 +58,7 @@ pub enum SubmitError {
 /// A committed op.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
+    /// The op that committed.
     pub op: OpId,
     /// The version of a committed copy that covers the op.
     pub version: VersionVector,
@@ -61,8 +71,11 @@ pub struct Commit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct OpOutcomeRecord<A: Application> {
+    /// The op's id.
     pub id: OpId,
+    /// The op as it was submitted.
     pub op: A::Op,
+    /// Committed, or failed with the reason; never changes once recorded.
     pub result: Result<Commit, SubmitError>,
     /// Wall-clock time (unix ms) at which the device decided the outcome.
     pub at_ms: u64,
@@ -83,7 +96,9 @@ impl<A: Application> fmt::Display for OpOutcomeRecord<A> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum OpRecord<A: Application> {
+    /// The op, not decided yet.
     Queued(A::Op),
+    /// Its outcome, until the app acknowledges it.
     Decided(OpOutcomeRecord<A>),
 }
 
@@ -91,7 +106,10 @@ pub enum OpRecord<A: Application> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpStatus<A: Application> {
     /// On the device's disk, not decided yet: it is sent (again) until it is.
-    Queued { op: A::Op },
+    Queued {
+        /// The op as it was submitted.
+        op: A::Op,
+    },
     /// Decided; the app has not acknowledged it yet.
     Decided(OpOutcomeRecord<A>),
     /// Not known here: never queued on this device, or its outcome was acknowledged (or
@@ -110,6 +128,7 @@ pub struct OutcomeBook<A: Application> {
 }
 
 impl<A: Application> OutcomeBook<A> {
+    /// An empty book that keeps at most `capacity` outcomes (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -149,6 +168,7 @@ impl<A: Application> OutcomeBook<A> {
         self.by_id.remove(&id).is_some()
     }
 
+    /// The unacknowledged outcome of `id`, if held.
     pub fn get(&self, id: OpId) -> Option<&OpOutcomeRecord<A>> {
         self.by_id.get(&id)
     }
@@ -162,10 +182,12 @@ impl<A: Application> OutcomeBook<A> {
             .collect()
     }
 
+    /// Number of unacknowledged outcomes held.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Whether no unacknowledged outcome is held.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -25,7 +25,9 @@ use crate::wire::{ClientMsg, OpOutcome, ServerMsg, SessionUpdate};
 /// A trip's digest before sealing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleTrip {
+    /// The clear header the digest would carry.
     pub header: DigestHeader,
+    /// The state and watermarks to seal.
     pub body: DigestBody<TripState>,
 }
 

@@ -27,11 +27,14 @@ pub const MAX_JUMP_M: u64 = 5_000;
 /// A point in microdegrees (WGS84).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GeoPoint {
+    /// Latitude in microdegrees, valid within ±90,000,000.
     pub lat_e6: i32,
+    /// Longitude in microdegrees, valid within ±180,000,000.
     pub lon_e6: i32,
 }
 
 impl GeoPoint {
+    /// Whether latitude and longitude are within their WGS84 ranges.
     pub fn is_valid(&self) -> bool {
         self.lat_e6.abs() <= 90_000_000 && self.lon_e6.abs() <= 180_000_000
     }
@@ -48,29 +51,47 @@ impl GeoPoint {
     }
 }
 
+/// Where a trip is in its life (see the module's diagram).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TripPhase {
+    /// Created by the rider; waits for dispatch to assign a driver.
     Requested,
+    /// A driver is assigned and on the way.
     Assigned,
+    /// The driver is at the pickup point.
     DriverArrived,
+    /// The rider is on board; location reports count towards distance and time.
     OnTrip,
+    /// Final: the driver completed the trip and the fare is set.
     Completed,
+    /// Final: the rider or the driver cancelled before the trip started.
     Cancelled,
 }
 
 /// The full state of a trip.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TripState {
+    /// Where the trip is in its life.
     pub phase: TripPhase,
+    /// Where the rider asked to be picked up.
     pub pickup: GeoPoint,
+    /// Where the rider asked to go.
     pub dropoff: GeoPoint,
+    /// When the request was applied (the applying datacenter's `now_ms`, unix ms).
     pub requested_ms: u64,
+    /// The driver's last accepted position; `None` until the first report or the start.
     pub last_position: Option<GeoPoint>,
+    /// When the trip started (unix ms); 0 before `StartTrip`.
     pub started_ms: u64,
+    /// Time on trip in ms; only grows, updated by location reports and at completion.
     pub duration_ms: u64,
+    /// Distance driven on trip in metres; only grows (a jump over [`MAX_JUMP_M`] is refused).
     pub distance_m: u64,
+    /// Count of accepted location reports (saturating).
     pub location_updates: u32,
+    /// The fare in cents, set once at completion; `None` before.
     pub fare_cents: Option<u64>,
+    /// Who cancelled; `None` unless the trip is `Cancelled`.
     pub cancelled_by: Option<Role>,
 }
 
@@ -78,13 +99,21 @@ pub struct TripState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TripOp {
     /// Rider: create the trip.
-    Request { pickup: GeoPoint, dropoff: GeoPoint },
+    Request {
+        /// Where to pick the rider up.
+        pickup: GeoPoint,
+        /// Where the rider wants to go.
+        dropoff: GeoPoint,
+    },
     /// Driver: at the pickup point.
     Arrived,
     /// Driver: rider on board.
     StartTrip,
     /// Driver: a position report; counts towards distance and time while on trip.
-    Location { at: GeoPoint },
+    Location {
+        /// The driver's position.
+        at: GeoPoint,
+    },
     /// Driver: at the destination; computes the fare.
     Complete,
     /// Rider or driver, before the trip starts.
@@ -92,6 +121,7 @@ pub enum TripOp {
 }
 
 impl TripOp {
+    /// What the op does, in words (used in rejection messages).
     pub fn name(&self) -> &'static str {
         match self {
             TripOp::Request { .. } => "request",
@@ -107,11 +137,17 @@ impl TripOp {
 /// The kind of a [`TripOp`], without its payload (ledgers, histories, reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TripOpKind {
+    /// [`TripOp::Request`].
     Request,
+    /// [`TripOp::Arrived`].
     Arrived,
+    /// [`TripOp::StartTrip`].
     Start,
+    /// [`TripOp::Location`].
     Location,
+    /// [`TripOp::Complete`].
     Complete,
+    /// [`TripOp::Cancel`].
     Cancel,
 }
 

@@ -36,6 +36,7 @@ pub const MAX_DATACENTERS: usize = 16;
 /// How two versions relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VersionOrder {
+    /// The same version: every counter is equal.
     Equal,
     /// `self` strictly dominates `other`.
     Newer,
@@ -54,15 +55,19 @@ pub struct VersionVector {
 /// A version vector that breaks the invariants (from a hostile or corrupt source).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
+    /// More replica slots than [`MAX_DATACENTERS`]; the count it has (or would have after a bump).
     #[error("version vector has {0} entries, more than the limit of {MAX_DATACENTERS}")]
     TooManyEntries(usize),
+    /// Entries out of order, repeated, or with a zero counter.
     #[error("version vector entries are not sorted, unique and non-zero")]
     Malformed,
+    /// The slot's counter is at `u64::MAX`; no more changes can be recorded there.
     #[error("version counter overflow for {0}")]
     Overflow(ReplicaId),
 }
 
 impl VersionVector {
+    /// The empty vector: before any change (dominated by every other).
     pub fn new() -> Self {
         Self::default()
     }
@@ -102,10 +107,12 @@ impl VersionVector {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// Whether no change was ever recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The `(slot, counter)` pairs, sorted by slot, counters non-zero.
     pub fn entries(&self) -> &[(ReplicaId, u64)] {
         &self.entries
     }

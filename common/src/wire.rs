@@ -23,50 +23,69 @@ pub const MAX_DIGESTS_PER_FRAME: usize = 64;
 pub enum ClientMsg<A: Application> {
     /// First frame of every connection: who the device is, and the copies it holds.
     Hello {
+        /// The device's id; the connection is this device's from now on.
         device: DeviceId,
+        /// The device's credential ([`crate::keyring::Keyring::device_token`] of `device`).
         token: DeviceToken,
         /// A driver ready for dispatch.
         available: bool,
+        /// The first held copies, at most [`MAX_DIGESTS_PER_FRAME`].
         digests: Vec<OfferedCopy>,
         /// More digests follow in `Upload` frames before the datacenter answers `Welcome`.
         more: bool,
     },
     /// Further held digests after `Hello` (when there were more than fit one frame).
     Upload {
+        /// More held copies, at most [`MAX_DIGESTS_PER_FRAME`].
         digests: Vec<OfferedCopy>,
+        /// Another `Upload` frame follows.
         more: bool,
     },
     /// An op, with its stable id `(session, this device, seq)`.
     Submit {
+        /// The session the op is for (chosen by the device for its create).
         session: SessionId,
+        /// This device's op number in the session: 1 for its first, then consecutive.
         seq: u64,
+        /// The application op.
         op: A::Op,
     },
     /// The device persisted this version of the session (sent when the update asked for it:
     /// a hand-over, another participant's op or a dispatch waits on this device's store).
     Ack {
+        /// The session persisted.
         session: SessionId,
         /// The device's own persisting committed the copy (it holds the session's chain):
         /// only such an `Ack` confirms a change; any `Ack` counts for edge-ack durability.
         certified: bool,
+        /// The version the device persisted.
         version: VersionVector,
     },
     /// A driver became available (or not) for dispatch.
-    SetAvailable { available: bool },
+    SetAvailable {
+        /// Ready to be assigned a session.
+        available: bool,
+    },
     /// An op sent again after the connection it went out on was lost (or the app restarted
     /// with it in flight): it may have been applied at a datacenter this device can no longer
     /// hear from. Answered exactly like `Submit`; a datacenter that creates a session from it
     /// waits out the restore grace before dispatching, so the copy (and provider) of the
     /// datacenter that may have applied it can still arrive and be reconciled.
     Resubmit {
+        /// The session the op is for.
         session: SessionId,
+        /// The op's seq, the same as when it was first sent.
         seq: u64,
+        /// The application op.
         op: A::Op,
     },
     /// The device offers the copy it holds again, after it refused a copy the datacenter sent
     /// (one concurrent with a committed copy it holds, or one that lacks ops it knows are
     /// committed). Answered with [`ServerMsg::Uploaded`]; judged like a connect upload.
-    Reupload { copy: OfferedCopy },
+    Reupload {
+        /// The copy the device holds.
+        copy: OfferedCopy,
+    },
 }
 
 /// A copy a device uploads: the sealed digest and whether the device knows it is on the
@@ -75,7 +94,9 @@ pub enum ClientMsg<A: Application> {
 /// uncommitted one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferedCopy {
+    /// The sealed copy as the device stores it.
     pub digest: SealedDigest,
+    /// The device knows this copy is on the committed chain.
     pub committed: bool,
     /// The newest version the device knows is committed (its own persisting as the chain
     /// holder, or a datacenter's confirmation); empty if none. A datacenter whose line holds
@@ -140,23 +161,35 @@ impl From<SealError> for UploadRefusal {
 /// Per-digest result of the connect upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadResult {
+    /// The session of the uploaded digest.
     pub session: SessionId,
+    /// What the datacenter did with it.
     pub outcome: UploadOutcome,
 }
 
 /// Why an op was not applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum OpRejection {
+    /// The application refused the op; recorded in the watermark, so a retry is refused too.
     #[error("rejected by the application: {0}")]
     App(AppRejection),
+    /// Not a create and the session is not held here (a copy may still arrive with an
+    /// upload): retryable, nothing recorded.
     #[error("the datacenter does not know this session (yet)")]
     UnknownSession,
+    /// The submitting device is neither the session's requester nor its provider.
     #[error("this device is not a participant of the session")]
     NotParticipant,
+    /// The session is a tombstone; no op applies any more (C3).
     #[error("the session is finished")]
     SessionFinished,
+    /// The seq skips ahead of the device's watermark; the device must send the missing ops first.
     #[error("an earlier op is missing; expected seq {expected}")]
-    OutOfOrder { expected: u64 },
+    OutOfOrder {
+        /// The seq the datacenter expects next from this device.
+        expected: u64,
+    },
+    /// A create while the datacenter holds `max_sessions`: retryable, nothing recorded.
     #[error("the datacenter is busy; retry")]
     Overloaded,
     /// A per-device or per-connection limit (C6). Nothing was recorded.
@@ -227,11 +260,14 @@ impl OpRejection {
 /// The outcome of one submitted op.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpOutcome {
+    /// The op was applied.
     Applied,
+    /// The op was not applied, for this reason.
     Rejected(OpRejection),
     /// A retry of an op already processed (C2): it was applied (or rejected) before and is
     /// not applied again.
     Duplicate {
+        /// The earlier attempt was applied (`false`: it was rejected).
         applied: bool,
     },
     /// A retry of an op processed so long ago that its outcome is no longer remembered.
@@ -242,6 +278,7 @@ pub enum OpOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct SessionUpdate<A: Application> {
+    /// The sealed copy for the device to store.
     pub digest: SealedDigest,
     /// The application state in clear, for the app to show (the digest is opaque to it).
     pub view: A::State,
@@ -263,50 +300,81 @@ pub struct SessionUpdate<A: Application> {
 pub enum ServerMsg<A: Application> {
     /// The connect upload is processed; ops may flow.
     Welcome {
+        /// The datacenter that answered.
         dc: DatacenterId,
+        /// What became of each uploaded digest.
         results: Vec<UploadResult>,
     },
     /// The answer to a `Submit`.
     OpResult {
+        /// The session the op was for.
         session: SessionId,
+        /// The op's seq.
         seq: u64,
+        /// How the op ended.
         outcome: OpOutcome,
+        /// The session's copy after the op; `None` when the op never reached a held session
+        /// (unknown session, not a participant, a limit).
         update: Option<SessionUpdate<A>>,
     },
     /// The session changed (another participant's op, dispatch, restore).
-    Push { update: SessionUpdate<A> },
+    Push {
+        /// The new copy.
+        update: SessionUpdate<A>,
+    },
     /// The session's chain holder persisted `version` (or, for a hand-over, the previous
     /// anchor did): that copy is committed. `your_*` is the receiver's watermark in it, so
     /// the receiver can resolve its ops the copy covers.
     Committed {
+        /// The session concerned.
         session: SessionId,
+        /// The committed version.
         version: VersionVector,
         /// The provider that version names (a provider learns it now holds the chain).
         driver: Option<DeviceId>,
+        /// The receiver's highest processed op seq in that version.
         your_last_seq: u64,
+        /// The outcomes of the receiver's last 64 ops in that version (as in
+        /// [`SessionUpdate::your_applied_bits`]).
         your_applied_bits: u64,
     },
     /// The answer to a [`ClientMsg::Reupload`].
-    Uploaded { result: UploadResult },
+    Uploaded {
+        /// What the datacenter did with the copy.
+        result: UploadResult,
+    },
     /// The datacenter's committed copy of the session no longer names this device.
-    Removed { session: SessionId },
+    Removed {
+        /// The session the device must drop.
+        session: SessionId,
+    },
     /// A protocol error; the datacenter closes the connection after it.
-    Error { error: ProtocolError },
+    Error {
+        /// Why the connection ends.
+        error: ProtocolError,
+    },
 }
 
 /// Connection-level errors the datacenter reports before closing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ProtocolError {
+    /// The connection did not open with `Hello` (or sent something else while `Upload`
+    /// frames were announced).
     #[error("first frame must be Hello")]
     ExpectedHello,
+    /// The `Hello`'s token does not verify for its device id (wrong or revoked credential).
     #[error("device credential refused")]
     BadCredential,
+    /// A frame could not be read or decoded, or a `Hello`/`Upload` came after the connect.
     #[error("bad frame: {0}")]
     BadFrame(String),
+    /// A connection limit was hit (frame size or time, upload size); the kind says which.
     #[error("limit exceeded: {0}")]
     Limit(LimitExceeded),
+    /// The same device connected again; this older connection is closed. Do not reconnect it.
     #[error("replaced by a newer connection of the same device")]
     Replaced,
+    /// The datacenter is stopping; connect to another one.
     #[error("datacenter shutting down")]
     ShuttingDown,
 }

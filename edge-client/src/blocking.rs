@@ -14,6 +14,7 @@ pub struct BlockingEdgeClient {
 }
 
 impl BlockingEdgeClient {
+    /// Build a one-worker runtime and start [`EdgeClient`] on it (see [`EdgeClient::start`]).
     pub fn start(cfg: EdgeConfig) -> Result<Self, EdgeError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -25,10 +26,13 @@ impl BlockingEdgeClient {
         Ok(Self { rt, inner })
     }
 
+    /// Submit an op and block until it is committed or fails (see [`EdgeClient::submit`]).
     pub fn submit(&self, session: SessionId, op: TripOp) -> Result<Commit, EdgeError> {
         self.rt.block_on(self.inner.submit(session, op))
     }
 
+    /// Rider: request a trip and block until it is committed (see
+    /// [`EdgeClient::request_trip`]).
     pub fn request_trip(
         &self,
         pickup: GeoPoint,
@@ -37,10 +41,12 @@ impl BlockingEdgeClient {
         self.rt.block_on(self.inner.request_trip(pickup, dropoff))
     }
 
+    /// Driver: offer (or withdraw) this device for dispatch.
     pub fn set_available(&self, available: bool) -> Result<(), EdgeError> {
         self.rt.block_on(self.inner.set_available(available))
     }
 
+    /// The sessions this device holds.
     pub fn sessions(&self) -> Result<Vec<SessionSnapshot>, EdgeError> {
         self.rt.block_on(self.inner.sessions())
     }
@@ -52,18 +58,22 @@ impl BlockingEdgeClient {
             .map(|(id, _)| id)
     }
 
+    /// Where op `id` stands: queued, decided (and not acknowledged yet), or unknown.
     pub fn op_status(&self, id: OpId) -> Result<OpStatus<Trip>, EdgeError> {
         self.rt.block_on(self.inner.op_status(id))
     }
 
+    /// The ops queued on this device and not decided yet (also those from before a restart).
     pub fn queued_ops(&self) -> Result<Vec<(OpId, TripOp)>, EdgeError> {
         self.rt.block_on(self.inner.queued_ops())
     }
 
+    /// Decided outcomes the app has not acknowledged, oldest first.
     pub fn outcomes(&self) -> Result<Vec<OpOutcomeRecord<Trip>>, EdgeError> {
         self.rt.block_on(self.inner.outcomes())
     }
 
+    /// The app has handled these outcomes: forget them. Returns how many were held.
     pub fn acknowledge(&self, ids: Vec<OpId>) -> Result<usize, EdgeError> {
         self.rt.block_on(self.inner.acknowledge(ids))
     }
@@ -73,6 +83,7 @@ impl BlockingEdgeClient {
         self.inner.subscribe()
     }
 
+    /// Stop the client and its runtime; the store stays as it is on disk.
     pub fn shutdown(self) {
         self.rt.block_on(self.inner.shutdown());
     }

@@ -55,16 +55,39 @@ type FrameRx = mpsc::Receiver<Result<ServerMsg<Trip>, String>>;
 #[derive(Clone, Debug)]
 pub enum ClientEvent {
     /// Connected and the connect upload was processed.
-    Connected { dc: DatacenterId, addr: SocketAddr },
+    Connected {
+        /// The datacenter that sent `Welcome`.
+        dc: DatacenterId,
+        /// The configured address it was reached at.
+        addr: SocketAddr,
+    },
     /// A connection attempt failed.
-    ConnectFailed { addr: SocketAddr, reason: String },
+    ConnectFailed {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The connect or handshake error, as text.
+        reason: String,
+    },
     /// The connection to a datacenter was lost.
-    Disconnected { addr: SocketAddr, reason: String },
+    Disconnected {
+        /// The address of the datacenter lost.
+        addr: SocketAddr,
+        /// Why the connection ended, as text.
+        reason: String,
+    },
     /// The client lost its datacenter and is looking for another.
-    FailoverStarted { from: SocketAddr },
+    FailoverStarted {
+        /// The address of the datacenter lost.
+        from: SocketAddr,
+    },
     /// A more preferred datacenter answered again; the client moved there (no failover: the
     /// new connection was up before the old one closed).
-    Moved { from: SocketAddr, to: SocketAddr },
+    Moved {
+        /// The address left.
+        from: SocketAddr,
+        /// The more preferred address now serving.
+        to: SocketAddr,
+    },
     /// The failover is over, as the user felt it: the first op answered after the client
     /// reconnected (or the reconnect itself, if nothing was queued). `stalled_ms` runs from
     /// the first op sent after the lost datacenter's last frame (or, with none, from its last
@@ -72,16 +95,22 @@ pub enum ClientEvent {
     /// connection up (at most the idle timeout for a datacenter that went silent; 0 for one
     /// that closed the connection).
     FailoverFinished {
+        /// The datacenter that took over.
         dc: DatacenterId,
+        /// The address it was reached at.
         addr: SocketAddr,
+        /// The stall the user felt, in ms (see above).
         stalled_ms: u64,
+        /// The part of `stalled_ms` before the lost connection was given up, in ms.
         detection_ms: u64,
     },
     /// Something happened to a session (update, conflict, rejection).
     Session(EdgeEvent<Trip>),
     /// An op was answered (also for ops submitted before a restart of the app).
     OpResolved {
+        /// The op.
         op: OpId,
+        /// Committed, or failed for good (the op was never applied).
         result: Result<Commit, SubmitError>,
     },
     /// The device store failed; the client stopped.
@@ -91,7 +120,9 @@ pub enum ClientEvent {
 /// An event and when it happened (unix ms, from the client's clock: `EdgeConfig::clock`).
 #[derive(Clone, Debug)]
 pub struct TimedEvent {
+    /// When the event happened, unix ms.
     pub at_ms: u64,
+    /// What happened.
     pub event: ClientEvent,
 }
 
@@ -143,14 +174,19 @@ impl std::fmt::Display for TimedEvent {
         )
     }
 }
+/// Why a call of the client failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
+    /// `EdgeConfig::datacenters` is empty: the client cannot start.
     #[error("no datacenter configured")]
     NoDatacenters,
+    /// The QUIC/TLS configuration could not be built from the configured CA and timeouts.
     #[error("TLS setup: {0}")]
     Tls(#[from] TlsSetupError),
+    /// The device store could not be opened, read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The client's UDP socket could not be opened.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
     /// The op was not queued (nothing was recorded; the app may submit it again later).
@@ -159,9 +195,17 @@ pub enum EdgeError {
     /// The op was queued as `op` and then failed for good (never applied; do not expect it
     /// to be, and submit a new op if the action is still wanted).
     #[error("op {op} failed: {error}")]
-    Failed { op: OpId, error: SubmitError },
+    Failed {
+        /// The id the op was queued under.
+        op: OpId,
+        /// Why it failed.
+        error: SubmitError,
+    },
+    /// The client's actor is gone (shut down, or stopped after a store failure); start a
+    /// new client.
     #[error("the client has stopped")]
     Closed,
+    /// [`crate::BlockingEdgeClient`] could not build its tokio runtime (the error, as text).
     #[error("runtime: {0}")]
     Runtime(String),
 }
@@ -169,14 +213,19 @@ pub enum EdgeError {
 /// Why the client's TLS and QUIC configuration could not be built from what it was given.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    /// The CA bytes are not valid PEM.
     #[error("CA PEM: {0}")]
     Pem(rustls::pki_types::pem::Error),
+    /// A certificate in the PEM could not be added as a trust root.
     #[error("CA certificate: {0}")]
     Certificate(rustls::Error),
+    /// The PEM holds no certificate; pass the region's `ca.pem`.
     #[error("no CA certificate in the given PEM")]
     NoCertificate,
+    /// rustls could not build the server certificate verifier from the roots.
     #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::client::VerifierBuilderError),
+    /// The idle timeout does not fit QUIC's range (about 2^62 ms).
     #[error("idle timeout out of range: {0}")]
     IdleTimeout(#[from] quinn::VarIntBoundsExceeded),
 }
@@ -184,13 +233,19 @@ pub enum TlsSetupError {
 /// A session as the device holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionSnapshot {
+    /// The session's id.
     pub session: SessionId,
+    /// The version of the held copy.
     pub version: VersionVector,
+    /// The trip as the held copy has it.
     pub view: TripState,
+    /// The held copy is the session's tombstone.
     pub finished: bool,
+    /// The held copy is known to be on the committed chain.
     pub committed: bool,
     /// The participants the held copy names (from its authenticated header).
     pub rider: DeviceId,
+    /// The driver the held copy names; `None` before dispatch.
     pub driver: Option<DeviceId>,
     /// This device's part in the session.
     pub role: Option<Role>,
@@ -201,9 +256,13 @@ pub struct SessionSnapshot {
 /// Counters of one client.
 #[derive(Debug, Default)]
 pub struct ClientStats {
+    /// UDP bytes sent, QUIC overhead included, added when a connection ends.
     pub bytes_up: AtomicU64,
+    /// UDP bytes received, QUIC overhead included, added when a connection ends.
     pub bytes_down: AtomicU64,
+    /// QUIC connections established (handshake done, before `Welcome`).
     pub connects: AtomicU64,
+    /// Ops resolved as committed.
     pub ops_committed: AtomicU64,
     /// The datacenter currently serving this client (0: none).
     pub connected_dc: AtomicU64,
@@ -215,8 +274,11 @@ pub struct ClientStatsSnapshot {
     /// UDP bytes sent, QUIC overhead included (connections that ended, plus the live one
     /// as of its last update).
     pub bytes_up: u64,
+    /// UDP bytes received, counted like `bytes_up`.
     pub bytes_down: u64,
+    /// QUIC connections established (handshake done, before `Welcome`).
     pub connects: u64,
+    /// Ops resolved as committed.
     pub ops_committed: u64,
 }
 
@@ -361,6 +423,7 @@ impl EdgeClient {
         })
     }
 
+    /// The device this client runs for.
     pub fn device(&self) -> DeviceId {
         self.device
     }
@@ -471,6 +534,7 @@ impl EdgeClient {
         rx.await.map_err(|_| EdgeError::Closed)
     }
 
+    /// A copy of the client's counters now.
     pub fn stats(&self) -> ClientStatsSnapshot {
         ClientStatsSnapshot {
             bytes_up: self.stats.bytes_up.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@ use std::time::Duration;
 /// Everything an embedded client needs.
 #[derive(Clone)]
 pub struct EdgeConfig {
+    /// This device's id; `token` must be its credential.
     pub device: DeviceId,
     /// The credential issued for this device (`lifeboat-server credential`).
     pub token: DeviceToken,
@@ -21,6 +22,7 @@ pub struct EdgeConfig {
     pub server_name: String,
     /// The region CA (PEM) the device trusts.
     pub ca_pem: Vec<u8>,
+    /// Where the device store lives.
     pub store: StoreLocation,
     /// QUIC keep-alive: lower detects failures sooner, higher saves battery.
     pub keep_alive: Duration,
@@ -30,11 +32,13 @@ pub struct EdgeConfig {
     pub connect_timeout: Duration,
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
+    /// The backoff doubles up to this (see `backoff_min`).
     pub backoff_max: Duration,
     /// How often ops the datacenter could not take yet are retried.
     pub retry_interval: Duration,
     /// A driver offering itself for dispatch.
     pub available: bool,
+    /// Bounds of the edge core (outbox, sessions, retries, tombstones, outcomes).
     pub limits: EdgeLimits,
     /// Share one QUIC endpoint (UDP socket) between many clients of one process.
     pub endpoint: Option<quinn::Endpoint>,

@@ -44,6 +44,7 @@
 //! driver: QUIC (quinn), the sled store, failure detection and reconnects.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod blocking;
 pub mod client;

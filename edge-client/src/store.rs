@@ -39,7 +39,12 @@ pub enum StoreLocation {
     /// A sled database of its own in this directory.
     Path(PathBuf),
     /// The key space named `name` inside a shared sled database (at most 1,024 bytes).
-    Shared { db: SharedDb, name: String },
+    Shared {
+        /// The shared database.
+        db: SharedDb,
+        /// This device's key space in it, unique per device.
+        name: String,
+    },
 }
 
 /// A sled database shared by many devices of one process, with group commit: concurrent
@@ -58,6 +63,8 @@ struct GroupFlush {
 }
 
 impl SharedDb {
+    /// Open (or create) the shared database in directory `path`, with a sled page cache of
+    /// `cache_bytes`; sled's own periodic flush is off (flushes are group commits).
     pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -84,6 +91,7 @@ impl SharedDb {
         Ok(())
     }
 
+    /// The whole shared database's size on disk in bytes (sled's estimate; 0 if it cannot tell).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
@@ -113,14 +121,21 @@ impl std::fmt::Debug for StoreLocation {
     }
 }
 
+/// Why the device store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled failed to open, read, write or flush (I/O or corruption).
     #[error("device store: {0}")]
     Sled(#[from] sled::Error),
+    /// A record could not be encoded for writing (a record that does not decode is counted
+    /// in [`Loaded::unreadable`] instead).
     #[error("device store record: {0}")]
     Codec(#[from] CodecError),
+    /// The blocking flush task did not finish (it panicked or was cancelled); the text is
+    /// tokio's.
     #[error("device store flush task: {0}")]
     Flush(String),
+    /// The [`StoreLocation::Shared`] name is longer than [`MAX_NAME_BYTES`] (its length).
     #[error("shared store name of {0} bytes (at most {MAX_NAME_BYTES})")]
     NameTooLong(usize),
     /// The store's files are damaged so badly that the storage engine panicked opening them
@@ -173,7 +188,9 @@ pub(crate) async fn flush_blocking(db: &sled::Db) -> Result<(), StoreError> {
 
 /// What was found in the store at start-up.
 pub struct Loaded {
+    /// Held sessions: live ones in key order, then tombstones in the order they finished.
     pub sessions: Vec<(SessionId, HeldSession<Trip>)>,
+    /// Queued ops not decided yet, in key order (session, then seq).
     pub ops: Vec<(OpId, TripOp)>,
     /// Decided outcomes the app has not acknowledged, in the order they were decided.
     pub outcomes: Vec<OpOutcomeRecord<Trip>>,
@@ -183,6 +200,8 @@ pub struct Loaded {
     pub expired: usize,
 }
 
+/// One device's store: its held sessions, outbox and outcomes, and the route memory (see
+/// the module docs).
 pub struct EdgeStore {
     db: sled::Db,
     shared: Option<SharedDb>,
@@ -245,6 +264,8 @@ fn open_catching(path: &std::path::Path) -> Result<sled::Db, StoreError> {
 }
 
 impl EdgeStore {
+    /// Open the store at `location` for `device` (a damaged own database is
+    /// [`StoreError::Unreadable`]).
     pub fn open(location: &StoreLocation, device: DeviceId) -> Result<Self, StoreError> {
         let (db, shared, prefix) = match location {
             StoreLocation::Path(p) => (open_catching(p)?, None, Vec::new()),
@@ -391,6 +412,8 @@ impl EdgeStore {
         Ok(loaded)
     }
 
+    /// Carry out the core's store writes, in order; they are durable only after
+    /// [`EdgeStore::flush`].
     pub fn apply(&self, writes: &[StoreWrite<Trip>]) -> Result<(), StoreError> {
         for w in writes {
             match w {
@@ -429,6 +452,7 @@ impl EdgeStore {
         Ok(())
     }
 
+    /// Make every write applied so far durable (a group commit in a shared database).
     pub async fn flush(&self) -> Result<(), StoreError> {
         if self.inline_flush {
             self.db.flush()?;

@@ -12,6 +12,7 @@
 //!   frames is not limited here (QUIC's idle timeout covers a silent peer).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use lifeboat_common::codec::{
     decode_exact, frame_len, CodecError, FRAME_HEADER_BYTES, MAX_FRAME_BYTES,
@@ -23,15 +24,21 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameReadError {
+    /// The stream ended in the middle of a frame (a clean end between frames is `Ok(None)`).
     #[error("stream closed")]
     Closed,
+    /// Reading the stream failed (the connection was reset or lost).
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
+    /// The frame is over the limit (refused before its body is read) or does not decode.
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// A frame was started but not finished within the frame timeout.
     #[error("frame not completed within {timeout_ms} ms (slow sender)")]
-    TooSlow { timeout_ms: u64 },
+    TooSlow {
+        /// The frame timeout that ran out, in ms.
+        timeout_ms: u64,
+    },
 }
 
 /// Bounds on reading one frame.

@@ -33,8 +33,12 @@ use crate::wire::{
 /// [`DatacenterCore::handle_connect`](super::DatacenterCore::handle_connect) takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connected {
+    /// The device whose credential verified.
     pub device: DeviceId,
+    /// The `Hello` offered the device for dispatch.
     pub available: bool,
+    /// Every copy of the `Hello` and its `Upload` frames, in order (at most
+    /// [`ConnectIntake::max_digests`]).
     pub digests: Vec<OfferedCopy>,
 }
 

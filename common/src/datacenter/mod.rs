@@ -102,6 +102,7 @@ pub struct DatacenterCore<A: Application> {
 }
 
 impl<A: Application> DatacenterCore<A> {
+    /// An empty core (no sessions, nobody connected) that seals with `keyring`.
     pub fn new(cfg: DcConfig, keyring: Keyring) -> Self {
         Self {
             cfg,
@@ -118,10 +119,12 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
+    /// The configuration the core was made with.
     pub fn config(&self) -> &DcConfig {
         &self.cfg
     }
 
+    /// The counters since the core was made.
     pub fn stats(&self) -> &DcStats {
         &self.stats
     }
@@ -131,6 +134,7 @@ impl<A: Application> DatacenterCore<A> {
         self.keyring = keyring;
     }
 
+    /// The keyring the core seals and opens digests with.
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
     }
@@ -150,6 +154,7 @@ impl<A: Application> DatacenterCore<A> {
         self.sessions.len()
     }
 
+    /// Number of sessions held that are not tombstones.
     pub fn active_session_count(&self) -> usize {
         self.sessions
             .values()

@@ -47,9 +47,11 @@ impl std::fmt::Display for Durability {
 /// Tunables of the datacenter core.
 #[derive(Clone, Debug)]
 pub struct DcConfig {
+    /// This datacenter's id (sent to devices in `Welcome`).
     pub dc: DatacenterId,
     /// This datacenter's slot in version vectors (see [`ReplicaId`]).
     pub replica: ReplicaId,
+    /// When a dispatch counts as committed for this datacenter's own report.
     pub durability: Durability,
     /// Most sessions (active and tombstoned) held at once.
     pub max_sessions: usize,
@@ -60,6 +62,8 @@ pub struct DcConfig {
 }
 
 impl DcConfig {
+    /// The defaults: async durability, 1,000,000 sessions, 16 active sessions per device,
+    /// 10 creates per minute.
     pub fn new(dc: DatacenterId, replica: ReplicaId) -> Self {
         Self {
             dc,
@@ -94,6 +98,7 @@ impl<A: Application> Default for Effects<A> {
 }
 
 impl<A: Application> Effects<A> {
+    /// Whether there is nothing to persist, send or report.
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty() && self.send.is_empty() && self.events.is_empty()
     }
@@ -102,70 +107,107 @@ impl<A: Application> Effects<A> {
 /// Notable things that happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DcEvent {
+    /// A device's create op started this session here.
     Created(SessionId),
+    /// This datacenter took the session from a device's upload (it held no copy, or the
+    /// upload descended from its own).
     Restored {
+        /// The session restored.
         session: SessionId,
+        /// The device whose upload it came from.
         from: DeviceId,
     },
+    /// An uploaded copy was refused and nothing changed (also a dispatch that failed to seal,
+    /// reported with the driver as `from`).
     UploadRefused {
+        /// The session the copy was of.
         session: SessionId,
+        /// The device that uploaded it.
         from: DeviceId,
+        /// Why it was refused.
         reason: UploadRefusal,
     },
     /// A concurrent upload not known committed: nothing changed, the session waits for its
     /// chain holder.
     Diverged {
+        /// The session that waits.
         session: SessionId,
+        /// The device whose concurrent copy was not taken.
         from: DeviceId,
     },
     /// A committed upload replaced this datacenter's concurrent branch (whose changes nobody
     /// was told are committed); kept with a version above both.
     ChainAdopted {
+        /// The session whose branch was replaced.
         session: SessionId,
+        /// The device that uploaded the committed copy.
         from: DeviceId,
     },
     /// Two copies both said to be committed and neither dominates: the chain rule was
     /// broken somewhere (a device lied about its store, or a bug). Nothing changed.
     ChainConflict {
+        /// The session concerned.
         session: SessionId,
+        /// The device whose upload conflicted.
         from: DeviceId,
     },
     /// The anchor came back with an empty store; the session continues from this
     /// datacenter's copy (see `reanchor`).
     Reanchored {
+        /// The session that continues.
         session: SessionId,
+        /// The anchor that came back empty.
         device: DeviceId,
     },
     /// A participant of the dropped branch is not one of the committed copy.
     Removed {
+        /// The session the device is no longer part of.
         session: SessionId,
+        /// The device told `Removed`.
         device: DeviceId,
     },
+    /// Dispatch assigned a driver to a waiting session.
     Dispatched {
+        /// The session assigned.
         session: SessionId,
+        /// The driver taken from the pool of available devices.
         driver: DeviceId,
     },
     /// The chain holder persisted `version`: the changes up to it are committed.
     Confirmed {
+        /// The session confirmed.
         session: SessionId,
+        /// The version the chain holder persisted.
         version: VersionVector,
     },
+    /// A dispatch counts as committed for this datacenter's own report, by its
+    /// [`Durability`] (with `EdgeAck(k)`: once `k` participants acknowledged it).
     ServerChangeCommitted {
+        /// The session dispatched.
         session: SessionId,
+        /// The version of the dispatch.
         version: VersionVector,
     },
+    /// A change finished the session: it is a tombstone here from now on.
     Finished(SessionId),
 }
 
 /// Counters, for logs, tests and the harness.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DcStats {
+    /// Ops applied (creates included).
     pub ops_applied: u64,
+    /// Ops rejected, by the application or the core (order, limits, failed changes).
     pub ops_rejected: u64,
+    /// Ops already processed (answered again from the dedup watermark, not applied again).
     pub ops_duplicate: u64,
+    /// Sessions created here.
     pub sessions_created: u64,
+    /// Sessions taken from a device's upload ([`DcEvent::Restored`]).
     pub sessions_restored: u64,
+    /// Uploads older than this datacenter's copy (the device was sent ours).
     pub uploads_stale: u64,
+    /// Uploads refused ([`DcEvent::UploadRefused`]).
     pub uploads_refused: u64,
     /// Concurrent uploads not known committed (the session waited for its chain holder).
     pub uploads_diverged: u64,
@@ -188,7 +230,9 @@ pub struct DcStats {
     /// Anchors that came back with an empty store (see `DatacenterCore::reanchor`).
     #[serde(default)]
     pub reanchored: u64,
+    /// Drivers assigned by dispatch.
     pub dispatched: u64,
+    /// Dispatches counted as committed by the [`Durability`] mode.
     pub server_changes_committed: u64,
     /// Creates refused: the device was in too many active sessions.
     #[serde(default)]

@@ -112,6 +112,8 @@ impl<A: Application> EdgeCore<A> {
             .any(|q| !q.in_flight && q.answered.is_none())
     }
 
+    /// The connection ended: ops in flight or answered are marked to be sent again wherever
+    /// the device connects next (answered from the dedup watermark if they were applied).
     pub fn on_disconnect(&mut self) {
         self.connected = None;
         self.reuploading.clear();

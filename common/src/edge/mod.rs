@@ -79,6 +79,8 @@ pub struct EdgeCore<A: Application> {
 }
 
 impl<A: Application> EdgeCore<A> {
+    /// An empty core for `device` (nothing held, not connected); the driver loads its store
+    /// with `load_session`, `load_op` and `load_outcome`.
     pub fn new(device: DeviceId, limits: EdgeLimits) -> Self {
         let limits_outcomes = limits.max_outcomes;
         Self {
@@ -132,10 +134,13 @@ impl<A: Application> EdgeCore<A> {
         Ok(())
     }
 
+    /// The device this core runs for.
     pub fn device(&self) -> DeviceId {
         self.device
     }
 
+    /// The datacenter that welcomed the current connection; `None` while disconnected or
+    /// before `Welcome`.
     pub fn connected_to(&self) -> Option<DatacenterId> {
         self.connected
     }
@@ -145,14 +150,17 @@ impl<A: Application> EdgeCore<A> {
         std::mem::take(&mut self.effects)
     }
 
+    /// The copy held of a session, if any.
     pub fn held(&self, session: SessionId) -> Option<&HeldSession<A>> {
         self.held.get(&session)
     }
 
+    /// Every session held (active and tombstones), by id.
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionId, &HeldSession<A>)> {
         self.held.iter()
     }
 
+    /// Ops queued and not decided yet, over all sessions.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }

@@ -46,7 +46,9 @@ impl Default for EdgeLimits {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct HeldSession<A: Application> {
+    /// The sealed copy, as the datacenter sent it (uploaded on connect).
     pub digest: SealedDigest,
+    /// The application state of `digest` in clear, for the app to show.
     pub view: A::State,
     /// This device's watermark in `digest`: the highest of its ops the copy has processed.
     pub last_seq: u64,
@@ -60,6 +62,7 @@ pub struct HeldSession<A: Application> {
     /// The newest watermark of this device in a copy known committed (seq and outcome
     /// bits): every copy this device adopts in place of its own must cover it.
     pub committed_seq: u64,
+    /// The outcome bits that go with `committed_seq` (bit i: seq `committed_seq - i`).
     pub committed_bits: u64,
     /// The newest version this device knows is committed: it never persists a copy that
     /// does not dominate (or equal) it, so it never leaves the chain it knows.
@@ -71,7 +74,9 @@ pub struct HeldSession<A: Application> {
 /// A write to the device store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreWrite<A: Application> {
+    /// Store (or replace) the session's held copy.
     PutSession(SessionId, HeldSession<A>),
+    /// Drop the session (removed from it, or a tombstone beyond `max_tombstones`).
     DeleteSession(SessionId),
     /// Queue an op (the op's key holds [`crate::op_outcome::OpRecord::Queued`]).
     PutOp(OpId, A::Op),
@@ -95,16 +100,23 @@ pub enum WaitReason {
 /// What the app is told.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EdgeEvent<A: Application> {
+    /// The device persisted a new copy of the session.
     SessionUpdated {
+        /// The session updated.
         session: SessionId,
+        /// The version now held.
         version: VersionVector,
+        /// Its application state.
         view: A::State,
+        /// The copy is known to be on the committed chain.
         committed: bool,
     },
     /// The datacenter confirmed that `version` of the session is committed (its chain holder
     /// persisted it: a dispatch, another participant's op).
     ServerChangeCommitted {
+        /// The session concerned.
         session: SessionId,
+        /// The committed version.
         version: VersionVector,
     },
     /// The copy this device held was a branch nobody had confirmed and gave way to the
@@ -112,28 +124,40 @@ pub enum EdgeEvent<A: Application> {
     /// never reported; they are sent again. `replaced: None`: the device kept its committed
     /// copy and refused a concurrent one.
     Conflict {
+        /// The session concerned.
         session: SessionId,
+        /// The version this device held.
         ours: VersionVector,
+        /// The concurrent version the datacenter sent.
         theirs: VersionVector,
+        /// The state of the copy that gave way; `None`: this device kept its own.
         replaced: Option<A::State>,
     },
     /// The session's ops wait, and why.
     Waiting {
+        /// The session whose ops wait.
         session: SessionId,
+        /// Why they wait.
         reason: WaitReason,
     },
     /// This device is no longer a participant of the session; its store no longer holds it
     /// and its queued ops were failed with [`SubmitError::Removed`].
     Removed {
+        /// The session dropped.
         session: SessionId,
     },
     /// The datacenter refused a digest this device uploaded.
     UploadRefused {
+        /// The session of the refused digest.
         session: SessionId,
+        /// Why the datacenter refused it.
         reason: UploadRefusal,
     },
+    /// An op failed (also reported in [`EdgeEffects::resolved`]).
     OpRejected {
+        /// The op that failed.
         op: OpId,
+        /// Why; the op was never committed.
         reason: SubmitError,
     },
 }
@@ -201,10 +225,15 @@ impl<A: Application> std::fmt::Display for EdgeEvent<A> {
 /// Outputs of a batch of inputs, in the order the driver must carry them out.
 #[derive(Debug)]
 pub struct EdgeEffects<A: Application> {
+    /// First: apply these writes to the device store, in order.
     pub writes: Vec<StoreWrite<A>>,
+    /// Then flush the store to disk before anything below (C1).
     pub flush: bool,
+    /// Then send these messages to the connected datacenter, in order.
     pub send: Vec<ClientMsg<A>>,
+    /// Then tell the app these ops' outcomes (decided and already written).
     pub resolved: Vec<(OpId, Result<Commit, SubmitError>)>,
+    /// And these events.
     pub events: Vec<EdgeEvent<A>>,
 }
 

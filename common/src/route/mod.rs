@@ -45,7 +45,9 @@ use std::hash::Hash;
 /// The route policy's settings (times in ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
+    /// The first backoff after a failed round, and the value a `Welcome` resets it to.
     pub backoff_min_ms: u64,
+    /// The backoff doubles up to this.
     pub backoff_max_ms: u64,
     /// Probe the more preferred datacenters this often while away from the first (`None`:
     /// stay).

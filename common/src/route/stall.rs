@@ -13,6 +13,7 @@ use crate::ids::DatacenterId;
 pub struct Stall<T> {
     /// The datacenter and address that took over.
     pub dc: DatacenterId,
+    /// The address the new datacenter was reached at.
     pub addr: T,
     /// From the first op sent after the lost datacenter's last frame (or, with none, from
     /// its last sign of life) to the first answer after the reconnect.
