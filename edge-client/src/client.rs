@@ -255,17 +255,17 @@ pub struct SessionSnapshot {
 
 /// Counters of one client.
 #[derive(Debug, Default)]
-pub struct ClientStats {
+pub(crate) struct ClientStats {
     /// UDP bytes sent, QUIC overhead included, added when a connection ends.
-    pub bytes_up: AtomicU64,
+    pub(crate) bytes_up: AtomicU64,
     /// UDP bytes received, QUIC overhead included, added when a connection ends.
-    pub bytes_down: AtomicU64,
+    pub(crate) bytes_down: AtomicU64,
     /// QUIC connections established (handshake done, before `Welcome`).
-    pub connects: AtomicU64,
+    pub(crate) connects: AtomicU64,
     /// Ops resolved as committed.
-    pub ops_committed: AtomicU64,
+    pub(crate) ops_committed: AtomicU64,
     /// The datacenter currently serving this client (0: none).
-    pub connected_dc: AtomicU64,
+    pub(crate) connected_dc: AtomicU64,
 }
 
 /// A copy of the counters.

@@ -19,7 +19,7 @@
 //!   requester persisted it: the hand-over is itself a change the requester must persist.
 //!   The anchor's own ops commit when the anchor persists the reply; every other change
 //!   (the other participant's ops, dispatch) waits for the chain holder's `Ack`, which this
-//!   core asks for (`SessionUpdate::ack`) and turns into [`ServerMsg::Committed`] for the
+//!   core asks for (`SessionUpdate::ack`) and turns into [`ServerMsg::Committed`](crate::wire::ServerMsg::Committed) for the
 //!   others. The chain holder persists a copy only if it dominates the one it holds (the
 //!   edge's rule), so it accepts at most one successor of each copy and two datacenters can
 //!   never both commit.
@@ -32,8 +32,8 @@
 //!   device says it is committed (on the chain). Then this datacenter's own branch holds only
 //!   changes nobody was told are committed; it is dropped, the committed copy is kept with a
 //!   version above both, and it is pushed to every participant (a participant it no longer
-//!   names is told [`ServerMsg::Removed`]). An uncommitted concurrent upload changes nothing
-//!   ([`UploadOutcome::Diverged`]): the session waits for its chain holder.
+//!   names is told [`ServerMsg::Removed`](crate::wire::ServerMsg::Removed)). An uncommitted concurrent upload changes nothing
+//!   ([`UploadOutcome::Diverged`](crate::wire::UploadOutcome::Diverged)): the session waits for its chain holder.
 //! - Dispatch: a session is dispatched only while its rider is connected here (the rider
 //!   must persist the hand-over anyway, and a copy the rider left behind may be stale).
 //! - Tombstones: a finished session keeps its final digest; an older copy never revives it

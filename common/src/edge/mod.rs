@@ -15,7 +15,7 @@
 //!   exception: a held copy that is not committed (a branch nobody confirmed) gives way to a
 //!   concurrent committed copy that covers every op outcome this device knows committed. A
 //!   committed copy is never replaced by a concurrent one; the device offers it to the
-//!   datacenter again instead ([`ClientMsg::Reupload`]), so the chain wins there.
+//!   datacenter again instead ([`ClientMsg::Reupload`](crate::wire::ClientMsg::Reupload)), so the chain wins there.
 //! - C1: an op is reported to the app only once a committed copy this device persisted covers
 //!   it (or the datacenter confirmed a version whose watermark covers it, and the held copy
 //!   covers it with the same outcome); its outcome is read from that copy, not from the
