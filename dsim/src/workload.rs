@@ -9,10 +9,10 @@
 //! [`Event::Accepted`]); the device's recorder ([`record_events`]) records what the client
 //! answers and what the device holds.
 
-use crate::checker::{Event, History, OpKind};
 use lifeboat_common::edge::EdgeEvent;
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase};
 use lifeboat_edge::{ClientEvent, EdgeClient};
+use lifeboat_testkit::checker::{Event, History, OpKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cell::{Cell, RefCell};
