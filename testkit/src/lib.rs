@@ -16,10 +16,14 @@
 //!   deterministic one of the simulation (Ed25519 keys, fixed signature sizes);
 //! - [`cluster`]: a region and its real `lifeboat-server` processes on loopback, launched
 //!   from the server binary (tests) or by re-running the calling executable with a hidden
-//!   subcommand (the harness).
+//!   subcommand (the harness); [`dc_faults`]: SIGSTOP/SIGCONT and store damage on it.
 //!
 //! Invariants: nothing here is compiled into a production crate; the checker imports only
 //! plain data types from `lifeboat-common` and `lifeboat-server` (a unit test keeps it so).
 
 pub mod checker;
+pub mod cluster;
+pub mod dc_faults;
 pub mod region;
+pub mod trip_end;
+pub mod version_watch;

@@ -1,6 +1,7 @@
 //! C2: no copy (at the end, or persisted by a device during the run) applied more location
 //! reports than the driver submitted, and no watermark ran past the ops its device
-//! submitted.
+//! submitted (of the devices whose ops the history records: all of them, unless it says
+//! otherwise).
 
 use crate::checker::context::{Candidate, Ctx};
 use crate::checker::history::{Event, OpKind};
@@ -69,7 +70,7 @@ pub(super) fn check_applied_twice(cx: &mut Ctx<'_>, copies: &[Candidate<'_>]) {
     let mut reported: BTreeSet<DeviceId> = BTreeSet::new();
     for c in copies {
         for m in &c.body.dedup {
-            if reported.contains(&m.device) {
+            if reported.contains(&m.device) || !cx.history.records_ops_of(m.device) {
                 continue;
             }
             let mine: Vec<usize> = events

@@ -3,7 +3,7 @@
 //! context that collects violations with their shortest witness history.
 
 use crate::checker::final_state::{finished, Holder};
-use crate::checker::history::{Entry, Event, OpKind};
+use crate::checker::history::{Entry, Event, History, OpKind};
 use crate::checker::violation::{Kind, Violation};
 use lifeboat_common::digest::{DigestBody, DigestHeader};
 use lifeboat_common::{DeviceId, OpId, SessionId, TripState, VersionVector};
@@ -52,6 +52,7 @@ pub(super) struct Told<'a> {
 }
 
 pub(super) struct Ctx<'a> {
+    pub(super) history: &'a History,
     pub(super) session: SessionId,
     pub(super) events: &'a [&'a Entry],
     pub(super) final_copy: Option<String>,

@@ -1,7 +1,7 @@
 //! C1 on the trip's own fields: the final copy shows every op reported committed, not only
 //! in its watermarks. It has at least as many location reports as distinct location ops
-//! were reported committed and its watermarks record as applied, and its phase is one that
-//! each such committed transition leads to (arrived: arrived or later, or cancelled;
+//! were reported committed and its watermarks record as applied (or are too old for them to
+//! tell), and its phase is one that each such committed transition leads to (arrived: arrived or later, or cancelled;
 //! started: on the trip or completed; completed: completed; cancelled: cancelled). An op the
 //! watermarks do not record as applied is already reported lost by the watermark check
 //! (`session`), once; so is a finishing op on a final copy that is not a tombstone (a
@@ -49,7 +49,12 @@ pub(super) fn check_final_trip(cx: &mut Ctx<'_>, fin: &Candidate<'_>) {
         let Some(kind) = cx.kind_of(op) else {
             continue;
         };
-        if outcome(&fin.body.dedup, op.device, op.seq) != Outcome::Applied {
+        // Not processed or rejected: already reported lost by the watermark check. Older
+        // than the window: the watermarks cannot tell, the fields still must.
+        if !matches!(
+            outcome(&fin.body.dedup, op.device, op.seq),
+            Outcome::Applied | Outcome::OutsideWindow
+        ) {
             continue;
         }
         if kind == OpKind::Location && locations.insert(*op) {

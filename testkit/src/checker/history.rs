@@ -128,11 +128,30 @@ impl fmt::Display for Entry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
     entries: Vec<Entry>,
+    /// `None`: every device's ops are recorded (the simulation). `Some`: only these
+    /// devices' ops are (a suite that keeps ledgers of some devices only, e.g. the
+    /// drivers'); a watermark of another device in a copy then proves nothing either way.
+    recorded: Option<BTreeSet<DeviceId>>,
 }
 
 impl History {
+    /// A history that records every device's ops.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A history that records the ops of `devices` only (see [`History::records_ops_of`]).
+    pub fn of_devices(devices: impl IntoIterator<Item = DeviceId>) -> Self {
+        Self {
+            entries: Vec::new(),
+            recorded: Some(devices.into_iter().collect()),
+        }
+    }
+
+    /// Whether every op `device` submitted is in this history (the C2 watermark check
+    /// judges only such devices).
+    pub fn records_ops_of(&self, device: DeviceId) -> bool {
+        self.recorded.as_ref().is_none_or(|r| r.contains(&device))
     }
 
     pub fn record(&mut self, at_ms: u64, device: DeviceId, event: Event) {

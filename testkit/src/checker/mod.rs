@@ -67,7 +67,7 @@ mod tests;
 pub use final_state::{stored, DeviceCopy, FinalState, Holder};
 pub use history::{Entry, Event, History, OpKind};
 pub use order::{dominates, order, outcome, Order, Outcome, WINDOW};
-pub use violation::{report, Kind, Summary, Violation, MAX_REPORTED};
+pub use violation::{listing, report, Kind, Summary, Violation, MAX_REPORTED};
 
 use lifeboat_common::SessionId;
 use std::collections::BTreeSet;
@@ -101,7 +101,13 @@ pub fn check(history: &History, finals: &FinalState) -> (Vec<Violation>, Summary
         if !events.is_empty() {
             summary.sessions += 1;
         }
-        out.extend(session::check_session(s, &events, finals, &mut summary));
+        out.extend(session::check_session(
+            history,
+            s,
+            &events,
+            finals,
+            &mut summary,
+        ));
     }
     summary.violations = out.len();
     (out, summary)

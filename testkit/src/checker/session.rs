@@ -10,7 +10,7 @@ use crate::checker::context::{describe, told_committed, Candidate, Ctx, DeviceFi
 use crate::checker::final_state::{FinalState, Holder};
 use crate::checker::final_trip::check_final_trip;
 use crate::checker::histories::check_histories;
-use crate::checker::history::{Entry, Event};
+use crate::checker::history::{Entry, Event, History};
 use crate::checker::order::{dominates, order, outcome, Order, Outcome};
 use crate::checker::versions_unique::check_versions_unique;
 use crate::checker::violation::{Kind, Summary, Violation};
@@ -19,12 +19,14 @@ use lifeboat_common::{DeviceId, SessionId, VersionVector};
 use std::collections::BTreeMap;
 
 pub(super) fn check_session(
+    history: &History,
     session: SessionId,
     events: &[&Entry],
     finals: &FinalState,
     summary: &mut Summary,
 ) -> Vec<Violation> {
     let mut cx = Ctx {
+        history,
         session,
         events,
         final_copy: None,

@@ -940,3 +940,25 @@ fn a_copy_in_a_phase_before_a_committed_transition_is_lost_c1() {
     assert_eq!(kinds(&vs), vec![Kind::CommittedOpLost], "{vs:#?}");
     assert!(vs[0].detail.contains("Start"), "{}", vs[0].detail);
 }
+
+// -- histories of some devices only ----------------------------------------------------
+
+#[test]
+fn a_watermark_of_a_device_the_history_does_not_record_is_judged_only_if_it_records_all() {
+    // Only the driver's ops are recorded; the copy holds the rider's watermark too.
+    let mut partial = History::of_devices([DRIVER]);
+    let mut full = History::new();
+    for e in on_the_road(2)
+        .entries()
+        .iter()
+        .filter(|e| e.device == DRIVER)
+    {
+        partial.record(e.at_ms, e.device, e.event.clone());
+        full.record(e.at_ms, e.device, e.event.clone());
+    }
+    let (vs, _) = check(&partial, &finals(vec![(1, road_copy(2))]));
+    assert!(vs.is_empty(), "{vs:#?}");
+    assert!(partial.records_ops_of(DRIVER) && !partial.records_ops_of(RIDER));
+    let (vs, _) = check(&full, &finals(vec![(1, road_copy(2))]));
+    assert_eq!(kinds(&vs), vec![Kind::AppliedTwice], "{vs:#?}");
+}

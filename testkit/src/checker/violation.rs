@@ -107,13 +107,21 @@ pub fn report(seed: u64, replay: &str, violations: &[Violation]) -> String {
         "seed {seed}: {} contract violation(s)\nreplay: {replay}\n",
         violations.len()
     );
+    s.push_str(&listing(violations, "replay the seed to see them all"));
+    s
+}
+
+/// The first [`MAX_REPORTED`] violations in full, one after another, and how many more
+/// there are (`more`: how to see them).
+pub fn listing(violations: &[Violation], more: &str) -> String {
+    let mut s = String::new();
     for v in violations.iter().take(MAX_REPORTED) {
         s.push_str(&v.to_string());
         s.push('\n');
     }
     if violations.len() > MAX_REPORTED {
         s.push_str(&format!(
-            "... and {} more (replay the seed to see them all)\n",
+            "... and {} more ({more})\n",
             violations.len() - MAX_REPORTED
         ));
     }
