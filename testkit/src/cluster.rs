@@ -77,7 +77,7 @@ pub enum Launch {
 
 impl Launch {
     /// The program and the arguments before the server's own.
-    fn resolve(&self) -> Result<(PathBuf, Vec<String>), ClusterError> {
+    pub fn program(&self) -> Result<(PathBuf, Vec<String>), ClusterError> {
         Ok(match self {
             Launch::ServerBinary => (server_binary()?, Vec::new()),
             Launch::Binary(p) => (p.clone(), Vec::new()),
@@ -217,7 +217,7 @@ impl Cluster {
             }
         };
         let region = TestRegion::init(&work.path().join("region"))?;
-        let (program, prefix_args) = opts.launch.resolve()?;
+        let (program, prefix_args) = opts.launch.program()?;
         let log = std::env::var("LIFEBOAT_DC_LOG").unwrap_or(opts.log_filter);
         let mut specs = Vec::new();
         for i in 1..=opts.datacenters {
