@@ -16,7 +16,9 @@
 //!   deterministic one of the simulation (Ed25519 keys, fixed signature sizes);
 //! - [`cluster`]: a region and its real `lifeboat-server` processes on loopback, launched
 //!   from the server binary (tests) or by re-running the calling executable with a hidden
-//!   subcommand (the harness); [`dc_faults`]: SIGSTOP/SIGCONT and store damage on it.
+//!   subcommand (the harness); [`dc_faults`]: SIGSTOP/SIGCONT and store damage on it;
+//! - [`fuzz_targets`]: the hostile-input entry points the cargo-fuzz targets (`fuzz/`) and
+//!   the property tests of `lifeboat-common` (`common/tests/hostile_input.rs`) both drive.
 //!
 //! Invariants: nothing here is compiled into a production crate; the checker imports only
 //! plain data types from `lifeboat-common` and `lifeboat-server` (a unit test keeps it so).
@@ -24,6 +26,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod dc_faults;
+pub mod fuzz_targets;
 pub mod region;
 pub mod trip_end;
 pub mod version_watch;
