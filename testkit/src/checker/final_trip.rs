@@ -61,9 +61,10 @@ pub(super) fn check_final_trip(cx: &mut Ctx<'_>, fin: &Candidate<'_>) {
             location_witness.extend(cx.op_witness(op, i));
         }
         // A finishing op on a live final copy is already a resurrection (`session`).
-        let finishing = matches!(kind, OpKind::Complete | OpKind::Cancel);
+        let resurrected =
+            matches!(kind, OpKind::Complete | OpKind::Cancel) && !fin.header.tombstone;
         if phase_breach.is_none()
-            && !(finishing && !fin.header.tombstone)
+            && !resurrected
             && !phases_after(kind).contains(&fin.body.state.phase)
         {
             phase_breach = Some((kind, i, *op));
