@@ -171,16 +171,8 @@ pub struct City {
     pub rider_links: Vec<lifeboat_chaos::ImpairHandle>,
 }
 
-const CITY_CENTER: GeoPoint = GeoPoint {
-    lat_e6: 52_520_000,
-    lon_e6: 13_405_000,
-};
-
 fn random_point(rng: &mut SmallRng) -> GeoPoint {
-    GeoPoint {
-        lat_e6: CITY_CENTER.lat_e6 + rng.random_range(-40_000..40_000),
-        lon_e6: CITY_CENTER.lon_e6 + rng.random_range(-60_000..60_000),
-    }
+    lifeboat_testkit::geo::point_near(rng, 40_000, 60_000)
 }
 
 impl City {

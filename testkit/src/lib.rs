@@ -17,6 +17,7 @@
 //! - [`cluster`]: a region and its real `lifeboat-server` processes on loopback, launched
 //!   from the server binary (tests) or by re-running the calling executable with a hidden
 //!   subcommand (the harness); [`dc_faults`]: SIGSTOP/SIGCONT and store damage on it;
+//! - [`geo`]: the city the workloads drive in;
 //! - [`fuzz_targets`]: the hostile-input entry points the cargo-fuzz targets (`fuzz/`) and
 //!   the property tests of `lifeboat-common` (`common/tests/hostile_input.rs`) both drive.
 //!
@@ -27,6 +28,7 @@ pub mod checker;
 pub mod cluster;
 pub mod dc_faults;
 pub mod fuzz_targets;
+pub mod geo;
 pub mod region;
 pub mod trip_end;
 pub mod version_watch;

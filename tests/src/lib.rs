@@ -31,10 +31,7 @@ pub use lifeboat_server::process;
 pub use lifeboat_testkit::cluster::{server_binary, Cluster, TEST_IDLE_MS, TEST_KEEPALIVE_MS};
 pub use lifeboat_testkit::dc_faults;
 
-pub const PICKUP: GeoPoint = GeoPoint {
-    lat_e6: 52_520_000,
-    lon_e6: 13_405_000,
-};
+pub const PICKUP: GeoPoint = lifeboat_testkit::geo::CITY_CENTER;
 
 /// A point `step` small steps north of the pickup (about 11 m each).
 pub fn route_point(step: u32) -> GeoPoint {

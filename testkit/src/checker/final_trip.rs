@@ -17,22 +17,15 @@ use crate::checker::violation::Kind;
 use lifeboat_common::{OpId, TripPhase};
 use std::collections::BTreeSet;
 
-/// The phases a trip may be in once an op of `kind` was committed on it.
-fn phases_after(kind: OpKind) -> &'static [TripPhase] {
+/// The phases a trip may be in once an op of `kind` was committed on it (`None`: any).
+fn phases_after(kind: OpKind) -> Option<&'static [TripPhase]> {
     use TripPhase::*;
     match kind {
-        OpKind::Request | OpKind::Location => &[
-            Requested,
-            Assigned,
-            DriverArrived,
-            OnTrip,
-            Completed,
-            Cancelled,
-        ],
-        OpKind::Arrived => &[DriverArrived, OnTrip, Completed, Cancelled],
-        OpKind::Start => &[OnTrip, Completed],
-        OpKind::Complete => &[Completed],
-        OpKind::Cancel => &[Cancelled],
+        OpKind::Request | OpKind::Location => None,
+        OpKind::Arrived => Some(&[DriverArrived, OnTrip, Completed, Cancelled]),
+        OpKind::Start => Some(&[OnTrip, Completed]),
+        OpKind::Complete => Some(&[Completed]),
+        OpKind::Cancel => Some(&[Cancelled]),
     }
 }
 
@@ -65,7 +58,7 @@ pub(super) fn check_final_trip(cx: &mut Ctx<'_>, fin: &Candidate<'_>) {
             matches!(kind, OpKind::Complete | OpKind::Cancel) && !fin.header.tombstone;
         if phase_breach.is_none()
             && !resurrected
-            && !phases_after(kind).contains(&fin.body.state.phase)
+            && phases_after(kind).is_some_and(|p| !p.contains(&fin.body.state.phase))
         {
             phase_breach = Some((kind, i, *op));
         }
