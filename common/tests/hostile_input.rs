@@ -15,12 +15,10 @@ use lifeboat_common::wire::{
     decode_exact, encode, encode_frame, ClientMsg, CodecError, OfferedCopy, MAX_FRAME_BYTES,
 };
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, Trip, TripOp, VersionVector};
+use lifeboat_testkit::fuzz_targets::{self, core_script, digest_bytes, fixed_keyring, frame_bytes};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use lifeboat_testkit::fuzz_targets::{
-    self, core_script, digest_bytes, fixed_keyring, frame_bytes,
-};
 
 fn cases(default: u32) -> u32 {
     std::env::var("LIFEBOAT_FUZZ_CASES")

@@ -28,8 +28,7 @@ pub fn harness_cluster(
     durability: Durability,
     server_bin: Option<&Path>,
 ) -> Result<Cluster, ClusterError> {
-    let mut opts = ClusterOptions::tests(n, &[]);
-    opts.launch = launch(server_bin);
+    let mut opts = ClusterOptions::new(n, launch(server_bin));
     opts.dir = Some(dir.to_path_buf());
     opts.log_filter = "warn,lifeboat::dispatch=debug".into();
     opts.extra_args = vec![

@@ -152,21 +152,29 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// The end-to-end tests' cluster: `n` datacenters of the `lifeboat-server` binary in a
-    /// temporary directory, 5 s idle timeout, then `extra_args`.
-    pub fn tests(n: u16, extra_args: &[&str]) -> Self {
+    /// `n` datacenters launched as `launch` says, with no extra arguments, `info` logs, in a
+    /// new temporary directory, devices with the tests' timings.
+    pub fn new(n: u16, launch: Launch) -> Self {
         Self {
             datacenters: n,
-            launch: Launch::ServerBinary,
-            extra_args: ["--idle-timeout-ms", "5000"]
-                .iter()
-                .chain(extra_args)
-                .map(|s| s.to_string())
-                .collect(),
+            launch,
+            extra_args: Vec::new(),
             log_filter: "info".into(),
             dir: None,
             devices: DeviceTimings::default(),
         }
+    }
+
+    /// The end-to-end tests' cluster: `n` datacenters of the `lifeboat-server` binary,
+    /// 5 s idle timeout, then `extra_args`.
+    pub fn tests(n: u16, extra_args: &[&str]) -> Self {
+        let mut opts = Self::new(n, Launch::ServerBinary);
+        opts.extra_args = ["--idle-timeout-ms", "5000"]
+            .iter()
+            .chain(extra_args)
+            .map(|s| s.to_string())
+            .collect();
+        opts
     }
 }
 
