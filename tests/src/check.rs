@@ -116,8 +116,19 @@ pub fn ledger_from_lives(
     let Some(driver) = driver else {
         bail!("no life of the device reported an op of {session}");
     };
-    let mut ledger = TripLedger::new(session, driver);
+    // The kind of every op a life reported with its tag (a replayed op may be resolved
+    // before its queueing is reported, so the kinds are gathered first).
     let mut kind: HashMap<OpId, OpKind> = HashMap::new();
+    for life in lives {
+        for r in &life.reports {
+            if let Report::Queued { tag, op } | Report::Committed { tag, op, .. } = r {
+                if let Some(k) = life.asked.get(tag) {
+                    kind.insert(*op, OpKind::from(k));
+                }
+            }
+        }
+    }
+    let mut ledger = TripLedger::new(session, driver);
     let mut unreported: BTreeSet<OpId> = BTreeSet::new();
     for life in lives {
         let mut tags: Vec<(&u64, &TripOp)> = life.asked.iter().collect();
@@ -126,29 +137,19 @@ pub fn ledger_from_lives(
             ledger.asked(OpKind::from(op));
         }
         for r in &life.reports {
-            match r {
-                Report::Queued { tag, op } | Report::Committed { tag, op, .. }
-                    if op.session == session =>
-                {
-                    if let Some(k) = life.asked.get(tag) {
-                        kind.insert(*op, OpKind::from(k));
-                        ledger.queued(*op, OpKind::from(k));
-                    }
-                }
-                _ => {}
-            }
-            let (op, version, duplicate) = match r {
+            let (op, committed) = match r {
+                Report::Queued { op, .. } => (op, None),
                 Report::Committed {
                     op,
                     version,
                     duplicate,
                     ..
-                } => (op, version, *duplicate),
+                } => (op, Some((version, *duplicate))),
                 Report::Resolved {
                     op,
                     ok: true,
                     version: Some(version),
-                } => (op, version, false),
+                } => (op, Some((version, false))),
                 Report::Resolved { op, ok: false, .. } if op.session == session => {
                     bail!("op {op:?} was refused")
                 }
@@ -158,13 +159,18 @@ pub fn ledger_from_lives(
             if op.session != session {
                 continue;
             }
-            if !kind.contains_key(op) {
-                unreported.insert(*op);
-                let k = OpKind::from(in_flight_kind);
-                kind.insert(*op, k);
-                ledger.queued(*op, k);
+            let k = match kind.get(op) {
+                Some(k) => *k,
+                None if committed.is_some() => {
+                    unreported.insert(*op);
+                    OpKind::from(in_flight_kind)
+                }
+                None => continue,
+            };
+            ledger.queued(*op, k);
+            if let Some((version, duplicate)) = committed {
+                ledger.committed(*op, version.clone(), duplicate);
             }
-            ledger.committed(*op, version.clone(), duplicate);
         }
     }
     let kills = lives.len().saturating_sub(1);
@@ -212,4 +218,52 @@ pub fn summarize(lives: &[Life]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::ids::ReplicaId;
+    use lifeboat_common::DeviceId;
+
+    #[test]
+    fn an_op_resolved_before_its_queueing_is_reported_keeps_its_kind() {
+        let session = SessionId(7);
+        let op = |seq| OpId {
+            session,
+            device: DeviceId(1000),
+            seq,
+        };
+        let mut v = VersionVector::new();
+        v.bump(ReplicaId(1)).expect("small counter");
+        let life = Life {
+            asked: HashMap::from([(2, TripOp::Arrived)]),
+            reports: vec![
+                Report::Resolved {
+                    op: op(1),
+                    ok: true,
+                    version: Some(v.clone()),
+                },
+                Report::Queued { tag: 2, op: op(1) },
+                Report::Committed {
+                    tag: 2,
+                    op: op(1),
+                    version: v,
+                    duplicate: false,
+                },
+            ],
+        };
+        let in_flight = TripOp::Location {
+            at: crate::route_point(0),
+        };
+        let ledger = ledger_from_lives(session, &[life], &in_flight).expect("a ledger");
+        assert_eq!(ledger.locations_committed(), 0);
+        assert!(ledger.history().entries().iter().any(|e| matches!(
+            e.event,
+            lifeboat_testkit::checker::Event::Accepted {
+                kind: OpKind::Arrived,
+                ..
+            }
+        )));
+    }
 }
