@@ -137,7 +137,7 @@ async fn s8_lossy_duplicating_reordering_slow_link_is_slower_but_never_wrong() -
         let took = t0.elapsed();
         let stored = c.stop_and_read(0)?;
         check_against_store(&ledgers, &stored)?;
-        ensure!(ledgers.len() == pairs as usize && ledgers.iter().all(|l| l.completed));
+        ensure!(ledgers.len() == pairs as usize && ledgers.iter().all(|l| l.completed()));
         let all: Vec<ImpairStats> = drivers
             .iter()
             .chain(riders.iter())
@@ -234,7 +234,7 @@ async fn partition_a_driver_cut_off_for_seconds_mid_trip_reconnects_and_loses_no
         wait_for_session(&rider, WAIT, |s| s.finished).await?;
         let stored = c.stop_and_read(0)?;
         check_against_store(std::slice::from_ref(&ledger), &stored)?;
-        ensure!(ledger.completed && ledger.locations_committed == 30);
+        ensure!(ledger.completed() && ledger.locations_committed() == 30);
         let s = driver.handle.stats().total();
         ensure!(s.blackholed > 0, "nothing was blackholed: {s:?}");
         watcher.abort();

@@ -10,18 +10,14 @@
 //!   hostile_input -- --nocapture random_bytes_loop`.
 //! - `fuzz/` holds cargo-fuzz targets (nightly) that call the same functions.
 
-mod support {
-    pub mod fuzz_targets;
-}
-
 use lifeboat_common::codec::{decode_exact, encode, encode_frame, MAX_FRAME_BYTES};
 use lifeboat_common::digest::SealedDigest;
 use lifeboat_common::wire::{ClientMsg, OfferedCopy};
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, Trip, TripOp, VersionVector};
+use lifeboat_testkit::fuzz_targets::{self, core_script, digest_bytes, fixed_keyring, frame_bytes};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use support::fuzz_targets::{core_script, digest_bytes, fixed_keyring, frame_bytes};
 
 fn cases(default: u32) -> u32 {
     std::env::var("LIFEBOAT_FUZZ_CASES")
@@ -57,7 +53,7 @@ fn arb_op() -> impl Strategy<Value = TripOp> {
 
 fn arb_client_msg() -> impl Strategy<Value = ClientMsg<Trip>> {
     let keyring = fixed_keyring();
-    let digest = support::fuzz_targets::genuine_digest(&keyring);
+    let digest = fuzz_targets::genuine_digest(&keyring);
     prop_oneof![
         (
             any::<u64>(),
@@ -132,7 +128,7 @@ proptest! {
     #[test]
     fn any_field_change_of_a_sealed_digest_is_refused(field in 0u8..6, x in 1u8..) {
         let keyring = fixed_keyring();
-        let mut d = support::fuzz_targets::genuine_digest(&keyring);
+        let mut d = fuzz_targets::genuine_digest(&keyring);
         match field {
             0 => {
                 let at = usize::from(x) % d.ciphertext.len();
@@ -184,7 +180,7 @@ fn random_bytes_loop() {
     let mut rng = SmallRng::seed_from_u64(seed);
     // Seeds for mutation: valid frames and a genuine digest.
     let keyring = fixed_keyring();
-    let digest = support::fuzz_targets::genuine_digest(&keyring);
+    let digest = fuzz_targets::genuine_digest(&keyring);
     let corpus: Vec<Vec<u8>> = vec![
         encode(&ClientMsg::<Trip>::Hello {
             device: DeviceId(1),
@@ -239,7 +235,7 @@ fn random_bytes_loop() {
             .map(|_| rng.random())
             .collect();
         match std::panic::catch_unwind(|| core_script(&script)) {
-            Ok(stats) => support::fuzz_targets::add_stats(&mut reached, &stats),
+            Ok(stats) => fuzz_targets::add_stats(&mut reached, &stats),
             Err(_) => panic!("seed {seed} iteration {i}: core script {script:?}"),
         }
     }

@@ -22,10 +22,8 @@
 //! fails loudly (an `Err`, never a silent pass) if a store cannot be reopened, a recorder
 //! misses events or a datacenter does not stop.
 
-use crate::checker::{self, DeviceCopy, Event, FinalState, History, Summary, Violation};
 use crate::faults::{self, Action, Cut, FaultKind, PlanShape, Scheduled};
 use crate::net;
-use crate::region::SimRegion;
 use crate::workload::{self, FailoverWatch, Recorder, Role, WorkloadConfig};
 use anyhow::{anyhow, bail, Context as _};
 use lifeboat_common::clock::Clock;
@@ -34,6 +32,8 @@ use lifeboat_common::{DatacenterId, DeviceId};
 use lifeboat_edge::{EdgeClient, EdgeConfig, StoreLocation};
 use lifeboat_server::store::DcStore;
 use lifeboat_server::{Server, ServerConfig};
+use lifeboat_testkit::checker::{self, DeviceCopy, Event, FinalState, History, Summary, Violation};
+use lifeboat_testkit::region::TestRegion;
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -191,7 +191,7 @@ pub fn run_plan(cfg: &SimConfig, mut plan: Vec<Scheduled>) -> anyhow::Result<Run
     let wall = Instant::now();
     plan.sort_by_key(|s| s.at_ms);
     let scratch = scratch_dir()?;
-    let region = SimRegion::create(&scratch.path().join("region"))?;
+    let region = TestRegion::ed25519(&scratch.path().join("region"))?;
     let rec: Recorder = Rc::new(RefCell::new(History::new()));
     let harness_error: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
 
@@ -774,7 +774,7 @@ fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
 
 /// What a device's store holds at the end: every session, its digest opened with the
 /// region's keys (the checker needs the watermarks), and the device's committed mark.
-fn read_device_store(d: &DeviceSlot, region: &SimRegion) -> anyhow::Result<Vec<DeviceCopy>> {
+fn read_device_store(d: &DeviceSlot, region: &TestRegion) -> anyhow::Result<Vec<DeviceCopy>> {
     if !d.store.exists() {
         return Ok(Vec::new());
     }

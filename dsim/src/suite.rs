@@ -10,9 +10,9 @@
 //! worker threads as the machine has cores. A seed that fails prints its violations, each
 //! with its session and shortest history, and the command that replays it.
 
-use crate::checker::{self, Summary, Violation};
 use crate::faults::FaultKind;
 use crate::sim::{self, SimConfig};
+use lifeboat_testkit::checker::{self, Summary, Violation};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -9,10 +9,10 @@
 //! [`Event::Accepted`]); the device's recorder ([`record_events`]) records what the client
 //! answers and what the device holds.
 
-use crate::checker::{Event, History, OpKind};
 use lifeboat_common::edge::EdgeEvent;
 use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase};
 use lifeboat_edge::{ClientEvent, EdgeClient};
+use lifeboat_testkit::checker::{Event, History, OpKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cell::{Cell, RefCell};
@@ -154,16 +154,8 @@ pub struct WorkloadConfig {
     pub driver_cancel: f64,
 }
 
-const CITY: GeoPoint = GeoPoint {
-    lat_e6: 52_520_000,
-    lon_e6: 13_405_000,
-};
-
 fn point(rng: &mut SmallRng) -> GeoPoint {
-    GeoPoint {
-        lat_e6: CITY.lat_e6 + rng.random_range(-20_000..20_000),
-        lon_e6: CITY.lon_e6 + rng.random_range(-30_000..30_000),
-    }
+    lifeboat_testkit::geo::point_near(rng, 20_000, 30_000)
 }
 
 /// A stable per-trip number from the seed and the session (same after a restart).

@@ -3,9 +3,9 @@
 //! the session and a short history; the same scenario without the bug must pass.
 
 use lifeboat_common::fault::{inject, Fault};
-use lifeboat_dsim::checker::Kind;
 use lifeboat_dsim::faults::{Action, Cut, Scheduled};
 use lifeboat_dsim::sim::{run_plan, RunOutcome, SimConfig};
+use lifeboat_testkit::checker::Kind;
 use std::collections::BTreeSet;
 
 /// One datacenter (so a device that reconnects comes back to the one that applied its ops),
@@ -56,7 +56,7 @@ fn caught(fault: Fault, plan: &[Scheduled], expect: &[Kind]) {
         assert!(
             control.passed(),
             "seed {seed}: the scenario fails even without the bug:\n{}",
-            lifeboat_dsim::checker::report(seed, &replay(seed), &control.violations)
+            lifeboat_testkit::checker::report(seed, &replay(seed), &control.violations)
         );
         let buggy = run(seed, plan, Some(fault));
         let kinds: BTreeSet<Kind> = buggy.violations.iter().map(|v| v.kind).collect();
@@ -67,7 +67,7 @@ fn caught(fault: Fault, plan: &[Scheduled], expect: &[Kind]) {
                 .find(|v| expect.contains(&v.kind))
                 .expect("just found");
             // What a person gets: the seed, the session, the short history.
-            let msg = lifeboat_dsim::checker::report(seed, &replay(seed), &buggy.violations);
+            let msg = lifeboat_testkit::checker::report(seed, &replay(seed), &buggy.violations);
             println!("{fault:?} caught on seed {seed} ({kinds:?}):\n{msg}");
             assert!(msg.contains(&format!("seed {seed}")));
             assert!(msg.contains(&v.session.to_string()));
@@ -124,7 +124,7 @@ fn caught_in_random_runs(fault: Fault, expect: &[Kind]) {
         assert!(
             control.passed(),
             "seed {seed}: fails even without the bug:\n{}",
-            lifeboat_dsim::checker::report(seed, &replay(seed), &control.violations)
+            lifeboat_testkit::checker::report(seed, &replay(seed), &control.violations)
         );
         let buggy = {
             let _guard = inject(fault);

@@ -1,9 +1,8 @@
-//! cargo-fuzz target: `digest_bytes` from `common/tests/support/fuzz_targets.rs` (shared with the
-//! stable property tests and fuzz loop in `common/tests/hostile_input.rs`).
+//! cargo-fuzz target: `digest_bytes` from `lifeboat_testkit::fuzz_targets` (shared with the stable
+//! property tests and fuzz loop in `common/tests/hostile_input.rs`).
 #![no_main]
 
-#[path = "../../common/tests/support/fuzz_targets.rs"]
-mod fuzz_targets;
+use lifeboat_testkit::fuzz_targets;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = fuzz_targets::digest_bytes(data);

@@ -41,7 +41,7 @@ use lifeboat_common::samples::typical_trip;
 use lifeboat_common::wire::ServerMsg;
 use lifeboat_common::Trip;
 use lifeboat_server::process::{DcProcess, DcSpawn};
-use lifeboat_server::region::Region;
+use lifeboat_testkit::region::TestRegion;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -236,20 +236,15 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
     let work = tempfile::Builder::new()
         .prefix("lifeboat-bench-")
         .tempdir()?;
-    let region_dir = work.path().join("region");
-    Region::init(&region_dir).context("creating the region")?;
-    let keyring = Keyring::load(&Region::keyring_path(&region_dir))?;
-    let ca_pem = std::fs::read(Region::ca_path(&region_dir))?;
+    let TestRegion {
+        dir: region_dir,
+        keyring,
+        ca_pem,
+    } = TestRegion::init(&work.path().join("region")).context("creating the region")?;
     let sizes = message_sizes(&keyring)?;
     let digests = footprint::digest_sizes(&keyring)?;
     let exe = std::env::current_exe().context("locating the sim executable")?;
-    let server_program = match &opts.server_bin {
-        Some(p) => (p.clone(), Vec::new()),
-        None => (
-            exe.clone(),
-            vec!["__datacenter".to_string(), "lifeboat-server".to_string()],
-        ),
-    };
+    let server_program = crate::cluster::launch(opts.server_bin.as_deref()).program()?;
     let mut server_args = vec!["--idle-timeout-ms".to_string(), "10000".to_string()];
     server_args.extend(loader.server_args());
     let spec = spawn_spec(server_program, work.path(), &region_dir, 1, server_args)?;

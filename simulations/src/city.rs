@@ -11,9 +11,11 @@
 //! flushes), so that thousands of devices fit one process; each device still has its own
 //! trees, its own connection and its own flushes before anything is reported committed.
 
-use lifeboat_common::edge::{EdgeEvent, EdgeLimits};
-use lifeboat_common::{DeviceId, GeoPoint, SessionId, TripOp, TripPhase, VersionVector};
-use lifeboat_edge::{client_config, ClientEvent, EdgeClient, EdgeConfig, SharedDb, StoreLocation};
+use lifeboat_common::edge::{EdgeEvent, EdgeLimits, SubmitError};
+use lifeboat_common::{DeviceId, GeoPoint, OpId, SessionId, TripOp, TripPhase, VersionVector};
+use lifeboat_edge::{
+    client_config, ClientEvent, EdgeClient, EdgeConfig, EdgeError, SharedDb, StoreLocation,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -65,9 +67,14 @@ pub enum Outcome {
 pub struct OpRecord {
     pub session: SessionId,
     pub kind: OpKind,
+    /// The op's stable id, once the client queued it (`None`: refused before queueing, or
+    /// no answer even to that).
+    pub op: Option<OpId>,
     pub submitted_ms: u64,
     pub resolved_ms: u64,
     pub outcome: Outcome,
+    /// Why a queued op was refused, as the client said it (with `Outcome::Rejected`).
+    pub refusal: Option<SubmitError>,
 }
 
 /// Device-level fault planned by the scenario.
@@ -164,16 +171,8 @@ pub struct City {
     pub rider_links: Vec<lifeboat_chaos::ImpairHandle>,
 }
 
-const CITY_CENTER: GeoPoint = GeoPoint {
-    lat_e6: 52_520_000,
-    lon_e6: 13_405_000,
-};
-
 fn random_point(rng: &mut SmallRng) -> GeoPoint {
-    GeoPoint {
-        lat_e6: CITY_CENTER.lat_e6 + rng.random_range(-40_000..40_000),
-        lon_e6: CITY_CENTER.lon_e6 + rng.random_range(-60_000..60_000),
-    }
+    lifeboat_testkit::geo::point_near(rng, 40_000, 60_000)
 }
 
 impl City {
@@ -407,14 +406,39 @@ async fn submit(
     op: TripOp,
 ) -> Outcome {
     let submitted_ms = shared.now_ms();
-    let outcome = match tokio::time::timeout(timeout, client.submit(session, op)).await {
-        Ok(Ok(c)) => Outcome::Committed {
-            version: c.version,
-            duplicate: c.duplicate,
-        },
-        Ok(Err(e)) => Outcome::Rejected(e.to_string()),
-        Err(_) => Outcome::Unresolved,
-    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (id, outcome, refusal) =
+        match tokio::time::timeout_at(deadline, client.enqueue(session, op)).await {
+            Err(_) => (None, Outcome::Unresolved, None),
+            Ok(Err(e)) => (None, Outcome::Rejected(e.to_string()), None),
+            Ok(Ok((id, done))) => match tokio::time::timeout_at(deadline, done).await {
+                Err(_) => (Some(id), Outcome::Unresolved, None),
+                Ok(Err(_)) => (
+                    Some(id),
+                    Outcome::Rejected(EdgeError::Closed.to_string()),
+                    None,
+                ),
+                Ok(Ok(Ok(c))) => (
+                    Some(id),
+                    Outcome::Committed {
+                        version: c.version,
+                        duplicate: c.duplicate,
+                    },
+                    None,
+                ),
+                Ok(Ok(Err(error))) => (
+                    Some(id),
+                    Outcome::Rejected(
+                        EdgeError::Failed {
+                            op: id,
+                            error: error.clone(),
+                        }
+                        .to_string(),
+                    ),
+                    Some(error),
+                ),
+            },
+        };
     if matches!(outcome, Outcome::Committed { .. }) {
         shared.ops_committed.fetch_add(1, Ordering::Relaxed);
         match kind {
@@ -431,9 +455,11 @@ async fn submit(
         l.ops.push(OpRecord {
             session,
             kind,
+            op: id,
             submitted_ms,
             resolved_ms: shared.now_ms(),
             outcome: outcome.clone(),
+            refusal,
         });
     }
     outcome

@@ -1,28 +1,49 @@
-//! The simulated region: a region directory and real datacenter processes on loopback.
+//! The simulated region: the testkit's cluster fixture with the harness's settings, and what
+//! the harness reads of its datacenters while a run goes (status files, dispatch logs).
 //!
 //! The datacenters are real `lifeboat-server` processes: this very executable re-run with
 //! the hidden `__datacenter` subcommand, which runs the `lifeboat_server::cli` code (so the
 //! datacenters are always the same build as the harness), or a `lifeboat-server` binary
-//! given with `--server-bin`. Either way each datacenter is a separate
-//! process with its own sled store, killed with real signals.
+//! given with `--server-bin`. Either way each datacenter is a separate process with its own
+//! sled store, killed with real signals.
 
-use anyhow::Context;
 use lifeboat_common::datacenter::Durability;
-use lifeboat_common::keyring::Keyring;
 use lifeboat_common::SessionId;
-use lifeboat_server::process::{wipe, DcProcess, DcSpawn};
-use lifeboat_server::region::Region;
-use lifeboat_server::service::{read_store, StoredSession};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use lifeboat_testkit::cluster::{Cluster, ClusterError, ClusterOptions, Launch};
+use std::path::Path;
 
-pub struct Cluster {
-    pub dir: PathBuf,
-    pub keyring: Keyring,
-    pub ca_pem: Vec<u8>,
-    pub specs: Vec<DcSpawn>,
-    pub procs: Vec<Option<DcProcess>>,
+/// How the harness launches a datacenter: `--server-bin`, or this executable.
+pub fn launch(server_bin: Option<&Path>) -> Launch {
+    match server_bin {
+        Some(p) => Launch::Binary(p.to_path_buf()),
+        None => Launch::CurrentExe(vec!["__datacenter".into(), "lifeboat-server".into()]),
+    }
+}
+
+/// `n` datacenters in `dir` with the given durability, a 10 s idle timeout and a status
+/// file each (`dc<N>.status.json`).
+pub fn harness_cluster(
+    dir: &Path,
+    n: u16,
+    durability: Durability,
+    server_bin: Option<&Path>,
+) -> Result<Cluster, ClusterError> {
+    let mut opts = ClusterOptions::new(n, launch(server_bin));
+    opts.dir = Some(dir.to_path_buf());
+    opts.log_filter = "warn,lifeboat::dispatch=debug".into();
+    opts.extra_args = vec![
+        "--durability".into(),
+        durability.to_string(),
+        "--idle-timeout-ms".into(),
+        "10000".into(),
+    ];
+    let mut cluster = Cluster::with(opts)?;
+    for (i, spec) in cluster.specs.iter_mut().enumerate() {
+        let status = dir.join(format!("dc{}.status.json", i + 1));
+        spec.extra_args
+            .extend(["--stats-file".to_string(), status.display().to_string()]);
+    }
+    Ok(cluster)
 }
 
 /// Status snapshot a datacenter writes (the fields the harness reads).
@@ -31,118 +52,25 @@ pub struct DcStatus {
     pub active_sessions: usize,
 }
 
-impl Cluster {
-    pub fn new(
-        dir: &Path,
-        n: u16,
-        durability: Durability,
-        server_bin: Option<&Path>,
-    ) -> anyhow::Result<Self> {
-        let region_dir = dir.join("region");
-        Region::init(&region_dir).context("creating the region")?;
-        let keyring = Keyring::load(&Region::keyring_path(&region_dir))?;
-        let ca_pem = std::fs::read(Region::ca_path(&region_dir))?;
-        // By default the datacenters run this very executable's copy of the server (always the
-        // same build as the harness); `--server-bin` points at a `lifeboat-server` instead.
-        let (program, prefix_args) = match server_bin {
-            Some(p) => (p.to_path_buf(), Vec::new()),
-            None => (
-                std::env::current_exe().context("locating the harness executable")?,
-                vec!["__datacenter".to_string(), "lifeboat-server".to_string()],
-            ),
-        };
-        let mut specs = Vec::new();
-        for i in 1..=n {
-            let mut spec = DcSpawn::on_loopback(program.clone(), i, dir, &region_dir)?;
-            spec.prefix_args = prefix_args.clone();
-            spec.extra_args = vec![
-                "--durability".into(),
-                durability.to_string(),
-                "--idle-timeout-ms".into(),
-                "10000".into(),
-                "--stats-file".into(),
-                dir.join(format!("dc{i}.status.json")).display().to_string(),
-            ];
-            spec.env = vec![(
-                "RUST_LOG".into(),
-                std::env::var("LIFEBOAT_DC_LOG")
-                    .unwrap_or_else(|_| "warn,lifeboat::dispatch=debug".into()),
-            )];
-            specs.push(spec);
-        }
-        let procs = specs.iter().map(|_| None).collect();
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            keyring,
-            ca_pem,
-            specs,
-            procs,
+/// Datacenter `i`'s last status snapshot, if it runs and has written one.
+pub fn status(cluster: &Cluster, i: usize) -> Option<DcStatus> {
+    if !cluster.is_up(i) {
+        return None;
+    }
+    let path = cluster.path().join(format!("dc{}.status.json", i + 1));
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Sessions the datacenter's log says it dispatched (server-side changes).
+pub fn dispatched_sessions(cluster: &Cluster, i: usize) -> Vec<SessionId> {
+    cluster
+        .log(i)
+        .lines()
+        .filter(|l| l.contains("lifeboat::dispatch"))
+        .filter_map(|l| {
+            let rest = l.split("session=").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok().map(SessionId)
         })
-    }
-
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.specs.iter().map(|s| s.listen).collect()
-    }
-
-    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let p = DcProcess::spawn(self.specs[i].clone())
-            .with_context(|| format!("starting dc{}", i + 1))?;
-        self.procs[i] = Some(p);
-        Ok(())
-    }
-
-    pub fn is_up(&self, i: usize) -> bool {
-        self.procs[i].is_some()
-    }
-
-    /// SIGKILL, optionally losing the disk.
-    pub fn kill(&mut self, i: usize, lose_disk: bool) -> anyhow::Result<()> {
-        if let Some(p) = self.procs[i].take() {
-            p.kill()?;
-        }
-        if lose_disk {
-            wipe(&self.specs[i].data_dir)?;
-        }
-        Ok(())
-    }
-
-    /// SIGTERM every running datacenter and read back every copy of every session from
-    /// their stores (one per datacenter that holds it).
-    pub fn stop_all_and_read(&mut self) -> anyhow::Result<HashMap<SessionId, Vec<StoredSession>>> {
-        let mut copies: HashMap<SessionId, Vec<StoredSession>> = HashMap::new();
-        for i in 0..self.specs.len() {
-            let was_up = self.procs[i].is_some();
-            if let Some(p) = self.procs[i].take() {
-                p.terminate()?;
-            }
-            if !was_up || !self.specs[i].data_dir.exists() {
-                continue;
-            }
-            for s in read_store(&self.specs[i].data_dir, &self.keyring)? {
-                copies.entry(s.0.session).or_default().push(s);
-            }
-        }
-        Ok(copies)
-    }
-
-    pub fn status(&self, i: usize) -> Option<DcStatus> {
-        if !self.is_up(i) {
-            return None;
-        }
-        let path = self.dir.join(format!("dc{}.status.json", i + 1));
-        let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Sessions the datacenter's log says it dispatched (server-side changes).
-    pub fn dispatched_sessions(&self, i: usize) -> Vec<SessionId> {
-        let log = std::fs::read_to_string(&self.specs[i].log_file).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("lifeboat::dispatch"))
-            .filter_map(|l| {
-                let rest = l.split("session=").nth(1)?;
-                rest.split_whitespace().next()?.parse().ok().map(SessionId)
-            })
-            .collect()
-    }
+        .collect()
 }

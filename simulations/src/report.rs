@@ -74,6 +74,16 @@ pub fn table(r: &Report) -> String {
             ok(r.tombstones_resurrected == 0),
         ),
         (
+            "ops refused but applied".into(),
+            r.ops_refused_but_applied.to_string(),
+            ok(r.ops_refused_but_applied == 0),
+        ),
+        (
+            "sessions not converged".into(),
+            r.sessions_not_converged.to_string(),
+            ok(r.sessions_not_converged == 0),
+        ),
+        (
             "ops unanswered".into(),
             r.ops_unresolved.to_string(),
             ok(r.ops_unresolved == 0),

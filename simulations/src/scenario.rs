@@ -2,13 +2,14 @@
 //! run loop around them (start, traffic, drain, verify, report).
 
 use crate::city::{driver_task, rider_task, City, CityConfig, DeviceFault, DeviceLog, Shared};
-use crate::cluster::Cluster;
+use crate::cluster::{dispatched_sessions, harness_cluster};
 use crate::report::{table, write_report, Mark, Sample};
 use crate::verify::{verify, Report, VerifyInput};
 use crate::Opts;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
+use lifeboat_testkit::cluster::Cluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::Ordering;
@@ -100,7 +101,7 @@ async fn run_one(
 ) -> anyhow::Result<(Report, Vec<Sample>, Vec<Mark>)> {
     let work = tempfile::Builder::new().prefix("lifeboat-sim-").tempdir()?;
     let dir = work.path().to_path_buf();
-    let mut cluster = Cluster::new(&dir, 2, opts.durability, opts.server_bin.as_deref())?;
+    let mut cluster = harness_cluster(&dir, 2, opts.durability, opts.server_bin.as_deref())?;
     cluster.start(0)?;
     cluster.start(1)?;
     let drivers = opts.devices.unwrap_or(opts.trips).max(1);
@@ -264,7 +265,11 @@ async fn run_one(
                 .lock()
                 .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
             (0..2)
-                .map(|i| c.status(i).map(|s| s.active_sessions).unwrap_or(0))
+                .map(|i| {
+                    crate::cluster::status(&c, i)
+                        .map(|s| s.active_sessions)
+                        .unwrap_or(0)
+                })
                 .collect()
         };
         let sample = Sample {
@@ -301,7 +306,7 @@ async fn run_one(
         .map_err(|_| anyhow::anyhow!("cluster still shared"))?
         .into_inner()
         .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
-    let dispatched = cluster.dispatched_sessions(0);
+    let dispatched = dispatched_sessions(&cluster, 0);
     let stored = cluster.stop_all_and_read()?;
     let first_kill = shared.kill_ms.load(Ordering::Relaxed);
     let mut report = Report {
@@ -449,25 +454,25 @@ fn fault_script(
             act("heal the split", &|_| split.cut(false))?;
         }
         Kind::Failover | Kind::Reinstall | Kind::OfflineDevice => {
-            act("kill dc1 (disk lost)", &|c| c.kill(0, true))?;
+            act("kill dc1 (disk lost)", &|c| Ok(c.kill(0, true)?))?;
         }
         Kind::Failback => {
-            act("kill dc1", &|c| c.kill(0, false))?;
+            act("kill dc1", &|c| Ok(c.kill(0, false)?))?;
             let span = end_ms - kill_ms;
             sleep_until(shared, kill_ms + span * 2 / 5);
-            act("restart dc1 (old disk)", &|c| c.start(0))?;
+            act("restart dc1 (old disk)", &|c| Ok(c.start(0)?))?;
             sleep_until(shared, kill_ms + span / 2);
-            act("kill dc2 (disk lost)", &|c| c.kill(1, true))?;
+            act("kill dc2 (disk lost)", &|c| Ok(c.kill(1, true)?))?;
         }
         Kind::DoubleFailure => {
             act("kill dc1+dc2 (disks lost)", &|c| {
                 c.kill(0, true)?;
-                c.kill(1, true)
+                Ok(c.kill(1, true)?)
             })?;
             std::thread::sleep(Duration::from_secs(1));
             act("restart both empty", &|c| {
                 c.start(0)?;
-                c.start(1)
+                Ok(c.start(1)?)
             })?;
         }
         Kind::Flapping => {
@@ -476,13 +481,13 @@ fn fault_script(
             for round in 0..2u64 {
                 let base = kill_ms + round * 3 * step;
                 sleep_until(shared, base);
-                act("kill dc1", &|c| c.kill(0, false))?;
+                act("kill dc1", &|c| Ok(c.kill(0, false)?))?;
                 sleep_until(shared, base + step);
-                act("restart dc1", &|c| c.start(0))?;
+                act("restart dc1", &|c| Ok(c.start(0)?))?;
                 sleep_until(shared, base + step + step / 2);
-                act("kill dc2", &|c| c.kill(1, false))?;
+                act("kill dc2", &|c| Ok(c.kill(1, false)?))?;
                 sleep_until(shared, base + 2 * step + step / 2);
-                act("restart dc2", &|c| c.start(1))?;
+                act("restart dc2", &|c| Ok(c.start(1)?))?;
             }
         }
     }

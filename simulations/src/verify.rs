@@ -4,13 +4,21 @@
 //! is opened with the region keyring: this is what the datacenter would serve, not the
 //! harness's bookkeeping. A ledger entry counts as committed only if the device's `submit`
 //! returned a commit (the digest covering it was flushed on the device).
+//!
+//! The contract (C1-C3, presence, convergence) is judged by the testkit's one independent
+//! checker: [`crate::ledger`] translates the devices' logs into its history and the stores
+//! into its final state, and the report's contract figures count its findings by kind.
+//! What is the harness's own: which trips were active at the failure and restored, the
+//! re-sync of reinstalled devices, unanswered ops, conflicts, stalls and sizes.
 
 use crate::city::{DeviceLog, OpKind, Outcome};
+use crate::ledger;
 use hdrhistogram::Histogram;
-use lifeboat_common::{SessionId, TripPhase, VersionOrder, VersionVector};
+use lifeboat_common::{DatacenterId, SessionId};
 use lifeboat_server::service::StoredSession;
+use lifeboat_testkit::checker::{self, Kind, Violation};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The figures of one run (field names are part of the JSON report's contract).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -24,18 +32,31 @@ pub struct Report {
     pub trips_total: usize,
     pub trips_active_at_failure: usize,
     pub trips_restored: usize,
+    /// Sessions a device committed to or held that no surviving store has (the checker's
+    /// `SessionMissing`).
     pub trips_lost: usize,
     pub ops_committed: u64,
+    /// C1 findings of the checker: an op reported committed that the final copy has not
+    /// applied (one per op), or trip fields that miss committed ops.
     pub ops_committed_lost: u64,
+    /// C2 findings: a copy applied more location reports than submitted, or a watermark ran
+    /// past the ops its device submitted.
     pub ops_applied_twice: u64,
     pub ops_rejected: u64,
     pub ops_unresolved: u64,
+    /// C3 findings: a committed version gone back or sideways (on a device, in a store, or
+    /// in the final copy), or one version issued with two contents.
     pub versions_regressed: usize,
+    /// C3 findings: a session a device was told is finished is live again.
     pub tombstones_resurrected: usize,
+    /// Ops reported rejected that the final copy applied.
+    pub ops_refused_but_applied: usize,
+    /// Sessions whose devices' copies have no final copy covering them all.
+    pub sessions_not_converged: usize,
     pub unreplicated_at_failure: usize,
     pub devices_not_resynced: usize,
-    /// Sessions for which two datacenters hold concurrent copies at the end (information:
-    /// the loser is reconciled when a participant next reports in there).
+    /// Sessions for which a datacenter holds a copy concurrent with the final one at the
+    /// end (information: the loser is reconciled when a participant next reports in there).
     pub sessions_concurrent_at_end: usize,
     /// Conflicts the devices were told of (a device's copy and its datacenter's were
     /// concurrent); the chain rule keeps this at 0.
@@ -68,18 +89,12 @@ pub struct Report {
     pub stalls_ms: Vec<u64>,
 }
 
+/// What the harness itself needs of a session (the contract is the checker's).
 #[derive(Default)]
 struct SessionLedger {
     requested: bool,
     request_ms: u64,
     finished_ms: Option<u64>,
-    locations: u32,
-    locations_unresolved: u32,
-    arrived: bool,
-    started: bool,
-    completed: bool,
-    cancelled: bool,
-    versions: Vec<VersionVector>,
 }
 
 fn percentile(h: &Histogram<u64>, q: f64) -> u64 {
@@ -131,27 +146,10 @@ fn history(logs: &[DeviceLog], session: SessionId) -> String {
         .join("")
 }
 
-/// The copy the region would serve: one that covers every other copy if there is one (a
-/// datacenter that kept a superseded branch reconciles it when a device next reports in),
-/// else the one that covers the most committed versions.
-fn best_copy<'a>(
-    copies: &'a [StoredSession],
-    committed: &[VersionVector],
-) -> Option<&'a StoredSession> {
-    copies
-        .iter()
-        .find(|c| copies.iter().all(|o| c.0.version.covers(&o.0.version)))
-        .or_else(|| {
-            copies
-                .iter()
-                .max_by_key(|c| committed.iter().filter(|v| c.0.version.covers(v)).count())
-        })
-}
-
 pub struct VerifyInput<'a> {
     pub logs: &'a [DeviceLog],
-    /// Every datacenter's copy of each session.
-    pub stored: &'a HashMap<SessionId, Vec<StoredSession>>,
+    /// Every surviving datacenter's store.
+    pub stored: &'a BTreeMap<DatacenterId, Vec<StoredSession>>,
     /// First datacenter kill, in ms since the start.
     pub kill_ms: Option<u64>,
     /// Sessions the killed datacenter dispatched (from its own log).
@@ -166,34 +164,19 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         for op in &log.ops {
             let l = ledgers.entry(op.session).or_default();
             match &op.outcome {
-                Outcome::Committed { version, .. } => {
+                Outcome::Committed { .. } => {
                     report.ops_committed += 1;
-                    l.versions.push(version.clone());
                     match op.kind {
                         OpKind::Request => {
                             l.requested = true;
                             l.request_ms = op.resolved_ms;
                         }
-                        OpKind::Arrived => l.arrived = true,
-                        OpKind::Start => l.started = true,
-                        OpKind::Location => l.locations += 1,
-                        OpKind::Complete => {
-                            l.completed = true;
-                            l.finished_ms = Some(op.resolved_ms);
-                        }
-                        OpKind::Cancel => {
-                            l.cancelled = true;
-                            l.finished_ms = Some(op.resolved_ms);
-                        }
+                        OpKind::Complete | OpKind::Cancel => l.finished_ms = Some(op.resolved_ms),
+                        _ => {}
                     }
                 }
                 Outcome::Rejected(_) => report.ops_rejected += 1,
-                Outcome::Unresolved => {
-                    report.ops_unresolved += 1;
-                    if op.kind == OpKind::Location {
-                        l.locations_unresolved += 1;
-                    }
-                }
+                Outcome::Unresolved => report.ops_unresolved += 1,
             }
         }
     }
@@ -202,6 +185,12 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             v.push(s);
         }
     };
+    let found = judge(report, &input);
+    let missing: HashSet<SessionId> = found
+        .iter()
+        .filter(|v| v.kind == Kind::SessionMissing)
+        .map(|v| v.session)
+        .collect();
     for (id, l) in &ledgers {
         if !l.requested {
             continue;
@@ -210,91 +199,25 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         let active_at_failure = l.request_ms < kill && l.finished_ms.is_none_or(|f| f >= kill);
         if active_at_failure {
             report.trips_active_at_failure += 1;
+            if !missing.contains(id) {
+                report.trips_restored += 1;
+            }
         }
-        let copies = input.stored.get(id).map(Vec::as_slice).unwrap_or_default();
-        if copies.iter().any(|a| {
-            copies
-                .iter()
-                .any(|b| a.0.version.compare(&b.0.version) == VersionOrder::Concurrent)
-        }) {
-            report.sessions_concurrent_at_end += 1;
-        }
-        let Some((header, body)) = best_copy(copies, &l.versions) else {
-            report.trips_lost += 1;
-            add(
-                &mut violations,
-                format!(
-                    "{id}: trip lost (not in any surviving store); requested at {} ms, finished {:?}, kill at {kill} ms, {} locations committed; history:{}",
-                    l.request_ms, l.finished_ms, l.locations, history(input.logs, *id)
-                ),
-            );
-            continue;
-        };
-        if active_at_failure {
-            report.trips_restored += 1;
-        }
-        let violations_before = violations.len();
-        let st = &body.state;
-        let applied = st.location_updates;
-        if applied < l.locations {
-            report.ops_committed_lost += u64::from(l.locations - applied);
-            add(
-                &mut violations,
-                format!(
-                    "{id}: {} location ops committed, {applied} in the store",
-                    l.locations
-                ),
-            );
-        }
-        if applied > l.locations + l.locations_unresolved {
-            report.ops_applied_twice += u64::from(applied - l.locations - l.locations_unresolved);
-            add(
-                &mut violations,
-                format!(
-                    "{id}: {} location ops committed, {applied} applied",
-                    l.locations
-                ),
-            );
-        }
-        let phase_lost = (l.arrived
-            && matches!(st.phase, TripPhase::Requested | TripPhase::Assigned))
-            || (l.started && !matches!(st.phase, TripPhase::OnTrip | TripPhase::Completed))
-            || (l.completed && st.phase != TripPhase::Completed)
-            || (l.cancelled && st.phase != TripPhase::Cancelled);
-        if phase_lost {
-            report.ops_committed_lost += 1;
-            add(
-                &mut violations,
-                format!(
-                    "{id}: store phase {:?} misses a committed transition",
-                    st.phase
-                ),
-            );
-        }
-        if l.versions.iter().any(|v| !header.version.covers(v)) {
-            report.versions_regressed += 1;
-            add(
-                &mut violations,
-                format!(
-                    "{id}: store version {} older than a committed one",
-                    header.version
-                ),
-            );
-        }
-        if (l.completed || l.cancelled) && !header.tombstone {
-            report.tombstones_resurrected += 1;
-            add(
-                &mut violations,
-                format!("{id}: finished trip is live again"),
-            );
-        }
-        if violations.len() > violations_before && violations.len() < 20 {
-            violations.push(format!(
-                "{id}: stored version {}; history:{}",
-                header.version,
-                history(input.logs, *id)
-            ));
-        }
+    }
+    for v in found.iter().take(checker::MAX_REPORTED) {
+        add(
+            &mut violations,
+            format!("{v}\n  devices:{}", history(input.logs, v.session)),
+        );
+    }
+    if found.len() > checker::MAX_REPORTED {
+        add(
+            &mut violations,
+            format!(
+                "... and {} more contract violations",
+                found.len() - checker::MAX_REPORTED
+            ),
+        );
     }
 
     // Server-side changes (dispatch) the killed datacenter made that no device held at the
@@ -416,7 +339,8 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     report.digest_bytes_p50 = percentile(&sizes, 0.5);
     report.digest_bytes_max = sizes.max();
 
-    report.passed = report.trips_lost == 0
+    report.passed = found.is_empty()
+        && report.trips_lost == 0
         && report.ops_committed_lost == 0
         && report.ops_applied_twice == 0
         && report.versions_regressed == 0
@@ -467,4 +391,22 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         );
     }
     report.violations = violations;
+}
+
+/// The contract, judged by the testkit's checker: the devices' histories against every
+/// surviving store. Fills the report's contract figures from the findings, by kind.
+fn judge(report: &mut Report, input: &VerifyInput<'_>) -> Vec<Violation> {
+    let history = ledger::history(input.logs);
+    let finals = ledger::final_state(input.stored);
+    let (found, summary) = checker::check(&history, &finals);
+    let count = |k: Kind| found.iter().filter(|v| v.kind == k).count();
+    report.trips_lost = count(Kind::SessionMissing);
+    report.ops_committed_lost = count(Kind::CommittedOpLost) as u64;
+    report.ops_applied_twice = count(Kind::AppliedTwice) as u64;
+    report.versions_regressed = count(Kind::VersionRegressed);
+    report.tombstones_resurrected = count(Kind::TombstoneResurrected);
+    report.ops_refused_but_applied = count(Kind::RefusedButApplied);
+    report.sessions_not_converged = count(Kind::NotConverged);
+    report.sessions_concurrent_at_end = summary.sessions_with_stale_branch;
+    found
 }

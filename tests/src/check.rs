@@ -1,79 +1,85 @@
-//! Checks of the contract against what the datacenters hold at the end of a test.
+//! The end-to-end tests' judgement of the contract, through the testkit's one checker.
 //!
-//! - [`check_against_store`]: every trip a driver's device was told about is in the store,
-//!   with exactly the location ops committed on the device (fewer: a committed op was lost,
-//!   C1; more: one was applied twice, C2), at a version that covers every committed version
-//!   (C3), and tombstoned if it was completed.
+//! - [`check_against_store`]: the drivers' ledgers ([`TripLedger`]: histories of what each
+//!   driver's device was told) judged against what the datacenters hold at the end by
+//!   `lifeboat_testkit::checker` (C1 every committed op applied, in the watermarks and in the
+//!   trip's fields; C2 nothing applied twice; C3 the stored version dominates every
+//!   committed one and the committed versions a driver was told form one chain; a completed
+//!   trip is a tombstone), plus [`lifeboat_testkit::trip_end`] for a completed trip's phase
+//!   and fare. Only the drivers' ops are recorded, so the riders' watermarks are not judged.
 //! - [`newest_copies`]: when devices may have ended on either datacenter, the newest copy of
 //!   each session across the stores.
-//! - [`VersionWatch`]: samples every device's held sessions while a test runs and records
-//!   any session whose version went backwards on a device (C3 at the edge: a datacenter that
-//!   comes back, thawed or restarted, must never hand a device an older copy as current).
+//! - [`VersionWatch`] (from the testkit): every device's held versions sampled while a test
+//!   runs (C3 at the edge).
+//! - [`ledger_from_lives`]: a driver's ledger from every life of its device process.
 
 use crate::device_process::Report;
 use crate::trips::TripLedger;
-use anyhow::{bail, ensure, Context};
-use lifeboat_common::edge::EdgeEvent;
-use lifeboat_common::{OpId, SessionId, TripOp, TripPhase, VersionVector};
-use lifeboat_edge::{ClientEvent, EdgeClient};
+use anyhow::{bail, ensure};
+use lifeboat_common::{DatacenterId, OpId, SessionId, TripOp, VersionVector};
 use lifeboat_server::service::StoredSession;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use lifeboat_testkit::checker::{self, dominates, FinalState, History, OpKind};
+use lifeboat_testkit::trip_end::check_completed;
+use std::collections::{BTreeSet, HashMap};
 
-/// Every trip in the ledger is in the store, exactly as committed, never older.
+pub use lifeboat_testkit::version_watch::VersionWatch;
+
+/// The holder the copies a test judges are labelled with in the checker's messages: they
+/// come from one store, or are the newest of several ([`newest_copies`]).
+const JUDGED: DatacenterId = DatacenterId(0);
+
+/// Every trip in the ledgers is in the store, exactly as committed, never older: judged by
+/// the testkit's checker (see the module docs). Stored sessions no ledger speaks of are not
+/// judged (nobody recorded their ops).
 pub fn check_against_store(ledgers: &[TripLedger], stored: &[StoredSession]) -> anyhow::Result<()> {
-    let by_id: HashMap<SessionId, &StoredSession> =
-        stored.iter().map(|s| (s.0.session, s)).collect();
+    let sessions: BTreeSet<SessionId> = ledgers.iter().map(|l| l.session).collect();
+    let judged: Vec<StoredSession> = stored
+        .iter()
+        .filter(|s| sessions.contains(&s.0.session))
+        .cloned()
+        .collect();
     for l in ledgers {
-        let (header, body) = by_id
-            .get(&l.session)
-            .with_context(|| format!("trip {} lost: not in the surviving store", l.session))?;
-        let applied = body.state.location_updates;
-        ensure!(
-            applied >= l.locations_committed
-                && applied <= l.locations_committed + l.locations_unresolved,
-            "trip {}: {} location ops committed on the device ({} more unresolved), {} applied \
-             at the datacenter",
-            l.session,
-            l.locations_committed,
-            l.locations_unresolved,
-            applied
-        );
-        ensure!(
-            header.version.covers(&l.last_version),
-            "trip {}: datacenter version {} is older than committed {}",
-            l.session,
-            header.version,
-            l.last_version
-        );
-        if l.completed {
-            ensure!(
-                header.tombstone,
-                "trip {} completed but not tombstoned",
-                l.session
-            );
-            ensure!(body.state.phase == TripPhase::Completed);
-            ensure!(body.state.fare_cents.is_some());
+        let Some(copy) = judged.iter().find(|s| s.0.session == l.session) else {
+            bail!("trip {} lost: not in the surviving store", l.session);
+        };
+        if l.completed() {
+            check_completed(copy)?;
         }
     }
+    let mut history = History::of_devices(ledgers.iter().map(|l| l.driver));
+    for e in ledgers.iter().flat_map(|l| l.history().entries()) {
+        history.record(e.at_ms, e.device, e.event.clone());
+    }
+    let mut finals = FinalState::new();
+    finals.add_store(JUDGED, judged);
+    let (violations, _) = checker::check(&history, &finals);
+    ensure!(
+        violations.is_empty(),
+        "{} contract violation(s) against the store:\n{}",
+        violations.len(),
+        checker::listing(&violations, "run the test again with the ledgers printed")
+    );
     Ok(())
 }
 
+/// The sum of a version's counters (the checker's arithmetic, from the raw entries).
+fn changes(v: &VersionVector) -> u64 {
+    v.entries().iter().map(|e| e.1).sum()
+}
+
 /// The newest copy of each session among several datacenters' stores: a copy is replaced
-/// by one that covers it. Of two concurrent copies (a branch no device reported back to
+/// by one that dominates it. Of two concurrent copies (a branch no device reported back to
 /// yet), the tombstone wins, then the one with more changes: that is the copy the devices
-/// continued with.
+/// continued with. Dominance is the checker's own.
 pub fn newest_copies(stored: impl IntoIterator<Item = StoredSession>) -> Vec<StoredSession> {
     let mut newest: HashMap<SessionId, StoredSession> = HashMap::new();
     for s in stored {
         let replace = match newest.get(&s.0.session) {
             None => true,
-            Some(old) if old.0.version.covers(&s.0.version) => false,
-            Some(old) if s.0.version.covers(&old.0.version) => true,
+            Some(old) if dominates(&old.0.version, &s.0.version) => false,
+            Some(old) if dominates(&s.0.version, &old.0.version) => true,
             Some(old) => {
-                (s.0.tombstone, s.0.version.total()) > (old.0.tombstone, old.0.version.total())
+                (s.0.tombstone, changes(&s.0.version)) > (old.0.tombstone, changes(&old.0.version))
             }
         };
         if replace {
@@ -83,243 +89,96 @@ pub fn newest_copies(stored: impl IntoIterator<Item = StoredSession>) -> Vec<Sto
     newest.into_values().collect()
 }
 
-/// Most regressions kept for the report (the first ones are the interesting ones).
-const MAX_REPORTED: usize = 32;
-
-/// Most timeline entries kept.
-const MAX_TIMELINE: usize = 600;
-
-/// Watches devices' held versions in the background (see the module docs), and keeps a
-/// timeline of their connection events and conflicts for failure messages.
-pub struct VersionWatch {
-    stop: Arc<AtomicBool>,
-    samples: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-    timeline: Arc<std::sync::Mutex<Vec<String>>>,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// One line of the timeline, if the event is worth one.
-fn timeline_entry(e: &ClientEvent) -> Option<String> {
-    Some(match e {
-        ClientEvent::Connected { dc, .. } => format!("connected to dc{}", dc.0),
-        ClientEvent::Disconnected { reason, .. } => format!("disconnected: {reason}"),
-        ClientEvent::Moved { from, to } => format!("moved {from} -> {to}"),
-        ClientEvent::FailoverFinished { dc, stalled_ms, .. } => {
-            format!("failover to dc{} after {stalled_ms} ms", dc.0)
-        }
-        ClientEvent::Session(EdgeEvent::Conflict {
-            session,
-            ours,
-            theirs,
-            ..
-        }) => format!("CONFLICT {session}: held {ours}, datacenter {theirs}"),
-        ClientEvent::Session(EdgeEvent::OpRejected { op, reason }) => {
-            format!("op #{} on {} rejected: {reason}", op.seq, op.session)
-        }
-        ClientEvent::Session(EdgeEvent::UploadRefused { session, reason }) => {
-            format!("upload of {session} refused: {reason:?}")
-        }
-        ClientEvent::StoreFailed(e) => format!("STORE FAILED: {e}"),
-        _ => return None,
-    })
-}
-
-impl VersionWatch {
-    /// Sample every client's sessions every `every` until [`VersionWatch::finish`].
-    pub fn start(clients: Vec<EdgeClient>, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(AtomicU64::new(0));
-        let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let t0 = std::time::Instant::now();
-        let listeners = clients
-            .iter()
-            .map(|c| {
-                let mut events = c.subscribe();
-                let (device, timeline) = (c.device(), timeline.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let line = match events.recv().await {
-                            Ok(e) => timeline_entry(&e.event),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                Some(format!("({n} events missed)"))
-                            }
-                            Err(_) => return,
-                        };
-                        if let (Some(line), Ok(mut t)) = (line, timeline.lock()) {
-                            if t.len() < MAX_TIMELINE {
-                                t.push(format!(
-                                    "{:>6} ms {device}: {line}",
-                                    t0.elapsed().as_millis()
-                                ));
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        let task = {
-            let (stop, samples) = (stop.clone(), samples.clone());
-            tokio::spawn(async move {
-                let start = t0;
-                let mut last: HashMap<(u64, SessionId), (VersionVector, String)> = HashMap::new();
-                let mut regressions = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    for c in &clients {
-                        // A stopped client has nothing more to show.
-                        let Ok(list) = c.sessions().await else {
-                            continue;
-                        };
-                        let at = c.connected_dc().map_or("none".into(), |d| d.0.to_string());
-                        for s in list {
-                            let key = (c.device().0, s.session);
-                            let now = format!(
-                                "{} ({:?}{}, on dc {at}, {} ms)",
-                                s.version,
-                                s.view.phase,
-                                if s.finished { ", finished" } else { "" },
-                                start.elapsed().as_millis()
-                            );
-                            if let Some((old, was)) = last.get(&key) {
-                                if !s.version.covers(old) && regressions.len() < MAX_REPORTED {
-                                    regressions.push(format!(
-                                        "device {} session {}: held {was}, then {now}",
-                                        c.device(),
-                                        s.session,
-                                    ));
-                                }
-                            }
-                            last.insert(key, (s.version, now));
-                        }
-                    }
-                    samples.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(every).await;
-                }
-                regressions
-            })
-        };
-        Self {
-            stop,
-            samples,
-            task,
-            timeline,
-            listeners,
-        }
-    }
-
-    /// The devices' connection events and conflicts so far, one a line.
-    pub fn timeline(&self) -> String {
-        self.timeline
-            .lock()
-            .map(|t| t.join("\n  "))
-            .unwrap_or_default()
-    }
-
-    /// Stop watching; fails with every regression seen. Returns the number of rounds.
-    pub async fn finish(self) -> anyhow::Result<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        for l in &self.listeners {
-            l.abort();
-        }
-        let timeline = self.timeline();
-        let regressions = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .context("the version watch did not stop")??;
-        let rounds = self.samples.load(Ordering::Relaxed);
-        if !regressions.is_empty() {
-            bail!(
-                "versions went backwards on devices (C3):\n  {}\ntimeline:\n  {timeline}",
-                regressions.join("\n  ")
-            );
-        }
-        ensure!(rounds > 0, "the version watch never sampled");
-        Ok(rounds)
-    }
-}
-
 /// One life of a device process: what the test asked (op by tag) and what it reported.
 pub struct Life {
     pub asked: HashMap<u64, TripOp>,
     pub reports: Vec<Report>,
 }
 
-/// A driver's [`TripLedger`] for `session` from every life of its device process: an op
-/// counts as committed if any life reported it committed (`Committed`, or `Resolved` for
-/// an op replayed from the store after a restart). An op resolved without a `Queued` report
-/// can only be one that was in flight when a life was killed (queued on disk, not yet
-/// reported): at most one per kill, and its kind is `in_flight_kind`.
+/// A driver's [`TripLedger`] for `session` from every life of its device process, in the
+/// order the lives told it: every op asked, every op reported queued, every commit
+/// (`Committed`, or `Resolved` for an op replayed from the store after a restart). An op
+/// resolved without a `Queued` report can only be one that was in flight when a life was
+/// killed (queued on disk, not yet reported): at most one per kill, and its kind is
+/// `in_flight_kind`. An op queued in a killed life whose outcome no later life heard stays
+/// queued in the ledger: maybe applied, once.
 pub fn ledger_from_lives(
     session: SessionId,
     lives: &[Life],
     in_flight_kind: &TripOp,
 ) -> anyhow::Result<TripLedger> {
-    let mut kind: HashMap<OpId, TripOp> = HashMap::new();
-    let mut committed: HashMap<OpId, VersionVector> = HashMap::new();
+    let driver = lives.iter().flat_map(|l| &l.reports).find_map(|r| match r {
+        Report::Queued { op, .. } | Report::Committed { op, .. } | Report::Resolved { op, .. } => {
+            Some(op.device)
+        }
+        _ => None,
+    });
+    let Some(driver) = driver else {
+        bail!("no life of the device reported an op of {session}");
+    };
+    // The kind of every op a life reported with its tag (a replayed op may be resolved
+    // before its queueing is reported, so the kinds are gathered first).
+    let mut kind: HashMap<OpId, OpKind> = HashMap::new();
     for life in lives {
         for r in &life.reports {
-            match r {
-                Report::Queued { tag, op } | Report::Committed { tag, op, .. } => {
-                    if let Some(k) = life.asked.get(tag) {
-                        kind.insert(*op, k.clone());
-                    }
+            if let Report::Queued { tag, op } | Report::Committed { tag, op, .. } = r {
+                if let Some(k) = life.asked.get(tag) {
+                    kind.insert(*op, OpKind::from(k));
                 }
-                _ => {}
             }
-            match r {
-                Report::Committed { op, version, .. } => {
-                    committed.insert(*op, version.clone());
-                }
+        }
+    }
+    let mut ledger = TripLedger::new(session, driver);
+    let mut unreported: BTreeSet<OpId> = BTreeSet::new();
+    for life in lives {
+        let mut tags: Vec<(&u64, &TripOp)> = life.asked.iter().collect();
+        tags.sort_by_key(|(t, _)| **t);
+        for (_, op) in tags {
+            ledger.asked(OpKind::from(op));
+        }
+        for r in &life.reports {
+            let (op, committed) = match r {
+                Report::Queued { op, .. } => (op, None),
+                Report::Committed {
+                    op,
+                    version,
+                    duplicate,
+                    ..
+                } => (op, Some((version, *duplicate))),
                 Report::Resolved {
                     op,
                     ok: true,
                     version: Some(version),
-                } => {
-                    committed.insert(*op, version.clone());
-                }
+                } => (op, Some((version, false))),
                 Report::Resolved { op, ok: false, .. } if op.session == session => {
                     bail!("op {op:?} was refused")
                 }
                 Report::Failed { tag, error } => bail!("op tag {tag} failed: {error}"),
-                _ => {}
+                _ => continue,
+            };
+            if op.session != session {
+                continue;
+            }
+            let k = match kind.get(op) {
+                Some(k) => *k,
+                None if committed.is_some() => {
+                    unreported.insert(*op);
+                    OpKind::from(in_flight_kind)
+                }
+                None => continue,
+            };
+            ledger.queued(*op, k);
+            if let Some((version, duplicate)) = committed {
+                ledger.committed(*op, version.clone(), duplicate);
             }
         }
     }
     let kills = lives.len().saturating_sub(1);
-    let mut ledger = TripLedger::new(session);
-    let mut unreported = 0;
-    let mut newest_seq = 0;
-    for (op, version) in committed.iter().filter(|(op, _)| op.session == session) {
-        let k = match kind.get(op) {
-            Some(k) => k,
-            None => {
-                unreported += 1;
-                in_flight_kind
-            }
-        };
-        match k {
-            TripOp::Location { .. } => ledger.locations_committed += 1,
-            TripOp::Complete => ledger.completed = true,
-            _ => {}
-        }
-        if op.seq > newest_seq {
-            newest_seq = op.seq;
-            ledger.last_version = version.clone();
-        }
-    }
     ensure!(
-        unreported <= kills,
-        "{unreported} ops committed that no life reported queued, with {kills} kills"
+        unreported.len() <= kills,
+        "{} ops committed that no life reported queued, with {kills} kills",
+        unreported.len()
     );
-    // Queued in a life that was killed, and no later life heard the outcome (a replay that
-    // resolves before the new process subscribes to its events): maybe applied, once.
-    ledger.locations_unresolved = kind
-        .iter()
-        .filter(|(op, k)| {
-            op.session == session
-                && !committed.contains_key(op)
-                && matches!(k, TripOp::Location { .. })
-        })
-        .count() as u32;
     Ok(ledger)
 }
 
@@ -359,4 +218,52 @@ pub fn summarize(lives: &[Life]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_common::ids::ReplicaId;
+    use lifeboat_common::DeviceId;
+
+    #[test]
+    fn an_op_resolved_before_its_queueing_is_reported_keeps_its_kind() {
+        let session = SessionId(7);
+        let op = |seq| OpId {
+            session,
+            device: DeviceId(1000),
+            seq,
+        };
+        let mut v = VersionVector::new();
+        v.bump(ReplicaId(1)).expect("small counter");
+        let life = Life {
+            asked: HashMap::from([(2, TripOp::Arrived)]),
+            reports: vec![
+                Report::Resolved {
+                    op: op(1),
+                    ok: true,
+                    version: Some(v.clone()),
+                },
+                Report::Queued { tag: 2, op: op(1) },
+                Report::Committed {
+                    tag: 2,
+                    op: op(1),
+                    version: v,
+                    duplicate: false,
+                },
+            ],
+        };
+        let in_flight = TripOp::Location {
+            at: crate::route_point(0),
+        };
+        let ledger = ledger_from_lives(session, &[life], &in_flight).expect("a ledger");
+        assert_eq!(ledger.locations_committed(), 0);
+        assert!(ledger.history().entries().iter().any(|e| matches!(
+            e.event,
+            lifeboat_testkit::checker::Event::Accepted {
+                kind: OpKind::Arrived,
+                ..
+            }
+        )));
+    }
 }

@@ -1,14 +1,16 @@
 //! The trip workload shared by the end-to-end tests: a fleet of real edge clients (drivers
 //! and riders), drivers driving their assigned trips op by op, and each driver's ledger of
-//! what its device was told was committed.
+//! what its device was told (a history for the testkit's checker).
 //!
 //! Every wait is bounded: an op that gets no answer within [`OP_TIMEOUT`] fails the test
 //! (failovers included), and every other wait gives up after [`WAIT`].
 
 use crate::{route_point, wait_for_assignment, Cluster, PICKUP};
 use anyhow::{ensure, Context};
-use lifeboat_common::{SessionId, TripOp, VersionVector};
-use lifeboat_edge::EdgeClient;
+use lifeboat_common::{DeviceId, OpId, SessionId, TripOp, VersionVector};
+use lifeboat_edge::{Commit, EdgeClient};
+use lifeboat_testkit::checker::{Event, History, OpKind};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,29 +33,95 @@ pub async fn submit(
         .with_context(|| what.clone())
 }
 
-/// What a driver's device was told was committed for its trip.
+/// What a driver's device told the test about its trip, in the order it was told, as a
+/// history of the testkit's checker (the one ledger the checker judges;
+/// [`crate::check::check_against_store`]).
 #[derive(Debug, Clone)]
 pub struct TripLedger {
     pub session: SessionId,
-    pub locations_committed: u32,
-    /// Location ops the app asked for whose outcome it never heard (its process was killed
-    /// with them in the outbox): each may be applied once, or not yet (C1 does not require
-    /// them; C2 still allows at most one application).
-    pub locations_unresolved: u32,
-    pub completed: bool,
-    /// The newest version any commit reported.
-    pub last_version: VersionVector,
+    pub driver: DeviceId,
+    history: History,
+    queued: BTreeSet<OpId>,
+    start: Instant,
 }
 
 impl TripLedger {
-    pub fn new(session: SessionId) -> Self {
+    pub fn new(session: SessionId, driver: DeviceId) -> Self {
         Self {
             session,
-            locations_committed: 0,
-            locations_unresolved: 0,
-            completed: false,
-            last_version: VersionVector::new(),
+            driver,
+            history: History::new(),
+            queued: BTreeSet::new(),
+            start: Instant::now(),
         }
+    }
+
+    fn record(&mut self, event: Event) {
+        let at_ms = self.start.elapsed().as_millis() as u64;
+        self.history.record(at_ms, self.driver, event);
+    }
+
+    /// The app asked for an op of `kind` (before the device answered anything).
+    pub fn asked(&mut self, kind: OpKind) {
+        let session = self.session;
+        self.record(Event::Submit { session, kind });
+    }
+
+    /// The device reported `op` queued (once per op; later reports are ignored).
+    pub fn queued(&mut self, op: OpId, kind: OpKind) {
+        if self.queued.insert(op) {
+            self.record(Event::Accepted { op, kind });
+        }
+    }
+
+    /// The device reported `op` committed at `version`.
+    pub fn committed(&mut self, op: OpId, version: VersionVector, duplicate: bool) {
+        self.record(Event::Committed {
+            op,
+            version,
+            duplicate,
+        });
+    }
+
+    /// An op of `kind` asked for and reported committed in one call ([`submit`]).
+    pub fn commit(&mut self, kind: OpKind, c: &Commit) {
+        self.asked(kind);
+        self.queued(c.op, kind);
+        self.committed(c.op, c.version.clone(), c.duplicate);
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    fn committed_of(&self, kind: OpKind) -> BTreeSet<OpId> {
+        let kinds: BTreeMap<OpId, OpKind> = self
+            .history
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Accepted { op, kind } => Some((*op, *kind)),
+                _ => None,
+            })
+            .collect();
+        self.history
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Committed { op, .. } if kinds.get(op) == Some(&kind) => Some(*op),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Distinct location ops reported committed.
+    pub fn locations_committed(&self) -> usize {
+        self.committed_of(OpKind::Location).len()
+    }
+
+    /// Whether the device was told the trip's completion is committed.
+    pub fn completed(&self) -> bool {
+        !self.committed_of(OpKind::Complete).is_empty()
     }
 }
 
@@ -65,23 +133,21 @@ pub async fn drive(
     pause: Duration,
 ) -> anyhow::Result<TripLedger> {
     let session = wait_for_assignment(&driver, WAIT).await?;
-    let mut ledger = TripLedger::new(session);
+    let mut ledger = TripLedger::new(session, driver.device());
     for op in [TripOp::Arrived, TripOp::StartTrip] {
-        let c = submit(&driver, session, op).await?;
-        ledger.last_version = c.version;
+        let kind = OpKind::from(&op);
+        ledger.commit(kind, &submit(&driver, session, op).await?);
     }
     for k in 1..=steps {
         let c = submit(&driver, session, TripOp::Location { at: route_point(k) }).await?;
-        ledger.locations_committed += 1;
-        ledger.last_version = c.version;
+        ledger.commit(OpKind::Location, &c);
         progress.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(pause).await;
     }
     let c = submit(&driver, session, TripOp::Complete)
         .await
         .context("complete")?;
-    ledger.last_version = c.version;
-    ledger.completed = true;
+    ledger.commit(OpKind::Complete, &c);
     Ok(ledger)
 }
 

@@ -16,6 +16,7 @@
 
 use anyhow::{ensure, Context};
 use lifeboat_common::edge::EdgeEvent;
+use lifeboat_common::trip::TripOpKind as OpKind;
 use lifeboat_common::{DatacenterId, SessionId, TripOp, TripPhase, VersionVector};
 use lifeboat_edge::{ClientEvent, EdgeClient};
 use lifeboat_server::process::{free_udp_port, DcProcess};
@@ -116,7 +117,7 @@ async fn datacenter_restarts_with_its_data_dir_deleted_and_restores_every_trip_f
     let ledgers = run_trips(&f, 25, 3 * 6, || {
         let mut c = lock(&c)?;
         c.kill(0, true)?;
-        c.start(0)
+        Ok(c.start(0)?)
     })
     .await?;
     let stored = lock(&c)?.stop_and_read(0)?;
@@ -374,7 +375,7 @@ async fn driver_app_killed(seed: u64) -> anyhow::Result<()> {
     let checked = async {
         let in_flight = TripOp::Location { at: route_point(0) };
         let ledger = ledger_from_lives(session, &lives, &in_flight)?;
-        ensure!(ledger.completed, "the trip was not completed");
+        ensure!(ledger.completed(), "the trip was not completed");
         let mut stored = Vec::new();
         if !dc1_down {
             stored.extend(c.stop_and_read(0)?);
@@ -478,16 +479,16 @@ async fn s7_driver_offline_through_the_failover_queues_ops_and_rejoins_at_the_ba
             .await
             .context("trip request")??;
     ensure!(wait_for_assignment(&driver, WAIT).await? == session);
-    let mut ledger = TripLedger::new(session);
+    let mut ledger = TripLedger::new(session, driver.device());
     let mut k = 0u32;
     for op in [TripOp::Arrived, TripOp::StartTrip] {
-        ledger.last_version = submit(&driver, session, op).await?.version;
+        let kind = OpKind::from(&op);
+        ledger.commit(kind, &submit(&driver, session, op).await?);
     }
     for _ in 0..5 {
         k += 1;
         let op = TripOp::Location { at: route_point(k) };
-        ledger.last_version = submit(&driver, session, op).await?.version;
-        ledger.locations_committed += 1;
+        ledger.commit(OpKind::Location, &submit(&driver, session, op).await?);
     }
     for p in &paths {
         p.cut();
@@ -515,17 +516,15 @@ async fn s7_driver_offline_through_the_failover_queues_ops_and_rejoins_at_the_ba
             .await
             .context("a queued op got no answer after the tunnel")?
             .context("the client stopped")??;
-        ledger.last_version = commit.version;
-        ledger.locations_committed += 1;
+        ledger.commit(OpKind::Location, &commit);
     }
     for _ in 0..3 {
         k += 1;
         let op = TripOp::Location { at: route_point(k) };
-        ledger.last_version = submit(&driver, session, op).await?.version;
-        ledger.locations_committed += 1;
+        ledger.commit(OpKind::Location, &submit(&driver, session, op).await?);
     }
-    ledger.last_version = submit(&driver, session, TripOp::Complete).await?.version;
-    ledger.completed = true;
+    let done = submit(&driver, session, TripOp::Complete).await?;
+    ledger.commit(OpKind::Complete, &done);
     wait_for_session(&rider, WAIT, |s| s.session == session && s.finished).await?;
     ensure!(
         paths.iter().map(|p| p.dropped()).sum::<u64>() > 0,

@@ -24,7 +24,9 @@ async fn s1_primary_killed_mid_traffic_with_disk_lost_backup_restores_every_trip
     let f = fleet(&c, 6).await?;
     let c = std::sync::Mutex::new(c);
     let ledgers = run_trips(&f, 25, 6 * 8, || {
-        c.lock().map_err(|_| anyhow::anyhow!("lock"))?.kill(0, true)
+        Ok(c.lock()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .kill(0, true)?)
     })
     .await?;
     let mut c = c.into_inner().map_err(|_| anyhow::anyhow!("lock"))?;
@@ -34,7 +36,7 @@ async fn s1_primary_killed_mid_traffic_with_disk_lost_backup_restores_every_trip
     }
     let stored = c.stop_and_read(1)?;
     check_against_store(&ledgers, &stored)?;
-    ensure!(ledgers.len() == 6 && ledgers.iter().all(|l| l.completed));
+    ensure!(ledgers.len() == 6 && ledgers.iter().all(|l| l.completed()));
     Ok(())
 }
 
@@ -53,7 +55,7 @@ async fn s12_both_datacenters_restart_with_empty_disks_everything_comes_back() -
         // Both come back empty after a moment.
         std::thread::sleep(Duration::from_millis(500));
         c.start(0)?;
-        c.start(1)
+        Ok(c.start(1)?)
     })
     .await?;
     let mut c = c.into_inner().map_err(|_| anyhow::anyhow!("lock"))?;
@@ -379,7 +381,7 @@ async fn a_restarted_client_starts_at_the_datacenter_it_last_reached_not_the_dea
                 tracing_log(&e);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     // A connect attempt to the dead primary would fail only after the connect timeout, long
@@ -402,6 +404,6 @@ async fn a_restarted_client_starts_at_the_datacenter_it_last_reached_not_the_dea
     Ok(())
 }
 
-fn tracing_log(e: &anyhow::Error) {
+fn tracing_log(e: &dyn std::error::Error) {
     eprintln!("store still held by the stopped client: {e}");
 }

@@ -2,7 +2,9 @@
 //! Rust, run in CI), the long stable-Rust random loop in the same file, and the cargo-fuzz
 //! targets in `fuzz/` (nightly). Each takes arbitrary bytes, feeds them to one entry point a
 //! peer can reach, and panics if an invariant breaks; a panic inside the library is a bug
-//! too.
+//! too. (Panicking is these functions' way to report: they are harnesses, called by fuzzers
+//! and property tests only.) Here in the testkit, a public item, so that the fuzz crate and
+//! the property tests use one copy without reaching into another crate's test files.
 //!
 //! - [`frame_bytes`]: the frame codec (a device's bytes, a datacenter's bytes);
 //! - [`digest_bytes`]: opening a sealed digest a device uploads (decoded from bytes, or a
@@ -10,8 +12,6 @@
 //! - [`core_script`]: two datacenter cores driven by a script of device inputs decoded from
 //!   the bytes (connects with uploads of genuine, stale and tampered digests, submits, acks,
 //!   availability, disconnects, time), checking the contract after every step.
-
-#![allow(dead_code)]
 
 use lifeboat_common::codec::{decode_exact, encode, frame_len, MAX_FRAME_BYTES};
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DcEvent, DcStats};
