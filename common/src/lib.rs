@@ -18,7 +18,8 @@
 //!   the failover clock;
 //! - `fault` (feature `fault-injection`, off by default): deliberate bugs for the chaos
 //!   suite's checker tests;
-//! - [`samples`]: representative trip digests for benchmarks and size reports.
+//! - `samples` (feature `samples`, off by default): representative trip digests for
+//!   benchmarks and size reports.
 //!
 //! The server (`lifeboat-server`) and the edge client (`lifeboat-edge`) are thin drivers
 //! around [`datacenter::DatacenterCore`] and [`edge::EdgeCore`]. The protocol they follow
@@ -42,6 +43,7 @@ pub mod keyring;
 pub mod limits;
 pub mod op_outcome;
 pub mod route;
+#[cfg(feature = "samples")]
 pub mod samples;
 pub mod trip;
 pub mod version;

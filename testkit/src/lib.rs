@@ -24,6 +24,8 @@
 //! Invariants: nothing here is compiled into a production crate; the checker imports only
 //! plain data types from `lifeboat-common` and `lifeboat-server` (a unit test keeps it so).
 
+#![forbid(unsafe_code)]
+
 pub mod checker;
 pub mod cluster;
 pub mod dc_faults;

@@ -93,7 +93,7 @@ impl<A: Application> DatacenterCore<A> {
                 self.offer_driver(driver);
                 continue;
             }
-            self.by_device.entry(driver).or_default().push(session);
+            self.index_participant(driver, session);
             if let Some(entry) = self.sessions.get_mut(&session) {
                 if let Durability::EdgeAck(_) = self.cfg.durability {
                     entry.pending = Some(Pending {

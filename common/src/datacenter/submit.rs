@@ -56,17 +56,10 @@ impl<A: Application> DatacenterCore<A> {
             this.reply(device, session, seq, OpOutcome::Rejected(r), with_update);
         };
         let Some(entry) = self.sessions.get(&session) else {
-            if !(A::is_create(&op) && seq == 1) {
-                return reject(self, OpRejection::UnknownSession, false);
-            }
-            if self.sessions.len() >= self.cfg.max_sessions {
-                self.stats.limited_sessions += 1;
-                return reject(self, OpRejection::Overloaded, false);
-            }
-            if let Err(limit) = self.admit_create(now_ms, device) {
-                return reject(self, OpRejection::Limit(limit), false);
-            }
-            return self.create(now_ms, device, session, op);
+            return match self.admit_unknown(now_ms, device, seq, &op) {
+                Ok(()) => self.create(now_ms, device, session, op),
+                Err(r) => reject(self, r, false),
+            };
         };
         let Some(role) = entry.header.role_of(device) else {
             return reject(self, OpRejection::NotParticipant, false);
@@ -101,6 +94,43 @@ impl<A: Application> DatacenterCore<A> {
         // Another participant's op commits only once the chain holder persisted it, and so
         // does the anchor's while this datacenter does not know the hand-over is done.
         let waits = device != entry.header.anchor() || !entry.anchor_known();
+        self.apply_op(now_ms, device, session, seq, role, op, waits);
+    }
+
+    /// An op for a session this datacenter does not hold: only a create (seq 1) within
+    /// the session and create limits may make one.
+    fn admit_unknown(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        seq: u64,
+        op: &A::Op,
+    ) -> Result<(), OpRejection> {
+        if !(A::is_create(op) && seq == 1) {
+            return Err(OpRejection::UnknownSession);
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            self.stats.limited_sessions += 1;
+            return Err(OpRejection::Overloaded);
+        }
+        self.admit_create(now_ms, device)
+            .map_err(OpRejection::Limit)
+    }
+
+    /// Apply a new op (its seq is the next of its device) to the session, record its
+    /// outcome in the device's watermark, answer it and push the change. `waits`: it commits
+    /// only once the chain holder persisted it.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_op(
+        &mut self,
+        now_ms: u64,
+        device: DeviceId,
+        session: SessionId,
+        seq: u64,
+        role: crate::ids::Role,
+        op: A::Op,
+        waits: bool,
+    ) {
         let mut app_result = Ok(());
         let changed = self.change(session, waits, |_, body| {
             let mut state = body.state.clone();
@@ -119,7 +149,11 @@ impl<A: Application> DatacenterCore<A> {
             }
         });
         let outcome = match (changed, app_result) {
-            (Err(e), _) => return reject(self, OpRejection::ChangeFailed(e), true),
+            (Err(e), _) => {
+                self.stats.ops_rejected += 1;
+                let outcome = OpOutcome::Rejected(OpRejection::ChangeFailed(e));
+                return self.reply(device, session, seq, outcome, true);
+            }
             (Ok(()), Ok(())) => {
                 self.stats.ops_applied += 1;
                 OpOutcome::Applied

@@ -76,13 +76,18 @@ impl<A: Application> DatacenterCore<A> {
         let participants: Vec<DeviceId> = entry.header.participants().collect();
         let needs = A::needs_assignee(&entry.body.state);
         for d in participants {
-            let list = self.by_device.entry(d).or_default();
-            if !list.contains(&id) {
-                list.push(id);
-            }
+            self.index_participant(d, id);
         }
         if needs {
             self.waiting.push_back(id);
+        }
+    }
+
+    /// `device` takes part in the active session `session` (once).
+    pub(super) fn index_participant(&mut self, device: DeviceId, session: SessionId) {
+        let list = self.by_device.entry(device).or_default();
+        if !list.contains(&session) {
+            list.push(session);
         }
     }
 
