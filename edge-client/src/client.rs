@@ -374,6 +374,7 @@ impl EdgeClient {
             .with_inline_flush(cfg.inline_flush);
         let loaded = store.load_expiring(cfg.tombstone_ttl, cfg.clock.now())?;
         let mut core = EdgeCore::new(cfg.device, cfg.limits.clone());
+        core.set_retry_interval(cfg.retry_interval.as_millis() as u64);
         for (s, h) in loaded.sessions {
             core.load_session(s, h);
         }
@@ -955,9 +956,12 @@ impl Actor {
         let welcome_deadline = tokio::time::sleep(self.cfg.connect_timeout * 2);
         tokio::pin!(welcome_deadline);
         let mut welcomed = false;
-        let mut retry = tokio::time::interval(self.cfg.retry_interval);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
+            // The core's resend deadline (ops the datacenter could not take yet).
+            let resend_in = self
+                .core
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
             // Frames before commands: both come from bounded queues fed at human and
             // datacenter pace, so neither starves the other.
             let step = tokio::select! {
@@ -975,8 +979,8 @@ impl Actor {
                     None => break "connection reader ended".to_string(),
                 },
                 cmd = self.cmd_rx.recv() => self.command(cmd, Some(&mut send)).await,
-                _ = retry.tick(), if welcomed && self.core.has_unsent() => {
-                    self.core.send_unsent();
+                _ = tokio::time::sleep(resend_in.unwrap_or_default()), if welcomed && resend_in.is_some() => {
+                    self.core.handle_timeout(self.now_ms());
                     Step::Continue
                 }
                 _ = &mut probe_timer, if probing && welcomed && probe.is_none() => {

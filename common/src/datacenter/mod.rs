@@ -97,9 +97,14 @@ pub struct DatacenterCore<A: Application> {
     waiting: VecDeque<SessionId>,
     /// Devices that created sessions within the last minute (see the module docs).
     create_budget: HashMap<DeviceId, CreateBudget>,
+    /// When `handle_tick` last ran (unix ms).
+    last_tick_ms: u64,
     effects: Effects<A>,
     stats: DcStats,
 }
+
+/// How often the core wants [`DatacenterCore::handle_tick`] while it has timed work (ms).
+pub const TICK_MS: u64 = 100;
 
 impl<A: Application> DatacenterCore<A> {
     /// An empty core (no sessions, nobody connected) that seals with `keyring`.
@@ -114,6 +119,7 @@ impl<A: Application> DatacenterCore<A> {
             in_pool: HashSet::new(),
             waiting: VecDeque::new(),
             create_budget: HashMap::new(),
+            last_tick_ms: 0,
             effects: Effects::default(),
             stats: DcStats::default(),
         }
@@ -208,8 +214,17 @@ impl<A: Application> DatacenterCore<A> {
         self.compact_pool();
     }
 
+    /// When the core next wants [`DatacenterCore::handle_tick`] (unix ms): while sessions
+    /// wait for a provider (dispatch retries) or create budgets refill; `None`: no timer is
+    /// needed (a tick then would change nothing).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let timed_work = !self.waiting.is_empty() || !self.create_budget.is_empty();
+        timed_work.then(|| self.last_tick_ms.saturating_add(TICK_MS))
+    }
+
     /// Advance time: forget full create budgets, then dispatch.
     pub fn handle_tick(&mut self, now_ms: u64) {
+        self.last_tick_ms = now_ms;
         // Forget devices whose create budget is full again (C6: the map stays small).
         let per_minute = self.cfg.session_creates_per_minute;
         self.create_budget.retain(|_, b| {

@@ -56,6 +56,7 @@ impl<A: Application> EdgeCore<A> {
     /// The datacenter processed the upload: replay the outbox in order.
     pub fn on_welcome(&mut self, dc: DatacenterId, results: Vec<UploadResult>) {
         self.connected = Some(dc);
+        self.next_retry_ms = Some(self.now_ms.saturating_add(self.retry_interval_ms));
         for r in results {
             self.on_upload_result(r);
         }
@@ -116,6 +117,7 @@ impl<A: Application> EdgeCore<A> {
     /// the device connects next (answered from the dedup watermark if they were applied).
     pub fn on_disconnect(&mut self) {
         self.connected = None;
+        self.next_retry_ms = None;
         self.reuploading.clear();
         for q in self.outbox.values_mut() {
             // An answered op may still be on a branch nobody confirmed: ask again wherever

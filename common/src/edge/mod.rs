@@ -75,8 +75,15 @@ pub struct EdgeCore<A: Application> {
     outcomes: OutcomeBook<A>,
     /// The time the driver last gave (unix ms): stamps decided outcomes.
     now_ms: u64,
+    /// How often ops the datacenter could not take yet are sent again (ms).
+    retry_interval_ms: u64,
+    /// While connected: when unsent ops are next sent again (unix ms).
+    next_retry_ms: Option<u64>,
     effects: EdgeEffects<A>,
 }
+
+/// The default of [`EdgeCore::set_retry_interval`] (ms).
+pub const DEFAULT_RETRY_INTERVAL_MS: u64 = 250;
 
 impl<A: Application> EdgeCore<A> {
     /// An empty core for `device` (nothing held, not connected); the driver loads its store
@@ -95,8 +102,40 @@ impl<A: Application> EdgeCore<A> {
             waiting: HashSet::new(),
             outcomes: OutcomeBook::new(limits_outcomes),
             now_ms: 0,
+            retry_interval_ms: DEFAULT_RETRY_INTERVAL_MS,
+            next_retry_ms: None,
             effects: EdgeEffects::default(),
         }
+    }
+
+    /// How often ops the datacenter could not take yet (a retryable rejection, a limit) are
+    /// sent again while connected, in ms (at least 1).
+    pub fn set_retry_interval(&mut self, ms: u64) {
+        self.retry_interval_ms = ms.max(1);
+    }
+
+    /// When the core next wants [`EdgeCore::handle_timeout`] (unix ms): while connected and
+    /// some op waits to be sent again; `None`: no timer is needed.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_retry_ms
+            .filter(|_| self.connected.is_some() && self.has_unsent())
+    }
+
+    /// Time passed to `now_ms`: if the resend deadline is due, ops waiting to be sent again
+    /// go out (take them with [`EdgeCore::poll_effects`]) and the next deadline is one
+    /// interval on.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.set_time(now_ms);
+        let Some(due) = self.next_retry_ms else {
+            return;
+        };
+        if now_ms < due {
+            return;
+        }
+        if self.connected.is_some() && self.has_unsent() {
+            self.send_unsent();
+        }
+        self.next_retry_ms = Some(now_ms.saturating_add(self.retry_interval_ms));
     }
 
     /// The current wall-clock time (unix ms), from the driver: outcomes decided from now on

@@ -83,7 +83,11 @@ pub(super) async fn serve(
                 if let Some(k) = keyring.changed_since(&mut keyring_seen) {
                     actor.new_keyring(&k);
                 }
-                actor.core.handle_tick(cfg.clock.now_ms());
+                // The core's own timer: only when it has timed work due.
+                let now = cfg.clock.now_ms();
+                if actor.core.poll_timeout().is_some_and(|due| now >= due) {
+                    actor.core.handle_tick(now);
+                }
                 actor.flush_effects().await;
             }
             _ = status_every.tick() => actor.write_status(),
