@@ -489,6 +489,22 @@ mod tests {
     use lifeboat_common::keyring::Keyring;
     use lifeboat_common::{GeoPoint, TripPhase, TripState, VersionVector};
 
+    /// Open a store just closed: sled releases the previous open's lock from a background
+    /// thread, so an open right after a drop can find it still held; retry briefly.
+    fn reopen(location: &StoreLocation, device: DeviceId) -> EdgeStore {
+        let start = std::time::Instant::now();
+        loop {
+            match EdgeStore::open(location, device) {
+                Err(StoreError::Sled(sled::Error::Io(_)))
+                    if start.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other.expect("reopen the store"),
+            }
+        }
+    }
+
     fn held(keyring: &Keyring, session: u64, tombstone: bool) -> HeldSession<Trip> {
         let here = GeoPoint {
             lat_e6: 52_520_000,
@@ -586,7 +602,7 @@ mod tests {
             store.save_route(&route).unwrap();
             store.db.flush().unwrap();
         }
-        let store = EdgeStore::open(&loc, DeviceId(9)).unwrap();
+        let store = reopen(&loc, DeviceId(9));
         let l = store.load().unwrap();
         let queued: Vec<u64> = l.ops.iter().map(|(i, _)| i.seq).collect();
         assert_eq!(queued, vec![3], "decided ops are no longer queued");
