@@ -182,15 +182,7 @@ impl<A: Application> DatacenterCore<A> {
         }
         self.effects.persist.push((session, sealed.clone()));
         self.insert(header, body, sealed, chain);
-        self.stats.sessions_restored += 1;
-        self.effects.events.push(DcEvent::Restored {
-            session,
-            from: device,
-        });
-        // A partner already connected here may not hold it (a reinstalled app that came
-        // first with an empty store): send it now rather than at the next change.
-        self.push_to_participants(session, Some(device));
-        UploadOutcome::Restored
+        self.restored(session, device)
     }
 
     /// An upload older than our copy (ours descends from it). If the device knows it is
@@ -252,6 +244,13 @@ impl<A: Application> DatacenterCore<A> {
             }
         }
         self.replace(session, device, sealed, body, chain);
+        self.restored(session, device)
+    }
+
+    /// A copy from `device` was adopted: count it, report it, and push it to the other
+    /// participants connected here (a partner may not hold it: a reinstalled app that came
+    /// first with an empty store), rather than at the next change.
+    fn restored(&mut self, session: SessionId, device: DeviceId) -> UploadOutcome {
         self.stats.sessions_restored += 1;
         self.effects.events.push(DcEvent::Restored {
             session,
