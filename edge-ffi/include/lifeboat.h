@@ -91,23 +91,31 @@
 // `LifeboatTrip::role`: the held copy no longer names this device.
 #define LIFEBOAT_ROLE_NONE 0
 
+// `LifeboatTrip::role`: this device requested the trip.
 #define LIFEBOAT_ROLE_RIDER 1
 
+// `LifeboatTrip::role`: this device was assigned to the trip by dispatch.
 #define LIFEBOAT_ROLE_DRIVER 2
 
 // No phase (the event is not about a trip's state).
 #define LIFEBOAT_PHASE_NONE 0
 
+// Created by the rider; waits for dispatch to assign a driver.
 #define LIFEBOAT_PHASE_REQUESTED 1
 
+// A driver is assigned and on the way.
 #define LIFEBOAT_PHASE_ASSIGNED 2
 
+// The driver is at the pickup point.
 #define LIFEBOAT_PHASE_DRIVER_ARRIVED 3
 
+// The rider is on board; location reports count towards distance and time.
 #define LIFEBOAT_PHASE_ON_TRIP 4
 
+// Final: the driver completed the trip and the fare is set.
 #define LIFEBOAT_PHASE_COMPLETED 5
 
+// Final: the rider or the driver cancelled before the trip started.
 #define LIFEBOAT_PHASE_CANCELLED 6
 
 // Connected to datacenter `dc` at `addr`.
@@ -177,14 +185,18 @@ typedef struct LifeboatConfig LifeboatConfig;
 
 // A point in microdegrees (WGS84).
 typedef struct LifeboatPoint {
+  // Latitude in microdegrees, from -90,000,000 to 90,000,000.
   int32_t lat_e6;
+  // Longitude in microdegrees, from -180,000,000 to 180,000,000.
   int32_t lon_e6;
 } LifeboatPoint;
 
 // A committed op. After `LIFEBOAT_ERR_TIMEOUT`/`_CANCELLED`, `session` and `op_seq` name
 // the queued op (`op_seq` 0: not known to be queued) and the rest is zero.
 typedef struct LifeboatCommit {
+  // The trip the op belongs to (for `lifeboat_request_trip`: the new trip's id).
   uint64_t session;
+  // The op's sequence number within the trip (this device's, from 1).
   uint64_t op_seq;
   // Sum of the version vector's counters of the digest that covers the op.
   uint64_t version_total;
@@ -195,7 +207,9 @@ typedef struct LifeboatCommit {
 // An op's id and where it stands (`lifeboat_enqueue`, `lifeboat_op_status`,
 // `lifeboat_queued_ops`, `lifeboat_outcomes`).
 typedef struct LifeboatOp {
+  // The trip the op belongs to.
   uint64_t session;
+  // The op's sequence number within the trip (this device's, from 1).
   uint64_t op_seq;
   // `LIFEBOAT_OP_*`.
   int32_t state;
@@ -203,6 +217,7 @@ typedef struct LifeboatOp {
   int32_t action;
   // The position of a location op, the pickup of a trip request (valid when `has_at`).
   struct LifeboatPoint at;
+  // Whether `at` holds a position (a location op or a trip request).
   bool has_at;
   // Committed: a retry of an op the datacenter had already applied (applied once).
   bool duplicate;
@@ -216,32 +231,43 @@ typedef struct LifeboatOp {
 
 // A trip as the device holds it.
 typedef struct LifeboatTrip {
+  // The trip (session) id.
   uint64_t session;
   // `LIFEBOAT_PHASE_*`.
   int32_t phase;
+  // Sum of the version vector's counters: grows with every change.
   uint64_t version_total;
+  // Distance driven on trip, in metres; only grows.
   uint64_t distance_m;
+  // Time on trip in ms; only grows.
   uint64_t duration_ms;
   // The fare in cents, or -1 while there is none.
   int64_t fare_cents;
+  // Location reports the datacenter accepted (saturating).
   uint32_t location_updates;
-  // Size of the sealed digest held on the device.
+  // Size of the sealed digest held on the device, in bytes (saturating).
   uint32_t digest_bytes;
   // Finished (completed or cancelled): the device holds its tombstone.
   bool finished;
+  // The datacenter reported this copy committed.
   bool committed;
   // `LIFEBOAT_ROLE_*`: this device's part in the trip.
   int32_t role;
-  // The rider's device id, and the driver's (0: none assigned yet).
+  // The rider's device id.
   uint64_t rider;
+  // The driver's device id (0: none assigned yet).
   uint64_t driver;
+  // Where the rider asked to be picked up.
   struct LifeboatPoint pickup;
+  // Where the rider asked to go.
   struct LifeboatPoint dropoff;
   // The driver's last reported position, valid when `has_last_position`.
   struct LifeboatPoint last_position;
+  // Whether `last_position` holds a position (false until the driver's first report).
   bool has_last_position;
-  // When the trip was requested and started (unix ms; 0: not yet).
+  // When the request was applied (unix ms, the applying datacenter's clock).
   uint64_t requested_ms;
+  // When the trip started (unix ms, the datacenter's clock; 0: not yet).
   uint64_t started_ms;
 } LifeboatTrip;
 
@@ -249,31 +275,52 @@ typedef struct LifeboatTrip {
 typedef struct LifeboatEvent {
   // `LIFEBOAT_EVENT_*`.
   int32_t kind;
-  // `LIFEBOAT_PHASE_*`.
+  // `LIFEBOAT_EVENT_SESSION_UPDATED`: the trip's phase in the new copy
+  // (`LIFEBOAT_PHASE_*`; `LIFEBOAT_PHASE_NONE` for other kinds).
   int32_t phase;
+  // The trip concerned (trip and op events).
   uint64_t session;
+  // The op's sequence number within `session` (`LIFEBOAT_EVENT_OP_COMMITTED`,
+  // `LIFEBOAT_EVENT_OP_REJECTED`).
   uint64_t op_seq;
+  // `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the stall the user felt, in ms, from the first op
+  // the lost datacenter left unanswered (or its last frame) to the first op answered
+  // after the reconnect.
   uint64_t stalled_ms;
+  // Sum of the version vector's counters of the copy concerned (the datacenter's for
+  // `LIFEBOAT_EVENT_CONFLICT`).
   uint64_t version_total;
+  // `LIFEBOAT_EVENT_EVENTS_DROPPED`: how many events were dropped since the last such
+  // event.
   uint64_t count;
   // When it happened (unix ms, the device's clock), not when it was polled.
   uint64_t at_ms;
   // `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the part of `stalled_ms` spent noticing that the
   // datacenter was gone.
   uint64_t detection_ms;
+  // The datacenter's id (`LIFEBOAT_EVENT_CONNECTED`, `LIFEBOAT_EVENT_FAILOVER_FINISHED`).
   uint16_t dc;
-  // NUL-terminated.
+  // A datacenter's address, "ip:port" (connection and failover events,
+  // `LIFEBOAT_EVENT_MOVED`). NUL-terminated.
   char addr[LIFEBOAT_ADDR_BYTES];
-  // NUL-terminated, truncated to fit.
+  // A human-readable reason or detail (see each `LIFEBOAT_EVENT_*`). NUL-terminated,
+  // truncated to fit.
   char message[LIFEBOAT_MESSAGE_BYTES];
 } LifeboatEvent;
 
 // Counters of a client (they restart from zero after `lifeboat_resume`).
 typedef struct LifeboatStats {
+  // UDP bytes sent, QUIC overhead included (ended connections, plus the live one as of
+  // its last update).
   uint64_t bytes_up;
+  // UDP bytes received, counted like `bytes_up`.
   uint64_t bytes_down;
+  // QUIC connections established (handshake done).
   uint64_t connects;
+  // Ops resolved as committed.
   uint64_t ops_committed;
+  // Events dropped because the app did not poll fast enough (since the client started;
+  // not reset by `lifeboat_resume`).
   uint64_t events_dropped;
   // The datacenter serving the client now (0: none).
   uint16_t connected_dc;

@@ -87,16 +87,24 @@ pub const LIFEBOAT_OP_FAILED: i32 = 3;
 
 /// `LifeboatTrip::role`: the held copy no longer names this device.
 pub const LIFEBOAT_ROLE_NONE: i32 = 0;
+/// `LifeboatTrip::role`: this device requested the trip.
 pub const LIFEBOAT_ROLE_RIDER: i32 = 1;
+/// `LifeboatTrip::role`: this device was assigned to the trip by dispatch.
 pub const LIFEBOAT_ROLE_DRIVER: i32 = 2;
 
 /// No phase (the event is not about a trip's state).
 pub const LIFEBOAT_PHASE_NONE: i32 = 0;
+/// Created by the rider; waits for dispatch to assign a driver.
 pub const LIFEBOAT_PHASE_REQUESTED: i32 = 1;
+/// A driver is assigned and on the way.
 pub const LIFEBOAT_PHASE_ASSIGNED: i32 = 2;
+/// The driver is at the pickup point.
 pub const LIFEBOAT_PHASE_DRIVER_ARRIVED: i32 = 3;
+/// The rider is on board; location reports count towards distance and time.
 pub const LIFEBOAT_PHASE_ON_TRIP: i32 = 4;
+/// Final: the driver completed the trip and the fare is set.
 pub const LIFEBOAT_PHASE_COMPLETED: i32 = 5;
+/// Final: the rider or the driver cancelled before the trip started.
 pub const LIFEBOAT_PHASE_CANCELLED: i32 = 6;
 
 /// Connected to datacenter `dc` at `addr`.
@@ -158,7 +166,9 @@ pub struct LifeboatCancel {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LifeboatPoint {
+    /// Latitude in microdegrees, from -90,000,000 to 90,000,000.
     pub lat_e6: i32,
+    /// Longitude in microdegrees, from -180,000,000 to 180,000,000.
     pub lon_e6: i32,
 }
 
@@ -167,7 +177,9 @@ pub struct LifeboatPoint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LifeboatCommit {
+    /// The trip the op belongs to (for `lifeboat_request_trip`: the new trip's id).
     pub session: u64,
+    /// The op's sequence number within the trip (this device's, from 1).
     pub op_seq: u64,
     /// Sum of the version vector's counters of the digest that covers the op.
     pub version_total: u64,
@@ -179,32 +191,43 @@ pub struct LifeboatCommit {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LifeboatTrip {
+    /// The trip (session) id.
     pub session: u64,
     /// `LIFEBOAT_PHASE_*`.
     pub phase: i32,
+    /// Sum of the version vector's counters: grows with every change.
     pub version_total: u64,
+    /// Distance driven on trip, in metres; only grows.
     pub distance_m: u64,
+    /// Time on trip in ms; only grows.
     pub duration_ms: u64,
     /// The fare in cents, or -1 while there is none.
     pub fare_cents: i64,
+    /// Location reports the datacenter accepted (saturating).
     pub location_updates: u32,
-    /// Size of the sealed digest held on the device.
+    /// Size of the sealed digest held on the device, in bytes (saturating).
     pub digest_bytes: u32,
     /// Finished (completed or cancelled): the device holds its tombstone.
     pub finished: bool,
+    /// The datacenter reported this copy committed.
     pub committed: bool,
     /// `LIFEBOAT_ROLE_*`: this device's part in the trip.
     pub role: i32,
-    /// The rider's device id, and the driver's (0: none assigned yet).
+    /// The rider's device id.
     pub rider: u64,
+    /// The driver's device id (0: none assigned yet).
     pub driver: u64,
+    /// Where the rider asked to be picked up.
     pub pickup: LifeboatPoint,
+    /// Where the rider asked to go.
     pub dropoff: LifeboatPoint,
     /// The driver's last reported position, valid when `has_last_position`.
     pub last_position: LifeboatPoint,
+    /// Whether `last_position` holds a position (false until the driver's first report).
     pub has_last_position: bool,
-    /// When the trip was requested and started (unix ms; 0: not yet).
+    /// When the request was applied (unix ms, the applying datacenter's clock).
     pub requested_ms: u64,
+    /// When the trip started (unix ms, the datacenter's clock; 0: not yet).
     pub started_ms: u64,
 }
 
@@ -213,7 +236,9 @@ pub struct LifeboatTrip {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LifeboatOp {
+    /// The trip the op belongs to.
     pub session: u64,
+    /// The op's sequence number within the trip (this device's, from 1).
     pub op_seq: u64,
     /// `LIFEBOAT_OP_*`.
     pub state: i32,
@@ -221,6 +246,7 @@ pub struct LifeboatOp {
     pub action: i32,
     /// The position of a location op, the pickup of a trip request (valid when `has_at`).
     pub at: LifeboatPoint,
+    /// Whether `at` holds a position (a location op or a trip request).
     pub has_at: bool,
     /// Committed: a retry of an op the datacenter had already applied (applied once).
     pub duplicate: bool,
@@ -238,22 +264,36 @@ pub struct LifeboatOp {
 pub struct LifeboatEvent {
     /// `LIFEBOAT_EVENT_*`.
     pub kind: i32,
-    /// `LIFEBOAT_PHASE_*`.
+    /// `LIFEBOAT_EVENT_SESSION_UPDATED`: the trip's phase in the new copy
+    /// (`LIFEBOAT_PHASE_*`; `LIFEBOAT_PHASE_NONE` for other kinds).
     pub phase: i32,
+    /// The trip concerned (trip and op events).
     pub session: u64,
+    /// The op's sequence number within `session` (`LIFEBOAT_EVENT_OP_COMMITTED`,
+    /// `LIFEBOAT_EVENT_OP_REJECTED`).
     pub op_seq: u64,
+    /// `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the stall the user felt, in ms, from the first op
+    /// the lost datacenter left unanswered (or its last frame) to the first op answered
+    /// after the reconnect.
     pub stalled_ms: u64,
+    /// Sum of the version vector's counters of the copy concerned (the datacenter's for
+    /// `LIFEBOAT_EVENT_CONFLICT`).
     pub version_total: u64,
+    /// `LIFEBOAT_EVENT_EVENTS_DROPPED`: how many events were dropped since the last such
+    /// event.
     pub count: u64,
     /// When it happened (unix ms, the device's clock), not when it was polled.
     pub at_ms: u64,
     /// `LIFEBOAT_EVENT_FAILOVER_FINISHED`: the part of `stalled_ms` spent noticing that the
     /// datacenter was gone.
     pub detection_ms: u64,
+    /// The datacenter's id (`LIFEBOAT_EVENT_CONNECTED`, `LIFEBOAT_EVENT_FAILOVER_FINISHED`).
     pub dc: u16,
-    /// NUL-terminated.
+    /// A datacenter's address, "ip:port" (connection and failover events,
+    /// `LIFEBOAT_EVENT_MOVED`). NUL-terminated.
     pub addr: [c_char; LIFEBOAT_ADDR_BYTES],
-    /// NUL-terminated, truncated to fit.
+    /// A human-readable reason or detail (see each `LIFEBOAT_EVENT_*`). NUL-terminated,
+    /// truncated to fit.
     pub message: [c_char; LIFEBOAT_MESSAGE_BYTES],
 }
 
@@ -261,10 +301,17 @@ pub struct LifeboatEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LifeboatStats {
+    /// UDP bytes sent, QUIC overhead included (ended connections, plus the live one as of
+    /// its last update).
     pub bytes_up: u64,
+    /// UDP bytes received, counted like `bytes_up`.
     pub bytes_down: u64,
+    /// QUIC connections established (handshake done).
     pub connects: u64,
+    /// Ops resolved as committed.
     pub ops_committed: u64,
+    /// Events dropped because the app did not poll fast enough (since the client started;
+    /// not reset by `lifeboat_resume`).
     pub events_dropped: u64,
     /// The datacenter serving the client now (0: none).
     pub connected_dc: u16,

@@ -23,6 +23,7 @@ impl Default for CancelToken {
 
 #[uniffi::export]
 impl CancelToken {
+    /// A token that is not cancelled yet.
     #[uniffi::constructor]
     pub fn new() -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self::default())
@@ -33,6 +34,7 @@ impl CancelToken {
         self.tx.send_replace(true);
     }
 
+    /// Whether [`CancelToken::cancel`] was called (once true, it stays true).
     pub fn is_cancelled(&self) -> bool {
         *self.tx.borrow()
     }

@@ -447,6 +447,7 @@ impl Core {
         Ok(())
     }
 
+    /// Whether the client is paused (between [`Core::pause`] and [`Core::resume`]).
     pub fn is_paused(&self) -> bool {
         lock(&self.state).paused
     }

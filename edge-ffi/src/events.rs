@@ -69,19 +69,32 @@ pub enum EventKind {
 /// One event. Fields that do not apply to the kind are 0 / empty / None.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Event {
+    /// What happened; says which of the fields below are set.
     pub kind: EventKind,
     /// When it happened (unix ms, the device's clock).
     pub at_ms: u64,
+    /// The trip concerned (trip and op events).
     pub session: u64,
+    /// The op's sequence number within `session` (`OpCommitted`, `OpRejected`).
     pub op_seq: u64,
+    /// The datacenter's id (`Connected`, `FailoverFinished`).
     pub dc: u16,
+    /// A datacenter's address, `ip:port` (connection and failover events, `Moved`).
     pub addr: String,
+    /// `FailoverFinished`: the stall the user felt, in ms (see [`EventKind::FailoverFinished`]).
     pub stalled_ms: u64,
+    /// `FailoverFinished`: the part of `stalled_ms` spent noticing the datacenter was gone.
     pub detection_ms: u64,
+    /// `SessionUpdated`: the trip's phase in the new copy.
     pub phase: Option<Phase>,
+    /// The version vector, as text (for logs): the new copy's (`SessionUpdated`), the
+    /// committed one (`ServerChangeCommitted`, `OpCommitted`), the datacenter's (`Conflict`).
     pub version: String,
+    /// Sum of the counters of `version`.
     pub version_total: u64,
+    /// `EventsDropped`: how many events were dropped since the last such event.
     pub count: u64,
+    /// A human-readable reason or detail (see each [`EventKind`]).
     pub message: String,
 }
 
@@ -249,6 +262,7 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
+    /// An empty queue holding at most `capacity` events (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
@@ -267,6 +281,8 @@ impl EventQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Append an event, dropping (and counting) the oldest if the queue is full; wakes one
+    /// waiting poll. Never blocks beyond the queue's lock.
     pub fn push(&self, e: Event) {
         let mut g = self.lock();
         if g.queue.len() >= self.capacity {
@@ -319,14 +335,17 @@ impl EventQueue {
         }
     }
 
+    /// Events dropped since the queue was created (never reset).
     pub fn dropped_total(&self) -> u64 {
         self.lock().dropped_total
     }
 
+    /// Events waiting in the queue now (the pending `EventsDropped` notice not counted).
     pub fn len(&self) -> usize {
         self.lock().queue.len()
     }
 
+    /// Whether no event is waiting (a pending `EventsDropped` notice not counted).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

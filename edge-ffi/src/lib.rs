@@ -21,6 +21,8 @@
 //! migration keeps the connection), keep-alive and idle timeout in [`Settings`], and a
 //! bounded store with tombstone expiry (`max_tombstones`, `tombstone_ttl_s`).
 
+#![deny(missing_docs)]
+
 pub mod c_api;
 pub mod cancel;
 pub mod core;

@@ -1,5 +1,11 @@
 //! Plain data crossing the boundary (UniFFI records and enums; the C API copies them into
 //! `#[repr(C)]` structs of its own).
+//!
+//! Ids are plain integers: a trip (session) id is a `u64` (printed `s` and 16 hex digits),
+//! an op is named by its trip and its `op_seq` (this device's sequence number within the
+//! trip, from 1; 0 means no op), a datacenter by its `u16` id. Times are unix ms on the
+//! device's clock unless a field says otherwise. A [`Point`] is checked against the WGS84
+//! ranges when it enters the library (an `InvalidArgument` error), never clamped.
 
 use crate::error::LifeboatError;
 use lifeboat_common::{GeoPoint, OpId, Role, TripOp, TripPhase};
@@ -8,7 +14,9 @@ use lifeboat_edge::{OpOutcomeRecord, OpStatus, SessionSnapshot};
 /// A point in microdegrees (WGS84).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Point {
+    /// Latitude in microdegrees, from -90,000,000 to 90,000,000.
     pub lat_e6: i32,
+    /// Longitude in microdegrees, from -180,000,000 to 180,000,000.
     pub lon_e6: i32,
 }
 
@@ -41,11 +49,17 @@ impl Point {
 /// The phase of a trip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum Phase {
+    /// Created by the rider; waits for dispatch to assign a driver.
     Requested,
+    /// A driver is assigned and on the way.
     Assigned,
+    /// The driver is at the pickup point.
     DriverArrived,
+    /// The rider is on board; location reports count towards distance and time.
     OnTrip,
+    /// Final: the driver completed the trip and the fare is set.
     Completed,
+    /// Final: the rider or the driver cancelled before the trip started.
     Cancelled,
 }
 
@@ -70,7 +84,10 @@ pub enum TripAction {
     /// Driver: rider on board.
     StartTrip,
     /// Driver: a position report.
-    Location { at: Point },
+    Location {
+        /// The driver's position.
+        at: Point,
+    },
     /// Driver: at the destination (computes the fare).
     Complete,
     /// Rider or driver, before the trip starts.
@@ -92,30 +109,39 @@ impl TripAction {
 /// The part this device plays in a trip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum TripRole {
+    /// Requested the trip.
     Rider,
+    /// Assigned to the trip by dispatch.
     Driver,
 }
 
 /// A trip as this device holds it.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct TripView {
+    /// The trip (session) id.
     pub session: u64,
     /// The session id in its one printed form (`s` and 16 hex digits), as in logs.
     pub label: String,
+    /// Where the trip is in its life.
     pub phase: Phase,
     /// This device's part in the trip (`None`: the held copy no longer names it).
     pub role: Option<TripRole>,
-    /// The participants: the rider's device id, and the driver's once one is assigned.
+    /// The rider's device id.
     pub rider: u64,
+    /// The driver's device id, once one is assigned.
     pub driver: Option<u64>,
+    /// Where the rider asked to be picked up.
     pub pickup: Point,
+    /// Where the rider asked to go.
     pub dropoff: Point,
     /// The last position the driver reported, once on the way.
     pub last_position: Option<Point>,
-    /// When the trip was requested and started (unix ms; 0: not yet).
+    /// When the request was applied (unix ms, the applying datacenter's clock).
     pub requested_ms: u64,
+    /// When the trip started (unix ms, the datacenter's clock; 0: not yet).
     pub started_ms: u64,
-    /// The version vector, as text (for logs).
+    /// The version vector, as text (for logs): `{replica:counter,...}`, one counter per
+    /// datacenter replica slot (e.g. `{r0000002a:3}`).
     pub version: String,
     /// Sum of the version vector's counters: grows with every change.
     pub version_total: u64,
@@ -123,11 +149,15 @@ pub struct TripView {
     pub finished: bool,
     /// The datacenter reported this copy committed.
     pub committed: bool,
+    /// Distance driven on trip, in metres; only grows.
     pub distance_m: u64,
+    /// Time on trip in ms; only grows.
     pub duration_ms: u64,
+    /// Location reports the datacenter accepted (saturating).
     pub location_updates: u32,
+    /// The fare in cents, set once at completion; `None` before.
     pub fare_cents: Option<u64>,
-    /// Size of the sealed digest held on the device.
+    /// Size of the sealed digest held on the device, in bytes.
     pub digest_bytes: u64,
 }
 
@@ -164,9 +194,13 @@ impl From<&SessionSnapshot> for TripView {
 /// A committed op: applied by a datacenter, and the digest that covers it on disk here.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CommitInfo {
+    /// The trip the op belongs to (for `request_trip`: the new trip's id).
     pub session: u64,
+    /// The op's sequence number within the trip (this device's, from 1).
     pub op_seq: u64,
+    /// The version vector of the committed copy that covers the op, as text (for logs).
     pub version: String,
+    /// Sum of that version vector's counters.
     pub version_total: u64,
     /// A retry of an op the datacenter had already applied (applied once all the same).
     pub duplicate: bool,
@@ -187,10 +221,14 @@ impl From<&lifeboat_edge::Commit> for CommitInfo {
 /// Counters of the embedded client (they restart from zero after `resume`).
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct Stats {
-    /// UDP bytes sent and received, QUIC overhead included.
+    /// UDP bytes sent, QUIC overhead included (ended connections, plus the live one as of
+    /// its last update).
     pub bytes_up: u64,
+    /// UDP bytes received, counted like `bytes_up`.
     pub bytes_down: u64,
+    /// QUIC connections established (handshake done).
     pub connects: u64,
+    /// Ops resolved as committed.
     pub ops_committed: u64,
     /// The datacenter serving the client now, if connected.
     pub connected_dc: Option<u16>,
@@ -203,11 +241,17 @@ pub struct Stats {
 /// What an op does (the trip model's ops; `RequestTrip` creates the trip).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum OpKind {
+    /// Rider: create the trip.
     RequestTrip,
+    /// Driver: at the pickup point.
     Arrived,
+    /// Driver: rider on board.
     StartTrip,
+    /// Driver: a position report (the position is in `OpInfo::at`).
     Location,
+    /// Driver: at the destination (computes the fare).
     Complete,
+    /// Rider or driver, before the trip starts.
     Cancel,
 }
 
@@ -227,15 +271,19 @@ pub enum OpState {
 /// An op's id and where it stands (`op_status`, `queued_ops`, `outcomes`, `enqueue`).
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct OpInfo {
+    /// The trip the op belongs to.
     pub session: u64,
+    /// The op's sequence number within the trip (this device's, from 1).
     pub op_seq: u64,
+    /// Where the op stands.
     pub state: OpState,
     /// What the op does (`None` when the state is `Unknown`).
     pub kind: Option<OpKind>,
     /// The position of a `Location` op, the pickup of a `RequestTrip`.
     pub at: Option<Point>,
-    /// Committed: the version of the committed copy that covers it.
+    /// Committed: the version of the committed copy that covers it, as text (for logs).
     pub version: String,
+    /// Committed: the sum of that version vector's counters (0 otherwise).
     pub version_total: u64,
     /// Committed: a retry of an op the datacenter had already applied (applied once).
     pub duplicate: bool,

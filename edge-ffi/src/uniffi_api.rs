@@ -4,6 +4,11 @@
 //! async method: its work runs on the client's own runtime and the foreign language awaits
 //! it (Python `await`, Kotlin `suspend`, Swift `async`); cancel it explicitly with a
 //! [`CancelToken`] (dropping the foreign future ends only the wait).
+//!
+//! Invariants: every method forwards to the [`Core`], so the core's hold unchanged
+//! (bounded waits, ops queued before a timeout or cancel committed exactly once); UniFFI
+//! catches a panic in a call and raises it as an internal error, never unwinding into the
+//! foreign language.
 
 use crate::cancel::CancelToken;
 use crate::core::Core;
@@ -101,14 +106,17 @@ impl EmbeddedClient {
         self.core.acknowledge(session, op_seq)
     }
 
+    /// Driver: offer (or withdraw) this device for dispatch. Kept across pause/resume.
     pub fn set_available(&self, available: bool) -> Result<(), LifeboatError> {
         self.core.set_available(available)
     }
 
+    /// Every trip the device holds, active and finished (tombstones).
     pub fn sessions(&self) -> Result<Vec<TripView>, LifeboatError> {
         self.core.sessions()
     }
 
+    /// Trip `session`, or `None` if the device does not hold it.
     pub fn trip(&self, session: u64) -> Result<Option<TripView>, LifeboatError> {
         self.core.trip(session)
     }
@@ -118,10 +126,13 @@ impl EmbeddedClient {
         self.core.poll_event(timeout_ms)
     }
 
+    /// The id of the datacenter serving the client now; `None` while not connected or paused.
     pub fn connected_dc(&self) -> Option<u16> {
         self.core.connected_dc()
     }
 
+    /// Wait at most `timeout_ms` (1 ms to 24 h) until connected: the datacenter's id, or
+    /// `None` if the timeout passed first.
     pub fn wait_connected(&self, timeout_ms: u64) -> Result<Option<u16>, LifeboatError> {
         self.core.wait_connected(timeout_ms)
     }
@@ -136,6 +147,7 @@ impl EmbeddedClient {
         self.core.resume()
     }
 
+    /// Whether the client is paused (between `pause` and `resume`).
     pub fn is_paused(&self) -> bool {
         self.core.is_paused()
     }
@@ -145,6 +157,7 @@ impl EmbeddedClient {
         self.core.rebind()
     }
 
+    /// The client's counters (zero while paused, except `events_dropped` and `local_addr`).
     pub fn stats(&self) -> Stats {
         self.core.stats()
     }
