@@ -32,17 +32,36 @@ pub const ADMIN_QUEUE: usize = 16;
 /// Why the admin token could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The token file could not be read, created or written.
     #[error("admin token file {path}: {source}")]
     Io {
+        /// The token file.
         path: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The token file has group or other permission bits set; it is not used.
     #[error("admin token file {path} is readable by others (mode {mode:o}): chmod 600 it")]
-    NotPrivate { path: String, mode: u32 },
+    NotPrivate {
+        /// The token file.
+        path: String,
+        /// Its permission bits (`mode & 0o777`).
+        mode: u32,
+    },
+    /// The token (trimmed) is shorter than [`MIN_TOKEN_CHARS`] characters.
     #[error("admin token in {path} is {len} characters; at least {MIN_TOKEN_CHARS} are needed")]
-    TooShort { path: String, len: usize },
+    TooShort {
+        /// The token file.
+        path: String,
+        /// The token's length in characters.
+        len: usize,
+    },
+    /// [`AdminToken::create`] found the file already there and left it alone.
     #[error("admin token file {path} already exists; refusing to overwrite it")]
-    Exists { path: String },
+    Exists {
+        /// The token file.
+        path: String,
+    },
 }
 
 /// The operator's bearer token.
@@ -143,10 +162,13 @@ impl AdminToken {
 /// One session as this datacenter holds it (`GET /admin/session/<id>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionInfo {
+    /// The session id (a number in the JSON; logs print it as `s` and 16 hex digits).
     pub session: u64,
     /// The version vector, in its printed form.
     pub version: String,
+    /// The rider's device id.
     pub rider: u64,
+    /// The driver's device id, once one is assigned.
     pub driver: Option<u64>,
     /// The session is finished (this copy is its tombstone).
     pub finished: bool,
@@ -166,7 +188,10 @@ pub enum AdminRequest {
 /// The admin API's side of the actor: its token, the actor's queue, and the drain trigger.
 #[derive(Clone, Debug)]
 pub struct AdminHandle {
+    /// The only bearer token admitted.
     pub token: AdminToken,
+    /// The actor's admin queue (bounded: [`ADMIN_QUEUE`]); a full queue is a 503 to the
+    /// operator, never a wait.
     pub actor: mpsc::Sender<AdminRequest>,
     /// Notified when an operator asks the datacenter to drain and stop.
     pub drain: std::sync::Arc<tokio::sync::Notify>,

@@ -37,6 +37,7 @@ pub type Published = Option<(Instant, Status)>;
 
 /// What the admin API needs beside the status (`None` in [`start`]: the API is off).
 pub struct Admin {
+    /// The token to admit, the actor's queue and the drain trigger.
     pub handle: AdminHandle,
     /// The keyring to reload on request.
     pub keys: Arc<KeyringWatch>,

@@ -59,10 +59,17 @@ pub struct KeyringWatch {
 /// The keyring part of the status JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyringStatus {
+    /// The key new digests are sealed with.
     pub active_key: KeyId,
+    /// Every key in the keyring in use (the active one and older ones that still open
+    /// digests).
     pub key_ids: Vec<KeyId>,
+    /// Successful reloads that changed the keyring, since the process started.
     pub reloads: u64,
+    /// Failed reloads since the process started (a broken file counted once per version,
+    /// not every poll; a forced check counts each time).
     pub reload_errors: u64,
+    /// Why the last reload failed; `None` once the file loads again.
     pub last_error: Option<String>,
     /// Active sessions by the key their current digest is sealed with: a key may be retired
     /// once no datacenter of the region reports sessions for it.
@@ -72,15 +79,19 @@ pub struct KeyringStatus {
 /// What a check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
+    /// The file is as last seen, or reads to the keyring already in use: nothing changed.
     Unchanged,
     /// The new keyring is in use; `auth_changed` means every device credential changed.
     Reloaded {
+        /// The new keyring's active key.
         active: KeyId,
+        /// The device-credential key changed: every device needs a new credential.
         auth_changed: bool,
     },
 }
 
 impl KeyringWatch {
+    /// Watch `path`, starting with `keyring` (already loaded from it) at generation 0.
     pub fn new(path: PathBuf, keyring: Keyring) -> Arc<Self> {
         let seen = stamp(&path).ok();
         Arc::new(Self {
@@ -102,6 +113,8 @@ impl KeyringWatch {
             .clone()
     }
 
+    /// How many times the keyring in use was replaced (0 at start); see
+    /// [`KeyringWatch::changed_since`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -197,6 +210,7 @@ impl KeyringWatch {
         })
     }
 
+    /// The keyring part of the status JSON; `active_sessions_by_key` comes from the core.
     pub fn status(
         &self,
         active_sessions_by_key: std::collections::BTreeMap<KeyId, u64>,

@@ -8,6 +8,7 @@
 //! [`settings`] for the layered settings of `serve` (file, environment, flags).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod admin_client;

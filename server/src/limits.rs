@@ -99,12 +99,14 @@ pub struct LimitCounters {
 }
 
 impl LimitCounters {
+    /// Count one hit of `kind`.
     pub fn hit(&self, kind: LimitKind) {
         if let Some(i) = LimitKind::ALL.iter().position(|k| *k == kind) {
             self.hits[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Hits of `kind` counted here (the core's own limit counters not included).
     pub fn get(&self, kind: LimitKind) -> u64 {
         LimitKind::ALL
             .iter()
@@ -144,6 +146,7 @@ pub struct AddressSlot {
 }
 
 impl AddressLimiter {
+    /// A limiter for `limits.max_conns_per_addr` (0: unlimited) and `limits.limit_loopback`.
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
             max: limits.max_conns_per_addr,
@@ -215,6 +218,7 @@ pub struct InflightGate {
 }
 
 impl InflightGate {
+    /// A gate admitting at most `max` unanswered ops (at least 1).
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max: max.max(1),
@@ -236,6 +240,7 @@ impl InflightGate {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
+    /// Ops counted as submitted and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.n.load(Ordering::Relaxed)
     }

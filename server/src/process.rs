@@ -4,6 +4,10 @@
 //! Used by the end-to-end tests and the simulation harness. A datacenter process prints
 //! `lifeboat-server dcN listening on ADDR` when it is ready; [`DcProcess::spawn`] waits for
 //! that line (bounded) and keeps draining its output so the child never blocks on a pipe.
+//!
+//! Invariants: every wait here is bounded (ready 30 s, terminate 20 s then SIGKILL); a
+//! [`DcProcess`] that is dropped while its process still runs SIGKILLs and reaps it, so a
+//! failing test leaves no datacenter behind.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -21,11 +25,17 @@ pub struct DcSpawn {
     pub program: PathBuf,
     /// Arguments before `serve` (e.g. a hidden subcommand of the program).
     pub prefix_args: Vec<String>,
+    /// The datacenter id (`serve --dc`).
     pub dc: u16,
+    /// The UDP address to listen on (`serve --listen`).
     pub listen: SocketAddr,
+    /// The datacenter's data directory (`serve --data-dir`): its store and replica id.
     pub data_dir: PathBuf,
+    /// The region directory (`serve --region`): keyring, CA and server certificate.
     pub region_dir: PathBuf,
+    /// Arguments after the standard `serve` ones (e.g. limits or timings).
     pub extra_args: Vec<String>,
+    /// Environment variables set for the process, on top of the inherited ones.
     pub env: Vec<(String, String)>,
     /// Where the process's stderr goes.
     pub log_file: PathBuf,
@@ -54,25 +64,42 @@ impl DcSpawn {
     }
 }
 
+/// Why a datacenter process could not be started, signalled or waited for.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    /// The program could not be executed.
     #[error("cannot start {program}: {source}")]
     Spawn {
+        /// The program's path.
         program: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The process did not print its `listening on` line in time; it was killed.
     #[error("datacenter dc{dc} did not report ready within {secs} s (log: {log})")]
-    NotReady { dc: u16, secs: u64, log: String },
+    NotReady {
+        /// The datacenter id.
+        dc: u16,
+        /// How long it was given, in seconds.
+        secs: u64,
+        /// Its log file (stderr), which usually says why.
+        log: String,
+    },
+    /// SIGSTOP or SIGCONT could not be sent ([`DcProcess::freeze`], [`DcProcess::thaw`]).
     #[error("signal: {0}")]
     Signal(#[from] nix::Error),
+    /// Creating the log file or waiting for the process failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// A running datacenter process.
 pub struct DcProcess {
+    /// How it was started; [`DcProcess::kill`] and [`DcProcess::terminate`] give it back
+    /// for a restart.
     pub spec: DcSpawn,
     child: Child,
+    /// The address the process reported it listens on.
     pub addr: SocketAddr,
 }
 
@@ -156,6 +183,7 @@ impl DcProcess {
         Ok(Self { spec, child, addr })
     }
 
+    /// The process id.
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }

@@ -12,40 +12,63 @@
 //! For local use `lifeboat-server` creates a missing region directory on first run and says
 //! where. In production the region directory is provisioned once and copied to every
 //! datacenter of the region; devices ship with `ca.pem`.
+//!
+//! Invariants: the key files (`keyring`, `ca.key`, `server.key`) are created mode 0600 and
+//! every file is synced before [`Region::init`] returns; a directory counts as a region
+//! ([`Region::exists`]) only with all of `keyring`, `ca.pem`, `server.pem` and `server.key`
+//! (written last), so [`Region::load_or_init`] redoes an interrupted `init`.
 
 use lifeboat_common::keyring::{Keyring, KeyringError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 
+/// Why a region directory could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
+    /// A file or the directory could not be created, written or read.
     #[error("region {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The keyring could not be generated, saved or loaded.
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    /// Generating the CA or the server certificate failed.
     #[error("certificate generation failed: {0}")]
     Cert(#[from] rcgen::Error),
+    /// `server.pem` or `server.key` is missing or not valid PEM.
     #[error("region {path}: not valid PEM: {msg}")]
-    Pem { path: PathBuf, msg: String },
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The PEM parser's error.
+        msg: String,
+    },
 }
 
 /// Loaded region material.
 pub struct Region {
+    /// The region directory it was loaded from.
     pub dir: PathBuf,
+    /// The sealing keys and the device-credential key.
     pub keyring: Keyring,
+    /// The server certificate chain (`server.pem`), presented to devices.
     pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The server certificate's private key (`server.key`).
     pub key: PrivateKeyDer<'static>,
 }
 
 impl Region {
+    /// The keyring file of region directory `dir`.
     pub fn keyring_path(dir: &Path) -> PathBuf {
         dir.join("keyring")
     }
 
+    /// The region CA certificate of `dir` (the file devices trust).
     pub fn ca_path(dir: &Path) -> PathBuf {
         dir.join("ca.pem")
     }
@@ -116,6 +139,8 @@ impl Region {
         Ok((Self::load(dir)?, created))
     }
 
+    /// Load the keyring, the server certificate chain and its key from `dir` (`ca.key` is
+    /// not read: a datacenter does not need it).
     pub fn load(dir: &Path) -> Result<Self, RegionError> {
         let keyring = Keyring::load(&Self::keyring_path(dir))?;
         let cert_path = dir.join("server.pem");

@@ -69,27 +69,48 @@ pub struct ServeSettings {
     /// When a server-side change (dispatch) counts as committed: `async` or `edge-ack:K`.
     #[serde(with = "as_text")]
     pub durability: Durability,
+    /// Close connections idle for this long (ms; the QUIC idle timeout).
     pub idle_timeout_ms: u64,
+    /// Time allowed for the QUIC handshake and the connect upload (ms).
     pub handshake_timeout_ms: u64,
+    /// The sled page cache (bytes).
     pub cache_bytes: u64,
+    /// Most QUIC handshakes in progress at once (0: no bound); more are refused at once.
     pub max_handshakes: usize,
+    /// UDP receive and send buffer to ask the kernel for (bytes; 0: system default).
     pub udp_buffer_bytes: usize,
+    /// Most simultaneous device connections.
     pub max_connections: usize,
+    /// Most sessions (active and tombstoned) held.
     pub max_sessions: usize,
+    /// Messages queued per connection before it counts as a slow consumer and is closed.
     pub conn_queue: usize,
+    /// Most upload frames after `Hello` (each up to 64 digests) in one connect upload.
     pub max_upload_frames: usize,
+    /// Largest frame accepted from a device (bytes, 1 to 65536; checked on load).
     pub max_frame_bytes: usize,
+    /// A frame whose first byte arrived must be complete within this (ms).
     pub frame_timeout_ms: u64,
+    /// Most simultaneous connections from one IP address (0: unlimited).
     pub max_conns_per_addr: usize,
+    /// Apply `max_conns_per_addr` to loopback addresses too.
     pub limit_loopback: bool,
+    /// Most ops submitted and not yet answered on one connection; more get a retryable
+    /// rejection.
     pub max_inflight_ops: usize,
+    /// A device in this many active sessions may not create another.
     pub max_sessions_per_device: usize,
+    /// Session creates per device per minute, also the burst (0: unlimited).
     pub session_creates_per_minute: u32,
+    /// Check the keyring file for changes this often (ms; 0: only on SIGHUP).
     pub keyring_poll_ms: u64,
     /// Write a JSON status snapshot to this file every 500 ms (none: no file).
     pub stats_file: Option<PathBuf>,
+    /// What to do with a store that cannot be opened or read: `move-aside` or `refuse`
+    /// (see [`UnreadableStore`]).
     #[serde(with = "as_text")]
     pub unreadable_store: UnreadableStore,
+    /// How log lines are written to stderr.
     pub log_format: LogFormat,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (TCP): `auto` (loopback, the QUIC
     /// port + 1000: 4433 gives 127.0.0.1:5433; a free port when listening on port 0), `off`,

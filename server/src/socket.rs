@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 /// A bound UDP socket and the buffer sizes the kernel granted.
 #[derive(Debug)]
 pub struct BoundSocket {
+    /// The bound socket, ready to hand to a QUIC endpoint.
     pub socket: std::net::UdpSocket,
     /// Receive buffer granted, in bytes (as the kernel reports it).
     pub recv_buffer_bytes: usize,

@@ -1,5 +1,9 @@
 //! What the driver counts (the core counts its own) and the status snapshot built from
 //! both: the one source for the status file, `/metrics` and `/readyz`.
+//!
+//! Invariants: the driver's counters (`refused_connections` to `store_errors`) and the limit
+//! hits only grow, from zero at process start (they are not stored); the snapshot is built
+//! by the core actor alone (every 500 ms), so its readers never touch the core.
 
 use crate::keyring_watch::KeyringStatus;
 use lifeboat_common::datacenter::DcStats;
@@ -20,19 +24,32 @@ pub(crate) struct DriverCounters {
 /// A status snapshot (also written to `stats_file`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// This datacenter's id.
     pub dc: u16,
+    /// The UDP address QUIC is served on.
     pub listen: String,
+    /// Sessions held, active and tombstoned.
     pub sessions: usize,
+    /// Sessions held and not finished.
     pub active_sessions: usize,
+    /// Devices connected now.
     pub connections: usize,
+    /// Connections refused at accept: over `max_connections`, over the handshakes in
+    /// progress, or over the per-address limit.
     pub refused_connections: u64,
+    /// Connections whose `Hello` credential did not verify.
     pub bad_credentials: u64,
+    /// Frames that did not decode or came out of order (the connection was closed).
     pub bad_frames: u64,
+    /// Connections closed because their output queue filled up.
     pub slow_consumers: u64,
+    /// Failed writes or flushes of the store (the devices still hold every digest).
     pub store_errors: u64,
+    /// The replication core's own counters.
     pub core: DcStats,
     /// How often each limit was hit, by limit name (see `SECURITY.md`).
     pub limits: std::collections::BTreeMap<&'static str, u64>,
+    /// The keyring in use, its reloads and the active sessions per sealing key.
     pub keyring: KeyringStatus,
     /// Op latency at this datacenter: from the frame read to the reply queued, after the
     /// batch's persist and flush.

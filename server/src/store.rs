@@ -44,31 +44,61 @@ use lifeboat_common::SessionId;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 
+/// Why the store could not be opened, created, written or flushed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled could not open the store ([`DcStore::create_with_replica`]).
     #[error("store {path}: {source}")]
-    Sled { path: PathBuf, source: sled::Error },
+    Sled {
+        /// The store directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
     /// The store could not be opened for a reason outside its content (nothing changed).
     #[error(
         "store {path} cannot be opened: {source} (left untouched: check permissions, and \
          that no other datacenter process uses this --data-dir)"
     )]
-    Unavailable { path: PathBuf, source: sled::Error },
+    Unavailable {
+        /// The store directory.
+        path: PathBuf,
+        /// sled's error (I/O: permissions, a lock held by another process, not a directory).
+        source: sled::Error,
+    },
     /// The store's content cannot be read and the policy is to refuse (nothing changed).
     #[error(
         "store {path} is unreadable: {reason} (left untouched because of \
          --unreadable-store refuse; move it aside or remove it to start empty, the sessions \
          come back from the devices)"
     )]
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        /// The store directory.
+        path: PathBuf,
+        /// What could not be read (corruption, an unknown format, a panic in sled).
+        reason: String,
+    },
+    /// An unreadable store could not be renamed aside, or the new empty store in its place
+    /// could not be opened. The datacenter does not start.
     #[error("could not move the unreadable store {path} aside: {reason}")]
-    MoveAside { path: PathBuf, reason: String },
+    MoveAside {
+        /// The store directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A sled write, read or flush failed on an open store.
     #[error("store write: {0}")]
     Write(#[from] sled::Error),
+    /// A digest could not be encoded for storage.
     #[error("store encode: {0}")]
     Codec(#[from] CodecError),
+    /// The blocking-pool task of [`DcStore::flush_async`] failed (panicked or was
+    /// cancelled); whether the flush happened is not known.
     #[error("store flush task: {0}")]
     Flush(String),
+    /// [`DcStore::create_with_replica`] found a store that already has a replica id; it was
+    /// left as it was.
     #[error("store {0} exists already (it has a replica id)")]
     Exists(PathBuf),
 }
@@ -117,6 +147,7 @@ pub struct DcStore {
 
 /// What opening found.
 pub struct Opened {
+    /// The open store.
     pub store: DcStore,
     /// This store's version-vector slot: created (and flushed) with the store.
     pub replica: ReplicaId,
@@ -363,6 +394,7 @@ impl DcStore {
         Ok(())
     }
 
+    /// Flush every write so far to disk, on the calling thread (blocking).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
@@ -389,10 +421,12 @@ impl DcStore {
         Ok(())
     }
 
+    /// Sessions stored (one digest each).
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
 
+    /// Whether no session is stored.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }

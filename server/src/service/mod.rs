@@ -50,23 +50,35 @@ type Msg = ServerMsg<Trip>;
 /// Everything a datacenter needs to run.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// This datacenter's id; each datacenter of a region needs its own.
     pub dc: DatacenterId,
+    /// The UDP address to serve QUIC on (port 0: a free port, see [`Server::local_addr`]).
     pub listen: SocketAddr,
+    /// The directory of this datacenter's sled store (see [`crate::store`]).
     pub data_dir: PathBuf,
+    /// The region directory shared by the region's datacenters (see [`crate::region`]).
     pub region_dir: PathBuf,
     /// Create the region directory if it is missing (local use).
     pub create_region: bool,
+    /// When a server-side change (a dispatch) counts as committed: at once, or once this
+    /// many participants persisted it.
     pub durability: Durability,
     /// A device silent this long is disconnected (QUIC idle timeout).
     pub idle_timeout: Duration,
     /// The QUIC handshake and the whole connect upload must finish within this.
     pub handshake_timeout: Duration,
+    /// The sled page cache, in bytes.
     pub cache_bytes: u64,
+    /// Most simultaneous device connections; more are refused at accept.
     pub max_connections: usize,
     /// Most upload frames after `Hello` (so at most this many + 1 times 64 digests).
     pub max_upload_frames: usize,
+    /// Messages queued for one connection before it counts as a slow consumer and is closed.
     pub conn_queue: usize,
+    /// Inputs (frames, connects, disconnects) queued for the core actor; a full queue makes
+    /// the connection tasks wait (backpressure), it never grows.
     pub core_queue: usize,
+    /// Most sessions (active and tombstoned) the core holds at once.
     pub max_sessions: usize,
     /// Write a JSON status snapshot here every 500 ms.
     pub stats_file: Option<PathBuf>,
@@ -88,7 +100,7 @@ pub struct ServerConfig {
     /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
     pub endpoint: Option<quinn::Endpoint>,
     /// Most QUIC handshakes in progress at once; more are refused at once (see
-    /// [`LimitKind::Handshakes`]). 0: no bound.
+    /// [`LimitKind::Handshakes`](lifeboat_common::limits::LimitKind::Handshakes)). 0: no bound.
     pub max_handshakes: usize,
     /// UDP receive and send buffer to ask the kernel for (0: system default); see
     /// [`crate::socket`] for why a datacenter needs a large one.
@@ -104,6 +116,10 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The defaults for datacenter `dc` (those of `lifeboat-server serve`): async
+    /// durability, idle timeout 10 s, handshake timeout 5 s, a 64 MiB cache, 50,000
+    /// connections, 1,000,000 sessions, the keyring polled every second, and the region
+    /// created if missing.
     pub fn new(
         dc: DatacenterId,
         listen: SocketAddr,
@@ -142,31 +158,45 @@ impl ServerConfig {
     }
 }
 
+/// Why a datacenter could not start (nothing is served: [`Server::start`] failed).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The region directory could not be created or loaded.
     #[error(transparent)]
     Region(#[from] RegionError),
+    /// The store could not be opened or read (see [`UnreadableStore`] for what happens to a
+    /// corrupt one).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The region's certificate and key do not make a TLS server configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The admin token file is configured but unusable.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The UDP socket could not be bound or set up.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
 }
 
 /// A started datacenter.
 pub struct Server {
+    /// The UDP address QUIC is served on (the port chosen when `listen` asked for 0).
     pub local_addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not asked for, or the
     /// address could not be bound: an error was logged).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where an unreadable store was moved to before starting empty (`None`: the store
+    /// opened; see [`UnreadableStore::MoveAside`]).
     pub moved_aside: Option<PathBuf>,
+    /// Sessions loaded from the store into the core at start (unreadable digests skipped).
     pub loaded_sessions: usize,
+    /// The region directory was missing and was created by this start.
     pub region_created: bool,
     /// The keyring in use; `check(true)` reloads it now (SIGHUP).
     pub keys: Arc<KeyringWatch>,
