@@ -129,6 +129,22 @@ fn from_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 impl Keyring {
+    /// A key for `purpose` derived from sealing key `id` (HKDF-SHA256, the key id and the
+    /// purpose as info), so that every datacenter of the region derives the same one and it
+    /// rotates and retires with the sealing key; the sealing key itself never leaves here.
+    /// `None`: no such key.
+    pub fn derived_key(&self, id: KeyId, purpose: &[u8]) -> Option<[u8; 32]> {
+        let ikm = self.keys.get(&id)?;
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"lifeboat-keyring-v1"), ikm);
+        let mut info = Vec::with_capacity(purpose.len() + 4);
+        info.extend_from_slice(purpose);
+        info.extend_from_slice(&id.to_be_bytes());
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's limit (255 * 32): this cannot fail.
+        hk.expand(&info, &mut out).ok()?;
+        Some(out)
+    }
+
     /// A fresh keyring with one active key (id 1) and a fresh auth key.
     pub fn generate() -> Self {
         let mut keys = BTreeMap::new();

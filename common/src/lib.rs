@@ -45,6 +45,7 @@ pub mod op_outcome;
 pub mod route;
 #[cfg(feature = "samples")]
 pub mod samples;
+pub mod ticket;
 pub mod trip;
 pub mod version;
 pub mod wire;

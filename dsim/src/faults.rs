@@ -245,8 +245,13 @@ const WEIGHTS: [(FaultKind, u32); 12] = [
 
 /// The servers' default restore grace (10 s): long partitions must outlast it.
 pub const OLD_RESTORE_GRACE_MS: u64 = 10_000;
-/// The edge client's default idle timeout (3 s): false failovers must outlast it.
+/// The devices' idle timeout in this simulation (3 s, keep-alive [`EDGE_KEEP_ALIVE_MS`]):
+/// false failovers must outlast it. Shorter than the edge client's defaults (45 s and 15 s)
+/// so that the idle devices of a 60-second window notice every episode too; the devices
+/// with work in flight detect from that work (1 s), as with the defaults.
 pub const EDGE_IDLE_TIMEOUT_MS: u64 = 3_000;
+/// The devices' keep-alive in this simulation (see [`EDGE_IDLE_TIMEOUT_MS`]).
+pub const EDGE_KEEP_ALIVE_MS: u64 = 500;
 
 /// Draw a plan from `seed`. Episodes may overlap (two datacenters down at once, a partition
 /// during a crash, ...); each one is undone within the window.

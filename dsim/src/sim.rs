@@ -675,6 +675,9 @@ async fn run_datacenter(s: &DcSlot, seed: u64, region_dir: PathBuf) -> anyhow::R
     let mut cfg = ServerConfig::new(dc, bind, s.data_dir.clone(), region_dir);
     cfg.create_region = false;
     cfg.endpoint = Some(endpoint);
+    // The fault catalogue's timings were written for this (the servers' default until
+    // the devices' keep-alive became sparse): stops and detection stay as soaked.
+    cfg.idle_timeout = Duration::from_secs(10);
     cfg.clock = sim_clock();
     cfg.keyring_poll = None;
     cfg.inline_flush = true;
@@ -724,6 +727,8 @@ async fn run_device(
         StoreLocation::Path(s.store.clone()),
     );
     cfg.endpoint = Some(endpoint);
+    cfg.idle_timeout = Duration::from_millis(faults::EDGE_IDLE_TIMEOUT_MS);
+    cfg.keep_alive = Duration::from_millis(faults::EDGE_KEEP_ALIVE_MS);
     cfg.clock = sim_clock();
     cfg.rng_seed = Some(mix(seed, s.id.0 ^ (n << 32)));
     cfg.available = s.role == Role::Driver;

@@ -5,8 +5,13 @@
 //!
 //! Connection life: connect to a datacenter, send `Hello` with every held digest (and
 //! `Upload` frames if there are many), wait for `Welcome`, replay the outbox, then serve.
-//! QUIC keep-alives and the idle timeout detect a dead datacenter. Ops submitted while
-//! disconnected wait in the outbox (bounded) and go out after the next `Welcome`.
+//! A dead datacenter is detected from the work in flight: with an op sent and unanswered,
+//! the route policy's [`Liveness`] watch samples the connection's received-datagram count
+//! and RTT, has the driver send a one-byte QUIC DATAGRAM (acknowledged by the datacenter's
+//! stack, not its application) while the answer is slow, and gives the connection up after
+//! about a second of total silence. An idle connection only sends a sparse keep-alive and
+//! relies on the idle timeout. Ops submitted while disconnected wait in the outbox
+//! (bounded) and go out after the next `Welcome`.
 //!
 //! Which datacenter, how long to wait between attempts, what a busy (refusing) datacenter
 //! means, when to probe the more preferred ones and move back (converging on one
@@ -25,7 +30,9 @@ use crate::store::{EdgeStore, StoreError};
 use lifeboat_common::codec::encode_frame;
 use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
 use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
-use lifeboat_common::route::{Next, Planner, RouteConfig, Stall, StallClock};
+use lifeboat_common::route::{
+    Liveness, Next, Planner, RouteConfig, Stall, StallClock, Verdict, Waiting,
+};
 use lifeboat_common::wire::{ClientMsg, ServerMsg};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripState, VersionVector,
@@ -47,6 +54,10 @@ const COMMAND_QUEUE: usize = 256;
 const REMEMBER_FAILURE: Duration = Duration::from_secs(10 * 60);
 /// Frames buffered from the connection reader.
 const FRAME_QUEUE: usize = 256;
+/// The liveness probe's payload (the datacenter's stack acknowledges it; nobody reads it).
+const PROBE: bytes::Bytes = bytes::Bytes::from_static(&[0]);
+/// Bytes of probes queued for sending at most (older ones are dropped first).
+const PROBE_SEND_BUFFER: usize = 256;
 
 /// The frames (or the reason the stream ended) from a connection's reader.
 type FrameRx = mpsc::Receiver<Result<ServerMsg<Trip>, String>>;
@@ -266,6 +277,8 @@ pub(crate) struct ClientStats {
     pub(crate) ops_committed: AtomicU64,
     /// The datacenter currently serving this client (0: none).
     pub(crate) connected_dc: AtomicU64,
+    /// Liveness probes sent (one-byte QUIC datagrams while an answer was slow).
+    pub(crate) liveness_probes: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -280,6 +293,8 @@ pub struct ClientStatsSnapshot {
     pub connects: u64,
     /// Ops resolved as committed.
     pub ops_committed: u64,
+    /// Liveness probes sent (one-byte QUIC datagrams while an answer was slow).
+    pub liveness_probes: u64,
 }
 
 type Done = oneshot::Sender<Result<Commit, SubmitError>>;
@@ -309,6 +324,29 @@ pub struct EdgeClient {
     stats: Arc<ClientStats>,
 }
 
+/// How one connection ended (see `Actor::serve`).
+struct Ended {
+    /// Why, as text.
+    reason: String,
+    /// Whether it got as far as `Welcome`.
+    welcomed: bool,
+    /// A more preferred datacenter's connection to move to.
+    moved: Option<(usize, quinn::Connection)>,
+    /// The liveness watch gave it up after this much silence, ms.
+    silent_ms: Option<u64>,
+}
+
+impl Ended {
+    fn before_welcome(reason: String) -> Self {
+        Self {
+            reason,
+            welcomed: false,
+            moved: None,
+            silent_ms: None,
+        }
+    }
+}
+
 /// Build the QUIC client configuration for a region CA.
 pub fn client_config(
     ca_pem: &[u8],
@@ -336,6 +374,12 @@ pub fn client_config(
         .max_concurrent_uni_streams(0u32.into());
     let idle = quinn::IdleTimeout::try_from(idle_timeout).map_err(TlsSetupError::from)?;
     transport.max_idle_timeout(Some(idle));
+    // Datagrams carry only the liveness probe, device to datacenter: a few queued at most.
+    // quinn sends datagrams only with a receive buffer set; the datacenter sends none, so a
+    // tiny one (anything larger would close the connection).
+    transport
+        .datagram_send_buffer_size(PROBE_SEND_BUFFER)
+        .datagram_receive_buffer_size(Some(PROBE_SEND_BUFFER));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -542,6 +586,7 @@ impl EdgeClient {
             bytes_down: self.stats.bytes_down.load(Ordering::Relaxed),
             connects: self.stats.connects.load(Ordering::Relaxed),
             ops_committed: self.stats.ops_committed.load(Ordering::Relaxed),
+            liveness_probes: self.stats.liveness_probes.load(Ordering::Relaxed),
         }
     }
 
@@ -727,7 +772,12 @@ impl Actor {
             };
             let addr = self.cfg.datacenters[idx];
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-            let (reason, welcomed, moved) = self.serve(&conn, idx).await;
+            let Ended {
+                reason,
+                welcomed,
+                moved,
+                silent_ms,
+            } = self.serve(&conn, idx).await;
             if let Some(wait) = self.route.connection_ended(welcomed) {
                 // Refused before Welcome (bad credential, replaced, overloaded): back off
                 // like a failed connect instead of hammering the datacenter.
@@ -766,13 +816,13 @@ impl Actor {
                 reason: reason.clone(),
             });
             self.emit(ClientEvent::FailoverStarted { from: addr });
-            // A datacenter that went silent last gave a sign of life one idle timeout before
-            // the client gave up (QUIC counts it from the last packet); one that closed the
-            // connection was noticed at once.
-            let idle_ms = if timed_out {
-                self.cfg.idle_timeout.as_millis() as u64
-            } else {
-                0
+            // A datacenter given up by the liveness watch last gave a sign of life (or was
+            // last asked something) that long ago; one that went silent while idle, one idle
+            // timeout before QUIC gave up; one that closed the connection was noticed at once.
+            let idle_ms = match (silent_ms, timed_out) {
+                (Some(silent), _) => silent,
+                (None, true) => self.cfg.idle_timeout.as_millis() as u64,
+                (None, false) => 0,
             };
             self.stall.lost(now, idle_ms);
         }
@@ -935,17 +985,50 @@ impl Actor {
         Ok(true)
     }
 
-    /// Run one connection until it fails or a more preferred datacenter answers a probe;
-    /// returns why, whether it was welcomed, and the probe's connection if it moves.
-    async fn serve(
-        &mut self,
-        conn: &quinn::Connection,
-        idx: usize,
-    ) -> (String, bool, Option<(usize, quinn::Connection)>) {
+    /// Sample the connection for the liveness watch (and send the probe it asks for).
+    /// `Err(silence)`: the datacenter is given up after that much silence, ms.
+    fn check_liveness(&mut self, conn: &quinn::Connection, live: &mut Liveness) -> Result<(), u64> {
+        let rx = conn.stats().udp_rx.datagrams;
+        let rtt_ms = u64::try_from(conn.rtt().as_millis()).unwrap_or(u64::MAX);
+        let waiting = if self.stall.awaiting_answer() {
+            Waiting::Answer
+        } else if self.available || self.core.sessions().next().is_some() {
+            Waiting::Push
+        } else {
+            Waiting::Nothing
+        };
+        match live.observe(self.now_ms(), rx, rtt_ms, waiting) {
+            Verdict::Alive => Ok(()),
+            Verdict::Probe => {
+                match conn.send_datagram(PROBE) {
+                    Ok(()) => {
+                        self.stats.liveness_probes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // No datagram support at the datacenter: the verdict then rests on
+                        // the ops' own answers (see `Liveness::probe_not_sent`).
+                        tracing::debug!(error = %e, "liveness probe not sent");
+                        live.probe_not_sent();
+                    }
+                }
+                Ok(())
+            }
+            Verdict::Dead { silent_ms } => Err(silent_ms),
+        }
+    }
+
+    /// Run one connection until it fails or a more preferred datacenter answers a probe.
+    async fn serve(&mut self, conn: &quinn::Connection, idx: usize) -> Ended {
         let (mut send, reader, mut frame_rx) = match self.open_stream(conn).await {
             Ok(opened) => opened,
-            Err(e) => return (e, false, None),
+            Err(e) => return Ended::before_welcome(e),
         };
+        let mut live = Liveness::new(
+            self.cfg.liveness(),
+            self.now_ms(),
+            conn.stats().udp_rx.datagrams,
+        );
+        let mut silent_ms = None;
         // Probing the more preferred datacenters (only when this one is not the first).
         let probing = self.route.probes_from(idx);
         let first_wait = Duration::from_millis(self.route.first_probe_wait());
@@ -957,9 +1040,13 @@ impl Actor {
         tokio::pin!(welcome_deadline);
         let mut welcomed = false;
         let reason = loop {
-            // The core's resend deadline (ops the datacenter could not take yet).
+            // The core's resend deadline (ops the datacenter could not take yet) and the
+            // liveness watch's next sample.
             let resend_in = self
                 .core
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
+            let sample_in = live
                 .poll_timeout()
                 .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
             // Frames before commands: both come from bounded queues fed at human and
@@ -981,6 +1068,9 @@ impl Actor {
                 cmd = self.cmd_rx.recv() => self.command(cmd, Some(&mut send)).await,
                 _ = tokio::time::sleep(resend_in.unwrap_or_default()), if welcomed && resend_in.is_some() => {
                     self.core.handle_timeout(self.now_ms());
+                    Step::Continue
+                }
+                _ = tokio::time::sleep(sample_in.unwrap_or_default()), if welcomed && sample_in.is_some() => {
                     Step::Continue
                 }
                 _ = &mut probe_timer, if probing && welcomed && probe.is_none() => {
@@ -1011,12 +1101,23 @@ impl Actor {
             if self.stopped {
                 break "client stopped".to_string();
             }
+            if welcomed {
+                if let Err(silent) = self.check_liveness(conn, &mut live) {
+                    silent_ms = Some(silent);
+                    break format!("datacenter silent for {silent} ms with an op in flight");
+                }
+            }
         };
         reader.abort();
         if let Some(p) = probe {
             p.abort();
         }
-        (reason, welcomed, moved)
+        Ended {
+            reason,
+            welcomed,
+            moved,
+            silent_ms,
+        }
     }
 
     /// Try the datacenters more preferred than `idx`, most preferred first; the first

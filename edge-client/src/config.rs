@@ -4,6 +4,7 @@ use crate::store::StoreLocation;
 use lifeboat_common::clock::Clock;
 use lifeboat_common::edge::EdgeLimits;
 use lifeboat_common::keyring::DeviceToken;
+use lifeboat_common::route::LivenessConfig;
 use lifeboat_common::DeviceId;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +25,25 @@ pub struct EdgeConfig {
     pub ca_pem: Vec<u8>,
     /// Where the device store lives.
     pub store: StoreLocation,
-    /// QUIC keep-alive: lower detects failures sooner, higher saves battery.
+    /// QUIC keep-alive of an idle connection. Only an idle device depends on it: one with
+    /// an op in flight detects a dead datacenter from that work (`detect_floor`), so it can
+    /// be sparse and let the phone's radio sleep.
     pub keep_alive: Duration,
-    /// A datacenter silent this long is considered dead (failure detection).
+    /// An idle connection silent this long is considered dead (must exceed `keep_alive`;
+    /// the datacenter's own idle timeout also bounds it: QUIC takes the lower of the two).
     pub idle_timeout: Duration,
+    /// With an op sent and unanswered, a datacenter from which nothing at all arrives (not
+    /// even the acknowledgement of a probe) for the larger of this and
+    /// `detect_rtt_multiple` round trips is given up (`lifeboat_common::route::Liveness`).
+    pub detect_floor: Duration,
+    /// See `detect_floor`.
+    pub detect_rtt_multiple: u32,
+    /// A device in a session (or offering itself for dispatch) with nothing in flight that
+    /// has heard nothing for this long sends one probe, and gives the datacenter up if that
+    /// is not acknowledged within `detect_floor`: so a rider whose datacenter died notices
+    /// while its pushes are missing, not after the idle timeout. Pushes that flow cost no
+    /// probe.
+    pub session_probe: Duration,
     /// Give up on one connection attempt after this long.
     pub connect_timeout: Duration,
     /// Reconnect backoff bounds.
@@ -78,9 +94,20 @@ impl EdgeConfig {
     /// the session's anchor wait until they meet again (docs/PROTOCOL.md).
     pub const HOME_PROBE_MAX: Duration = Duration::from_secs(4);
 
-    /// Defaults: keep-alive 500 ms and idle timeout 3 s (a dead datacenter is detected within
-    /// about 3 s), connect timeout 2 s, backoff 100 ms to 2 s, probe of a preferred
-    /// datacenter every 2 s while away from it, tombstones kept 7 days.
+    /// The liveness watch's settings (`detect_floor`, `detect_rtt_multiple`).
+    pub fn liveness(&self) -> LivenessConfig {
+        LivenessConfig {
+            floor_ms: u64::try_from(self.detect_floor.as_millis()).unwrap_or(u64::MAX),
+            rtt_multiple: self.detect_rtt_multiple,
+            push_probe_ms: u64::try_from(self.session_probe.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Defaults: a datacenter that stops answering an op in flight is given up after 1 s (or
+    /// 8 round trips on a slow path), one whose pushes stopped after a probe at 5 s goes
+    /// unanswered for 1 s; an idle connection sends a keep-alive every 15 s and is
+    /// given up after 45 s of silence; connect timeout 2 s, backoff 100 ms to 2 s, probe of a
+    /// preferred datacenter every 2 s while away from it, tombstones kept 7 days.
     pub fn new(
         device: DeviceId,
         token: DeviceToken,
@@ -95,8 +122,11 @@ impl EdgeConfig {
             server_name: "localhost".into(),
             ca_pem,
             store,
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_millis(3_000),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            detect_floor: Duration::from_millis(LivenessConfig::default().floor_ms),
+            detect_rtt_multiple: LivenessConfig::default().rtt_multiple,
+            session_probe: Duration::from_millis(LivenessConfig::default().push_probe_ms),
             connect_timeout: Duration::from_millis(2_000),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(2_000),

@@ -337,7 +337,7 @@ const char *lifeboat_last_error_message(void);
 // The library version, e.g. "0.1.0" (static; never NULL).
 const char *lifeboat_version(void);
 
-// Create a configuration with the defaults (keep-alive 500 ms, idle timeout 3 s, connect
+// Create a configuration with the defaults (keep-alive 15 s, idle timeout 45 s, connect
 // timeout 2 s, 256 events, 64 tombstones kept at most 7 days) and no datacenters yet.
 //
 // `token_hex`: the device credential, 64 hex digits (`lifeboat-server credential`);

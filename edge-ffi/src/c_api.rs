@@ -620,7 +620,7 @@ pub extern "C" fn lifeboat_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
-/// Create a configuration with the defaults (keep-alive 500 ms, idle timeout 3 s, connect
+/// Create a configuration with the defaults (keep-alive 15 s, idle timeout 45 s, connect
 /// timeout 2 s, 256 events, 64 tombstones kept at most 7 days) and no datacenters yet.
 ///
 /// `token_hex`: the device credential, 64 hex digits (`lifeboat-server credential`);

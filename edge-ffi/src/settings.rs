@@ -35,9 +35,13 @@ pub struct Settings {
     pub server_name: String,
     /// A driver offering itself for dispatch.
     pub available: bool,
-    /// QUIC keep-alive interval: lower detects a dead datacenter sooner, higher saves battery.
+    /// QUIC keep-alive interval of an idle connection. A device with an op in flight, in a
+    /// trip or offering itself for dispatch detects a dead datacenter from that instead
+    /// (about 1 s with an op in flight; the edge client's `detect_floor`), so this can be
+    /// sparse and let the radio sleep.
     pub keep_alive_ms: u64,
-    /// A datacenter silent this long is considered dead (must exceed `keep_alive_ms`).
+    /// An idle connection silent this long is considered dead (must exceed
+    /// `keep_alive_ms`).
     pub idle_timeout_ms: u64,
     /// Give up one connection attempt after this long.
     pub connect_timeout_ms: u64,
@@ -53,7 +57,8 @@ pub struct Settings {
     pub max_outcomes: u32,
 }
 
-/// Settings with the defaults: keep-alive 500 ms, idle timeout 3 s, connect timeout 2 s,
+/// Settings with the defaults: keep-alive 15 s and idle timeout 45 s (for an idle device;
+/// one with work in flight detects within about 1 s), connect timeout 2 s,
 /// 256 events, 64 tombstones kept at most for 7 days, 1,024 unacknowledged op outcomes.
 #[uniffi::export]
 pub fn default_settings(
@@ -71,8 +76,8 @@ pub fn default_settings(
         store_path,
         server_name: "localhost".into(),
         available: false,
-        keep_alive_ms: 500,
-        idle_timeout_ms: 3_000,
+        keep_alive_ms: 15_000,
+        idle_timeout_ms: 45_000,
         connect_timeout_ms: 2_000,
         event_queue: 256,
         max_tombstones: 64,

@@ -146,7 +146,8 @@ struct ServeArgs {
     /// business path never waits) or `edge-ack:K` (once K participants persisted it).
     #[arg(long)]
     durability: Option<String>,
-    /// Close connections idle for this long (ms).
+    /// Close connections idle for this long (ms; default 60000, above the edge's 15 s
+    /// keep-alive).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
     /// Time allowed for the QUIC handshake and the connect upload (ms).

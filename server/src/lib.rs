@@ -26,5 +26,6 @@ pub mod settings;
 pub mod socket;
 pub mod status;
 pub mod store;
+pub mod tickets;
 
 pub use service::{Server, ServerConfig, ServerError, Status};

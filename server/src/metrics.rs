@@ -67,7 +67,7 @@ impl Out {
 type Figure = (&'static str, &'static str, &'static str, fn(&Status) -> u64);
 
 /// The driver's own figures: name, kind, help, value.
-const DRIVER_FIGURES: [Figure; 8] = [
+const DRIVER_FIGURES: [Figure; 12] = [
     (
         "lifeboat_sessions",
         "gauge",
@@ -115,6 +115,30 @@ const DRIVER_FIGURES: [Figure; 8] = [
         "counter",
         "Failed writes or flushes of the datacenter's store.",
         |s| s.store_errors,
+    ),
+    (
+        "lifeboat_handshakes_total",
+        "counter",
+        "QUIC handshakes completed, full or resumed.",
+        |s| s.handshakes,
+    ),
+    (
+        "lifeboat_handshakes_resumed_total",
+        "counter",
+        "Handshakes that resumed a TLS session with a region ticket (no certificate signature).",
+        |s| s.handshakes_resumed,
+    ),
+    (
+        "lifeboat_tls_tickets_issued_total",
+        "counter",
+        "TLS session tickets issued to devices (they open at every datacenter of the region).",
+        |s| s.tickets_issued,
+    ),
+    (
+        "lifeboat_tls_tickets_refused_total",
+        "counter",
+        "Tickets offered that did not open (another region, a retired key): full handshakes.",
+        |s| s.tickets_refused,
     ),
 ];
 

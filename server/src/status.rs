@@ -19,6 +19,10 @@ pub(crate) struct DriverCounters {
     pub(crate) bad_frames: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    /// QUIC handshakes completed (full or resumed).
+    pub(crate) handshakes: AtomicU64,
+    /// The region-wide session tickets (issued, resumed, refused).
+    pub(crate) tickets: std::sync::Arc<crate::tickets::TicketCounters>,
 }
 
 /// A status snapshot (also written to `stats_file`).
@@ -45,6 +49,14 @@ pub struct Status {
     pub slow_consumers: u64,
     /// Failed writes or flushes of the store (the devices still hold every digest).
     pub store_errors: u64,
+    /// QUIC handshakes completed, full or resumed.
+    pub handshakes: u64,
+    /// ... of which resumed a TLS session with a region ticket (no certificate signature).
+    pub handshakes_resumed: u64,
+    /// Session tickets issued to devices.
+    pub tickets_issued: u64,
+    /// Tickets offered that did not open (another region, a retired key): full handshakes.
+    pub tickets_refused: u64,
     /// The replication core's own counters.
     pub core: DcStats,
     /// How often each limit was hit, by limit name (see `SECURITY.md`).

@@ -38,6 +38,10 @@ pub struct CityConfig {
     pub cancel_probability: f64,
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+    /// With an op in flight, a silent datacenter is given up after this (`EdgeConfig`).
+    pub detect_floor: Duration,
+    /// In a session with nothing in flight, probe after this much silence (`EdgeConfig`).
+    pub session_probe: Duration,
     /// Device stores share this many sled databases.
     pub shards: usize,
     /// Devices sharing one UDP socket (phones have one each; the harness shares a few so that
@@ -128,6 +132,8 @@ pub struct Shared {
     /// Whether each datacenter's process runs (the fault script keeps it), to tell a false
     /// failover from a real one.
     pub dc_up: [AtomicBool; 2],
+    /// A fault action (kill, restart, split) is under way: `dc_up` is about to change.
+    pub in_fault_action: AtomicBool,
 }
 
 impl Shared {
@@ -139,6 +145,7 @@ impl Shared {
             ops_committed: AtomicU64::new(0),
             trips_active: AtomicI64::new(0),
             dc_up: [AtomicBool::new(true), AtomicBool::new(true)],
+            in_fault_action: AtomicBool::new(false),
         })
     }
 
@@ -185,7 +192,9 @@ impl City {
         ca_pem: &[u8],
     ) -> anyhow::Result<Self> {
         let shards = cfg.shards.max(1);
-        let qcfg = Arc::new(client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?);
+        // One TLS client configuration per device, as on phones: each keeps its own
+        // session-ticket store, so resumption at the backup is exercised for real.
+        client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?;
         let per_socket = cfg.devices_per_socket.max(1);
         // Drivers and riders on their own endpoints, so a link can cut one group's paths.
         let mut pools: [(Vec<quinn::Endpoint>, Vec<lifeboat_chaos::ImpairHandle>); 2] =
@@ -226,9 +235,13 @@ impl City {
             );
             c.keep_alive = cfg.keep_alive;
             c.idle_timeout = cfg.idle_timeout;
+            c.detect_floor = cfg.detect_floor;
+            c.session_probe = cfg.session_probe;
             c.available = available;
             c.endpoint = Some(endpoints[id as usize % endpoints.len()].clone());
-            c.client_config = Some(qcfg.clone());
+            c.client_config = client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)
+                .ok()
+                .map(Arc::new);
             c.probe_board = Some(board.clone());
             c.limits = EdgeLimits::default();
             Arc::new(Device {
@@ -317,7 +330,8 @@ async fn start_device(
                         .is_some_and(|u| u.load(Ordering::Relaxed));
                     if let Ok(mut l) = log.lock() {
                         l.disconnects_ms.push(now);
-                        if up && !shared.stopped() {
+                        let faulting = shared.in_fault_action.load(Ordering::Relaxed);
+                        if up && !faulting && !shared.stopped() {
                             l.false_failovers += 1;
                         }
                     }

@@ -110,9 +110,22 @@ pub struct Opts {
     /// Keep the run's working directory (stores, logs) instead of deleting it.
     #[arg(long)]
     keep: bool,
-    /// Failure detection: the devices' QUIC idle timeout (ms).
-    #[arg(long, default_value_t = 3_000)]
+    /// An idle device's QUIC idle timeout (ms; the edge client's default). Devices with an
+    /// op in flight, in a session or offering themselves for dispatch detect a dead
+    /// datacenter from that (`--detect-floor-ms`, `--session-probe-ms`).
+    #[arg(long, default_value_t = 45_000)]
     idle_timeout_ms: u64,
+    /// An idle device's QUIC keep-alive (ms; the edge client's default).
+    #[arg(long, default_value_t = 15_000)]
+    keep_alive_ms: u64,
+    /// With an op in flight, give a silent datacenter up after this long (ms; or 8 RTTs if
+    /// longer; the edge client's default).
+    #[arg(long, default_value_t = 1_000)]
+    detect_floor_ms: u64,
+    /// In a session with nothing in flight, probe after this much silence (ms; the edge
+    /// client's default).
+    #[arg(long, default_value_t = 5_000)]
+    session_probe_ms: u64,
     /// How many devices start (connect) per second: a whole city handshaking in the same
     /// instant is a storm no real fleet produces.
     #[arg(long, default_value_t = 2_000)]

@@ -116,8 +116,10 @@ async fn run_one(
         location_interval: Duration::from_millis((opts.trips as u64).max(1_000)),
         locations_per_trip: (10, 30),
         cancel_probability: 0.08,
-        keep_alive: Duration::from_millis((opts.idle_timeout_ms / 3).max(100)),
+        keep_alive: Duration::from_millis(opts.keep_alive_ms),
         idle_timeout: Duration::from_millis(opts.idle_timeout_ms),
+        detect_floor: Duration::from_millis(opts.detect_floor_ms),
+        session_probe: Duration::from_millis(opts.session_probe_ms),
         shards: 8,
         devices_per_socket: 256,
         op_timeout: Duration::from_secs(60),
@@ -428,16 +430,22 @@ fn fault_script(
         let mut c = cluster
             .lock()
             .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
-        f(&mut c)?;
+        // The fault starts with the signal (devices may notice within a millisecond, from
+        // the kernel's answer to their next packet), not once the action (a disk wipe
+        // included) returns: a disconnect meanwhile is the fault's, not a false failover.
         let t = shared.now_ms();
-        for (i, up) in shared.dc_up.iter().enumerate() {
-            up.store(c.is_up(i), Ordering::Relaxed);
-        }
+        shared.in_fault_action.store(true, Ordering::Relaxed);
         if (label.starts_with("kill") || label.starts_with("split"))
             && shared.kill_ms.load(Ordering::Relaxed) == u64::MAX
         {
             shared.kill_ms.store(t, Ordering::Relaxed);
         }
+        let done = f(&mut c);
+        for (i, up) in shared.dc_up.iter().enumerate() {
+            up.store(c.is_up(i), Ordering::Relaxed);
+        }
+        shared.in_fault_action.store(false, Ordering::Relaxed);
+        done?;
         if let Ok(mut m) = marks.lock() {
             m.push(Mark {
                 t_s: t as f64 / 1000.0,

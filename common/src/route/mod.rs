@@ -30,10 +30,12 @@
 //! datacenter list; nothing here blocks or reads a clock.
 
 mod board;
+mod liveness;
 mod memory;
 mod stall;
 
 pub use board::{ProbeBoard, MAX_BOARD_ENTRIES};
+pub use liveness::{Liveness, LivenessConfig, Verdict, Waiting};
 pub use memory::{RouteMemory, MAX_REMEMBERED_FAILURES};
 pub use stall::{Stall, StallClock};
 

@@ -108,6 +108,12 @@ impl<T: Copy> StallClock<T> {
         })
     }
 
+    /// Whether an op went out since the datacenter's last frame (work in flight, unanswered:
+    /// what the liveness watch judges by).
+    pub fn awaiting_answer(&self) -> bool {
+        self.first_unanswered.is_some()
+    }
+
     /// Whether a failover is being measured.
     pub fn in_failover(&self) -> bool {
         self.failover.is_some()

@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// The longest a stop waits for its QUIC connections to drain.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(super) enum Input {
     Connect {
         conn_id: u64,
@@ -195,7 +198,15 @@ impl Actor {
             tracing::error!(error = %e, "store flush at shutdown failed");
         }
         self.write_status();
-        endpoint.wait_idle().await;
+        // The close frames went out with `close`; this only waits for their retransmits.
+        // A connection to a device that vanished would otherwise be held for the whole
+        // idle timeout (60 s): a stop is bounded instead.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::info!("stopping with connections still draining");
+        }
     }
 
     /// A device's connect upload arrived on connection `conn_id`: it replaces any earlier
@@ -378,6 +389,10 @@ impl Actor {
             bad_frames: c.bad_frames.load(Ordering::Relaxed),
             slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
+            handshakes: c.handshakes.load(Ordering::Relaxed),
+            handshakes_resumed: c.tickets.resumed.load(Ordering::Relaxed),
+            tickets_issued: c.tickets.issued.load(Ordering::Relaxed),
+            tickets_refused: c.tickets.refused.load(Ordering::Relaxed),
             core: self.core.stats().clone(),
             limits: self.limit_hits.snapshot(self.core.stats()),
             keyring: self.keys.status(self.core.active_sessions_by_key()),

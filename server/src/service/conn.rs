@@ -79,6 +79,7 @@ pub(super) async fn handle_conn(
         .map_err(timed_out)??;
     // The crypto is done: the next device may start its handshake.
     drop(handshake);
+    ctx.counters.handshakes.fetch_add(1, Ordering::Relaxed);
     let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
         .await
         .map_err(timed_out)??;

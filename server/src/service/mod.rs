@@ -32,6 +32,7 @@ use crate::keyring_watch::KeyringWatch;
 use crate::limits::{LimitCounters, Limits};
 use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
+use crate::tickets::RegionTicketer;
 use lifeboat_common::clock::Clock;
 use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
 use lifeboat_common::wire::ServerMsg;
@@ -63,7 +64,9 @@ pub struct ServerConfig {
     /// When a server-side change (a dispatch) counts as committed: at once, or once this
     /// many participants persisted it.
     pub durability: Durability,
-    /// A device silent this long is disconnected (QUIC idle timeout).
+    /// A device silent this long is disconnected (QUIC idle timeout; the lower of this and
+    /// the device's own applies). Above the edge client's 15 s keep-alive, so that an idle
+    /// phone keeps its connection while pinging sparsely.
     pub idle_timeout: Duration,
     /// The QUIC handshake and the whole connect upload must finish within this.
     pub handshake_timeout: Duration,
@@ -133,7 +136,7 @@ impl ServerConfig {
             region_dir,
             create_region: true,
             durability: Durability::Async,
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),
             cache_bytes: 64 * 1024 * 1024,
             max_connections: 50_000,
@@ -215,14 +218,18 @@ impl Server {
         store.set_inline_flush(cfg.inline_flush);
         let (core, loaded) = load_core(&cfg, replica, &region, opened.digests);
 
-        let endpoint = bind_endpoint(&cfg, &region)?;
+        let counters = Arc::new(DriverCounters::default());
+        let keys = KeyringWatch::new(
+            Region::keyring_path(&cfg.region_dir),
+            region.keyring.clone(),
+        );
+        let ticketer = RegionTicketer::new(keys.clone(), counters.tickets.clone());
+        let endpoint = bind_endpoint(&cfg, &region, ticketer)?;
         let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
         })?;
 
-        let counters = Arc::new(DriverCounters::default());
-        let keys = KeyringWatch::new(Region::keyring_path(&cfg.region_dir), region.keyring);
         let (status_tx, status_rx) = tokio::sync::watch::channel(None);
         let (admin_tx, admin_rx) = mpsc::channel(crate::admin::ADMIN_QUEUE);
         let drain = Arc::new(tokio::sync::Notify::new());
@@ -331,9 +338,37 @@ fn load_core(
     (core, loaded)
 }
 
+/// The TLS side: TLS 1.3 only (QUIC), the region certificate, region-wide session tickets
+/// (one per handshake, so a device holds a fresh one for its next connect), no 0-RTT.
+fn tls_config(
+    region: &Region,
+    ticketer: RegionTicketer,
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(region.cert_chain.clone(), region.key.clone_key())?;
+    tls.ticketer = Arc::new(ticketer);
+    tls.send_tls13_tickets = 1;
+    // No 0-RTT: a replayed Hello would replace a live connection (SECURITY.md).
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServerError::Tls(rustls::Error::General(e.to_string())))?;
+    Ok(Arc::new(quic))
+}
+
+/// Bytes of unread liveness probes kept per connection (quinn counts each with its
+/// bookkeeping, about 40 bytes; a one-byte probe fits several times).
+const PROBE_RECEIVE_BUFFER: usize = 128;
+
 /// The QUIC endpoint: the one given (simulation, fault injection) or a UDP socket bound to
 /// `cfg.listen` with the asked-for buffers, serving the region's certificate.
-fn bind_endpoint(cfg: &ServerConfig, region: &Region) -> Result<quinn::Endpoint, ServerError> {
+fn bind_endpoint(
+    cfg: &ServerConfig,
+    region: &Region,
+    ticketer: RegionTicketer,
+) -> Result<quinn::Endpoint, ServerError> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
@@ -342,10 +377,14 @@ fn bind_endpoint(cfg: &ServerConfig, region: &Region) -> Result<quinn::Endpoint,
                 .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
         ))
         .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        // Datagrams are only the devices' liveness probes: acknowledged by the stack, never
+        // read. A tiny buffer bounds what a device can park here (older ones are dropped;
+        // a larger datagram closes the connection), and none is ever sent.
+        .datagram_receive_buffer_size(Some(PROBE_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(0);
     cfg.limits.apply_transport(&mut transport);
-    let mut server_cfg =
-        quinn::ServerConfig::with_single_cert(region.cert_chain.clone(), region.key.clone_key())?;
+    let mut server_cfg = quinn::ServerConfig::with_crypto(tls_config(region, ticketer)?);
     server_cfg.transport_config(Arc::new(transport));
     let endpoint = match &cfg.endpoint {
         Some(endpoint) => {
