@@ -793,6 +793,7 @@ impl Actor {
                 .bytes_down
                 .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
             let timed_out = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
+            let close_reason = conn.close_reason().map(|e| e.to_string());
             conn.close(0u32.into(), b"bye");
             self.stats.connected_dc.store(0, Ordering::Relaxed);
             self.core.on_disconnect();
@@ -811,10 +812,12 @@ impl Actor {
             }
             self.probe_board.with(|b| self.route.lost(idx, b, now));
             self.save_route();
-            self.emit(ClientEvent::Disconnected {
-                addr,
-                reason: reason.clone(),
-            });
+            // The transport's own reason, when it has one, says more than the stream's.
+            let reason = match &close_reason {
+                Some(why) if !reason.contains(why.as_str()) => format!("{reason} ({why})"),
+                _ => reason,
+            };
+            self.emit(ClientEvent::Disconnected { addr, reason });
             self.emit(ClientEvent::FailoverStarted { from: addr });
             // A datacenter given up by the liveness watch last gave a sign of life (or was
             // last asked something) that long ago; one that went silent while idle, one idle

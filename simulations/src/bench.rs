@@ -245,7 +245,8 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
     let digests = footprint::digest_sizes(&keyring)?;
     let exe = std::env::current_exe().context("locating the sim executable")?;
     let server_program = crate::cluster::launch(opts.server_bin.as_deref()).program()?;
-    let mut server_args = vec!["--idle-timeout-ms".to_string(), "10000".to_string()];
+    // The server's default idle timeout (60 s): above the devices' 15 s keep-alive.
+    let mut server_args = Vec::new();
     server_args.extend(loader.server_args());
     let spec = spawn_spec(server_program, work.path(), &region_dir, 1, server_args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

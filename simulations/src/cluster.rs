@@ -20,8 +20,9 @@ pub fn launch(server_bin: Option<&Path>) -> Launch {
     }
 }
 
-/// `n` datacenters in `dir` with the given durability, a 10 s idle timeout and a status
-/// file each (`dc<N>.status.json`).
+/// `n` datacenters in `dir` with the given durability, the server's default idle timeout
+/// (60 s: above the devices' 15 s keep-alive) and a status file each
+/// (`dc<N>.status.json`).
 pub fn harness_cluster(
     dir: &Path,
     n: u16,
@@ -31,12 +32,7 @@ pub fn harness_cluster(
     let mut opts = ClusterOptions::new(n, launch(server_bin));
     opts.dir = Some(dir.to_path_buf());
     opts.log_filter = "warn,lifeboat::dispatch=debug".into();
-    opts.extra_args = vec![
-        "--durability".into(),
-        durability.to_string(),
-        "--idle-timeout-ms".into(),
-        "10000".into(),
-    ];
+    opts.extra_args = vec!["--durability".into(), durability.to_string()];
     let mut cluster = Cluster::with(opts)?;
     for (i, spec) in cluster.specs.iter_mut().enumerate() {
         let status = dir.join(format!("dc{}.status.json", i + 1));
@@ -50,6 +46,11 @@ pub fn harness_cluster(
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct DcStatus {
     pub active_sessions: usize,
+    /// QUIC handshakes completed there (full or resumed), and how many resumed.
+    #[serde(default)]
+    pub handshakes: u64,
+    #[serde(default)]
+    pub handshakes_resumed: u64,
 }
 
 /// Datacenter `i`'s last status snapshot, if it runs and has written one.

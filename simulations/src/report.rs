@@ -145,6 +145,14 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "handshakes at the backup full / resumed".into(),
+            format!(
+                "{} / {}",
+                r.backup_handshakes_full, r.backup_handshakes_resumed
+            ),
+            "",
+        ),
+        (
             "sealed digest p50 / max".into(),
             format!("{} / {} bytes", r.digest_bytes_p50, r.digest_bytes_max),
             "",

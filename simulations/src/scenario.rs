@@ -309,6 +309,7 @@ async fn run_one(
         .into_inner()
         .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
     let dispatched = dispatched_sessions(&cluster, 0);
+    let backup = crate::cluster::status(&cluster, 1);
     let stored = cluster.stop_all_and_read()?;
     let first_kill = shared.kill_ms.load(Ordering::Relaxed);
     let mut report = Report {
@@ -319,6 +320,10 @@ async fn run_one(
         duration_s: (end_ms - traffic_start_ms) as f64 / 1000.0,
         kill_at_s: opts.kill_at,
         network: cfg.link.as_ref().map(|l| l.report()),
+        backup_handshakes_full: backup
+            .as_ref()
+            .map_or(0, |s| s.handshakes.saturating_sub(s.handshakes_resumed)),
+        backup_handshakes_resumed: backup.as_ref().map_or(0, |s| s.handshakes_resumed),
         ..Default::default()
     };
     verify(

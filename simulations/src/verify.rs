@@ -76,6 +76,10 @@ pub struct Report {
     pub detect_ms_p50: u64,
     pub restore_sessions_per_s: f64,
     pub edge_bytes_per_op: f64,
+    /// Handshakes at the datacenter that survived the run (the backup), from its last
+    /// status: full ones and ones that resumed a TLS session with a region ticket.
+    pub backup_handshakes_full: u64,
+    pub backup_handshakes_resumed: u64,
     pub digest_bytes_p50: u64,
     pub digest_bytes_max: u64,
     /// The devices' impaired link and what it did (absent on a perfect link).
