@@ -239,6 +239,12 @@ pub enum TlsSetupError {
     /// The idle timeout does not fit QUIC's range (about 2^62 ms).
     #[error("idle timeout out of range: {0}")]
     IdleTimeout(#[from] quinn::VarIntBoundsExceeded),
+    /// The crypto provider does not offer TLS 1.3 (never with the built-in *ring*).
+    #[error("TLS 1.3: {0}")]
+    Protocol(rustls::Error),
+    /// The TLS configuration has no cipher suite QUIC can use for its initial packets.
+    #[error("QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// A session as the device holds it.
@@ -347,11 +353,25 @@ impl Ended {
     }
 }
 
-/// Build the QUIC client configuration for a region CA.
+/// Build the QUIC client configuration for a region CA: TLS 1.3, the region CA as the only
+/// root, and a session-ticket store of its own (a device resumes its TLS session at any
+/// datacenter of the region: the datacenters' tickets are region-wide, SECURITY.md).
 pub fn client_config(
     ca_pem: &[u8],
     keep_alive: Duration,
     idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, EdgeError> {
+    build_client_config(ca_pem, keep_alive, idle_timeout, true)
+}
+
+/// [`client_config`], with or without TLS resumption. Every attempt that offers a ticket
+/// uses it up (rustls hands each out once), so the home probes, which mostly find a dead
+/// datacenter, go without: the tickets are kept for the reconnect that matters.
+fn build_client_config(
+    ca_pem: &[u8],
+    keep_alive: Duration,
+    idle_timeout: Duration,
+    resume: bool,
 ) -> Result<quinn::ClientConfig, EdgeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
@@ -363,8 +383,18 @@ pub fn client_config(
     if roots.is_empty() {
         return Err(TlsSetupError::NoCertificate.into());
     }
-    let mut cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsSetupError::Protocol)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(TlsSetupError::from)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive));
     // The client opens its one stream; it accepts none from the datacenter (and so sets up
@@ -407,6 +437,7 @@ impl EdgeClient {
                 cfg.idle_timeout,
             )?),
         };
+        let probe_cfg = build_client_config(&cfg.ca_pem, cfg.keep_alive, cfg.idle_timeout, false)?;
         let endpoint = match &cfg.endpoint {
             Some(e) => e.clone(),
             None => client_endpoint(&cfg.datacenters)?,
@@ -452,6 +483,7 @@ impl EdgeClient {
             stats: stats.clone(),
             endpoint,
             client_cfg,
+            probe_cfg,
             probe_board,
             cmd_rx,
             stopped: false,
@@ -630,6 +662,8 @@ struct Actor {
     stats: Arc<ClientStats>,
     endpoint: quinn::Endpoint,
     client_cfg: Arc<quinn::ClientConfig>,
+    /// The home probes' configuration: no TLS resumption (see `build_client_config`).
+    probe_cfg: quinn::ClientConfig,
     probe_board: Arc<ProbeBoard>,
     cmd_rx: mpsc::Receiver<Command>,
     available: bool,
@@ -1130,7 +1164,7 @@ impl Actor {
         idx: usize,
     ) -> tokio::task::JoinHandle<Option<(usize, quinn::Connection)>> {
         let endpoint = self.endpoint.clone();
-        let client_cfg = (*self.client_cfg).clone();
+        let client_cfg = self.probe_cfg.clone();
         let name = self.cfg.server_name.clone();
         let targets = self.route.probe_targets(idx);
         let timeout = self.cfg.connect_timeout;

@@ -156,11 +156,19 @@ struct ServeArgs {
     /// sled page cache (bytes).
     #[arg(long)]
     cache_bytes: Option<u64>,
-    /// Most QUIC handshakes in progress at once (0: no bound). More are refused at once, so
-    /// that in a reconnect storm the datacenter completes handshakes at its capacity instead
-    /// of starting all of them and finishing none before the devices give up.
+    /// Most QUIC handshakes in progress at once (0: no bound). More wait in the handshake
+    /// queue, so that in a reconnect storm the datacenter completes handshakes at its
+    /// capacity instead of starting all of them and finishing none before the devices give
+    /// up.
     #[arg(long)]
     max_handshakes: Option<usize>,
+    /// Most connections waiting for a handshake slot (default 8192; 0: refuse at once).
+    #[arg(long)]
+    handshake_queue: Option<usize>,
+    /// Longest wait for a handshake slot before a refusal (ms; default 1500, below the
+    /// devices' 2 s connect timeout).
+    #[arg(long)]
+    handshake_queue_wait_ms: Option<u64>,
     /// UDP receive/send buffer to ask the kernel for (bytes; 0: system default). Thousands
     /// of devices reconnecting at once overflow the default buffer; the kernel caps the
     /// request at net.core.rmem_max / wmem_max (a warning says so).

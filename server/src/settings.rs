@@ -75,8 +75,12 @@ pub struct ServeSettings {
     pub handshake_timeout_ms: u64,
     /// The sled page cache (bytes).
     pub cache_bytes: u64,
-    /// Most QUIC handshakes in progress at once (0: no bound); more are refused at once.
+    /// Most QUIC handshakes in progress at once (0: no bound); more wait in the queue.
     pub max_handshakes: usize,
+    /// Most connections waiting for a handshake slot (0: refuse at once).
+    pub handshake_queue: usize,
+    /// Longest wait in the handshake queue (ms; below the devices' connect timeout).
+    pub handshake_queue_wait_ms: u64,
     /// UDP receive and send buffer to ask the kernel for (bytes; 0: system default).
     pub udp_buffer_bytes: usize,
     /// Most simultaneous device connections.
@@ -140,6 +144,8 @@ impl Default for ServeSettings {
             handshake_timeout_ms: c.handshake_timeout.as_millis() as u64,
             cache_bytes: c.cache_bytes,
             max_handshakes: c.max_handshakes,
+            handshake_queue: c.handshake_queue,
+            handshake_queue_wait_ms: c.handshake_queue_wait.as_millis() as u64,
             udp_buffer_bytes: c.udp_buffer_bytes,
             max_connections: c.max_connections,
             max_sessions: c.max_sessions,
@@ -271,6 +277,8 @@ impl ServeSettings {
         cfg.cache_bytes = self.cache_bytes;
         cfg.udp_buffer_bytes = self.udp_buffer_bytes;
         cfg.max_handshakes = self.max_handshakes;
+        cfg.handshake_queue = self.handshake_queue;
+        cfg.handshake_queue_wait = Duration::from_millis(self.handshake_queue_wait_ms);
         cfg.max_connections = self.max_connections;
         cfg.max_sessions = self.max_sessions;
         cfg.conn_queue = self.conn_queue;

@@ -1,12 +1,14 @@
 //! The accept loop: admission of new connections before any crypto is done.
 //!
-//! Invariants: a connection over `max_connections`, over the handshakes in progress, or over
-//! its source address's share is refused at once (QUIC `CONNECTION_REFUSED`, counted by
-//! limit); a source address at its share must first answer a retry, so a spoofed address
-//! cannot take a victim's slots.
+//! Invariants: a connection over `max_connections` or over its source address's share is
+//! refused at once (QUIC `CONNECTION_REFUSED`, counted by limit); one over the handshakes in
+//! progress waits in the bounded handshake queue ([`super::handshake_queue`]) and is
+//! refused only when the queue is full or its wait runs out; a source address at its share
+//! must first answer a retry, so a spoofed address cannot take a victim's slots.
 
 use super::*;
 
+use super::handshake_queue::{HandshakeQueue, Place, QueueBounds};
 use crate::keyring_watch::KeyringWatch;
 use crate::limits::{AddressLimiter, LimitCounters};
 use lifeboat_common::limits::LimitKind;
@@ -41,6 +43,30 @@ pub(super) fn admit_address(
     }
 }
 
+/// A connection's turn to handshake: a slot now, or a place in the queue.
+enum Turn {
+    Now(tokio::sync::OwnedSemaphorePermit),
+    Queued(Place),
+}
+
+impl Turn {
+    /// The handshake slot, once there is one (`None`: the wait ran out).
+    async fn taken(
+        self,
+        slots: Arc<tokio::sync::Semaphore>,
+        wait: Duration,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self {
+            Turn::Now(permit) => Some(permit),
+            Turn::Queued(place) => {
+                let permit = tokio::time::timeout(wait, slots.acquire_owned()).await;
+                drop(place);
+                permit.ok()?.ok()
+            }
+        }
+    }
+}
+
 /// Accept connections until the endpoint closes, each admitted one in a task of its own.
 pub(super) fn spawn_accept(
     endpoint: quinn::Endpoint,
@@ -52,6 +78,10 @@ pub(super) fn spawn_accept(
 ) -> tokio::task::JoinHandle<()> {
     let next_conn = Arc::new(AtomicU64::new(1));
     let per_addr = AddressLimiter::new(&cfg.limits);
+    let queue = HandshakeQueue::new(QueueBounds {
+        capacity: cfg.handshake_queue,
+        max_wait: cfg.handshake_queue_wait,
+    });
     let handshakes = Arc::new(tokio::sync::Semaphore::new(if cfg.max_handshakes == 0 {
         tokio::sync::Semaphore::MAX_PERMITS
     } else {
@@ -66,16 +96,24 @@ pub(super) fn spawn_accept(
                     incoming.refuse();
                     continue;
                 }
-                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                    counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-                    limit_hits.hit(LimitKind::Handshakes);
-                    incoming.refuse();
-                    continue;
-                };
                 let Some(slot) = admit_address(incoming, &per_addr, &limit_hits, &counters) else {
                     continue;
                 };
                 let (incoming, slot) = slot;
+                let turn = match handshakes.clone().try_acquire_owned() {
+                    Ok(permit) => Turn::Now(permit),
+                    Err(_) => match queue.join() {
+                        Some(place) => Turn::Queued(place),
+                        None => {
+                            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                            limit_hits.hit(LimitKind::Handshakes);
+                            incoming.refuse();
+                            continue;
+                        }
+                    },
+                };
+                let handshakes = handshakes.clone();
+                let wait = queue.bounds().max_wait;
                 let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
                 let ctx = ConnCtx {
                     conn_id,
@@ -91,6 +129,14 @@ pub(super) fn spawn_accept(
                 };
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let Some(handshake) = turn.taken(handshakes, wait).await else {
+                        ctx.counters
+                            .refused_connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.limit_hits.hit(LimitKind::Handshakes);
+                        incoming.refuse();
+                        return;
+                    };
                     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = handle_conn(incoming, handshake, &ctx).await {
                         tracing::debug!(conn = ctx.conn_id, error = %e, "connection ended");

@@ -19,6 +19,7 @@
 mod accept;
 mod actor;
 mod conn;
+mod handshake_queue;
 
 use crate::admin::{AdminHandle, AdminToken};
 use crate::status::DriverCounters;
@@ -102,9 +103,15 @@ pub struct ServerConfig {
     /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
     /// build it over their own `quinn::AsyncUdpSocket`); the server sets its server config.
     pub endpoint: Option<quinn::Endpoint>,
-    /// Most QUIC handshakes in progress at once; more are refused at once (see
+    /// Most QUIC handshakes in progress at once; more wait in the handshake queue (see
     /// [`LimitKind::Handshakes`](lifeboat_common::limits::LimitKind::Handshakes)). 0: no bound.
     pub max_handshakes: usize,
+    /// Most connections waiting for a handshake slot; beyond it they are refused at once
+    /// (0: no queue, refuse at once).
+    pub handshake_queue: usize,
+    /// Longest wait in the handshake queue before a refusal; keep it below the devices'
+    /// connect timeout (2 s by default), so a waiting device hears "busy", not silence.
+    pub handshake_queue_wait: Duration,
     /// UDP receive and send buffer to ask the kernel for (0: system default); see
     /// [`crate::socket`] for why a datacenter needs a large one.
     pub udp_buffer_bytes: usize,
@@ -154,6 +161,8 @@ impl ServerConfig {
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
             max_handshakes: 256,
+            handshake_queue: 8_192,
+            handshake_queue_wait: Duration::from_millis(1_500),
             unreadable_store: UnreadableStore::MoveAside,
             clock: Clock::system(),
             inline_flush: false,
@@ -339,7 +348,7 @@ fn load_core(
 }
 
 /// The TLS side: TLS 1.3 only (QUIC), the region certificate, region-wide session tickets
-/// (one per handshake, so a device holds a fresh one for its next connect), no 0-RTT.
+/// (two per handshake, so a device holds a fresh one and a spare), no 0-RTT.
 fn tls_config(
     region: &Region,
     ticketer: RegionTicketer,
@@ -350,7 +359,9 @@ fn tls_config(
         .with_no_client_auth()
         .with_single_cert(region.cert_chain.clone(), region.key.clone_key())?;
     tls.ticketer = Arc::new(ticketer);
-    tls.send_tls13_tickets = 1;
+    // Two: an attempt that offers a ticket uses it up even if it then fails (a timeout on a
+    // lossy path), so one spare keeps the next attempt a resumption.
+    tls.send_tls13_tickets = 2;
     // No 0-RTT: a replayed Hello would replace a live connection (SECURITY.md).
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -386,6 +397,17 @@ fn bind_endpoint(
     cfg.limits.apply_transport(&mut transport);
     let mut server_cfg = quinn::ServerConfig::with_crypto(tls_config(region, ticketer)?);
     server_cfg.transport_config(Arc::new(transport));
+    // Connections not yet accepted (in the handshake queue): bounded in count and bytes.
+    let max_incoming = cfg
+        .max_handshakes
+        .saturating_add(cfg.handshake_queue)
+        .saturating_add(64);
+    server_cfg
+        .max_incoming(max_incoming)
+        .incoming_buffer_size(handshake_queue::INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(
+            handshake_queue::INCOMING_BUFFER_BYTES.saturating_mul(max_incoming as u64),
+        );
     let endpoint = match &cfg.endpoint {
         Some(endpoint) => {
             endpoint.set_server_config(Some(server_cfg));
@@ -442,6 +464,8 @@ fn limits_json(cfg: &ServerConfig) -> serde_json::Value {
     serde_json::json!({
         "max_connections": cfg.max_connections,
         "max_handshakes": cfg.max_handshakes,
+        "handshake_queue": cfg.handshake_queue,
+        "handshake_queue_wait_ms": cfg.handshake_queue_wait.as_millis() as u64,
         "max_sessions": cfg.max_sessions,
         "max_sessions_per_device": cfg.max_sessions_per_device,
         "session_creates_per_minute": cfg.session_creates_per_minute,

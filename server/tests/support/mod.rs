@@ -35,6 +35,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (
 
 /// A datacenter started with an admin token; its QUIC and HTTP addresses.
 pub fn start(dir: &Path, token: Option<&Path>) -> (Child, SocketAddr, SocketAddr) {
+    start_with(dir, token, &[])
+}
+
+/// [`start`] with extra `serve` flags.
+pub fn start_with(
+    dir: &Path,
+    token: Option<&Path>,
+    extra: &[&str],
+) -> (Child, SocketAddr, SocketAddr) {
     let mut child = bin()
         .args([
             "serve",
@@ -56,6 +65,7 @@ pub fn start(dir: &Path, token: Option<&Path>) -> (Child, SocketAddr, SocketAddr
                 .into_iter()
                 .flatten(),
         )
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
