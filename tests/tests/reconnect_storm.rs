@@ -1,7 +1,9 @@
 //! A reconnect storm against a datacenter's handshake limit (the S1 thundering herd, small).
 //!
-//! A datacenter serves at most `--max-handshakes` QUIC handshakes at once and refuses the
-//! rest before any crypto. A refused device must treat its datacenter as busy, not down:
+//! A datacenter serves at most `--max-handshakes` QUIC handshakes at once; the rest wait in
+//! its handshake queue and are refused (before any crypto) when the queue is full or their
+//! wait runs out. This test runs with no queue, so that the refusals come at once. A
+//! refused device must treat its datacenter as busy, not down:
 //! it retries the same one after a jittered backoff instead of falling over to the next
 //! datacenter in its list (which would split partners across datacenters for nothing).
 
@@ -18,11 +20,19 @@ async fn a_datacenter_at_its_handshake_limit_refuses_the_excess_and_devices_wait
     let stats_file = stats.path().join("dc1.status.json");
     let stats_arg = stats_file.to_string_lossy().to_string();
     let mut c = Cluster::new(2, &[])?;
-    // dc1 (preferred) serves one handshake at a time; dc2 has the default limit.
+    // dc1 (preferred) serves one handshake at a time and queues none (a full queue);
+    // dc2 has the defaults.
     c.specs[0].extra_args.extend(
-        ["--max-handshakes", "1", "--stats-file", stats_arg.as_str()]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--max-handshakes",
+            "1",
+            "--handshake-queue",
+            "0",
+            "--stats-file",
+            stats_arg.as_str(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     c.start(0)?;
     c.start(1)?;
