@@ -1054,6 +1054,38 @@ impl Actor {
         }
     }
 
+    /// The wait until `at` (the driver's clock, ms), if there is a deadline.
+    fn until(&self, at: Option<u64>) -> Option<Duration> {
+        at.map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())))
+    }
+
+    /// After each step of `serve`: carry out the core's effects, then sample the liveness
+    /// watch. `Err((why, silence))` ends the connection (`silence`: the liveness watch gave
+    /// the datacenter up after that many ms).
+    async fn after_step(
+        &mut self,
+        step: Step,
+        send: &mut quinn::SendStream,
+        conn: &quinn::Connection,
+        live: &mut Liveness,
+        welcomed: bool,
+    ) -> Result<(), (String, Option<u64>)> {
+        if let Step::Stop = step {
+            return Err(("client shut down".into(), None));
+        }
+        self.apply(Some(send)).await.map_err(|e| (e, None))?;
+        if self.stopped {
+            return Err(("client stopped".into(), None));
+        }
+        if welcomed {
+            if let Err(silent) = self.check_liveness(conn, live) {
+                let why = format!("datacenter silent for {silent} ms with an op in flight");
+                return Err((why, Some(silent)));
+            }
+        }
+        Ok(())
+    }
+
     /// Run one connection until it fails or a more preferred datacenter answers a probe.
     async fn serve(&mut self, conn: &quinn::Connection, idx: usize) -> Ended {
         let (mut send, reader, mut frame_rx) = match self.open_stream(conn).await {
@@ -1079,13 +1111,8 @@ impl Actor {
         let reason = loop {
             // The core's resend deadline (ops the datacenter could not take yet) and the
             // liveness watch's next sample.
-            let resend_in = self
-                .core
-                .poll_timeout()
-                .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
-            let sample_in = live
-                .poll_timeout()
-                .map(|at| Duration::from_millis(at.saturating_sub(self.now_ms())));
+            let resend_in = self.until(self.core.poll_timeout());
+            let sample_in = self.until(live.poll_timeout());
             // Frames before commands: both come from bounded queues fed at human and
             // datacenter pace, so neither starves the other.
             let step = tokio::select! {
@@ -1129,20 +1156,10 @@ impl Actor {
                     }
                 }
             };
-            if let Step::Stop = step {
-                break "client shut down".to_string();
-            }
-            if let Err(e) = self.apply(Some(&mut send)).await {
-                break e;
-            }
-            if self.stopped {
-                break "client stopped".to_string();
-            }
-            if welcomed {
-                if let Err(silent) = self.check_liveness(conn, &mut live) {
-                    silent_ms = Some(silent);
-                    break format!("datacenter silent for {silent} ms with an op in flight");
-                }
+            let after = self.after_step(step, &mut send, conn, &mut live, welcomed);
+            if let Err((why, silence)) = after.await {
+                silent_ms = silence;
+                break why;
             }
         };
         reader.abort();
