@@ -114,6 +114,12 @@ pub enum ClientEvent {
         stalled_ms: u64,
         /// The part of `stalled_ms` before the lost connection was given up, in ms.
         detection_ms: u64,
+        /// From giving the connection up to the new datacenter's `Welcome`, in ms
+        /// (connect attempts, backoff, handshake, connect upload).
+        connect_ms: u64,
+        /// From that `Welcome` to the first answer, in ms (the op's restore wait and
+        /// commit at the new datacenter; 0 if nothing waited).
+        first_answer_ms: u64,
     },
     /// Something happened to a session (update, conflict, rejection).
     Session(EdgeEvent<Trip>),
@@ -155,9 +161,11 @@ impl std::fmt::Display for ClientEvent {
                 addr,
                 stalled_ms,
                 detection_ms,
+                connect_ms,
+                first_answer_ms,
             } => write!(
                 f,
-                "failover finished at {dc} ({addr}): stalled {stalled_ms} ms, of which detection {detection_ms} ms"
+                "failover finished at {dc} ({addr}): stalled {stalled_ms} ms, of which detection {detection_ms} ms, connect {connect_ms} ms, first answer {first_answer_ms} ms"
             ),
             ClientEvent::Session(e) => write!(f, "{e}"),
             ClientEvent::OpResolved { op, result } => match result {
@@ -776,6 +784,8 @@ impl Actor {
                 addr: s.addr,
                 stalled_ms: s.stalled_ms,
                 detection_ms: s.detection_ms,
+                connect_ms: s.connect_ms,
+                first_answer_ms: s.first_answer_ms,
             });
         }
     }

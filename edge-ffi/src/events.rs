@@ -156,6 +156,7 @@ impl Event {
                 addr,
                 stalled_ms,
                 detection_ms,
+                ..
             } => Event {
                 dc: dc.0,
                 addr: addr.to_string(),

@@ -120,6 +120,9 @@ pub struct DeviceLog {
     /// How long each wait for the session's anchor lasted (`EdgeEvent::Waiting` to the
     /// session's next resolved op), ms.
     pub waits_ms: Vec<u64>,
+    /// Each failover as the device split it (`ClientEvent::FailoverFinished`): when it
+    /// ended, detection, connect and first answer, ms.
+    pub failover_splits: Vec<(u64, [u64; 3])>,
 }
 
 /// State shared by the whole run.
@@ -312,6 +315,19 @@ async fn start_device(
             };
             let now = shared.now_ms();
             match e {
+                ClientEvent::FailoverFinished {
+                    detection_ms,
+                    connect_ms,
+                    first_answer_ms,
+                    ..
+                } => {
+                    if let Ok(mut l) = log.lock() {
+                        if l.failover_splits.len() < 1_000 {
+                            l.failover_splits
+                                .push((now, [detection_ms, connect_ms, first_answer_ms]));
+                        }
+                    }
+                }
                 ClientEvent::Connected { dc, .. } => {
                     connected.store(dc.0, Ordering::Relaxed);
                     // Every (re)connection: the restore rate counts from the first after the

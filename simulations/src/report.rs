@@ -127,6 +127,22 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "stall split p50: detect / connect / answer".into(),
+            format!(
+                "{} / {} / {} ms",
+                r.split_ms_p50[0], r.split_ms_p50[1], r.split_ms_p50[2]
+            ),
+            "",
+        ),
+        (
+            "stall split p99: detect / connect / answer".into(),
+            format!(
+                "{} / {} / {} ms",
+                r.split_ms_p99[0], r.split_ms_p99[1], r.split_ms_p99[2]
+            ),
+            "",
+        ),
+        (
             "app stall p50 / p99 / max".into(),
             format!(
                 "{} / {} / {} ms ({} devices)",

@@ -74,6 +74,10 @@ pub struct Report {
     pub stall_ms_max: u64,
     pub stalled_devices: usize,
     pub detect_ms_p50: u64,
+    /// The devices' own split of their failover (`FailoverFinished`): detection, connect
+    /// (to the backup's `Welcome`), first answer (restore wait and commit), p50 and p99.
+    pub split_ms_p50: [u64; 3],
+    pub split_ms_p99: [u64; 3],
     pub restore_sessions_per_s: f64,
     pub edge_bytes_per_op: f64,
     /// Handshakes at the datacenter that survived the run (the backup), from its last
@@ -296,13 +300,27 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         }
     }
     let mut waits = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
+    let mut splits: [Histogram<u64>; 3] = std::array::from_fn(|_| {
+        Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"))
+    });
     for log in input.logs {
+        // Each device's first failover ended after the kill: its stall, split.
+        if let Some((_, parts)) = input
+            .kill_ms
+            .and_then(|kill| log.failover_splits.iter().find(|(t, _)| *t >= kill))
+        {
+            for (h, v) in splits.iter_mut().zip(parts) {
+                let _ = h.record(*v);
+            }
+        }
         report.conflicts += log.conflicts.len();
         report.false_failovers += log.false_failovers as usize;
         for w in &log.waits_ms {
             let _ = waits.record(*w);
         }
     }
+    report.split_ms_p50 = std::array::from_fn(|i| percentile(&splits[i], 0.5));
+    report.split_ms_p99 = std::array::from_fn(|i| percentile(&splits[i], 0.99));
     report.waits = waits.len() as usize;
     report.wait_ms_p50 = percentile(&waits, 0.5);
     report.wait_ms_p99 = percentile(&waits, 0.99);

@@ -3,7 +3,8 @@
 //!
 //! Invariants: one failover is measured at a time (a second loss before the first ends
 //! extends it); `detection_ms` is the part of the stall before the client gave the
-//! connection up, so it is at most the stall; a move home is not a failover (only
+//! connection up, so it is at most the stall; `detection_ms + connect_ms + first_answer_ms`
+//! is at most the stall (the rest is the workload's gap before the silence began); a move home is not a failover (only
 //! [`StallClock::lost`] starts one).
 
 use crate::ids::DatacenterId;
@@ -20,14 +21,22 @@ pub struct Stall<T> {
     pub stalled_ms: u64,
     /// The part of it before the client gave the connection up.
     pub detection_ms: u64,
+    /// From giving the connection up to the `Welcome` of the datacenter that took over
+    /// (connect attempts, backoff, handshake and the connect upload).
+    pub connect_ms: u64,
+    /// From that `Welcome` to the first answer (the replayed op's restore wait and commit;
+    /// 0 if nothing was waiting).
+    pub first_answer_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Failover<T> {
     stall_from: u64,
     detection_ms: u64,
-    /// Welcomed again: the failover ends at the next answered op.
-    reconnected: Option<(DatacenterId, T)>,
+    /// When the connection was given up.
+    lost_at: u64,
+    /// Welcomed again (by whom, and when): the failover ends at the next answered op.
+    reconnected: Option<(DatacenterId, T, u64)>,
 }
 
 /// Measures failovers (see the module docs). Times are the driver's clock, ms.
@@ -71,6 +80,7 @@ impl<T: Copy> StallClock<T> {
             self.failover = Some(Failover {
                 stall_from,
                 detection_ms: now_ms.saturating_sub(noticed_from),
+                lost_at: now_ms,
                 reconnected: None,
             });
         }
@@ -87,7 +97,7 @@ impl<T: Copy> StallClock<T> {
         now_ms: u64,
     ) -> Option<Stall<T>> {
         if let Some(f) = self.failover.as_mut() {
-            f.reconnected = Some((dc, addr));
+            f.reconnected = Some((dc, addr, now_ms));
         }
         if ops_waiting {
             None
@@ -99,12 +109,14 @@ impl<T: Copy> StallClock<T> {
     /// An op was answered at `now_ms`: a failover whose reconnect is done ends.
     pub fn answered(&mut self, now_ms: u64) -> Option<Stall<T>> {
         let f = self.failover.take_if(|f| f.reconnected.is_some())?;
-        let (dc, addr) = f.reconnected?;
+        let (dc, addr, welcomed_at) = f.reconnected?;
         Some(Stall {
             dc,
             addr,
             stalled_ms: now_ms.saturating_sub(f.stall_from),
             detection_ms: f.detection_ms,
+            connect_ms: welcomed_at.saturating_sub(f.lost_at),
+            first_answer_ms: now_ms.saturating_sub(welcomed_at),
         })
     }
 
@@ -141,6 +153,11 @@ mod tests {
         assert_eq!((s.dc, s.addr), (DC2, 'b'));
         assert_eq!(s.stalled_ms, 3_700);
         assert_eq!(s.detection_ms, 3_000);
+        assert_eq!(
+            (s.connect_ms, s.first_answer_ms),
+            (500, 200),
+            "given up at 13 s, welcomed at 13.5 s, answered at 13.7 s"
+        );
         assert_eq!(c.answered(14_000), None, "measured once");
     }
 
@@ -178,5 +195,10 @@ mod tests {
             "from the first loss's last sign of life"
         );
         assert_eq!(s.detection_ms, 500);
+        assert_eq!(
+            (s.connect_ms, s.first_answer_ms),
+            (1_500, 0),
+            "connecting from the first loss to the welcome that ended it"
+        );
     }
 }
