@@ -248,14 +248,24 @@ async fn run_one(
     let mut samples = Vec::new();
     let mut last_ops = 0u64;
     let mut last_t = shared.now_ms();
-    // After the traffic window, keep sampling until every device is connected again (a
-    // device still failing over when the run stops would be judged on a half-done
-    // failover), for at most SETTLE_MAX.
+    // After the traffic window, keep sampling until every device is connected again to a
+    // datacenter that runs (a device still failing over when the run stops would be judged
+    // on a half-done failover; an idle one notices a dead datacenter only at its idle
+    // timeout), for at most SETTLE_MAX or the idle timeout and a margin, if longer.
     let devices_total = city.drivers.len() + city.riders.len();
-    let settle_until = end_ms + SETTLE_MAX.as_millis() as u64;
+    let settle_max = SETTLE_MAX.max(Duration::from_millis(opts.idle_timeout_ms) + SETTLE_MARGIN);
+    let settle_until = end_ms + settle_max.as_millis() as u64;
+    let connected_live = || -> usize {
+        let per_dc = city.connected_per_dc(2);
+        per_dc
+            .iter()
+            .zip(&shared.dc_up)
+            .filter(|(_, up)| up.load(Ordering::Relaxed))
+            .map(|(n, _)| n)
+            .sum()
+    };
     while shared.now_ms() < end_ms
-        || (shared.now_ms() < settle_until
-            && city.connected_per_dc(2).iter().sum::<usize>() < devices_total)
+        || (shared.now_ms() < settle_until && connected_live() < devices_total)
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = shared.now_ms();
@@ -378,8 +388,11 @@ async fn pace_start(i: usize, per_s: usize, city: &City, started: usize) {
 /// Most devices started and not yet connected while the city starts (see [`pace_start`]).
 const MAX_CONNECTING: usize = 500;
 
-/// Longest wait after the traffic window for every device to be connected again.
+/// Longest wait after the traffic window for every device to be connected again (at least
+/// the devices' idle timeout plus [`SETTLE_MARGIN`]).
 const SETTLE_MAX: Duration = Duration::from_secs(60);
+/// Time for an idle device to reconnect after its idle timeout fired.
+const SETTLE_MARGIN: Duration = Duration::from_secs(15);
 
 fn sleep_until(shared: &Shared, at_ms: u64) {
     let now = shared.now_ms();
