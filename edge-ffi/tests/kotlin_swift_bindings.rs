@@ -233,12 +233,19 @@ fn ffi_names(text: &str) -> Vec<(String, bool)> {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        // Bytes, not `str` slices: the text may hold non-ASCII characters (docs), and `i`
+        // walks byte by byte. A name starts and ends at ASCII bytes, so its slice is valid.
         let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if boundary && PREFIXES.iter().any(|p| text[i..].starts_with(p)) {
-            let end = text[i..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .map_or(text.len(), |n| i + n);
-            names.push((text[i..end].to_string(), text[end..].starts_with('(')));
+        if boundary
+            && PREFIXES
+                .iter()
+                .any(|p| bytes[i..].starts_with(p.as_bytes()))
+        {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                .map_or(bytes.len(), |n| i + n);
+            names.push((text[i..end].to_string(), bytes.get(end) == Some(&b'(')));
             i = end;
         } else {
             i += 1;
@@ -465,4 +472,16 @@ fn swift_bindings_match_the_library_and_parse() -> anyhow::Result<()> {
         "test| Swift: C layer checked, syntax parsed; not compiled or type-checked (no swiftc)"
     );
     Ok(())
+}
+
+#[test]
+fn ffi_names_are_found_in_text_with_non_ascii_characters() {
+    let p = PREFIXES[0];
+    let text = format!("// ± 90° é\n{p}x_1(é {p}y ±");
+    let names = ffi_names(&text);
+    assert_eq!(
+        names,
+        vec![(format!("{p}x_1"), true), (format!("{p}y"), false)],
+        "{text}"
+    );
 }
