@@ -377,6 +377,24 @@ pub enum ProtocolError {
     /// The datacenter is stopping; connect to another one.
     #[error("datacenter shutting down")]
     ShuttingDown,
+    /// A planned failover: the datacenter is being drained and moves its devices away in
+    /// paced waves. Connect now to `to` when it is in the device's own datacenter list (the
+    /// device trusts no other address), else to its next datacenter; do not come back
+    /// (probes included) for `back_after_ms`, while the drain may still run.
+    #[error("datacenter draining: move to {} now, back after {back_after_ms} ms", drain_target(.to))]
+    Draining {
+        /// Where the operator moves this datacenter's devices (`None`: each device's next).
+        to: Option<std::net::SocketAddr>,
+        /// How long the drain may still run (ms).
+        back_after_ms: u64,
+    },
+}
+
+fn drain_target(to: &Option<std::net::SocketAddr>) -> String {
+    match to {
+        Some(a) => a.to_string(),
+        None => "the next datacenter".into(),
+    }
 }
 
 #[cfg(test)]

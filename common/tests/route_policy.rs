@@ -120,6 +120,46 @@ fn a_lost_datacenter_and_one_that_recently_failed_go_to_the_back_in_preference_o
 }
 
 #[test]
+fn a_drained_datacenter_sends_its_device_where_it_says_at_once_and_is_held_off_until_its_drain_ends(
+) {
+    let mut p = planner(RouteMemory::default(), 5);
+    let mut board = ProbeBoard::default();
+    let now = 1_000_000;
+    assert_eq!(p.next(&board, now), Next::Connect(0));
+    p.welcomed(0, now);
+    assert_eq!(p.connection_ended(true), None, "welcomed: no backoff");
+    p.drained(0, Some('c'), 5_000, &mut board, now + 10);
+    assert_eq!(
+        p.next(&board, now + 10),
+        Next::Connect(2),
+        "told to go to 'c'"
+    );
+    p.connect_failed(2, &mut board, now + 20);
+    assert_eq!(
+        p.next(&board, now + 20),
+        Next::Connect(1),
+        "then the rest in order, the drained one last"
+    );
+    assert!(
+        board.recently_failed('a', now + 4_999, 1),
+        "no probe goes back while the drain may run"
+    );
+    assert!(!board.recently_failed('a', now + 5_010, 1));
+
+    // An address the device does not know is ignored: its own next datacenter.
+    let mut q = planner(RouteMemory::default(), 6);
+    let mut board = ProbeBoard::default();
+    q.drained(0, Some('z'), 5_000, &mut board, now);
+    assert_eq!(q.next(&board, now), Next::Connect(1));
+    // Drained before the datacenter welcomed it: no backoff either.
+    let mut r = planner(RouteMemory::default(), 7);
+    let mut board = ProbeBoard::default();
+    assert_eq!(r.next(&board, now), Next::Connect(0));
+    r.drained(0, None, 5_000, &mut board, now);
+    assert_eq!(r.next(&board, now), Next::Connect(1));
+}
+
+#[test]
 fn a_busy_datacenter_is_tried_again_after_a_jittered_backoff_instead_of_the_next() {
     for seed in 0..50 {
         let mut p = planner(RouteMemory::default(), seed);

@@ -48,13 +48,15 @@
 //! The rooms of this module: [`types`](DcConfig) (configuration, effects, events, stats),
 //! `entry` (one session's state), `table` (the session table and pushes), `connect` and
 //! `restore` (connect uploads and judging a digest), `chain` (the chain rule), `dispatch`,
-//! `admission` (create budgets), `submit` (ops), and [`ConnectIntake`] (reassembling a
+//! `admission` (create budgets), `submit` (ops), [`drain`](DrainPlan) (a planned failover's
+//! waves), and [`ConnectIntake`] (reassembling a
 //! connect upload within its limits, for the driver).
 
 mod admission;
 mod chain;
 mod connect;
 mod dispatch;
+mod drain;
 mod entry;
 mod intake;
 mod restore;
@@ -63,6 +65,7 @@ mod table;
 mod types;
 
 use admission::CreateBudget;
+pub use drain::{DrainConfig, DrainPlan};
 use entry::{mark_of, Chain, Conn, Entry, Pending, Unconfirmed};
 pub use intake::{ConnectIntake, Connected, InflightRule, IntakeStep};
 pub use types::{DcConfig, DcEvent, DcStats, Durability, Effects};

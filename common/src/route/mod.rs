@@ -17,6 +17,10 @@
 //! - A datacenter that refuses the connection (busy: at its handshake limit in a reconnect
 //!   storm) is alive: the same one is tried again after a jittered backoff (`backoff` plus
 //!   up to all of it), instead of falling over to the next.
+//! - A datacenter being drained (a planned failover) says where to go: the device connects
+//!   there at once if that address is in its own list, else to the next in order, with no
+//!   backoff, and holds the drained one off (probes too) for the time the drain may still
+//!   run ([`ProbeBoard::hold`]), so it does not move back while it is drained.
 //! - A connection that ends before `Welcome` (refused credential, replaced, overloaded) is
 //!   followed by a backoff wait like a failed connect.
 //! - While connected to any but the first datacenter, the more preferred ones are probed
@@ -204,6 +208,33 @@ impl<T: Copy + Eq + Hash> Planner<T> {
         }
         self.last_lost = Some(idx);
         self.queue = self.order(Some(idx), board, now_ms);
+    }
+
+    /// The datacenter at `idx` is being drained (a planned failover, at `now_ms`): it goes to
+    /// the back and is held off, probes included, for `back_after_ms`; the next connect goes
+    /// to `to` if it is in the list (and is not `idx`), else to the next in order, with no
+    /// wait of its own (the datacenter said where to go; a drain heard before `Welcome` was
+    /// already backed off by [`Planner::connection_ended`]).
+    pub fn drained(
+        &mut self,
+        idx: usize,
+        to: Option<T>,
+        back_after_ms: u64,
+        board: &mut ProbeBoard<T>,
+        now_ms: u64,
+    ) {
+        if let Some(addr) = self.addr(idx) {
+            board.hold(addr, now_ms.saturating_add(back_after_ms));
+            self.memory.remember(addr, false, now_ms);
+        }
+        self.last_lost = Some(idx);
+        self.after_wait = None;
+        self.queue = self.order(Some(idx), board, now_ms);
+        let target = to.and_then(|a| self.datacenters.iter().position(|d| *d == a));
+        if let Some(j) = target.filter(|j| *j != idx) {
+            self.queue.retain(|i| *i != j);
+            self.queue.push_front(j);
+        }
     }
 
     /// Whether a device connected to `idx` probes the more preferred datacenters.
