@@ -33,7 +33,7 @@ use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
 use lifeboat_common::route::{
     Liveness, Next, Planner, RouteConfig, Stall, StallClock, Verdict, Waiting,
 };
-use lifeboat_common::wire::{ClientMsg, ServerMsg};
+use lifeboat_common::wire::{ClientMsg, ProtocolError, ServerMsg};
 use lifeboat_common::{
     DatacenterId, DeviceId, GeoPoint, OpId, Role, SessionId, Trip, TripOp, TripState, VersionVector,
 };
@@ -293,6 +293,8 @@ pub(crate) struct ClientStats {
     pub(crate) connected_dc: AtomicU64,
     /// Liveness probes sent (one-byte QUIC datagrams while an answer was slow).
     pub(crate) liveness_probes: AtomicU64,
+    /// Connections a drained datacenter moved away (planned failovers).
+    pub(crate) drained: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -309,6 +311,8 @@ pub struct ClientStatsSnapshot {
     pub ops_committed: u64,
     /// Liveness probes sent (one-byte QUIC datagrams while an answer was slow).
     pub liveness_probes: u64,
+    /// Connections a drained datacenter moved away (planned failovers).
+    pub drained: u64,
 }
 
 type Done = oneshot::Sender<Result<Commit, SubmitError>>;
@@ -497,6 +501,7 @@ impl EdgeClient {
             stopped: false,
             route,
             stall: StallClock::default(),
+            drain_order: None,
         };
         let device = actor.cfg.device;
         tokio::spawn(actor.run());
@@ -627,6 +632,7 @@ impl EdgeClient {
             connects: self.stats.connects.load(Ordering::Relaxed),
             ops_committed: self.stats.ops_committed.load(Ordering::Relaxed),
             liveness_probes: self.stats.liveness_probes.load(Ordering::Relaxed),
+            drained: self.stats.drained.load(Ordering::Relaxed),
         }
     }
 
@@ -681,6 +687,9 @@ struct Actor {
     route: Planner<SocketAddr>,
     /// The failover as the user feels it.
     stall: StallClock<SocketAddr>,
+    /// The datacenter of the connection being served is drained (a planned failover): go
+    /// to this address (if it is in our list), keep away from it for this long (ms).
+    drain_order: Option<(Option<SocketAddr>, u64)>,
 }
 
 enum Step {
@@ -854,7 +863,16 @@ impl Actor {
                 self.probe_board.with(|b| self.route.moved(idx, b, now));
                 continue;
             }
-            self.probe_board.with(|b| self.route.lost(idx, b, now));
+            match self.drain_order.take() {
+                // A planned failover: where the datacenter said, at once, and not back
+                // while it drains.
+                Some((to, back_after_ms)) => {
+                    self.probe_board
+                        .with(|b| self.route.drained(idx, to, back_after_ms, b, now));
+                    self.stats.drained.fetch_add(1, Ordering::Relaxed);
+                }
+                None => self.probe_board.with(|b| self.route.lost(idx, b, now)),
+            }
             self.save_route();
             // The transport's own reason, when it has one, says more than the stream's.
             let reason = match &close_reason {
@@ -1014,6 +1032,9 @@ impl Actor {
             _ => None,
         };
         if let Err(error) = self.core.handle_message(self.now_ms(), msg) {
+            if let ProtocolError::Draining { to, back_after_ms } = &error {
+                self.drain_order = Some((*to, *back_after_ms));
+            }
             return Err(format!("datacenter error: {error}"));
         }
         let Some(dc) = welcome else {
