@@ -689,11 +689,12 @@ async fn run_datacenter(s: &DcSlot, seed: u64, region_dir: PathBuf) -> anyhow::R
             aside.display()
         );
     }
-    // Bounded by the run: the controller sets `stop` at the end.
+    // Bounded by the run: the controller sets `stop` at the end. The run is over: stop
+    // at once (a drain would move the devices for nothing).
     while !s.stop.get() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.shutdown().await;
+    server.stop(lifeboat_server::Stop::Now).await;
     Ok(())
 }
 

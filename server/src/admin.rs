@@ -193,8 +193,32 @@ pub struct AdminHandle {
     /// The actor's admin queue (bounded: [`ADMIN_QUEUE`]); a full queue is a 503 to the
     /// operator, never a wait.
     pub actor: mpsc::Sender<AdminRequest>,
-    /// Notified when an operator asks the datacenter to drain and stop.
-    pub drain: std::sync::Arc<tokio::sync::Notify>,
+    /// Pulled when an operator asks the datacenter to drain and stop.
+    pub drain: std::sync::Arc<DrainTrigger>,
+}
+
+/// An operator's drain order, from the admin API to whoever stops the server.
+#[derive(Debug, Default)]
+pub struct DrainTrigger {
+    notify: tokio::sync::Notify,
+    to: std::sync::Mutex<Option<std::net::SocketAddr>>,
+}
+
+impl DrainTrigger {
+    /// Ask for a drain towards `to` (`None`: the configured target, else each device's
+    /// next datacenter).
+    pub fn request(&self, to: Option<std::net::SocketAddr>) {
+        if let Ok(mut t) = self.to.lock() {
+            *t = to;
+        }
+        self.notify.notify_one();
+    }
+
+    /// Resolves at the next drain order, with its target.
+    pub async fn requested(&self) -> Option<std::net::SocketAddr> {
+        self.notify.notified().await;
+        self.to.lock().ok().and_then(|mut t| t.take())
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::region::Region;
 use crate::settings::{LogFormat, ServeSettings};
-use crate::Server;
+use crate::{Server, Stop};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lifeboat_common::keyring::Keyring;
@@ -77,9 +77,14 @@ enum AdminAction {
     Session { id: u64 },
     /// Re-read the keyring file now (as SIGHUP does).
     ReloadKeyring,
-    /// Tell every device the datacenter is shutting down (they fail over at once), flush and
-    /// stop, as SIGTERM does.
-    Drain,
+    /// A planned failover, as SIGTERM does: move every device to the next datacenter in
+    /// paced waves (the participants of a session together), then flush and stop.
+    Drain {
+        /// Move the devices there (one of the region's datacenters, as the devices list it);
+        /// default: the configured `drain_to`, else each device's next datacenter.
+        #[arg(long)]
+        to: Option<SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +241,17 @@ struct ServeArgs {
     /// (`lifeboat-server admin token --out FILE` makes one); none: the admin API is off.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// On SIGTERM or `admin drain`, move the devices to another datacenter within this
+    /// bound before stopping (ms; 0: stop at once).
+    #[arg(long)]
+    drain_within_ms: Option<u64>,
+    /// Devices a drain moves per second (waves every 100 ms; more if the bound needs it).
+    #[arg(long)]
+    drain_rate: Option<u32>,
+    /// Where a drain moves the devices (an address from the devices' datacenter list);
+    /// default: each device's next datacenter.
+    #[arg(long)]
+    drain_to: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -401,7 +417,8 @@ fn admin_cmd(a: AdminArgs) -> anyhow::Result<()> {
         AdminAction::Status => ("GET", "/admin/status".to_string()),
         AdminAction::Session { id } => ("GET", format!("/admin/session/{id}")),
         AdminAction::ReloadKeyring => ("POST", "/admin/keyring/reload".to_string()),
-        AdminAction::Drain => ("POST", "/admin/drain".to_string()),
+        AdminAction::Drain { to: None } => ("POST", "/admin/drain".to_string()),
+        AdminAction::Drain { to: Some(a) } => ("POST", format!("/admin/drain?to={a}")),
     };
     let token = AdminToken::load(&a.token_file)?;
     print!(
@@ -436,19 +453,20 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let cfg = settings.server_config();
     let server = Server::start(cfg.clone()).await?;
     announce(&server, &cfg);
-    loop {
+    // SIGTERM and Ctrl-C drain too (a planned failover), within the configured bound.
+    let how = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = server.drain_requested() => break,
+            _ = tokio::signal::ctrl_c() => break Stop::Drain { to: None },
+            _ = term.recv() => break Stop::Drain { to: None },
+            to = server.drain_requested() => break Stop::Drain { to },
             _ = hup.recv() => {
                 // SIGHUP: reload the keyring now (key rotation without restart).
                 let keys = server.keys.clone();
                 let _ = tokio::task::spawn_blocking(move || keys.check_and_log(true)).await;
             }
         }
-    }
-    server.shutdown().await;
+    };
+    server.stop(how).await;
     {
         use std::io::Write;
         let _ = writeln!(

@@ -196,12 +196,18 @@ async fn admin(state: &State, req: &Request<hyper::body::Incoming>) -> Response<
             }
         }
         (&Method::POST, "/admin/drain") => {
-            tracing::warn!("admin: drain requested; telling every device and stopping");
-            a.handle.drain.notify_one();
+            let to = match drain_target(req.uri().query()) {
+                Ok(to) => to,
+                Err(msg) => return text(StatusCode::BAD_REQUEST, PLAIN, msg),
+            };
+            let target =
+                to.map_or_else(|| "each device's next datacenter".into(), |a| a.to_string());
+            tracing::warn!(to = %target, "admin: drain requested");
+            a.handle.drain.request(to);
             text(
                 StatusCode::ACCEPTED,
                 PLAIN,
-                "draining: the datacenter stops\n".into(),
+                format!("draining: devices move to {target} in paced waves, then the datacenter stops\n"),
             )
         }
         _ => text(
@@ -211,6 +217,23 @@ async fn admin(state: &State, req: &Request<hyper::body::Incoming>) -> Response<
              POST /admin/drain\n"
                 .into(),
         ),
+    }
+}
+
+/// The drain target of `POST /admin/drain?to=ADDR` (no query: none); a typed refusal of
+/// anything else.
+fn drain_target(query: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    let Some(q) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    match q.strip_prefix("to=") {
+        Some(addr) => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("drain: `to` must be a socket address (ip:port), not `{addr}`\n")),
+        None => Err(format!(
+            "drain: the only parameter is `to=ip:port`, not `{q}`\n"
+        )),
     }
 }
 

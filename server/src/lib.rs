@@ -28,4 +28,4 @@ pub mod status;
 pub mod store;
 pub mod tickets;
 
-pub use service::{Server, ServerConfig, ServerError, Status};
+pub use service::{Server, ServerConfig, ServerError, Status, Stop};

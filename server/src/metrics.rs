@@ -67,7 +67,7 @@ impl Out {
 type Figure = (&'static str, &'static str, &'static str, fn(&Status) -> u64);
 
 /// The driver's own figures: name, kind, help, value.
-const DRIVER_FIGURES: [Figure; 12] = [
+const DRIVER_FIGURES: [Figure; 13] = [
     (
         "lifeboat_sessions",
         "gauge",
@@ -121,6 +121,12 @@ const DRIVER_FIGURES: [Figure; 12] = [
         "counter",
         "QUIC handshakes completed, full or resumed.",
         |s| s.handshakes,
+    ),
+    (
+        "lifeboat_drained_devices_total",
+        "counter",
+        "Devices told by a drain (a planned failover) to move to another datacenter.",
+        |s| s.drained_devices,
     ),
     (
         "lifeboat_handshakes_resumed_total",

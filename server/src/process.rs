@@ -18,6 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The longest [`DcProcess::terminate`] waits before SIGKILL: the default drain bound (30 s)
+/// and the endpoint's close (10 s), with a margin.
+pub const TERMINATE_WAIT: Duration = Duration::from_secs(50);
+
 /// How to start one datacenter process.
 #[derive(Clone, Debug)]
 pub struct DcSpawn {
@@ -196,11 +200,12 @@ impl DcProcess {
         Ok(self.spec.clone())
     }
 
-    /// SIGTERM and wait (at most 20 s, then SIGKILL): a clean shutdown that flushes the store.
+    /// SIGTERM and wait (at most [`TERMINATE_WAIT`], then SIGKILL): a clean shutdown that
+    /// drains the devices (30 s at most by default) and flushes the store.
     pub fn terminate(mut self) -> Result<DcSpawn, ProcessError> {
         let _ = kill(self.pid(), Signal::SIGTERM);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < TERMINATE_WAIT {
             if self.child.try_wait()?.is_some() {
                 return Ok(self.spec.clone());
             }

@@ -123,6 +123,14 @@ pub struct ServeSettings {
     /// A file holding the operator's bearer token for the admin API (`lifeboat-server admin
     /// token --out FILE` makes one, mode 0600); none: the admin API is off.
     pub admin_token_file: Option<PathBuf>,
+    /// A stop (SIGTERM, `admin drain`) first moves the devices to another datacenter,
+    /// within this bound (ms; 0: stop at once, every device told together).
+    pub drain_within_ms: u64,
+    /// Devices a drain moves per second (in waves every 100 ms; more if the bound needs it).
+    pub drain_rate: u32,
+    /// Where a drain moves the devices (one of the region's datacenters, as the devices
+    /// list it); none: each device's next datacenter.
+    pub drain_to: Option<SocketAddr>,
 }
 
 impl Default for ServeSettings {
@@ -164,6 +172,9 @@ impl Default for ServeSettings {
             log_format: LogFormat::Text,
             metrics_listen: "auto".into(),
             admin_token_file: c.admin_token_file,
+            drain_within_ms: c.drain.within_ms,
+            drain_rate: c.drain.rate_per_s,
+            drain_to: c.drain_to,
         }
     }
 }
@@ -236,6 +247,10 @@ impl ServeSettings {
             lifeboat_common::codec::MAX_FRAME_BYTES
         );
         anyhow::ensure!(self.dc > 0, "dc must be 1 or more");
+        anyhow::ensure!(
+            self.drain_rate > 0,
+            "drain_rate must be 1 or more devices a second"
+        );
         self.metrics_addr()?;
         Ok(())
     }
@@ -296,6 +311,9 @@ impl ServeSettings {
         cfg.unreadable_store = self.unreadable_store;
         cfg.metrics_listen = self.metrics_addr().ok().flatten();
         cfg.admin_token_file = self.admin_token_file.clone();
+        cfg.drain.within_ms = self.drain_within_ms;
+        cfg.drain.rate_per_s = self.drain_rate;
+        cfg.drain_to = self.drain_to;
         cfg
     }
 }

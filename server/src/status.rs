@@ -21,6 +21,8 @@ pub(crate) struct DriverCounters {
     pub(crate) store_errors: AtomicU64,
     /// QUIC handshakes completed (full or resumed).
     pub(crate) handshakes: AtomicU64,
+    /// Devices told to move by a drain (a planned failover).
+    pub(crate) drained: AtomicU64,
     /// The region-wide session tickets (issued, resumed, refused).
     pub(crate) tickets: std::sync::Arc<crate::tickets::TicketCounters>,
 }
@@ -57,6 +59,8 @@ pub struct Status {
     pub tickets_issued: u64,
     /// Tickets offered that did not open (another region, a retired key): full handshakes.
     pub tickets_refused: u64,
+    /// Devices told to move to another datacenter by a drain (a planned failover).
+    pub drained_devices: u64,
     /// The replication core's own counters.
     pub core: DcStats,
     /// How often each limit was hit, by limit name (see `SECURITY.md`).

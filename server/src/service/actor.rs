@@ -56,7 +56,7 @@ pub(super) async fn serve(
     mut actor: Actor,
     core_tx: mpsc::Sender<Input>,
     mut core_rx: mpsc::Receiver<Input>,
-    mut shutdown_rx: oneshot::Receiver<()>,
+    mut shutdown_rx: oneshot::Receiver<Stop>,
     mut admin_rx: mpsc::Receiver<crate::admin::AdminRequest>,
     keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
@@ -76,12 +76,23 @@ pub(super) async fn serve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_every = tokio::time::interval(Duration::from_millis(500));
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
     loop {
         tokio::select! {
             // Timers first: under a steady stream of inputs a core-first order never ran
             // the tick (barrier expiry, dispatch retries, key changes) or the status file.
             biased;
-            _ = &mut shutdown_rx => break,
+            how = &mut shutdown_rx, if !stopping => {
+                stopping = true;
+                let now = cfg.clock.now_ms();
+                let to = match how {
+                    Ok(Stop::Drain { to }) => to.or(cfg.drain_to),
+                    Ok(Stop::Now) | Err(_) => break,
+                };
+                if !actor.start_drain(&cfg.drain, to, now) {
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 if let Some(k) = keyring.changed_since(&mut keyring_seen) {
                     actor.new_keyring(&k);
@@ -91,7 +102,11 @@ pub(super) async fn serve(
                 if actor.core.poll_timeout().is_some_and(|due| now >= due) {
                     actor.core.handle_tick(now);
                 }
+                actor.drain_wave(now);
                 actor.flush_effects().await;
+                if actor.drain_over(now) {
+                    break;
+                }
             }
             _ = status_every.tick() => actor.write_status(),
             Some(req) = admin_rx.recv() => actor.admin(req),
@@ -108,6 +123,9 @@ pub(super) async fn serve(
                 }
                 actor.flush_effects().await;
                 actor.ops_answered();
+                if actor.drain_over(now) {
+                    break;
+                }
             }
         }
     }
@@ -138,6 +156,8 @@ pub(super) struct Actor {
     pub(super) op_latency: crate::latency::Histogram,
     /// Store persist-and-flush time per batch.
     pub(super) flush_latency: crate::latency::Histogram,
+    /// A drain in progress (a planned failover), see [`super::drain`].
+    pub(super) draining: Option<super::drain::Draining>,
 }
 
 impl Actor {
@@ -255,6 +275,10 @@ impl Actor {
                 tx,
                 conn,
             } => {
+                if self.draining.is_some() {
+                    self.refuse_while_draining(device, &tx, now);
+                    return;
+                }
                 self.attach(
                     now,
                     conn_id,
@@ -272,6 +296,10 @@ impl Actor {
                 msg,
                 received,
             } => {
+                if self.draining.as_ref().is_some_and(|d| d.told(device)) {
+                    // Told to go: its ops are for the next datacenter.
+                    return;
+                }
                 if matches!(msg, ClientMsg::Submit { .. } | ClientMsg::Resubmit { .. }) {
                     self.ops_in_batch.push(received);
                 }
@@ -393,6 +421,7 @@ impl Actor {
             handshakes_resumed: c.tickets.resumed.load(Ordering::Relaxed),
             tickets_issued: c.tickets.issued.load(Ordering::Relaxed),
             tickets_refused: c.tickets.refused.load(Ordering::Relaxed),
+            drained_devices: c.drained.load(Ordering::Relaxed),
             core: self.core.stats().clone(),
             limits: self.limit_hits.snapshot(self.core.stats()),
             keyring: self.keys.status(self.core.active_sessions_by_key()),

@@ -19,6 +19,7 @@
 mod accept;
 mod actor;
 mod conn;
+mod drain;
 mod handshake_queue;
 
 use crate::admin::{AdminHandle, AdminToken};
@@ -27,6 +28,7 @@ pub use crate::status::Status;
 use accept::spawn_accept;
 use actor::{serve, Actor, Input};
 use conn::{handle_conn, ConnCtx};
+pub use drain::Stop;
 
 use crate::crash::CrashPoint;
 use crate::keyring_watch::KeyringWatch;
@@ -35,7 +37,7 @@ use crate::region::{Region, RegionError};
 use crate::store::{DcStore, StoreError, UnreadableStore};
 use crate::tickets::RegionTicketer;
 use lifeboat_common::clock::Clock;
-use lifeboat_common::datacenter::{DatacenterCore, DcConfig, Durability};
+use lifeboat_common::datacenter::{DatacenterCore, DcConfig, DrainConfig, Durability};
 use lifeboat_common::wire::ServerMsg;
 use lifeboat_common::{DatacenterId, Trip};
 use std::collections::HashMap;
@@ -123,6 +125,13 @@ pub struct ServerConfig {
     /// Flush the store on the actor's thread instead of tokio's blocking pool: for a
     /// deterministic simulation only (see `DcStore::set_inline_flush`).
     pub inline_flush: bool,
+    /// How a stop drains (a planned failover: SIGTERM, `admin drain`): devices moved per
+    /// second, the time between waves, and the bound on the whole drain (0: stop at once,
+    /// every device told together).
+    pub drain: DrainConfig,
+    /// Where a drain moves the devices when the order names no target (`None`: each
+    /// device's next datacenter in its own list).
+    pub drain_to: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -166,6 +175,12 @@ impl ServerConfig {
             unreadable_store: UnreadableStore::MoveAside,
             clock: Clock::system(),
             inline_flush: false,
+            drain: DrainConfig {
+                rate_per_s: 2_000,
+                wave_ms: 100,
+                within_ms: 30_000,
+            },
+            drain_to: None,
         }
     }
 }
@@ -212,8 +227,8 @@ pub struct Server {
     pub region_created: bool,
     /// The keyring in use; `check(true)` reloads it now (SIGHUP).
     pub keys: Arc<KeyringWatch>,
-    shutdown: Option<oneshot::Sender<()>>,
-    drain: Arc<tokio::sync::Notify>,
+    shutdown: Option<oneshot::Sender<Stop>>,
+    drain: Arc<crate::admin::DrainTrigger>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -241,7 +256,7 @@ impl Server {
 
         let (status_tx, status_rx) = tokio::sync::watch::channel(None);
         let (admin_tx, admin_rx) = mpsc::channel(crate::admin::ADMIN_QUEUE);
-        let drain = Arc::new(tokio::sync::Notify::new());
+        let drain = Arc::new(crate::admin::DrainTrigger::default());
         let admin = match &cfg.admin_token_file {
             Some(path) => Some(crate::http::Admin {
                 handle: AdminHandle {
@@ -273,6 +288,7 @@ impl Server {
             ops_in_batch: Vec::new(),
             op_latency: Default::default(),
             flush_latency: Default::default(),
+            draining: None,
         };
         let keyring = actor.keys.clone();
         let keyring_for_handle = keyring.clone();
@@ -301,15 +317,22 @@ impl Server {
     }
 
     /// Resolves when an operator asked the datacenter to drain and stop (`POST
-    /// /admin/drain`); the caller then shuts it down as on SIGTERM.
-    pub async fn drain_requested(&self) {
-        self.drain.notified().await
+    /// /admin/drain`), with the target the operator named; the caller then stops it with
+    /// [`Stop::Drain`].
+    pub async fn drain_requested(&self) -> Option<SocketAddr> {
+        self.drain.requested().await
     }
 
-    /// Stop accepting, close connections, flush the store.
-    pub async fn shutdown(mut self) {
+    /// Stop as SIGTERM does: drain (move the devices to the next datacenter in paced waves,
+    /// within the configured bound), close the endpoint, flush the store.
+    pub async fn shutdown(self) {
+        self.stop(Stop::Drain { to: None }).await
+    }
+
+    /// Stop, draining first or not (see [`Stop`]).
+    pub async fn stop(mut self, how: Stop) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(how);
         }
         let _ = (&mut self.done).await;
     }

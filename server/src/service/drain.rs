@@ -1,0 +1,128 @@
+//! The actor's side of a planned failover (drain; the waves are planned by
+//! [`DrainPlan`]): tell each wave's devices where to go, tell any device that connects
+//! meanwhile at once, process nothing more from a device once it was told, and say when the
+//! drain is over (every device told and gone, or the bound reached).
+//!
+//! Invariants: a told device is detached from the core at once (its ops go to the next
+//! datacenter, never half here); nothing a device uploads while the datacenter drains is
+//! restored here; the drain ends by its deadline whatever the devices do.
+
+use super::*;
+
+use lifeboat_common::datacenter::{DrainConfig, DrainPlan};
+use lifeboat_common::wire::ProtocolError;
+use lifeboat_common::DeviceId;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+/// How a datacenter stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A planned failover: move the devices away in paced waves (to `to`, or the
+    /// configured `drain_to`, or each device's next datacenter), then stop; at once if the
+    /// configured drain bound is 0.
+    Drain {
+        /// Where to move the devices (`None`: the configured target, else each one's next).
+        to: Option<SocketAddr>,
+    },
+    /// Stop now: every device is told the datacenter is shutting down, all at once.
+    Now,
+}
+
+/// A drain in progress.
+pub(super) struct Draining {
+    plan: DrainPlan,
+    to: Option<SocketAddr>,
+    told: HashSet<DeviceId>,
+}
+
+impl Draining {
+    /// Whether `device` was told to go (nothing more of it is processed here).
+    pub(super) fn told(&self, device: DeviceId) -> bool {
+        self.told.contains(&device)
+    }
+
+    /// The message telling a device, at `now_ms`, where to go.
+    pub(super) fn order(&self, now_ms: u64) -> Msg {
+        ServerMsg::Error {
+            error: ProtocolError::Draining {
+                to: self.to,
+                back_after_ms: self.plan.back_after_ms(now_ms),
+            },
+        }
+    }
+}
+
+impl Actor {
+    /// Start a drain at `now_ms` (the first wave goes at once). False if there is nothing to
+    /// drain (no device connected, or draining is off): stop now.
+    pub(super) fn start_drain(
+        &mut self,
+        cfg: &DrainConfig,
+        to: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> bool {
+        if cfg.within_ms == 0 || self.conns.is_empty() {
+            return false;
+        }
+        let plan = DrainPlan::new(*cfg, self.core.connected_groups(), now_ms);
+        tracing::warn!(
+            devices = self.conns.len(),
+            per_wave = plan.per_wave(),
+            wave_ms = cfg.wave_ms,
+            within_ms = cfg.within_ms,
+            to = %to.map_or_else(|| "each device's next datacenter".to_string(), |a| a.to_string()),
+            "draining: moving every device to the next datacenter in paced waves"
+        );
+        self.draining = Some(Draining {
+            plan,
+            to,
+            told: HashSet::new(),
+        });
+        self.drain_wave(now_ms);
+        true
+    }
+
+    /// Tell the devices of every wave due at `now_ms`.
+    pub(super) fn drain_wave(&mut self, now_ms: u64) {
+        let Some(d) = self.draining.as_mut() else {
+            return;
+        };
+        let due = d.plan.due(now_ms);
+        let order = d.order(now_ms);
+        d.told.extend(due.iter().copied());
+        for device in due {
+            if let Some((_, tx, _)) = self.conns.get(&device) {
+                let _ = tx.try_send(order.clone());
+                self.counters.drained.fetch_add(1, Ordering::Relaxed);
+                // The core forgets the connection; nothing more the device sends is
+                // processed here (see `Actor::handle`).
+                self.detach(device, None);
+            }
+        }
+    }
+
+    /// A device connected while the datacenter drains: told where to go before any
+    /// `Welcome`, its upload left alone.
+    pub(super) fn refuse_while_draining(
+        &mut self,
+        device: DeviceId,
+        tx: &mpsc::Sender<Msg>,
+        now_ms: u64,
+    ) {
+        if let Some(d) = self.draining.as_mut() {
+            d.told.insert(device);
+            let _ = tx.try_send(d.order(now_ms));
+            self.counters.drained.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the drain is over at `now_ms`: every wave told and every device gone, or the
+    /// bound reached.
+    pub(super) fn drain_over(&self, now_ms: u64) -> bool {
+        self.draining.as_ref().is_some_and(|d| {
+            now_ms >= d.plan.deadline_ms()
+                || (d.plan.poll_timeout().is_none() && self.conns.is_empty())
+        })
+    }
+}
