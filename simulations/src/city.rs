@@ -123,6 +123,8 @@ pub struct DeviceLog {
     /// Each failover as the device split it (`ClientEvent::FailoverFinished`): when it
     /// ended, detection, connect and first answer, ms.
     pub failover_splits: Vec<(u64, [u64; 3])>,
+    /// Connections a drained datacenter moved away (the client's own count).
+    pub drained: u64,
 }
 
 /// State shared by the whole run.
@@ -423,6 +425,7 @@ async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>)
     if let Ok(mut l) = log.lock() {
         l.bytes_up += s.bytes_up;
         l.bytes_down += s.bytes_down;
+        l.drained += s.drained;
     }
 }
 

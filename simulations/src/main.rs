@@ -73,6 +73,9 @@ enum ScenarioCmd {
     /// dc2, for 15 s (longer than the old restore grace), while the trips go on. Only the
     /// anchors' side commits; the riders' ops wait, are told why, and commit after the heal.
     Partition(Opts),
+    /// A planned failover: at `--kill-at` dc1 gets SIGTERM, moves its devices to dc2 in
+    /// paced waves (the two phones of a trip together), then stops; reports the stall.
+    Drain(Opts),
     /// Every scenario above, in turn.
     All(Opts),
 }
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
                 ScenarioCmd::Reinstall(o) => (vec![scenario::Kind::Reinstall], o),
                 ScenarioCmd::OfflineDevice(o) => (vec![scenario::Kind::OfflineDevice], o),
                 ScenarioCmd::Partition(o) => (vec![scenario::Kind::Partition], o),
+                ScenarioCmd::Drain(o) => (vec![scenario::Kind::Drain], o),
                 ScenarioCmd::All(o) => (scenario::Kind::value_variants().to_vec(), o),
             };
             match scenario::run_all(&names, &opts) {

@@ -109,6 +109,11 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "devices moved by a drain (told where to go)".into(),
+            r.devices_drained.to_string(),
+            "",
+        ),
+        (
             "waits for the anchor p50 / p99 / max".into(),
             format!(
                 "{} / {} / {} ms ({} waits)",

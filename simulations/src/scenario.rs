@@ -24,6 +24,9 @@ pub enum Kind {
     Flapping,
     Reinstall,
     OfflineDevice,
+    /// A planned failover: dc1 is drained (SIGTERM) and moves its devices to dc2 in paced
+    /// waves before it stops.
+    Drain,
     /// S13: both datacenters stay up; the riders lose dc1 and the drivers dc2 for longer
     /// than the old restore grace, and every trip's partners act on two sites.
     Partition,
@@ -39,6 +42,7 @@ impl Kind {
             Kind::Reinstall => "reinstall",
             Kind::OfflineDevice => "offline-device",
             Kind::Partition => "partition",
+            Kind::Drain => "drain",
         }
     }
 }
@@ -453,7 +457,7 @@ fn fault_script(
         // included) returns: a disconnect meanwhile is the fault's, not a false failover.
         let t = shared.now_ms();
         shared.in_fault_action.store(true, Ordering::Relaxed);
-        if (label.starts_with("kill") || label.starts_with("split"))
+        if (label.starts_with("kill") || label.starts_with("split") || label.starts_with("drain"))
             && shared.kill_ms.load(Ordering::Relaxed) == u64::MAX
         {
             shared.kill_ms.store(t, Ordering::Relaxed);
@@ -481,6 +485,11 @@ fn fault_script(
         }
         Kind::Failover | Kind::Reinstall | Kind::OfflineDevice => {
             act("kill dc1 (disk lost)", &|c| Ok(c.kill(0, true)?))?;
+        }
+        Kind::Drain => {
+            act("drain dc1 (SIGTERM: paced waves, then stop)", &|c| {
+                Ok(c.terminate(0)?)
+            })?;
         }
         Kind::Failback => {
             act("kill dc1", &|c| Ok(c.kill(0, false)?))?;

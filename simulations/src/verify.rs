@@ -63,6 +63,9 @@ pub struct Report {
     pub conflicts: usize,
     /// Failovers away from a datacenter that was up (loss, cuts): the false failovers.
     pub false_failovers: usize,
+    /// Devices a drained datacenter told where to go (a planned failover), by their own
+    /// count.
+    pub devices_drained: usize,
     /// Waits for a session's anchor (a non-anchor's ops answered on a copy the anchor had
     /// not persisted yet, or a branch nobody confirmed), and how long they lasted.
     pub waits: usize,
@@ -315,6 +318,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         }
         report.conflicts += log.conflicts.len();
         report.false_failovers += log.false_failovers as usize;
+        report.devices_drained += usize::from(log.drained > 0);
         for w in &log.waits_ms {
             let _ = waits.record(*w);
         }

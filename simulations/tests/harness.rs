@@ -164,3 +164,48 @@ fn small_partition_run_commits_on_one_side_only_and_reports_no_conflict() {
         "the split made nobody fail over: {stdout}"
     );
 }
+
+/// A planned failover end to end: dc1 gets SIGTERM mid-traffic, tells its devices (in
+/// waves) to move to dc2 and stops. The run must pass like a failover, every trip active at
+/// the drain continuing at dc2, and the devices must have been told where to go (their
+/// own count), not have found out by detection.
+#[test]
+fn small_drain_run_moves_every_device_by_telling_it_and_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args([
+            "drain",
+            "--trips",
+            "30",
+            "--duration",
+            "12",
+            "--kill-at",
+            "5",
+            "--quiet",
+        ])
+        .args(["--seed", "14", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness failed (seed 14)\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["scenario"], "drain");
+    assert!(
+        v["trips_active_at_failure"].as_u64().unwrap() > 0,
+        "the drain must hit live trips"
+    );
+    assert_eq!(v["trips_restored"], v["trips_active_at_failure"]);
+    // Every device was connected to dc1 (the first of their lists) when it was drained.
+    assert_eq!(
+        v["devices_drained"], v["devices"],
+        "not every device was told where to go: {stdout}"
+    );
+    assert_eq!(v["false_failovers"], 0);
+}

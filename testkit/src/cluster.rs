@@ -305,6 +305,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGTERM, waiting for the exit: a planned failover (the datacenter drains its devices
+    /// to the others, then stops cleanly, its disk kept).
+    pub fn terminate(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.spec(i)?;
+        self.stop(i)
+    }
+
     /// SIGTERM (clean, flushed) if it runs; a frozen process is thawed first, since it
     /// would only act on SIGTERM once thawed.
     fn stop(&mut self, i: usize) -> Result<(), ClusterError> {
