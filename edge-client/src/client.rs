@@ -241,9 +241,6 @@ pub enum TlsSetupError {
     /// The PEM holds no certificate; pass the region's `ca.pem`.
     #[error("no CA certificate in the given PEM")]
     NoCertificate,
-    /// rustls could not build the server certificate verifier from the roots.
-    #[error("certificate verifier: {0}")]
-    Verifier(#[from] rustls::client::VerifierBuilderError),
     /// The idle timeout does not fit QUIC's range (about 2^62 ms).
     #[error("idle timeout out of range: {0}")]
     IdleTimeout(#[from] quinn::VarIntBoundsExceeded),

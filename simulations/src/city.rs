@@ -197,9 +197,6 @@ impl City {
         ca_pem: &[u8],
     ) -> anyhow::Result<Self> {
         let shards = cfg.shards.max(1);
-        // One TLS client configuration per device, as on phones: each keeps its own
-        // session-ticket store, so resumption at the backup is exercised for real.
-        client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)?;
         let per_socket = cfg.devices_per_socket.max(1);
         // Drivers and riders on their own endpoints, so a link can cut one group's paths.
         let mut pools: [(Vec<quinn::Endpoint>, Vec<lifeboat_chaos::ImpairHandle>); 2] =
@@ -224,7 +221,10 @@ impl City {
                 16 * 1024 * 1024,
             )?);
         }
-        let make = |id: u64, available: bool, endpoints: &[quinn::Endpoint]| {
+        let make = |id: u64,
+                    available: bool,
+                    endpoints: &[quinn::Endpoint]|
+         -> Result<Arc<Device>, EdgeError> {
             let k = (id as usize) % shards;
             let d = DeviceId(id);
             let name = format!("device-{id}");
@@ -244,25 +244,29 @@ impl City {
             c.session_probe = cfg.session_probe;
             c.available = available;
             c.endpoint = Some(endpoints[id as usize % endpoints.len()].clone());
-            c.client_config = client_config(ca_pem, cfg.keep_alive, cfg.idle_timeout)
-                .ok()
-                .map(Arc::new);
+            // One TLS client configuration per device, as on phones: each keeps its own
+            // session-ticket store, so resumption at the backup is exercised for real.
+            c.client_config = Some(Arc::new(client_config(
+                ca_pem,
+                cfg.keep_alive,
+                cfg.idle_timeout,
+            )?));
             c.probe_board = Some(board.clone());
             c.limits = EdgeLimits::default();
-            Arc::new(Device {
+            Ok(Arc::new(Device {
                 id: d,
                 cfg: c,
                 store_name: name,
                 db: dbs[k].clone(),
                 connected_dc: Arc::new(AtomicU16::new(0)),
-            })
+            }))
         };
         let drivers = (0..cfg.drivers as u64)
             .map(|i| make(1_000_000 + i, true, &pools[0].0))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let riders = (0..cfg.trips as u64)
             .map(|i| make(1 + i, false, &pools[1].0))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let [(_, driver_links), (_, rider_links)] = pools;
         Ok(Self {
             drivers,
