@@ -670,6 +670,55 @@ fn seq7_tombstone_uploaded_beside_a_live_branch_reaches_the_partner_and_the_copi
     r.check_contract(DC1, s, &[DRIVER, RIDER]);
 }
 
+/// Sequence 8 (found by the harness's `drain` scenario, not one of issue 12's seven). D1 waits
+/// for work at dc2. R requests at dc1 (committed); then D1 offers itself at dc1, which
+/// dispatches it, but what dc1 sends R is lost: R never persists the hand-over. R gives up
+/// and takes its copy to dc2, which dispatches D2; what dc2 sends R is lost for now, so dc2's copy waits for R. D1
+/// moves to dc2 (its datacenter drained it) and uploads its branch: concurrent and
+/// uncommitted, it changes nothing there. D1 arrives: dc2's copy does not name it, and its
+/// own does, so the op waits for the chain. Then R's link to dc2 heals: R persists dc2's copy,
+/// which is committed and absorbs D1's branch. D1, still connected, must be told it was
+/// removed there and then, and its op must end, instead of waiting for a chain that went on
+/// without it (it did, for ever, before the fix: nothing told an uploader of an absorbed
+/// branch that the copy no longer named).
+#[test]
+fn seq8_a_driver_whose_hand_over_the_rider_never_persisted_is_told_it_was_removed_and_its_op_ends()
+{
+    let mut r = Region::new();
+    r.connect(DRIVER2, DC2, true);
+    r.connect(RIDER, DC1, false);
+    let s = TRIP;
+    r.submit(
+        RIDER,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    r.deaf.insert((RIDER, DC1));
+    r.connect(DRIVER, DC1, true);
+    r.timeout(RIDER);
+    r.deaf.insert((RIDER, DC2));
+    r.connect(RIDER, DC2, false);
+    r.connect(DRIVER, DC2, true);
+    let arrived = r.submit(DRIVER, s, TripOp::Arrived);
+    let Some(arrived) = arrived else {
+        r.fail("D1 could not queue its arrival".into());
+    };
+    r.deaf.remove(&(RIDER, DC2));
+    r.connect(RIDER, DC2, false);
+    r.tick(1_000);
+    let told: Vec<_> = r.told.iter().filter(|(id, _)| *id == arrived).collect();
+    if !matches!(told.as_slice(), [(_, Err(SubmitError::Removed))]) {
+        r.fail(format!(
+            "D1's arrival was not ended by a removal while D1 stayed connected: told {told:?}"
+        ));
+    }
+    r.heal(DC2, &[RIDER, DRIVER, DRIVER2]);
+    r.check_contract(DC2, s, &[RIDER, DRIVER, DRIVER2]);
+}
+
 /// Control (not one of the seven): the same wiring and checks on a plain failover with no
 /// split. At dc1 R requests, D is dispatched and arrives; dc1 freezes, both phones fail over
 /// to dc2 and D goes on there. It passes on the current core, so a failure above is the

@@ -71,6 +71,11 @@ impl<A: Application> DatacenterCore<A> {
         if let Ok(a) = absorb {
             entry.chain.absorb = Some(a);
         }
+        if !entry.chain.absorb_from.contains(&from)
+            && entry.chain.absorb_from.len() < MAX_REMOVED_PER_SESSION
+        {
+            entry.chain.absorb_from.push(from);
+        }
         let current = entry.header.version.clone();
         if !entry.chain.unconfirmed.iter().any(|u| u.version == current) {
             entry.record_unconfirmed(true);
@@ -102,6 +107,7 @@ impl<A: Application> DatacenterCore<A> {
         let Some(branch) = entry.chain.absorb.take() else {
             return false;
         };
+        let uploaders = std::mem::take(&mut entry.chain.absorb_from);
         let Ok(joined) = entry.header.version.join(&branch) else {
             return false;
         };
@@ -113,6 +119,22 @@ impl<A: Application> DatacenterCore<A> {
         }
         self.stats.branches_absorbed += 1;
         self.push_to_participants(session, None);
+        // An uploader of an absorbed branch that our copy does not name holds a copy off the
+        // chain (a hand-over its requester never persisted): it is removed, so its ops end
+        // instead of waiting for a chain that went on without it.
+        for d in uploaders {
+            let named = self
+                .sessions
+                .get(&session)
+                .is_some_and(|e| e.header.role_of(d).is_some());
+            if named {
+                continue;
+            }
+            self.tell_removed(session, d);
+            if self.connected.contains_key(&d) {
+                self.effects.send.push((d, ServerMsg::Removed { session }));
+            }
+        }
         true
     }
 
@@ -202,6 +224,7 @@ impl<A: Application> DatacenterCore<A> {
             confirmed_marks: body.dedup.clone(),
             unconfirmed: VecDeque::new(),
             absorb: None,
+            absorb_from: Vec::new(),
         };
         self.replace(session, device, sealed, body, chain);
         if self

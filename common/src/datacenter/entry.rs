@@ -35,6 +35,10 @@ pub(super) struct Chain {
     /// Once the chain holder confirms our copy they are off the chain, and our copy is
     /// re-versioned above them, so those participants move forward to it, never sideways.
     pub(super) absorb: Option<VersionVector>,
+    /// The devices that uploaded those branches (at most [`MAX_REMOVED_PER_SESSION`]). When
+    /// the branches are absorbed, one our copy no longer names is told it was removed: it
+    /// holds a branch off the chain and would otherwise wait for it forever.
+    pub(super) absorb_from: Vec<DeviceId>,
     /// Every participant's watermark in the `confirmed` copy (told to a participant that
     /// reports in without knowing it).
     pub(super) confirmed_marks: Vec<DedupEntry>,
