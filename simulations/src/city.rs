@@ -120,6 +120,10 @@ pub struct DeviceLog {
     /// How long each wait for the session's anchor lasted (`EdgeEvent::Waiting` to the
     /// session's next resolved op), ms.
     pub waits_ms: Vec<u64>,
+    /// Each failover's whole stall as the device felt it (`ClientEvent::FailoverFinished`:
+    /// from its first unanswered op, or the lost datacenter's last sign of life, to the first
+    /// answer after the reconnect): when it ended, and the stall, ms.
+    pub failover_felt: Vec<(u64, u64)>,
     /// Each failover as the device split it (`ClientEvent::FailoverFinished`): when it
     /// ended, detection, connect and first answer, ms.
     pub failover_splits: Vec<(u64, [u64; 3])>,
@@ -322,12 +326,16 @@ async fn start_device(
             let now = shared.now_ms();
             match e {
                 ClientEvent::FailoverFinished {
+                    stalled_ms,
                     detection_ms,
                     connect_ms,
                     first_answer_ms,
                     ..
                 } => {
                     if let Ok(mut l) = log.lock() {
+                        if l.failover_felt.len() < 1_000 {
+                            l.failover_felt.push((now, stalled_ms));
+                        }
                         if l.failover_splits.len() < 1_000 {
                             l.failover_splits
                                 .push((now, [detection_ms, connect_ms, first_answer_ms]));

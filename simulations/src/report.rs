@@ -132,6 +132,11 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "stall felt by the devices p50 / p99".into(),
+            format!("{} / {} ms", r.felt_stall_ms_p50, r.felt_stall_ms_p99),
+            "",
+        ),
+        (
             "stall split p50: detect / connect / answer".into(),
             format!(
                 "{} / {} / {} ms",

@@ -81,6 +81,12 @@ pub struct Report {
     /// (to the backup's `Welcome`), first answer (restore wait and commit), p50 and p99.
     pub split_ms_p50: [u64; 3],
     pub split_ms_p99: [u64; 3],
+    /// The whole stall as the devices felt it (`FailoverFinished`: from the first op left
+    /// unanswered, or the lost datacenter's last sign of life, to the first answer after the
+    /// reconnect), p50 and p99. Unlike the app stall it leaves out the workload's own gap
+    /// before a device's next op, and in a drain it starts when the device was told.
+    pub felt_stall_ms_p50: u64,
+    pub felt_stall_ms_p99: u64,
     pub restore_sessions_per_s: f64,
     pub edge_bytes_per_op: f64,
     /// Handshakes at the datacenter that survived the run (the backup), from its last
@@ -306,7 +312,14 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     let mut splits: [Histogram<u64>; 3] = std::array::from_fn(|_| {
         Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"))
     });
+    let mut felt = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
+        if let Some((_, ms)) = input
+            .kill_ms
+            .and_then(|kill| log.failover_felt.iter().find(|(t, _)| *t >= kill))
+        {
+            let _ = felt.record(*ms);
+        }
         // Each device's first failover ended after the kill: its stall, split.
         if let Some((_, parts)) = input
             .kill_ms
@@ -325,6 +338,8 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     }
     report.split_ms_p50 = std::array::from_fn(|i| percentile(&splits[i], 0.5));
     report.split_ms_p99 = std::array::from_fn(|i| percentile(&splits[i], 0.99));
+    report.felt_stall_ms_p50 = percentile(&felt, 0.5);
+    report.felt_stall_ms_p99 = percentile(&felt, 0.99);
     report.waits = waits.len() as usize;
     report.wait_ms_p50 = percentile(&waits, 0.5);
     report.wait_ms_p99 = percentile(&waits, 0.99);

@@ -48,6 +48,8 @@ fn small_failover_run_passes_and_reports_every_field() {
         "stall_ms_p50",
         "stall_ms_p99",
         "stall_ms_max",
+        "felt_stall_ms_p50",
+        "felt_stall_ms_p99",
         "detect_ms_p50",
         "restore_sessions_per_s",
         "edge_bytes_per_op",
