@@ -4,7 +4,9 @@
 //! return on a simulated network and checks they converge on the primary (S13). Seeds are
 //! printed on failure.
 
-use lifeboat_common::route::{Next, Planner, ProbeBoard, RouteConfig, RouteMemory};
+use lifeboat_common::route::{
+    Next, Planner, ProbeBoard, RouteConfig, RouteMemory, MAX_DRAIN_HOLD_MS,
+};
 
 const CFG: RouteConfig = RouteConfig {
     backoff_min_ms: 100,
@@ -145,6 +147,10 @@ fn a_drained_datacenter_sends_its_device_where_it_says_at_once_and_is_held_off_u
         "no probe goes back while the drain may run"
     );
     assert!(!board.recently_failed('a', now + 5_010, 1));
+    // A datacenter cannot keep its devices away for ever.
+    p.drained(0, None, u64::MAX, &mut board, now);
+    assert!(board.recently_failed('a', now + MAX_DRAIN_HOLD_MS - 1, 1));
+    assert!(!board.recently_failed('a', now + MAX_DRAIN_HOLD_MS, 1));
 
     // An address the device does not know is ignored: its own next datacenter.
     let mut q = planner(RouteMemory::default(), 6);

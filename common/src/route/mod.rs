@@ -48,6 +48,10 @@ use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
 use std::hash::Hash;
 
+/// The longest a drained datacenter is held off, whatever it asks (ms): a datacenter cannot
+/// keep its devices away for longer than this.
+pub const MAX_DRAIN_HOLD_MS: u64 = 300_000;
+
 /// The route policy's settings (times in ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
@@ -211,7 +215,8 @@ impl<T: Copy + Eq + Hash> Planner<T> {
     }
 
     /// The datacenter at `idx` is being drained (a planned failover, at `now_ms`): it goes to
-    /// the back and is held off, probes included, for `back_after_ms`; the next connect goes
+    /// the back and is held off, probes included, for `back_after_ms` (at most
+    /// [`MAX_DRAIN_HOLD_MS`]); the next connect goes
     /// to `to` if it is in the list (and is not `idx`), else to the next in order, with no
     /// wait of its own (the datacenter said where to go; a drain heard before `Welcome` was
     /// already backed off by [`Planner::connection_ended`]).
@@ -224,7 +229,8 @@ impl<T: Copy + Eq + Hash> Planner<T> {
         now_ms: u64,
     ) {
         if let Some(addr) = self.addr(idx) {
-            board.hold(addr, now_ms.saturating_add(back_after_ms));
+            let hold = back_after_ms.min(MAX_DRAIN_HOLD_MS);
+            board.hold(addr, now_ms.saturating_add(hold));
             self.memory.remember(addr, false, now_ms);
         }
         self.last_lost = Some(idx);
