@@ -3,13 +3,33 @@
 
 use std::process::Command;
 
+/// Run `lifeboat-sim` with `args`, `--seed seed` and a JSON report in `dir`; the run must
+/// pass (exit 0). Returns the JSON report and the printed table.
+fn run_passing(args: &[&str], seed: u64, dir: &std::path::Path) -> (serde_json::Value, String) {
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
+        .args(args)
+        .args(["--seed", &seed.to_string(), "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "harness failed (seed {seed})\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (v, stdout)
+}
+
 #[test]
 fn small_failover_run_passes_and_reports_every_field() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let report_dir = dir.path().join("report");
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
-        .args([
+    let report_arg = report_dir.display().to_string();
+    let (v, _) = run_passing(
+        &[
             "failover",
             "--trips",
             "30",
@@ -18,20 +38,12 @@ fn small_failover_run_passes_and_reports_every_field() {
             "--kill-at",
             "5",
             "--quiet",
-        ])
-        .args(["--seed", "11", "--json"])
-        .arg(&json)
-        .arg("--report")
-        .arg(&report_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness failed (seed 11)\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--report",
+            &report_arg,
+        ],
+        11,
+        dir.path(),
     );
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     for field in [
         "scenario",
         "seed",
@@ -91,9 +103,8 @@ fn impairment_flags_out_of_range_are_refused_with_a_clear_error() {
 #[test]
 fn small_failover_run_over_a_lossy_slow_link_passes_and_reports_the_link() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
-        .args([
+    let (v, stdout) = run_passing(
+        &[
             "failover",
             "--trips",
             "10",
@@ -101,21 +112,22 @@ fn small_failover_run_over_a_lossy_slow_link_passes_and_reports_the_link() {
             "10",
             "--kill-at",
             "4",
-        ])
-        .args(["--loss", "0.05", "--delay-ms", "20", "--jitter-ms", "10"])
-        .args(["--duplicate", "0.02", "--reorder", "0.02", "--quiet"])
-        .args(["--seed", "12", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness failed (seed 12)\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--loss",
+            "0.05",
+            "--delay-ms",
+            "20",
+            "--jitter-ms",
+            "10",
+            "--duplicate",
+            "0.02",
+            "--reorder",
+            "0.02",
+            "--quiet",
+        ],
+        12,
+        dir.path(),
     );
     assert!(stdout.contains("device link (each way)"), "{stdout}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let n = &v["network"];
     assert_eq!(n["loss"], 0.05);
     assert_eq!(n["delay_ms"], 20);
@@ -135,9 +147,8 @@ fn small_failover_run_over_a_lossy_slow_link_passes_and_reports_the_link() {
 #[test]
 fn small_partition_run_commits_on_one_side_only_and_reports_no_conflict() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
-        .args([
+    let (v, stdout) = run_passing(
+        &[
             "partition",
             "--trips",
             "24",
@@ -146,18 +157,10 @@ fn small_partition_run_commits_on_one_side_only_and_reports_no_conflict() {
             "--kill-at",
             "5",
             "--quiet",
-        ])
-        .args(["--seed", "13", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness failed (seed 13)\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        13,
+        dir.path(),
     );
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["passed"], true);
     assert_eq!(v["conflicts"], 0);
     assert_eq!(v["ops_committed_lost"], 0);
@@ -174,9 +177,8 @@ fn small_partition_run_commits_on_one_side_only_and_reports_no_conflict() {
 #[test]
 fn small_drain_run_moves_every_device_by_telling_it_and_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat-sim"))
-        .args([
+    let (v, stdout) = run_passing(
+        &[
             "drain",
             "--trips",
             "30",
@@ -185,18 +187,10 @@ fn small_drain_run_moves_every_device_by_telling_it_and_passes() {
             "--kill-at",
             "5",
             "--quiet",
-        ])
-        .args(["--seed", "14", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness failed (seed 14)\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        14,
+        dir.path(),
     );
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["passed"], true);
     assert_eq!(v["scenario"], "drain");
     assert!(

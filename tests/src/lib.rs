@@ -23,9 +23,11 @@ pub mod seed;
 pub mod trips;
 pub mod tunnel;
 
-use anyhow::bail;
-use lifeboat_common::{GeoPoint, SessionId, TripPhase};
+use anyhow::{bail, ensure, Context};
+use lifeboat_common::{DatacenterId, GeoPoint, SessionId, TripPhase};
 use lifeboat_edge::{EdgeClient, SessionSnapshot};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use lifeboat_server::process;
@@ -72,4 +74,48 @@ pub async fn wait_for_assignment(
     })
     .await?;
     Ok(s.session)
+}
+
+/// Wait (bounded) until every device is connected to datacenter `dc`.
+pub async fn wait_all_on(devices: &[EdgeClient], dc: u16, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !devices
+        .iter()
+        .all(|d| d.connected_dc() == Some(DatacenterId(dc)))
+    {
+        ensure!(
+            start.elapsed() < timeout,
+            "devices not all on dc{dc} within {timeout:?}: {:?}",
+            devices.iter().map(|d| d.connected_dc()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (5 s timeouts), with a bearer token if
+/// given: (status code, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
 }

@@ -31,7 +31,9 @@ use lifeboat_tests::trips::{
     OP_TIMEOUT, WAIT,
 };
 use lifeboat_tests::tunnel;
-use lifeboat_tests::{route_point, wait_for_assignment, wait_for_session, Cluster, PICKUP};
+use lifeboat_tests::{
+    route_point, wait_all_on, wait_for_assignment, wait_for_session, Cluster, PICKUP,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -46,23 +48,6 @@ const DEVICE_BIN: &str = env!("CARGO_BIN_EXE_lifeboat-chaos-device");
 fn lock(c: &Mutex<Cluster>) -> anyhow::Result<MutexGuard<'_, Cluster>> {
     c.lock()
         .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))
-}
-
-/// Wait (bounded) until every device is connected to datacenter `dc`.
-async fn wait_all_on(devices: &[EdgeClient], dc: u16, timeout: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !devices
-        .iter()
-        .all(|d| d.connected_dc() == Some(DatacenterId(dc)))
-    {
-        ensure!(
-            start.elapsed() < timeout,
-            "devices not all on dc{dc} within {timeout:?}: {:?}",
-            devices.iter().map(|d| d.connected_dc()).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(())
 }
 
 /// SIGSTOP: the primary freezes mid-traffic. The devices detect the silence (their idle

@@ -3,12 +3,11 @@
 //! `POST /admin/drain`, tells its devices where to go; they move at once (no detection),
 //! hold it off while it drains, and their trip goes on at the datacenter they were sent to.
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use lifeboat_common::{DatacenterId, SessionId, TripOp};
 use lifeboat_edge::EdgeClient;
 use lifeboat_tests::trips::{submit, WAIT};
-use lifeboat_tests::{route_point, wait_for_assignment, Cluster, PICKUP};
-use std::io::{Read, Write};
+use lifeboat_tests::{http, route_point, wait_all_on, wait_for_assignment, Cluster, PICKUP};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -32,21 +31,6 @@ async fn trip_at_dc1(
     Ok((driver, rider, session))
 }
 
-/// Wait (bounded) until `d` is connected to `dc`.
-async fn wait_at(d: &EdgeClient, dc: u16) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while d.connected_dc() != Some(DatacenterId(dc)) {
-        ensure!(
-            start.elapsed() < WAIT,
-            "{} never reached dc{dc} (at {:?})",
-            d.device(),
-            d.connected_dc()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_moves_both_phones_of_a_trip_to_the_next_datacenter_by_telling_them(
 ) -> anyhow::Result<()> {
@@ -62,8 +46,8 @@ async fn a_sigterm_moves_both_phones_of_a_trip_to_the_next_datacenter_by_telling
         "dc1 did not drain: {log}"
     );
     ensure!(log.contains("stopped cleanly"), "{log}");
+    wait_all_on(&[driver.clone(), rider.clone()], 2, WAIT).await?;
     for d in [&driver, &rider] {
-        wait_at(d, 2).await?;
         ensure!(
             d.stats().drained == 1,
             "{} was not told to move (it found out by itself): {:?}",
@@ -79,33 +63,13 @@ async fn a_sigterm_moves_both_phones_of_a_trip_to_the_next_datacenter_by_telling
     Ok(())
 }
 
-/// One POST with a bearer token over a fresh TCP connection: (status code, body).
-fn post(addr: SocketAddr, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((code, body))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_drain_to_a_named_datacenter_sends_the_devices_there_not_to_their_next(
 ) -> anyhow::Result<()> {
     let mut c = Cluster::new(3, &[])?;
     let token_file = c.path().join("admin.token");
     let token = lifeboat_server::admin::AdminToken::create(&token_file)?;
-    let http: SocketAddr = format!(
+    let http_addr: SocketAddr = format!(
         "127.0.0.1:{}",
         std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -119,7 +83,7 @@ async fn an_operators_drain_to_a_named_datacenter_sends_the_devices_there_not_to
             "--admin-token-file",
             &token_arg,
             "--metrics-listen",
-            &http.to_string(),
+            &http_addr.to_string(),
         ],
     )?;
     c.start(1)?;
@@ -127,14 +91,24 @@ async fn an_operators_drain_to_a_named_datacenter_sends_the_devices_there_not_to
     let dcs = c.addrs();
     let (driver, rider, session) = trip_at_dc1(&c, dcs.clone()).await?;
     // A target that is not an address is refused, and nothing is drained.
-    let (code, body) = post(http, "/admin/drain?to=dc3", token.secret())?;
+    let (code, body) = http(
+        http_addr,
+        "POST",
+        "/admin/drain?to=dc3",
+        Some(token.secret()),
+    )?;
     ensure!(code == 400, "{code} {body}");
     ensure!(c.is_up(0) && driver.connected_dc() == Some(DatacenterId(1)));
 
-    let (code, body) = post(http, &format!("/admin/drain?to={}", dcs[2]), token.secret())?;
+    let (code, body) = http(
+        http_addr,
+        "POST",
+        &format!("/admin/drain?to={}", dcs[2]),
+        Some(token.secret()),
+    )?;
     ensure!(code == 202, "{code} {body}");
+    wait_all_on(&[driver.clone(), rider.clone()], 3, WAIT).await?;
     for d in [&driver, &rider] {
-        wait_at(d, 3).await?;
         ensure!(d.stats().drained == 1, "{:?}", d.stats());
     }
     submit(&driver, session, TripOp::StartTrip).await?;

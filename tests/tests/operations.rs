@@ -6,27 +6,12 @@ use lifeboat_common::TripOp;
 use lifeboat_tests::trips::{submit, WAIT};
 use lifeboat_tests::{route_point, wait_for_assignment, Cluster, PICKUP};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// One GET over a fresh TCP connection: (status code, body).
+/// One GET (see [`lifeboat_tests::http`]).
 fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((code, body))
+    lifeboat_tests::http(addr, "GET", path, None)
 }
 
 /// The samples of a Prometheus text page, by series (`name{labels}`).
