@@ -2,15 +2,20 @@
 //! device can store but neither read nor forge (C4).
 //!
 //! Layout: a clear [`DigestHeader`] (session, version, participants, tombstone flag), the id
-//! of the sealing key, a 192-bit random nonce and the XChaCha20-Poly1305 ciphertext of the
-//! [`DigestBody`] (application state and the dedup watermarks). The header and key id are the
+//! of the sealing key, the time of the seal (unix seconds, the sealing datacenter's clock), a
+//! 192-bit random nonce and the XChaCha20-Poly1305 ciphertext of the [`DigestBody`]
+//! (application state and the dedup watermarks). The header, key id and seal time are the
 //! associated data, so a device can read who is in a session and how new its copy is (it
-//! needs that to keep the newest copy), but any change to them breaks the tag.
+//! needs that to keep the newest copy), but any change to them breaks the tag. The seal time
+//! lets a datacenter refuse to restore a copy older than the tombstones it has expired
+//! (C3 with bounded tombstones, see `DatacenterCore`'s restore floor) and measure how far a
+//! device lags (shadow restore).
 //!
 //! Why XChaCha20: a 96-bit random nonce collides after about 2^32 seals under one key, which a
 //! busy region reaches in days; 192 bits make random nonces safe for the life of a key.
 //!
-//! Overhead over the encoded body: 24 (nonce) + 16 (tag) + up to 5 (key id varint) bytes.
+//! Overhead over the encoded header and body: 24 (nonce) + 16 (tag) + up to 5 (key id
+//! varint) + 5 (seal time varint, until 2106) bytes.
 
 use crate::codec::{decode_exact, encode, CodecError};
 use crate::dedup::DedupEntry;
@@ -84,6 +89,8 @@ pub struct SealedDigest {
     pub header: DigestHeader,
     /// The id of the region key the body was sealed with.
     pub key_id: KeyId,
+    /// When it was sealed (unix seconds, the sealing datacenter's clock; authenticated).
+    pub sealed_at_s: u64,
     /// A random nonce, fresh for every seal.
     pub nonce: [u8; NONCE_BYTES],
     /// The encrypted [`DigestBody`] followed by its 16-byte Poly1305 tag.
@@ -112,26 +119,29 @@ pub enum SealError {
     Codec(#[from] CodecError),
 }
 
-fn aad(header: &DigestHeader, key_id: KeyId) -> Result<Vec<u8>, CodecError> {
+fn aad(header: &DigestHeader, key_id: KeyId, sealed_at_s: u64) -> Result<Vec<u8>, CodecError> {
     let mut a = encode(header)?;
     a.extend_from_slice(&key_id.to_be_bytes());
+    a.extend_from_slice(&sealed_at_s.to_be_bytes());
     Ok(a)
 }
 
 impl SealedDigest {
-    /// Seal a body under the keyring's active key.
+    /// Seal a body under the keyring's active key at `now_ms` (unix ms; kept in seconds).
     pub fn seal<S: Serialize>(
         keyring: &Keyring,
         header: DigestHeader,
         body: &DigestBody<S>,
+        now_ms: u64,
     ) -> Result<Self, SealError> {
+        let sealed_at_s = now_ms / 1000;
         let key_id = keyring.active_key_id();
         let key = keyring.key(key_id).ok_or(SealError::UnknownKey(key_id))?;
         let plaintext = encode(body)?;
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
         let cipher = XChaCha20Poly1305::new(key.into());
-        let aad = aad(&header, key_id)?;
+        let aad = aad(&header, key_id, sealed_at_s)?;
         let ciphertext = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
@@ -144,6 +154,7 @@ impl SealedDigest {
         let sealed = Self {
             header,
             key_id,
+            sealed_at_s,
             nonce,
             ciphertext,
         };
@@ -164,7 +175,7 @@ impl SealedDigest {
             .key(self.key_id)
             .ok_or(SealError::UnknownKey(self.key_id))?;
         let cipher = XChaCha20Poly1305::new(key.into());
-        let aad = aad(&self.header, self.key_id)?;
+        let aad = aad(&self.header, self.key_id, self.sealed_at_s)?;
         let plaintext = cipher
             .decrypt(
                 XNonce::from_slice(&self.nonce),
@@ -177,6 +188,11 @@ impl SealedDigest {
         Ok(decode_exact(&plaintext, MAX_DIGEST_BYTES)?)
     }
 
+    /// When it was sealed (unix ms, at second resolution).
+    pub fn sealed_at_ms(&self) -> u64 {
+        self.sealed_at_s.saturating_mul(1000)
+    }
+
     /// Size of this digest as stored and sent, in bytes.
     pub fn encoded_len(&self) -> usize {
         encode(self).map(|v| v.len()).unwrap_or(usize::MAX)
@@ -187,6 +203,9 @@ impl SealedDigest {
 mod tests {
     use super::*;
     use crate::ids::ReplicaId;
+
+    /// 2026-12-02 (a seal time of today's size, so the overhead test measures it).
+    const NOW_MS: u64 = 1_796_000_000_000;
 
     fn header() -> DigestHeader {
         let mut version = VersionVector::new();
@@ -210,7 +229,7 @@ mod tests {
     #[test]
     fn sealed_digest_opens_with_the_region_keys() {
         let k = Keyring::generate();
-        let sealed = SealedDigest::seal(&k, header(), &body()).unwrap();
+        let sealed = SealedDigest::seal(&k, header(), &body(), NOW_MS).unwrap();
         let opened: DigestBody<String> = sealed.open(&k).unwrap();
         assert_eq!(opened, body());
     }
@@ -218,13 +237,16 @@ mod tests {
     #[test]
     fn tampered_header_or_ciphertext_is_refused() {
         let k = Keyring::generate();
-        let sealed = SealedDigest::seal(&k, header(), &body()).unwrap();
+        let sealed = SealedDigest::seal(&k, header(), &body(), NOW_MS).unwrap();
         let mut h = sealed.clone();
         h.header.version.bump(ReplicaId(1)).unwrap();
         assert_eq!(h.open::<String>(&k), Err(SealError::Tampered));
         let mut c = sealed.clone();
         c.ciphertext[0] ^= 1;
         assert_eq!(c.open::<String>(&k), Err(SealError::Tampered));
+        let mut backdated = sealed.clone();
+        backdated.sealed_at_s -= 86_400;
+        assert_eq!(backdated.open::<String>(&k), Err(SealError::Tampered));
         let mut other_session = sealed.clone();
         other_session.header.session = SessionId(43);
         assert_eq!(other_session.open::<String>(&k), Err(SealError::Tampered));
@@ -237,9 +259,9 @@ mod tests {
     #[test]
     fn rotated_keyring_opens_old_digests_and_seals_with_the_new_key() {
         let mut k = Keyring::generate();
-        let old = SealedDigest::seal(&k, header(), &body()).unwrap();
+        let old = SealedDigest::seal(&k, header(), &body(), NOW_MS).unwrap();
         k.rotate();
-        let new = SealedDigest::seal(&k, header(), &body()).unwrap();
+        let new = SealedDigest::seal(&k, header(), &body(), NOW_MS).unwrap();
         assert_eq!(old.key_id, 1);
         assert_eq!(new.key_id, 2);
         assert!(old.open::<String>(&k).is_ok());
@@ -250,7 +272,7 @@ mod tests {
     #[test]
     fn sealing_overhead_is_within_48_bytes() {
         let k = Keyring::generate();
-        let sealed = SealedDigest::seal(&k, header(), &body()).unwrap();
+        let sealed = SealedDigest::seal(&k, header(), &body(), NOW_MS).unwrap();
         let plain = encode(&header()).unwrap().len() + encode(&body()).unwrap().len();
         let overhead = sealed.encoded_len() - plain;
         assert!(overhead <= 48, "overhead {overhead} bytes");

@@ -144,10 +144,18 @@ pub fn long_trip() -> SampleTrip {
     }
 }
 
+/// The seal time of the samples: 2026-12-02, so the seal time costs what it costs today.
+pub const SAMPLE_SEALED_AT_MS: u64 = 1_796_000_000_000;
+
 impl SampleTrip {
-    /// Seal under the keyring's active key.
+    /// Seal under the keyring's active key, stamped [`SAMPLE_SEALED_AT_MS`].
     pub fn seal(&self, keyring: &Keyring) -> Result<SealedDigest, SealError> {
-        SealedDigest::seal(keyring, self.header.clone(), &self.body)
+        SealedDigest::seal(
+            keyring,
+            self.header.clone(),
+            &self.body,
+            SAMPLE_SEALED_AT_MS,
+        )
     }
 
     /// The hot path's messages for this trip: the driver's `Submit` of a location op, and

@@ -86,6 +86,14 @@ pub enum ClientMsg<A: Application> {
         /// The copy the device holds.
         copy: OfferedCopy,
     },
+    /// The answer to a [`ServerMsg::Sample`] (shadow restore): the copy of `session` read
+    /// back from the device's store after everything before the sample was persisted.
+    Sampled {
+        /// The session asked for.
+        session: SessionId,
+        /// What the store holds of it; `None`: nothing.
+        copy: Option<OfferedCopy>,
+    },
 }
 
 /// A copy a device uploads: the sealed digest and whether the device knows it is on the
@@ -346,6 +354,13 @@ pub enum ServerMsg<A: Application> {
     /// The datacenter's committed copy of the session no longer names this device.
     Removed {
         /// The session the device must drop.
+        session: SessionId,
+    },
+    /// Shadow restore (continuous verification): send the copy of `session` that your store
+    /// holds, as you would upload it to a backup, once everything received before this
+    /// message is persisted. Answered with [`ClientMsg::Sampled`]; nothing changes anywhere.
+    Sample {
+        /// The session sampled.
         session: SessionId,
     },
     /// A protocol error; the datacenter closes the connection after it.

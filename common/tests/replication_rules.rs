@@ -765,7 +765,7 @@ fn equal_version_with_different_contents_is_detected_as_divergence() {
         held.open(&r.keyring).unwrap();
     body.state.location_updates += 7;
     let forged =
-        lifeboat_common::digest::SealedDigest::seal(&r.keyring, held.header.clone(), &body)
+        lifeboat_common::digest::SealedDigest::seal(&r.keyring, held.header.clone(), &body, r.now)
             .unwrap();
     let now = r.now;
     let dc = r.dcs[0].as_mut().unwrap();
@@ -1470,7 +1470,7 @@ fn a_device_keeps_its_committed_tombstone_when_pushed_a_live_copy() {
         .unwrap();
     let body: lifeboat_common::digest::DigestBody<lifeboat_common::TripState> =
         live.open(&r.keyring).unwrap();
-    let forged = SealedDigest::seal(&r.keyring, header, &body).unwrap();
+    let forged = SealedDigest::seal(&r.keyring, header, &body, r.now).unwrap();
     let edge = r.edges.get_mut(&driver).unwrap();
     edge.on_push(lifeboat_common::wire::SessionUpdate {
         digest: forged,

@@ -1348,6 +1348,22 @@ impl Actor {
                 self.stall.op_sent(self.cfg.clock.now_ms());
             }
         }
+        // Shadow restore: what the store holds, read back after the flush above.
+        for session in fx.samples {
+            let copy = match self.store.held(session) {
+                Ok(h) => h.as_ref().map(EdgeCore::<Trip>::offered),
+                Err(e) => {
+                    tracing::error!(device = %self.cfg.device, error = %e, "device store failed; stopping the client");
+                    self.emit(ClientEvent::StoreFailed(e.to_string()));
+                    self.stopped = true;
+                    self.waiters.clear();
+                    return Err(format!("store failed: {e}"));
+                }
+            };
+            if let Ok(f) = encode_frame(&ClientMsg::<Trip>::Sampled { session, copy }) {
+                out.extend_from_slice(&f);
+            }
+        }
         let answered = !fx.resolved.is_empty();
         for (id, result) in fx.resolved {
             if result.is_ok() {

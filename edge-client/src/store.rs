@@ -412,6 +412,16 @@ impl EdgeStore {
         Ok(loaded)
     }
 
+    /// The copy of `session` the store holds, read back from the storage engine (the
+    /// shadow restore's answer: what a backup would get after a crash). A record that does
+    /// not decode is reported as not held.
+    pub fn held(&self, session: SessionId) -> Result<Option<HeldSession<Trip>>, StoreError> {
+        let Some(v) = self.sessions.get(self.key(&session_key(session)))? else {
+            return Ok(None);
+        };
+        Ok(decode_exact::<HeldSession<Trip>>(&v, MAX_FRAME_BYTES).ok())
+    }
+
     /// Carry out the core's store writes, in order; they are durable only after
     /// [`EdgeStore::flush`].
     pub fn apply(&self, writes: &[StoreWrite<Trip>]) -> Result<(), StoreError> {
@@ -539,7 +549,7 @@ mod tests {
             dedup: Vec::new(),
         };
         HeldSession {
-            digest: SealedDigest::seal(keyring, header, &body).expect("seal"),
+            digest: SealedDigest::seal(keyring, header, &body, 1_000).expect("seal"),
             view,
             last_seq: 1,
             applied_bits: 1,

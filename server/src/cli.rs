@@ -215,6 +215,10 @@ struct ServeArgs {
     /// Session creates per device per minute, also the burst (0: unlimited).
     #[arg(long)]
     session_creates_per_minute: Option<u32>,
+    /// The shadow restore samples one session this often: it asks the session's devices for
+    /// the copies their stores hold and checks they would restore it (ms; 0: off).
+    #[arg(long)]
+    shadow_interval_ms: Option<u64>,
     /// Check the keyring file for changes this often (ms; 0: only on SIGHUP). A rotated or
     /// retired key takes effect without a restart.
     #[arg(long)]

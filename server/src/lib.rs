@@ -23,6 +23,7 @@ pub mod process;
 pub mod region;
 pub mod service;
 pub mod settings;
+pub mod shadow;
 pub mod socket;
 pub mod status;
 pub mod store;

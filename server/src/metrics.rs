@@ -57,6 +57,14 @@ impl Out {
         self.sample(&format!("{name}_count"), &[], h.count);
     }
 
+    fn float(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let mut l = format!("dc=\"{}\"", self.dc);
+        for (k, v) in labels {
+            let _ = write!(l, ",{k}=\"{}\"", escape(v));
+        }
+        let _ = writeln!(self.text, "{name}{{{l}}} {value}");
+    }
+
     fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
@@ -219,7 +227,82 @@ pub fn render(s: &Status, ready: bool) -> String {
         "Store persist-and-flush time per batch of changes.",
         &s.store_flush_latency,
     );
+    render_shadow(&mut o, s);
     o.text
+}
+
+/// The shadow restore's gauges (its counters are the core's `shadow_*`).
+fn render_shadow(o: &mut Out, s: &Status) {
+    let sh = &s.shadow;
+    if let Some(ratio) = sh.restorable_ratio {
+        o.family(
+            "lifeboat_shadow_restorable_ratio",
+            "gauge",
+            "Of the recent shadow-restore samples, the fraction the devices' copies restore at the sampled version with nothing missing.",
+        );
+        o.float("lifeboat_shadow_restorable_ratio", &[], ratio);
+    }
+    o.one(
+        "lifeboat_shadow_recent_samples",
+        "gauge",
+        "Shadow-restore samples in the recent window.",
+        sh.recent_samples as u64,
+    );
+    o.family(
+        "lifeboat_shadow_replication_lag_ms",
+        "gauge",
+        "Replication lag of the recent sampled copies (ms; 0 when the copy restores the session), by quantile.",
+    );
+    o.sample(
+        "lifeboat_shadow_replication_lag_ms",
+        &[("quantile", "0.5")],
+        sh.lag_ms_p50,
+    );
+    o.sample(
+        "lifeboat_shadow_replication_lag_ms",
+        &[("quantile", "0.99")],
+        sh.lag_ms_p99,
+    );
+    o.family(
+        "lifeboat_shadow_answer_ms",
+        "gauge",
+        "Sample to answer of the recent current copies (ms; the device's flush and a round trip), by quantile.",
+    );
+    o.sample(
+        "lifeboat_shadow_answer_ms",
+        &[("quantile", "0.5")],
+        sh.answer_ms_p50,
+    );
+    o.sample(
+        "lifeboat_shadow_answer_ms",
+        &[("quantile", "0.99")],
+        sh.answer_ms_p99,
+    );
+    o.one(
+        "lifeboat_shadow_lagging_devices",
+        "gauge",
+        "Devices whose copy was behind, missing or silent in a recent sample.",
+        sh.lagging_devices as u64,
+    );
+    o.family(
+        "lifeboat_shadow_device_behind_total",
+        "counter",
+        "Samples in which this device's copy would not restore its session (the first 64 devices so named; the rest under device=\"other\").",
+    );
+    for (device, n) in &sh.behind_by_device {
+        o.sample(
+            "lifeboat_shadow_device_behind_total",
+            &[("device", &device.to_string())],
+            *n,
+        );
+    }
+    if sh.unnamed_behind > 0 {
+        o.sample(
+            "lifeboat_shadow_device_behind_total",
+            &[("device", "other")],
+            sh.unnamed_behind,
+        );
+    }
 }
 
 /// Every counter of the core, by its field name (all are monotonic counts).

@@ -106,6 +106,9 @@ pub struct ServeSettings {
     pub max_sessions_per_device: usize,
     /// Session creates per device per minute, also the burst (0: unlimited).
     pub session_creates_per_minute: u32,
+    /// The shadow restore asks the devices of one session for their copies this often and
+    /// checks that they would restore it (ms; 0: off).
+    pub shadow_interval_ms: u64,
     /// Check the keyring file for changes this often (ms; 0: only on SIGHUP).
     pub keyring_poll_ms: u64,
     /// Write a JSON status snapshot to this file every 500 ms (none: no file).
@@ -166,6 +169,7 @@ impl Default for ServeSettings {
             max_inflight_ops: c.limits.max_inflight_ops,
             max_sessions_per_device: c.max_sessions_per_device,
             session_creates_per_minute: c.session_creates_per_minute,
+            shadow_interval_ms: c.shadow_interval_ms,
             keyring_poll_ms: c.keyring_poll.map_or(0, |d| d.as_millis() as u64),
             stats_file: c.stats_file,
             unreadable_store: c.unreadable_store,
@@ -306,6 +310,7 @@ impl ServeSettings {
         cfg.limits.max_inflight_ops = self.max_inflight_ops;
         cfg.max_sessions_per_device = self.max_sessions_per_device;
         cfg.session_creates_per_minute = self.session_creates_per_minute;
+        cfg.shadow_interval_ms = self.shadow_interval_ms;
         cfg.keyring_poll =
             (self.keyring_poll_ms > 0).then(|| Duration::from_millis(self.keyring_poll_ms));
         cfg.unreadable_store = self.unreadable_store;

@@ -72,4 +72,6 @@ pub struct Status {
     pub op_latency: crate::latency::Histogram,
     /// Store persist-and-flush time per batch of changes.
     pub store_flush_latency: crate::latency::Histogram,
+    /// The shadow restore: whether the devices' copies would restore the sampled sessions.
+    pub shadow: crate::shadow::ShadowStatus,
 }

@@ -91,7 +91,7 @@ pub fn genuine_digest(keyring: &Keyring) -> SealedDigest {
         state,
         dedup: vec![lifeboat_common::dedup::DedupEntry::new(DeviceId(1))],
     };
-    SealedDigest::seal(keyring, header, &body).expect("seal")
+    SealedDigest::seal(keyring, header, &body, 5_000).expect("seal")
 }
 
 /// Digest opening: never panics; only the genuine, unchanged digest opens.

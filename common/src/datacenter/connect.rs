@@ -23,6 +23,7 @@ impl<A: Application> DatacenterCore<A> {
         available: bool,
         copies: Vec<OfferedCopy>,
     ) {
+        self.clock(now_ms);
         self.connected.insert(device, Conn { available });
         let mut results = Vec::with_capacity(copies.len());
         let mut presented = HashSet::new();
@@ -86,6 +87,7 @@ impl<A: Application> DatacenterCore<A> {
 
     /// A device offers its held copy again (it refused one of ours).
     pub fn handle_reupload(&mut self, now_ms: u64, device: DeviceId, copy: OfferedCopy) {
+        self.clock(now_ms);
         let session = copy.digest.header.session;
         let outcome = self.upload_one(device, copy);
         self.effects.send.push((

@@ -24,6 +24,7 @@ impl<A: Application> DatacenterCore<A> {
 
     /// A driver offers itself for dispatch, or withdraws.
     pub fn handle_set_available(&mut self, now_ms: u64, device: DeviceId, available: bool) {
+        self.clock(now_ms);
         if let Some(c) = self.connected.get_mut(&device) {
             c.available = available;
         }

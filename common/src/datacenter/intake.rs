@@ -201,7 +201,7 @@ mod tests {
             dedup: Vec::new(),
         };
         OfferedCopy {
-            digest: SealedDigest::seal(keyring, header, &body).expect("a digest seals"),
+            digest: SealedDigest::seal(keyring, header, &body, 1_000).expect("a digest seals"),
             committed: false,
             known_committed: Default::default(),
             known_committed_driver: None,

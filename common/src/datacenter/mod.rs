@@ -49,7 +49,8 @@
 //! `entry` (one session's state), `table` (the session table and pushes), `connect` and
 //! `restore` (connect uploads and judging a digest), `chain` (the chain rule), `dispatch`,
 //! `admission` (create budgets), `submit` (ops), [`drain`](DrainPlan) (a planned failover's
-//! waves), and [`ConnectIntake`] (reassembling a
+//! waves), [`shadow`](ShadowSample) (the shadow restore: continuous verification that the
+//! edges could restore every session), and [`ConnectIntake`] (reassembling a
 //! connect upload within its limits, for the driver).
 
 mod admission;
@@ -60,6 +61,7 @@ mod drain;
 mod entry;
 mod intake;
 mod restore;
+mod shadow;
 mod submit;
 mod table;
 mod types;
@@ -68,6 +70,8 @@ use admission::CreateBudget;
 pub use drain::{DrainConfig, DrainPlan};
 use entry::{mark_of, Chain, Conn, Entry, Pending, Unconfirmed};
 pub use intake::{ConnectIntake, Connected, InflightRule, IntakeStep};
+use shadow::Shadow;
+pub use shadow::{CopyCheck, ShadowSample, MAX_SHADOW_PROBES, SHADOW_DEADLINE_MS};
 pub use types::{DcConfig, DcEvent, DcStats, Durability, Effects};
 
 use crate::app::Application;
@@ -102,6 +106,11 @@ pub struct DatacenterCore<A: Application> {
     create_budget: HashMap<DeviceId, CreateBudget>,
     /// When `handle_tick` last ran (unix ms).
     last_tick_ms: u64,
+    /// The latest time any input brought (unix ms; never goes back): what seals are stamped
+    /// with. The core reads no clock.
+    now_ms: u64,
+    /// The shadow restore's samples (see `shadow`).
+    shadow: Shadow<A>,
     effects: Effects<A>,
     stats: DcStats,
 }
@@ -123,6 +132,8 @@ impl<A: Application> DatacenterCore<A> {
             waiting: VecDeque::new(),
             create_budget: HashMap::new(),
             last_tick_ms: 0,
+            now_ms: 0,
+            shadow: Shadow::default(),
             effects: Effects::default(),
             stats: DcStats::default(),
         }
@@ -210,11 +221,17 @@ impl<A: Application> DatacenterCore<A> {
             .map(|(id, e)| (*id, &e.header, &e.body.state))
     }
 
+    /// Take the time an input brought (it never goes back).
+    fn clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     /// A device's connection closed.
     pub fn handle_disconnect(&mut self, device: DeviceId) {
         self.connected.remove(&device);
         self.in_pool.remove(&device);
         self.compact_pool();
+        self.shadow_disconnect(self.now_ms, device);
     }
 
     /// When the core next wants [`DatacenterCore::handle_tick`] (unix ms): while sessions
@@ -222,11 +239,17 @@ impl<A: Application> DatacenterCore<A> {
     /// needed (a tick then would change nothing).
     pub fn poll_timeout(&self) -> Option<u64> {
         let timed_work = !self.waiting.is_empty() || !self.create_budget.is_empty();
-        timed_work.then(|| self.last_tick_ms.saturating_add(TICK_MS))
+        let tick = timed_work.then(|| self.last_tick_ms.saturating_add(TICK_MS));
+        let shadow = self.shadow.poll_timeout(self.cfg.shadow_interval_ms);
+        match (tick, shadow) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Advance time: forget full create budgets, then dispatch.
+    /// Advance time: forget full create budgets, dispatch, then the shadow restore's samples.
     pub fn handle_tick(&mut self, now_ms: u64) {
+        self.clock(now_ms);
         self.last_tick_ms = now_ms;
         // Forget devices whose create budget is full again (C6: the map stays small).
         let per_minute = self.cfg.session_creates_per_minute;
@@ -235,6 +258,7 @@ impl<A: Application> DatacenterCore<A> {
             b.tokens < per_minute
         });
         self.dispatch(now_ms);
+        self.shadow_tick(now_ms);
     }
 
     /// The one entry point for a message from a connected, authenticated `device` (raft-rs's
@@ -248,6 +272,7 @@ impl<A: Application> DatacenterCore<A> {
         device: DeviceId,
         msg: ClientMsg<A>,
     ) -> Result<(), ProtocolError> {
+        self.clock(now_ms);
         match msg {
             ClientMsg::Submit { session, seq, op } => {
                 self.handle_submit(now_ms, device, session, seq, op)
@@ -264,6 +289,9 @@ impl<A: Application> DatacenterCore<A> {
                 self.handle_set_available(now_ms, device, available)
             }
             ClientMsg::Reupload { copy } => self.handle_reupload(now_ms, device, copy),
+            ClientMsg::Sampled { session, copy } => {
+                self.handle_sampled(now_ms, device, session, copy)
+            }
             ClientMsg::Hello { .. } | ClientMsg::Upload { .. } => {
                 return Err(ProtocolError::BadFrame("Hello/Upload after connect".into()))
             }

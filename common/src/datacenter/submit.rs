@@ -51,6 +51,7 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
+        self.clock(now_ms);
         let reject = |this: &mut Self, r: OpRejection, with_update: bool| {
             this.stats.ops_rejected += 1;
             this.reply(device, session, seq, OpOutcome::Rejected(r), with_update);
@@ -189,6 +190,7 @@ impl<A: Application> DatacenterCore<A> {
         seq: u64,
         op: A::Op,
     ) {
+        self.clock(now_ms);
         self.handle_submit(now_ms, device, session, seq, op)
     }
 
@@ -224,7 +226,7 @@ impl<A: Application> DatacenterCore<A> {
             state,
             dedup: vec![mark],
         };
-        let sealed = match SealedDigest::seal(&self.keyring, header.clone(), &body) {
+        let sealed = match SealedDigest::seal(&self.keyring, header.clone(), &body, now_ms) {
             Ok(s) => s,
             Err(e) => {
                 let r = OpRejection::ChangeFailed(e.into());

@@ -19,7 +19,8 @@ impl<A: Application> DatacenterCore<A> {
     /// A digest from this datacenter's own store, at startup. It may be stale (failback):
     /// nothing here is known committed until a device says so, so it commits nothing on its
     /// own (the chain holder's upload or `Ack` does).
-    pub fn load_persisted(&mut self, _now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
+    pub fn load_persisted(&mut self, now_ms: u64, sealed: SealedDigest) -> Result<(), SealError> {
+        self.clock(now_ms);
         let body: DigestBody<A::State> = sealed.open(&self.keyring)?;
         let header = sealed.header.clone();
         // Ask the devices to confirm it: whoever holds the chain acknowledges it if it is
@@ -164,7 +165,7 @@ impl<A: Application> DatacenterCore<A> {
         f(&mut header, &mut body);
         header.version.bump(dc)?;
         header.tombstone = A::is_finished(&body.state);
-        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body)?;
+        let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body, self.now_ms)?;
         let finished = header.tombstone && !entry.header.tombstone;
         entry.header = header;
         entry.body = body;

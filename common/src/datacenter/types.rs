@@ -8,6 +8,8 @@ use crate::ids::{DatacenterId, DeviceId, ReplicaId, SessionId};
 use crate::version::VersionVector;
 use crate::wire::{ServerMsg, UploadRefusal};
 
+use super::shadow::ShadowSample;
+
 /// When a server-side change (dispatch) counts as committed for the datacenter's own report
 /// ([`DcEvent::ServerChangeCommitted`], `server_changes_committed`). Whatever the mode, the
 /// devices report commits by the chain rule (docs/PROTOCOL.md): a dispatch is never the
@@ -59,11 +61,13 @@ pub struct DcConfig {
     pub max_active_sessions_per_device: usize,
     /// Session creates a device may make per minute (also the burst size); 0: unlimited.
     pub session_creates_per_minute: u32,
+    /// The shadow restore samples one session this often (ms); 0: off.
+    pub shadow_interval_ms: u64,
 }
 
 impl DcConfig {
     /// The defaults: async durability, 1,000,000 sessions, 16 active sessions per device,
-    /// 10 creates per minute.
+    /// 10 creates per minute, no shadow restore.
     pub fn new(dc: DatacenterId, replica: ReplicaId) -> Self {
         Self {
             dc,
@@ -72,6 +76,7 @@ impl DcConfig {
             max_sessions: 1_000_000,
             max_active_sessions_per_device: 16,
             session_creates_per_minute: 10,
+            shadow_interval_ms: 0,
         }
     }
 }
@@ -190,6 +195,8 @@ pub enum DcEvent {
     },
     /// A change finished the session: it is a tombstone here from now on.
     Finished(SessionId),
+    /// The shadow restore judged a sample (see [`ShadowSample`]).
+    ShadowSampled(ShadowSample),
 }
 
 /// Counters, for logs, tests and the harness.
@@ -243,4 +250,16 @@ pub struct DcStats {
     /// Creates and restores refused: the datacenter held `max_sessions`.
     #[serde(default)]
     pub limited_sessions: u64,
+    /// Shadow-restore samples judged.
+    #[serde(default)]
+    pub shadow_samples: u64,
+    /// Samples whose copies restored the session at the sampled version, nothing missing.
+    #[serde(default)]
+    pub shadow_restorable: u64,
+    /// Sampled copies that would not restore their session alone (behind, or missing).
+    #[serde(default)]
+    pub shadow_copies_behind: u64,
+    /// Sampled devices that did not answer in time.
+    #[serde(default)]
+    pub shadow_copies_silent: u64,
 }

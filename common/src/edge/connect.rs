@@ -13,7 +13,9 @@ use crate::keyring::DeviceToken;
 use crate::wire::{ClientMsg, OfferedCopy, UploadOutcome, UploadResult, MAX_DIGESTS_PER_FRAME};
 
 impl<A: Application> EdgeCore<A> {
-    pub(super) fn offered(h: &HeldSession<A>) -> OfferedCopy {
+    /// The copy a device offers of a held session (on connect, on re-upload, and as the
+    /// answer to a sample).
+    pub fn offered(h: &HeldSession<A>) -> OfferedCopy {
         OfferedCopy {
             digest: h.digest.clone(),
             committed: h.committed,
@@ -61,6 +63,16 @@ impl<A: Application> EdgeCore<A> {
             self.on_upload_result(r);
         }
         self.send_unsent();
+    }
+
+    /// A datacenter samples a session (shadow restore): answer, after a flush, with what the
+    /// store holds, read back by the driver (not this core's memory: the point is to catch a
+    /// store that stopped persisting). Bounded per batch; changes nothing here.
+    pub(super) fn on_sample(&mut self, session: SessionId) {
+        if self.effects.samples.len() < MAX_SAMPLES_PER_BATCH {
+            self.effects.flush = true;
+            self.effects.samples.push(session);
+        }
     }
 
     /// The answer to a [`ClientMsg::Reupload`].

@@ -48,7 +48,9 @@ mod types;
 pub use crate::op_outcome::{Commit, SubmitError};
 use marks::{mark_covers, outcome_in};
 use outbox::Queued;
-pub use types::{EdgeEffects, EdgeEvent, EdgeLimits, HeldSession, StoreWrite, WaitReason};
+pub use types::{
+    EdgeEffects, EdgeEvent, EdgeLimits, HeldSession, StoreWrite, WaitReason, MAX_SAMPLES_PER_BATCH,
+};
 
 use crate::app::Application;
 use crate::ids::{DatacenterId, DeviceId, SessionId};
@@ -168,6 +170,7 @@ impl<A: Application> EdgeCore<A> {
             } => self.on_committed(session, version, driver, your_last_seq, your_applied_bits),
             ServerMsg::Uploaded { result } => self.on_uploaded(result),
             ServerMsg::Removed { session } => self.on_removed(session),
+            ServerMsg::Sample { session } => self.on_sample(session),
             ServerMsg::Error { error } => return Err(error),
         }
         Ok(())

@@ -222,6 +222,10 @@ impl<A: Application> std::fmt::Display for EdgeEvent<A> {
     }
 }
 
+/// Most sample reads one batch asks for (a datacenter has at most
+/// [`MAX_SHADOW_PROBES`](crate::datacenter::MAX_SHADOW_PROBES) out; more are not answered).
+pub const MAX_SAMPLES_PER_BATCH: usize = 16;
+
 /// Outputs of a batch of inputs, in the order the driver must carry them out.
 #[derive(Debug)]
 pub struct EdgeEffects<A: Application> {
@@ -231,6 +235,11 @@ pub struct EdgeEffects<A: Application> {
     pub flush: bool,
     /// Then send these messages to the connected datacenter, in order.
     pub send: Vec<ClientMsg<A>>,
+    /// Then read these sessions back from the store (after the flush) and send each as
+    /// [`ClientMsg::Sampled`](crate::wire::ClientMsg::Sampled) with
+    /// [`EdgeCore::offered`](crate::edge::EdgeCore::offered) of what it holds (shadow
+    /// restore). At most [`MAX_SAMPLES_PER_BATCH`].
+    pub samples: Vec<crate::ids::SessionId>,
     /// Then tell the app these ops' outcomes (decided and already written).
     pub resolved: Vec<(OpId, Result<Commit, SubmitError>)>,
     /// And these events.
@@ -243,6 +252,7 @@ impl<A: Application> Default for EdgeEffects<A> {
             writes: Vec::new(),
             flush: false,
             send: Vec::new(),
+            samples: Vec::new(),
             resolved: Vec::new(),
             events: Vec::new(),
         }

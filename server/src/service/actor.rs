@@ -156,6 +156,8 @@ pub(super) struct Actor {
     pub(super) op_latency: crate::latency::Histogram,
     /// Store persist-and-flush time per batch.
     pub(super) flush_latency: crate::latency::Histogram,
+    /// The shadow restore's recent samples and the devices named behind.
+    pub(super) shadow: crate::shadow::ShadowWatch,
     /// A drain in progress (a planned failover), see [`super::drain`].
     pub(super) draining: Option<super::drain::Draining>,
 }
@@ -378,6 +380,7 @@ impl Actor {
                     driver = driver.0,
                     "dispatched"
                 ),
+                DcEvent::ShadowSampled(sample) => self.shadow.record(sample),
                 other => tracing::debug!(event = ?other, "core event"),
             }
         }
@@ -427,6 +430,7 @@ impl Actor {
             keyring: self.keys.status(self.core.active_sessions_by_key()),
             op_latency: self.op_latency.clone(),
             store_flush_latency: self.flush_latency.clone(),
+            shadow: self.shadow.status(self.core.config().shadow_interval_ms),
         }
     }
 

@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub max_sessions_per_device: usize,
     /// Session creates per device per minute (0: unlimited).
     pub session_creates_per_minute: u32,
+    /// The shadow restore samples one session this often (ms; 0: off); see
+    /// [`crate::shadow`].
+    pub shadow_interval_ms: u64,
     /// Poll the keyring file for changes this often; `None`: only on SIGHUP.
     pub keyring_poll: Option<Duration>,
     /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
@@ -166,6 +169,7 @@ impl ServerConfig {
             limits: Limits::default(),
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
+            shadow_interval_ms: 1_000,
             keyring_poll: Some(Duration::from_secs(1)),
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
@@ -288,6 +292,7 @@ impl Server {
             ops_in_batch: Vec::new(),
             op_latency: Default::default(),
             flush_latency: Default::default(),
+            shadow: Default::default(),
             draining: None,
         };
         let keyring = actor.keys.clone();
@@ -356,6 +361,7 @@ fn load_core(
     dc_cfg.max_sessions = cfg.max_sessions;
     dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
     dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
+    dc_cfg.shadow_interval_ms = cfg.shadow_interval_ms;
     let mut core = Core::new(dc_cfg, region.keyring.clone());
     let now = cfg.clock.now_ms();
     let mut loaded = 0;
