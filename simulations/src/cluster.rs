@@ -20,9 +20,14 @@ pub fn launch(server_bin: Option<&Path>) -> Launch {
     }
 }
 
+/// How often the harness's datacenters run a shadow-restore sample (ms): ten a second, so a
+/// default run judges a few hundred sessions before its kill (the server's default is one a
+/// second).
+pub const SHADOW_INTERVAL_MS: u64 = 100;
+
 /// `n` datacenters in `dir` with the given durability, the server's default idle timeout
-/// (60 s: above the devices' 15 s keep-alive) and a status file each
-/// (`dc<N>.status.json`).
+/// (60 s: above the devices' 15 s keep-alive), a shadow-restore sample every
+/// [`SHADOW_INTERVAL_MS`] and a status file each (`dc<N>.status.json`).
 pub fn harness_cluster(
     dir: &Path,
     n: u16,
@@ -32,7 +37,12 @@ pub fn harness_cluster(
     let mut opts = ClusterOptions::new(n, launch(server_bin));
     opts.dir = Some(dir.to_path_buf());
     opts.log_filter = "warn,lifeboat::dispatch=debug".into();
-    opts.extra_args = vec!["--durability".into(), durability.to_string()];
+    opts.extra_args = vec![
+        "--durability".into(),
+        durability.to_string(),
+        "--shadow-interval-ms".into(),
+        SHADOW_INTERVAL_MS.to_string(),
+    ];
     let mut cluster = Cluster::with(opts)?;
     for (i, spec) in cluster.specs.iter_mut().enumerate() {
         let status = dir.join(format!("dc{}.status.json", i + 1));
@@ -51,6 +61,36 @@ pub struct DcStatus {
     pub handshakes: u64,
     #[serde(default)]
     pub handshakes_resumed: u64,
+    /// The core's counters the harness reads (the shadow restore's).
+    #[serde(default)]
+    pub core: CoreFigures,
+    /// The shadow restore's recent figures.
+    #[serde(default)]
+    pub shadow: ShadowFigures,
+}
+
+/// The core counters of a status snapshot the harness reads.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct CoreFigures {
+    #[serde(default)]
+    pub shadow_samples: u64,
+    #[serde(default)]
+    pub shadow_restorable: u64,
+    #[serde(default)]
+    pub shadow_copies_behind: u64,
+    #[serde(default)]
+    pub shadow_copies_silent: u64,
+}
+
+/// The shadow restore's recent figures in a status snapshot.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct ShadowFigures {
+    #[serde(default)]
+    pub lag_ms_p99: u64,
+    #[serde(default)]
+    pub answer_ms_p50: u64,
+    #[serde(default)]
+    pub answer_ms_p99: u64,
 }
 
 /// Datacenter `i`'s last status snapshot, if it runs and has written one.

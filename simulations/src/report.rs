@@ -179,6 +179,33 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "shadow restore before the fault: restorable".into(),
+            match r.shadow_restorable_before_fault {
+                Some(f) => format!(
+                    "{:.2}% of {} samples ({} copies behind, {} silent)",
+                    f * 100.0,
+                    r.shadow_samples_before_fault,
+                    r.shadow_copies_behind_before_fault,
+                    r.shadow_copies_silent_before_fault
+                ),
+                None => "no sample".into(),
+            },
+            // Information, not the verdict: the checker judges C1 from the stores.
+            if r.shadow_restorable_before_fault == Some(1.0) {
+                "ok"
+            } else {
+                "below 100%"
+            },
+        ),
+        (
+            "shadow restore: lag p99, answer p50 / p99".into(),
+            format!(
+                "{} ms, {} / {} ms",
+                r.shadow_lag_ms_p99, r.shadow_answer_ms_p50, r.shadow_answer_ms_p99
+            ),
+            "",
+        ),
+        (
             "sealed digest p50 / max".into(),
             format!("{} / {} bytes", r.digest_bytes_p50, r.digest_bytes_max),
             "",

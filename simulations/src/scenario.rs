@@ -250,6 +250,7 @@ async fn run_one(
 
     // Sample the run until the end of traffic.
     let mut samples = Vec::new();
+    let mut primary_before_fault: Option<crate::cluster::DcStatus> = None;
     let mut last_ops = 0u64;
     let mut last_t = shared.now_ms();
     // After the traffic window, keep sampling until every device is connected again to a
@@ -280,12 +281,17 @@ async fn run_one(
             let c = cluster
                 .lock()
                 .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
-            (0..2)
-                .map(|i| {
-                    crate::cluster::status(&c, i)
-                        .map(|s| s.active_sessions)
-                        .unwrap_or(0)
-                })
+            let status: Vec<Option<crate::cluster::DcStatus>> =
+                (0..2).map(|i| crate::cluster::status(&c, i)).collect();
+            // The primary's shadow restore, as last seen before the first fault.
+            if shared.kill_ms.load(Ordering::Relaxed) == u64::MAX {
+                if let Some(s) = &status[0] {
+                    primary_before_fault = Some(s.clone());
+                }
+            }
+            status
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.active_sessions))
                 .collect()
         };
         let sample = Sample {
@@ -340,6 +346,16 @@ async fn run_one(
         backup_handshakes_resumed: backup.as_ref().map_or(0, |s| s.handshakes_resumed),
         ..Default::default()
     };
+    if let Some(p) = &primary_before_fault {
+        report.shadow_samples_before_fault = p.core.shadow_samples;
+        report.shadow_restorable_before_fault = (p.core.shadow_samples > 0)
+            .then(|| p.core.shadow_restorable as f64 / p.core.shadow_samples as f64);
+        report.shadow_copies_behind_before_fault = p.core.shadow_copies_behind;
+        report.shadow_copies_silent_before_fault = p.core.shadow_copies_silent;
+        report.shadow_lag_ms_p99 = p.shadow.lag_ms_p99;
+        report.shadow_answer_ms_p50 = p.shadow.answer_ms_p50;
+        report.shadow_answer_ms_p99 = p.shadow.answer_ms_p99;
+    }
     verify(
         &mut report,
         VerifyInput {

@@ -95,6 +95,18 @@ pub struct Report {
     pub backup_handshakes_resumed: u64,
     pub digest_bytes_p50: u64,
     pub digest_bytes_max: u64,
+    /// The primary's shadow restore up to its last status before the first fault: samples
+    /// judged, the fraction the devices' copies restored with nothing missing (`None`: no
+    /// sample), copies behind or missing, devices that did not answer in time, and the
+    /// recent replication lag p99 and sample-to-answer time (the device's flush and a round
+    /// trip) p50 and p99.
+    pub shadow_samples_before_fault: u64,
+    pub shadow_restorable_before_fault: Option<f64>,
+    pub shadow_copies_behind_before_fault: u64,
+    pub shadow_copies_silent_before_fault: u64,
+    pub shadow_lag_ms_p99: u64,
+    pub shadow_answer_ms_p50: u64,
+    pub shadow_answer_ms_p99: u64,
     /// The devices' impaired link and what it did (absent on a perfect link).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetworkReport>,

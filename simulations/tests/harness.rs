@@ -82,6 +82,15 @@ fn small_failover_run_passes_and_reports_every_field() {
         "the kill must hit live trips"
     );
     assert_eq!(v["trips_restored"], v["trips_active_at_failure"]);
+    // The shadow restore ran on the primary before the kill and found every sampled trip
+    // restorable from the phones (issue 14).
+    assert!(
+        v["shadow_samples_before_fault"].as_u64().unwrap() >= 10,
+        "{}",
+        v["shadow_samples_before_fault"]
+    );
+    assert_eq!(v["shadow_restorable_before_fault"], 1.0);
+    assert_eq!(v["shadow_copies_behind_before_fault"], 0);
     assert!(report_dir.join("report.md").exists());
     assert!(report_dir.join("failover-stall.svg").exists());
 }

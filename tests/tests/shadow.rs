@@ -95,7 +95,10 @@ async fn shadow_restore_finds_honest_trips_restorable_and_names_a_device_that_st
     let page = loop {
         if let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), conn.recv()).await {
             if let Some(ServerMsg::Sample { session }) = frame? {
-                ensure!(session == lonely, "asked for a session it is not in: {session:?}");
+                ensure!(
+                    session == lonely,
+                    "asked for a session it is not in: {session:?}"
+                );
                 conn.send(&ClientMsg::Sampled {
                     session,
                     copy: None,
