@@ -154,6 +154,16 @@ pub enum UploadRefusal {
     /// The datacenter is at a limit (its session count).
     #[error(transparent)]
     Limit(LimitExceeded),
+    /// The datacenter does not hold the session and the copy was sealed before its restore
+    /// floor: older than the tombstones it keeps, so it could be a finished session's (C3).
+    /// The device keeps its copy; the session continues where it is held.
+    #[error("digest sealed at {sealed_at_ms} (unix ms), before this datacenter's restore floor {floor_ms}")]
+    SealedTooLongAgo {
+        /// When the copy was sealed (unix ms, second resolution).
+        sealed_at_ms: u64,
+        /// Copies sealed before this are refused here (unix ms).
+        floor_ms: u64,
+    },
 }
 
 impl From<SealError> for UploadRefusal {

@@ -219,6 +219,15 @@ struct ServeArgs {
     /// the copies their stores hold and checks they would restore it (ms; 0: off).
     #[arg(long)]
     shadow_interval_ms: Option<u64>,
+    /// Keep a finished session's tombstone this long; a copy of a session not held that is
+    /// older is not restored (ms; 0: keep tombstones for ever). Idle sessions are resealed
+    /// every quarter of it so their devices' copies stay restorable.
+    #[arg(long)]
+    tombstone_ttl_ms: Option<u64>,
+    /// Most tombstones kept (0: no bound); beyond, the oldest go early (never before half
+    /// the TTL).
+    #[arg(long)]
+    max_tombstones: Option<usize>,
     /// Check the keyring file for changes this often (ms; 0: only on SIGHUP). A rotated or
     /// retired key takes effect without a restart.
     #[arg(long)]

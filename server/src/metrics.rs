@@ -75,7 +75,7 @@ impl Out {
 type Figure = (&'static str, &'static str, &'static str, fn(&Status) -> u64);
 
 /// The driver's own figures: name, kind, help, value.
-const DRIVER_FIGURES: [Figure; 13] = [
+const DRIVER_FIGURES: [Figure; 14] = [
     (
         "lifeboat_sessions",
         "gauge",
@@ -87,6 +87,12 @@ const DRIVER_FIGURES: [Figure; 13] = [
         "gauge",
         "Sessions held and not finished.",
         |s| s.active_sessions as u64,
+    ),
+    (
+        "lifeboat_tombstones",
+        "gauge",
+        "Tombstones held (finished sessions, kept tombstone_ttl_ms).",
+        |s| s.tombstones as u64,
     ),
     (
         "lifeboat_connections",

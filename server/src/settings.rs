@@ -109,6 +109,12 @@ pub struct ServeSettings {
     /// The shadow restore asks the devices of one session for their copies this often and
     /// checks that they would restore it (ms; 0: off).
     pub shadow_interval_ms: u64,
+    /// A finished session's tombstone is kept this long, and a copy of a session not held
+    /// that is older than this is not restored (ms; 0: tombstones kept for ever).
+    pub tombstone_ttl_ms: u64,
+    /// Most tombstones kept (0: no bound); beyond, the oldest go early (never before half
+    /// the TTL).
+    pub max_tombstones: usize,
     /// Check the keyring file for changes this often (ms; 0: only on SIGHUP).
     pub keyring_poll_ms: u64,
     /// Write a JSON status snapshot to this file every 500 ms (none: no file).
@@ -170,6 +176,8 @@ impl Default for ServeSettings {
             max_sessions_per_device: c.max_sessions_per_device,
             session_creates_per_minute: c.session_creates_per_minute,
             shadow_interval_ms: c.shadow_interval_ms,
+            tombstone_ttl_ms: c.tombstone_ttl_ms,
+            max_tombstones: c.max_tombstones,
             keyring_poll_ms: c.keyring_poll.map_or(0, |d| d.as_millis() as u64),
             stats_file: c.stats_file,
             unreadable_store: c.unreadable_store,
@@ -311,6 +319,8 @@ impl ServeSettings {
         cfg.max_sessions_per_device = self.max_sessions_per_device;
         cfg.session_creates_per_minute = self.session_creates_per_minute;
         cfg.shadow_interval_ms = self.shadow_interval_ms;
+        cfg.tombstone_ttl_ms = self.tombstone_ttl_ms;
+        cfg.max_tombstones = self.max_tombstones;
         cfg.keyring_poll =
             (self.keyring_poll_ms > 0).then(|| Duration::from_millis(self.keyring_poll_ms));
         cfg.unreadable_store = self.unreadable_store;

@@ -38,6 +38,11 @@ pub struct Status {
     pub sessions: usize,
     /// Sessions held and not finished.
     pub active_sessions: usize,
+    /// Tombstones held (finished sessions, kept `tombstone_ttl_ms`).
+    pub tombstones: usize,
+    /// Copies of sessions not held sealed before this (unix ms) are not restored: the floor
+    /// raised by tombstones that expired early (the count bound); 0 if none did.
+    pub restore_floor_ms: u64,
     /// Devices connected now.
     pub connections: usize,
     /// Connections refused at accept: over `max_connections`, over the handshakes in

@@ -134,6 +134,8 @@ impl std::fmt::Display for UnreadableStore {
 }
 
 const REPLICA_KEY: &[u8] = b"replica-id";
+/// The restore floor (unix ms, big endian): see `lifeboat_common::datacenter`'s tombstones.
+const FLOOR_KEY: &[u8] = b"restore-floor-ms";
 /// Largest stored record we decode (a digest plus its encoding overhead).
 const MAX_RECORD_BYTES: usize = MAX_DIGEST_BYTES + 256;
 
@@ -394,6 +396,30 @@ impl DcStore {
         Ok(())
     }
 
+    /// Write the restore floor, then delete expired tombstones: in this order, so a crash in
+    /// between leaves a floor that refuses their old copies and never a deleted tombstone
+    /// without its floor. Durable with the next flush.
+    pub fn forget(&self, sessions: &[SessionId], floor_ms: u64) -> Result<(), StoreError> {
+        if self.restore_floor_ms()? < floor_ms {
+            self.db.insert(FLOOR_KEY, &floor_ms.to_be_bytes())?;
+        }
+        let mut b = sled::Batch::default();
+        for session in sessions {
+            b.remove(&session.0.to_be_bytes());
+        }
+        self.sessions.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// The restore floor written by [`DcStore::forget`] (0: none).
+    pub fn restore_floor_ms(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get(FLOOR_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// Flush every write so far to disk, on the calling thread (blocking).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -547,6 +573,32 @@ mod tests {
             b"garbage garbage garbage"
         );
         assert_eq!(std::fs::read(dir.join("db")).expect("db"), before);
+    }
+
+    #[test]
+    fn forgotten_tombstones_are_gone_and_their_floor_survives_a_reopen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1");
+        let keyring = Keyring::generate();
+        let d = typical_trip().seal(&keyring).expect("seal");
+        {
+            let opened = DcStore::open(&dir, CACHE).expect("open");
+            let batch = [(SessionId(1), d.clone()), (SessionId(2), d.clone())];
+            opened.store.persist(&batch).expect("persist");
+            opened
+                .store
+                .forget(&[SessionId(1)], 1_796_000_000_000)
+                .expect("forget");
+            // A lower floor never lowers the one written.
+            opened.store.forget(&[], 5).expect("forget nothing");
+            opened.store.flush().expect("flush");
+        }
+        let opened = DcStore::open(&dir, CACHE).expect("reopen");
+        assert_eq!(opened.digests.len(), 1, "the forgotten tombstone is gone");
+        assert_eq!(
+            opened.store.restore_floor_ms().expect("floor"),
+            1_796_000_000_000
+        );
     }
 
     #[test]

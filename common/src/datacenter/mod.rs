@@ -37,7 +37,8 @@
 //! - Dispatch: a session is dispatched only while its rider is connected here (the rider
 //!   must persist the hand-over anyway, and a copy the rider left behind may be stale).
 //! - Tombstones: a finished session keeps its final digest; an older copy never revives it
-//!   (S10).
+//!   (S10). Tombstones expire by age and count, and a restore floor on seal times keeps an
+//!   expired one's session from coming back (`tombstones`).
 //! - Bounded (C6): sessions, the dispatch queue and the per-session record of copies waiting
 //!   for the chain holder all have limits; hitting one is a typed rejection, never a panic. A
 //!   device may create a session only while it takes part in fewer than
@@ -64,6 +65,7 @@ mod restore;
 mod shadow;
 mod submit;
 mod table;
+mod tombstones;
 mod types;
 
 use admission::CreateBudget;
@@ -72,6 +74,7 @@ use entry::{mark_of, Chain, Conn, Entry, Pending, Unconfirmed};
 pub use intake::{ConnectIntake, Connected, InflightRule, IntakeStep};
 use shadow::Shadow;
 pub use shadow::{CopyCheck, ShadowSample, MAX_SHADOW_PROBES, SHADOW_DEADLINE_MS};
+pub use tombstones::{HOUSEKEEPING_MS, MAX_CLOCK_SKEW_MS, MAX_EXPIRED_PER_TICK, REFRESH_SCAN};
 pub use types::{DcConfig, DcEvent, DcStats, Durability, Effects};
 
 use crate::app::Application;
@@ -111,6 +114,14 @@ pub struct DatacenterCore<A: Application> {
     now_ms: u64,
     /// The shadow restore's samples (see `shadow`).
     shadow: Shadow<A>,
+    /// Every tombstone held, by the seal time of its copy (ms) (see `tombstones`).
+    tombstones: std::collections::BTreeSet<(u64, SessionId)>,
+    /// Copies of unknown sessions sealed before this (unix ms) are refused (see `tombstones`).
+    restore_floor_ms: u64,
+    /// Sessions still to look at for a refresh, round the table.
+    refresh_queue: VecDeque<SessionId>,
+    /// When the expiry and refresh next run (unix ms).
+    next_housekeeping_ms: u64,
     effects: Effects<A>,
     stats: DcStats,
 }
@@ -134,6 +145,10 @@ impl<A: Application> DatacenterCore<A> {
             last_tick_ms: 0,
             now_ms: 0,
             shadow: Shadow::default(),
+            tombstones: Default::default(),
+            restore_floor_ms: 0,
+            refresh_queue: VecDeque::new(),
+            next_housekeeping_ms: 0,
             effects: Effects::default(),
             stats: DcStats::default(),
         }
@@ -241,13 +256,14 @@ impl<A: Application> DatacenterCore<A> {
         let timed_work = !self.waiting.is_empty() || !self.create_budget.is_empty();
         let tick = timed_work.then(|| self.last_tick_ms.saturating_add(TICK_MS));
         let shadow = self.shadow.poll_timeout(self.cfg.shadow_interval_ms);
-        match (tick, shadow) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [tick, shadow, self.housekeeping_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Advance time: forget full create budgets, dispatch, then the shadow restore's samples.
+    /// Advance time: forget full create budgets, dispatch, expire tombstones and refresh idle
+    /// sessions (every [`HOUSEKEEPING_MS`]), then the shadow restore's samples.
     pub fn handle_tick(&mut self, now_ms: u64) {
         self.clock(now_ms);
         self.last_tick_ms = now_ms;
@@ -258,6 +274,7 @@ impl<A: Application> DatacenterCore<A> {
             b.tokens < per_minute
         });
         self.dispatch(now_ms);
+        self.housekeeping(now_ms);
         self.shadow_tick(now_ms);
     }
 

@@ -4,7 +4,9 @@
 //! the uploader as a participant (else [`UploadOutcome::Refused`], nothing changed); a newer
 //! copy is adopted, an older one answered with ours, an equal one confirmed if the device
 //! says it is committed; a concurrent copy replaces ours only if it is committed (the chain
-//! wins); a tombstone known committed is never revived (S10).
+//! wins); a tombstone known committed is never revived (S10); a session not held is restored
+//! only from a copy sealed after the restore floor (`tombstones`: an expired tombstone's
+//! session stays finished).
 
 use super::*;
 
@@ -161,6 +163,9 @@ impl<A: Application> DatacenterCore<A> {
         committed: bool,
     ) -> UploadOutcome {
         let session = sealed.header.session;
+        if let Some(refused) = self.refuse_below_floor(device, &sealed) {
+            return refused;
+        }
         if self.sessions.len() >= self.cfg.max_sessions {
             self.stats.limited_sessions += 1;
             let limit = LimitExceeded::new(LimitKind::Sessions, self.cfg.max_sessions);

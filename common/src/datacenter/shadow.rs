@@ -68,6 +68,9 @@ pub struct ShadowSample {
     pub devices: Vec<(DeviceId, CopyCheck)>,
 }
 
+/// A participant's answer to a sample: when it came (unix ms) and the copy it held.
+type Answer = (u64, Option<OfferedCopy>);
+
 /// One sample waiting for its answers.
 struct Probe<A: Application> {
     asked_at_ms: u64,
@@ -75,7 +78,7 @@ struct Probe<A: Application> {
     reference: SealedDigest,
     body: DigestBody<A::State>,
     /// Each participant asked, with its answer once it came (time, copy).
-    answers: Vec<(DeviceId, Option<(u64, Option<OfferedCopy>)>)>,
+    answers: Vec<(DeviceId, Option<Answer>)>,
 }
 
 /// The shadow restore's state (see the module docs).

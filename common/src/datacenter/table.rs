@@ -2,7 +2,9 @@
 //! its participants.
 //!
 //! Invariants: `by_device` lists exactly the active (non-tombstoned) sessions of each
-//! participant, and only `insert`, `index` and `unindex` change it; every change of a copy
+//! participant, and only `insert`, `index` and `unindex` change it; `tombstones` lists
+//! exactly the tombstoned sessions, by the seal time of their copy, and only `insert`,
+//! `change` and the expiry (`tombstones`) change it; every change of a copy
 //! bumps this datacenter's slot of the version vector, reseals it, persists it (an effect
 //! the driver carries out before any send of the batch) and pushes it to the connected
 //! participants.
@@ -47,6 +49,12 @@ impl<A: Application> DatacenterCore<A> {
     ) {
         let id = header.session;
         let active = !header.tombstone;
+        if let Some(old) = self.sessions.get(&id).filter(|o| o.header.tombstone) {
+            self.tombstones.remove(&(old.sealed.sealed_at_ms(), id));
+        }
+        if header.tombstone {
+            self.tombstones.insert((sealed.sealed_at_ms(), id));
+        }
         let old = self.sessions.insert(
             id,
             Entry {
@@ -167,6 +175,13 @@ impl<A: Application> DatacenterCore<A> {
         header.tombstone = A::is_finished(&body.state);
         let sealed = SealedDigest::seal(&self.keyring, header.clone(), &body, self.now_ms)?;
         let finished = header.tombstone && !entry.header.tombstone;
+        if entry.header.tombstone {
+            self.tombstones
+                .remove(&(entry.sealed.sealed_at_ms(), session));
+        }
+        if header.tombstone {
+            self.tombstones.insert((sealed.sealed_at_ms(), session));
+        }
         entry.header = header;
         entry.body = body;
         entry.sealed = sealed.clone();

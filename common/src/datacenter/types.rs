@@ -63,11 +63,16 @@ pub struct DcConfig {
     pub session_creates_per_minute: u32,
     /// The shadow restore samples one session this often (ms); 0: off.
     pub shadow_interval_ms: u64,
+    /// A tombstone is kept this long after its seal, and copies older than this are not
+    /// restored (ms; 0: tombstones kept for ever). See the `tombstones` room.
+    pub tombstone_ttl_ms: u64,
+    /// Most tombstones kept (0: no bound): the oldest go early, never before half the TTL.
+    pub max_tombstones: usize,
 }
 
 impl DcConfig {
     /// The defaults: async durability, 1,000,000 sessions, 16 active sessions per device,
-    /// 10 creates per minute, no shadow restore.
+    /// 10 creates per minute, no shadow restore, tombstones kept 24 hours (at most 250,000).
     pub fn new(dc: DatacenterId, replica: ReplicaId) -> Self {
         Self {
             dc,
@@ -77,6 +82,8 @@ impl DcConfig {
             max_active_sessions_per_device: 16,
             session_creates_per_minute: 10,
             shadow_interval_ms: 0,
+            tombstone_ttl_ms: 24 * 3600 * 1000,
+            max_tombstones: 250_000,
         }
     }
 }
@@ -86,6 +93,10 @@ impl DcConfig {
 pub struct Effects<A: Application> {
     /// Write these digests to the datacenter's store (key: session).
     pub persist: Vec<(SessionId, SealedDigest)>,
+    /// Then delete these sessions from the store (expired tombstones), after writing
+    /// [`DatacenterCore::restore_floor_ms`](super::DatacenterCore::restore_floor_ms) if it
+    /// changed.
+    pub forget: Vec<SessionId>,
     /// Then send these messages.
     pub send: Vec<(DeviceId, ServerMsg<A>)>,
     /// Things worth counting or logging.
@@ -96,6 +107,7 @@ impl<A: Application> Default for Effects<A> {
     fn default() -> Self {
         Self {
             persist: Vec::new(),
+            forget: Vec::new(),
             send: Vec::new(),
             events: Vec::new(),
         }
@@ -105,7 +117,10 @@ impl<A: Application> Default for Effects<A> {
 impl<A: Application> Effects<A> {
     /// Whether there is nothing to persist, send or report.
     pub fn is_empty(&self) -> bool {
-        self.persist.is_empty() && self.send.is_empty() && self.events.is_empty()
+        self.persist.is_empty()
+            && self.forget.is_empty()
+            && self.send.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -262,4 +277,13 @@ pub struct DcStats {
     /// Sampled devices that did not answer in time.
     #[serde(default)]
     pub shadow_copies_silent: u64,
+    /// Tombstones dropped by age or count (see `tombstones`).
+    #[serde(default)]
+    pub tombstones_expired: u64,
+    /// Uploads of unknown sessions refused as sealed before the restore floor.
+    #[serde(default)]
+    pub uploads_too_old: u64,
+    /// Idle sessions resealed so their devices' copies stay younger than the floor.
+    #[serde(default)]
+    pub sessions_refreshed: u64,
 }

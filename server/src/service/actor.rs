@@ -355,10 +355,16 @@ impl Actor {
             }
             None => {}
         }
-        if !fx.persist.is_empty() {
+        if !fx.persist.is_empty() || !fx.forget.is_empty() {
             // Group commit: one flush for the whole batch, before any of its replies leave.
+            // Expired tombstones go after the restore floor that covers them.
             let started = std::time::Instant::now();
-            let r = match self.store.persist(&fx.persist) {
+            let floor_ms = self.core.restore_floor_ms();
+            let r = match self
+                .store
+                .persist(&fx.persist)
+                .and_then(|()| self.store.forget(&fx.forget, floor_ms))
+            {
                 Ok(()) => self.store.flush_async().await,
                 Err(e) => Err(e),
             };
@@ -414,6 +420,8 @@ impl Actor {
             listen: self.listen.to_string(),
             sessions: self.core.session_count(),
             active_sessions: self.core.active_session_count(),
+            tombstones: self.core.tombstone_count(),
+            restore_floor_ms: self.core.restore_floor_ms(),
             connections: self.conns.len(),
             refused_connections: c.refused_connections.load(Ordering::Relaxed),
             bad_credentials: c.bad_credentials.load(Ordering::Relaxed),

@@ -103,6 +103,11 @@ pub struct ServerConfig {
     /// The shadow restore samples one session this often (ms; 0: off); see
     /// [`crate::shadow`].
     pub shadow_interval_ms: u64,
+    /// Tombstones are kept this long and copies older than this are not restored (ms; 0:
+    /// tombstones kept for ever); see `lifeboat_common::datacenter`'s tombstones room.
+    pub tombstone_ttl_ms: u64,
+    /// Most tombstones kept (0: no bound); the oldest go early, never before half the TTL.
+    pub max_tombstones: usize,
     /// Poll the keyring file for changes this often; `None`: only on SIGHUP.
     pub keyring_poll: Option<Duration>,
     /// Serve on this endpoint instead of binding `listen` (fault injection and simulation
@@ -170,6 +175,8 @@ impl ServerConfig {
             max_sessions_per_device: 16,
             session_creates_per_minute: 10,
             shadow_interval_ms: 1_000,
+            tombstone_ttl_ms: 24 * 3600 * 1000,
+            max_tombstones: 250_000,
             keyring_poll: Some(Duration::from_secs(1)),
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
@@ -244,7 +251,9 @@ impl Server {
         let replica = opened.replica;
         let mut store = opened.store;
         store.set_inline_flush(cfg.inline_flush);
-        let (core, loaded) = load_core(&cfg, replica, &region, opened.digests);
+        let floor_ms = store.restore_floor_ms()?;
+        let (mut core, loaded) = load_core(&cfg, replica, &region, opened.digests);
+        core.set_restore_floor_ms(floor_ms);
 
         let counters = Arc::new(DriverCounters::default());
         let keys = KeyringWatch::new(
@@ -362,6 +371,8 @@ fn load_core(
     dc_cfg.max_active_sessions_per_device = cfg.max_sessions_per_device;
     dc_cfg.session_creates_per_minute = cfg.session_creates_per_minute;
     dc_cfg.shadow_interval_ms = cfg.shadow_interval_ms;
+    dc_cfg.tombstone_ttl_ms = cfg.tombstone_ttl_ms;
+    dc_cfg.max_tombstones = cfg.max_tombstones;
     let mut core = Core::new(dc_cfg, region.keyring.clone());
     let now = cfg.clock.now_ms();
     let mut loaded = 0;
@@ -498,6 +509,8 @@ fn limits_json(cfg: &ServerConfig) -> serde_json::Value {
         "max_sessions": cfg.max_sessions,
         "max_sessions_per_device": cfg.max_sessions_per_device,
         "session_creates_per_minute": cfg.session_creates_per_minute,
+        "tombstone_ttl_ms": cfg.tombstone_ttl_ms,
+        "max_tombstones": cfg.max_tombstones,
         "max_upload_frames": cfg.max_upload_frames,
         "conn_queue": cfg.conn_queue,
         "max_frame_bytes": cfg.limits.max_frame_bytes,
