@@ -79,10 +79,11 @@ fn an_op_the_datacenter_could_not_take_is_sent_again_at_the_resend_deadline_and_
 #[test]
 fn the_datacenter_wants_ticks_only_while_it_has_timed_work() {
     let keyring = Keyring::generate();
-    let mut dc = DatacenterCore::<Trip>::new(
-        DcConfig::new(DatacenterId(1), ReplicaId(1)),
-        keyring.clone(),
-    );
+    // Tombstones kept for ever: no expiry or refresh of idle sessions, the housekeeping
+    // that wants a tick every HOUSEKEEPING_MS while sessions are held (next test).
+    let mut cfg = DcConfig::new(DatacenterId(1), ReplicaId(1));
+    cfg.tombstone_ttl_ms = 0;
+    let mut dc = DatacenterCore::<Trip>::new(cfg, keyring.clone());
     assert_eq!(dc.poll_timeout(), None, "nothing to do");
     let rider = DeviceId(1);
     dc.handle_connect(1_000, rider, false, Vec::new());
@@ -108,5 +109,33 @@ fn the_datacenter_wants_ticks_only_while_it_has_timed_work() {
         dc.poll_timeout(),
         None,
         "no waiting session, no refilling budget"
+    );
+}
+
+#[test]
+fn a_datacenter_holding_sessions_wants_housekeeping_ticks_when_tombstones_expire() {
+    let keyring = Keyring::generate();
+    let mut dc = DatacenterCore::<Trip>::new(
+        DcConfig::new(DatacenterId(1), ReplicaId(1)),
+        keyring.clone(),
+    );
+    assert_eq!(dc.poll_timeout(), None, "no session: nothing to do");
+    let rider = DeviceId(1);
+    dc.handle_connect(1_000, rider, false, Vec::new());
+    let create = ClientMsg::Submit {
+        session: SessionId(9),
+        seq: 1,
+        op: request(),
+    };
+    dc.handle_message(1_000, rider, create).expect("a submit");
+    let driver = DeviceId(2);
+    dc.handle_connect(1_010, driver, true, Vec::new());
+    let _ = dc.poll_effects();
+    dc.handle_tick(1_000 + 61_000);
+    // Nothing waits and no budget refills, but a held session must be looked at for its
+    // refresh: once every HOUSEKEEPING_MS.
+    assert_eq!(
+        dc.poll_timeout(),
+        Some(1_000 + 61_000 + lifeboat_common::datacenter::HOUSEKEEPING_MS)
     );
 }

@@ -25,6 +25,27 @@ fn samples(page: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Wait (bounded) until `/readyz` answers `want`; its body.
+async fn wait_readyz(http: SocketAddr, want: u16) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        let (code, body) = get(http, "/readyz")?;
+        if code == want {
+            return Ok(body);
+        }
+        ensure!(start.elapsed() < WAIT, "/readyz stayed {code}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free loopback TCP address for the HTTP endpoint.
+fn free_http_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}").parse()?)
+}
+
 fn sample(page: &BTreeMap<String, u64>, series: &str) -> anyhow::Result<u64> {
     page.get(series)
         .copied()
@@ -35,22 +56,11 @@ fn sample(page: &BTreeMap<String, u64>, series: &str) -> anyhow::Result<u64> {
 async fn metrics_over_http_count_the_traffic_the_devices_saw_and_readyz_says_ready(
 ) -> anyhow::Result<()> {
     let mut c = Cluster::new(1, &[])?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let http: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let http = free_http_addr()?;
     c.start_with_args(0, &["--metrics-listen", &http.to_string()])?;
     let (code, body) = get(http, "/healthz")?;
     ensure!(code == 200 && body == "ok\n", "healthz: {code} {body:?}");
-    let start = Instant::now();
-    loop {
-        let (code, body) = get(http, "/readyz")?;
-        if code == 200 {
-            break;
-        }
-        ensure!(start.elapsed() < WAIT, "never ready: {code} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_readyz(http, 200).await?;
     let before = samples(&get(http, "/metrics")?.1);
     let applied_before = sample(&before, "lifeboat_core_ops_applied_total{dc=\"1\"}")?;
 
@@ -104,26 +114,56 @@ async fn metrics_over_http_count_the_traffic_the_devices_saw_and_readyz_says_rea
     let keyring = lifeboat_server::region::Region::keyring_path(&c.region_dir);
     let good = std::fs::read(&keyring)?;
     std::fs::write(&keyring, b"not a keyring")?;
-    let wait_ready = |want: u16| async move {
-        let start = Instant::now();
-        loop {
-            let (code, body) = get(http, "/readyz")?;
-            if code == want {
-                return anyhow::Ok(body);
-            }
-            ensure!(start.elapsed() < WAIT, "/readyz stayed {code}: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let body = wait_ready(503).await?;
+    let body = wait_readyz(http, 503).await?;
     ensure!(body.contains("keyring"), "{body}");
     std::fs::write(&keyring, &good)?;
-    wait_ready(200).await?;
+    wait_readyz(http, 200).await?;
     // Stopped: the endpoint goes with the datacenter.
     c.stop_and_read(0)?;
     ensure!(
         get(http, "/healthz").is_err(),
         "the endpoint outlived its datacenter"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_while_store_writes_fail_and_ready_again_after_while_trips_commit(
+) -> anyhow::Result<()> {
+    let mut c = Cluster::new(1, &[])?;
+    let http = free_http_addr()?;
+    c.specs[0]
+        .extra_args
+        .extend(["--metrics-listen".to_string(), http.to_string()]);
+    // The 3rd to 6th batch writes fail: a disk that filled up and was cleared again.
+    c.start_with_env(0, &[("LIFEBOAT_STORE_FAULT", "fail:3:4")])?;
+    wait_readyz(http, 200).await?;
+    let driver = c.device(1000, true).await?;
+    let rider = c.device(1, false).await?;
+    let (session, _) = rider.request_trip(PICKUP, route_point(20)).await?;
+    wait_for_assignment(&driver, WAIT).await?;
+    // The devices hold every digest: ops still commit while the datacenter's disk fails.
+    for op in [TripOp::Arrived, TripOp::StartTrip]
+        .into_iter()
+        .chain((1..=4).map(|k| TripOp::Location { at: route_point(k) }))
+    {
+        submit(&driver, session, op).await?;
+    }
+    let body = wait_readyz(http, 503).await?;
+    ensure!(body.contains("store write failed"), "{body}");
+    let page = samples(&get(http, "/metrics")?.1);
+    ensure!(
+        sample(&page, "lifeboat_store_errors_total{dc=\"1\"}")? >= 1,
+        "{page:?}"
+    );
+    ensure!(sample(&page, "lifeboat_ready{dc=\"1\"}")? == 0);
+    // The disk works again: ready once the error window has passed with no new failure.
+    submit(&driver, session, TripOp::Location { at: route_point(5) }).await?;
+    wait_readyz(http, 200).await?;
+    let page = samples(&get(http, "/metrics")?.1);
+    ensure!(
+        sample(&page, "lifeboat_store_errors_total{dc=\"1\"}")? == 4,
+        "exactly the injected batches failed: {page:?}"
     );
     Ok(())
 }

@@ -156,6 +156,9 @@ pub(super) struct Actor {
     pub(super) op_latency: crate::latency::Histogram,
     /// Store persist-and-flush time per batch.
     pub(super) flush_latency: crate::latency::Histogram,
+    /// Store faults for tests (`crash-points` builds only) and the batches written so far.
+    pub(super) store_fault: Option<crate::crash::StoreFault>,
+    pub(super) batches_written: u64,
     /// The shadow restore's recent samples and the devices named behind.
     pub(super) shadow: crate::shadow::ShadowWatch,
     /// A drain in progress (a planned failover), see [`super::drain`].
@@ -360,11 +363,19 @@ impl Actor {
             // Expired tombstones go after the restore floor that covers them.
             let started = std::time::Instant::now();
             let floor_ms = self.core.restore_floor_ms();
-            let r = match self
-                .store
-                .persist(&fx.persist)
-                .and_then(|()| self.store.forget(&fx.forget, floor_ms))
-            {
+            self.batches_written += 1;
+            let injected = self
+                .store_fault
+                .filter(|f| f.fails(self.batches_written))
+                .map(|_| crate::store::StoreError::Flush("injected (LIFEBOAT_STORE_FAULT)".into()));
+            let r = match injected.map_or_else(
+                || {
+                    self.store
+                        .persist(&fx.persist)
+                        .and_then(|()| self.store.forget(&fx.forget, floor_ms))
+                },
+                Err,
+            ) {
                 Ok(()) => self.store.flush_async().await,
                 Err(e) => Err(e),
             };

@@ -291,6 +291,8 @@ impl Server {
             store,
             conns: HashMap::new(),
             crash: CrashPoint::from_env(),
+            store_fault: crate::crash::StoreFault::from_env(),
+            batches_written: 0,
             applied_seen: 0,
             counters: counters.clone(),
             stats_file: cfg.stats_file.clone(),
