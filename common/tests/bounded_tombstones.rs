@@ -59,6 +59,16 @@ fn reupload(r: &mut Rig, device: DeviceId, mut copy: OfferedCopy) -> UploadOutco
         .expect("an answer")
 }
 
+fn assert_too_old(outcome: UploadOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            UploadOutcome::Refused(UploadRefusal::SealedTooLongAgo { .. })
+        ),
+        "{outcome:?}"
+    );
+}
+
 /// Move the rig's time in 1 s ticks.
 fn advance(r: &mut Rig, ms: u64) {
     let end = r.now + ms;
@@ -84,14 +94,7 @@ fn an_expired_tombstone_is_dropped_and_an_old_live_copy_of_its_session_stays_ref
     assert_eq!(r.dc.tombstone_count(), 0);
     assert_eq!(r.dc.stats().tombstones_expired, 1);
     // The phone comes back from its tunnel with the live copy: refused, nothing restored.
-    let outcome = reupload(&mut r, rider, live);
-    assert!(
-        matches!(
-            outcome,
-            UploadOutcome::Refused(UploadRefusal::SealedTooLongAgo { .. })
-        ),
-        "{outcome:?}"
-    );
+    assert_too_old(reupload(&mut r, rider, live));
     assert!(
         r.dc.session(s).is_none(),
         "the finished trip came back to life"
@@ -117,14 +120,7 @@ fn the_count_bound_drops_the_oldest_after_half_the_ttl_and_raises_the_floor_past
     assert!(r.dc.session(mid).is_some() && r.dc.session(new).is_some());
     assert!(r.dc.restore_floor_ms() > old_live.digest.sealed_at_ms());
     // Younger than the TTL, so only the raised floor stands between it and a revival.
-    let outcome = reupload(&mut r, old_rider, old_live);
-    assert!(
-        matches!(
-            outcome,
-            UploadOutcome::Refused(UploadRefusal::SealedTooLongAgo { .. })
-        ),
-        "{outcome:?}"
-    );
+    assert_too_old(reupload(&mut r, old_rider, old_live));
     assert!(
         r.dc.session(old).is_none(),
         "the finished trip came back to life"

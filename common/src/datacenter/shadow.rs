@@ -163,15 +163,7 @@ impl<A: Application> DatacenterCore<A> {
     fn next_to_sample(&mut self) -> Option<(SessionId, Vec<DeviceId>)> {
         for _ in 0..SHADOW_SCAN {
             if self.shadow.queue.is_empty() {
-                let mut ids: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, e)| !e.header.tombstone)
-                    .map(|(s, _)| *s)
-                    .collect();
-                // Sorted, so a seeded run samples the same sessions every time.
-                ids.sort_unstable();
-                self.shadow.queue = ids.into();
+                self.shadow.queue = self.active_ids_in_order();
             }
             let session = self.shadow.queue.pop_front()?;
             if self.shadow.probes.contains_key(&session) {

@@ -76,6 +76,19 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
+    /// Every active session's id, in id order (a round over the table for the shadow
+    /// restore and the refresh: sorted, so a seeded run visits the same sessions every time).
+    pub(super) fn active_ids_in_order(&self) -> VecDeque<SessionId> {
+        let mut ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| !e.header.tombstone)
+            .map(|(s, _)| *s)
+            .collect();
+        ids.sort_unstable();
+        ids.into()
+    }
+
     /// Index the participants of an active session, and queue it for dispatch if it needs a
     /// provider.
     pub(super) fn index(&mut self, id: SessionId) {

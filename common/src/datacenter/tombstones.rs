@@ -28,7 +28,7 @@
 use super::*;
 
 use crate::digest::SealedDigest;
-use crate::ids::{DeviceId, SessionId};
+use crate::ids::DeviceId;
 use crate::wire::{UploadOutcome, UploadRefusal};
 
 /// How far apart two datacenters' clocks may be (ms); keep them on NTP.
@@ -143,17 +143,7 @@ impl<A: Application> DatacenterCore<A> {
         }
         for _ in 0..REFRESH_SCAN {
             if self.refresh_queue.is_empty() {
-                let mut ids: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, e)| !e.header.tombstone)
-                    .map(|(s, _)| *s)
-                    .collect();
-                ids.sort_unstable();
-                if ids.is_empty() {
-                    return;
-                }
-                self.refresh_queue = ids.into();
+                self.refresh_queue = self.active_ids_in_order();
             }
             let Some(session) = self.refresh_queue.pop_front() else {
                 return;
