@@ -33,11 +33,17 @@ impl Out {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    /// `dc="<id>"` and `labels`, escaped, as inside `{...}`.
+    fn labels(&self, labels: &[(&str, &str)]) -> String {
         let mut l = format!("dc=\"{}\"", self.dc);
         for (k, v) in labels {
             let _ = write!(l, ",{k}=\"{}\"", escape(v));
         }
+        l
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        let l = self.labels(labels);
         let _ = writeln!(self.text, "{name}{{{l}}} {value}");
     }
 
@@ -58,10 +64,7 @@ impl Out {
     }
 
     fn float(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let mut l = format!("dc=\"{}\"", self.dc);
-        for (k, v) in labels {
-            let _ = write!(l, ",{k}=\"{}\"", escape(v));
-        }
+        let l = self.labels(labels);
         let _ = writeln!(self.text, "{name}{{{l}}} {value}");
     }
 

@@ -8,7 +8,7 @@
 
 use lifeboat_common::datacenter::{CopyCheck, ShadowSample};
 use lifeboat_common::DeviceId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 /// Samples in the recent window.
@@ -25,7 +25,7 @@ pub(crate) struct ShadowWatch {
 }
 
 /// The shadow restore as the status and `/metrics` show it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShadowStatus {
     /// How often a session is sampled (ms); 0: the shadow restore is off.
     pub interval_ms: u64,

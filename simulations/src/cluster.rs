@@ -61,36 +61,12 @@ pub struct DcStatus {
     pub handshakes: u64,
     #[serde(default)]
     pub handshakes_resumed: u64,
-    /// The core's counters the harness reads (the shadow restore's).
+    /// The core's counters (the harness reads the shadow restore's).
     #[serde(default)]
-    pub core: CoreFigures,
+    pub core: lifeboat_common::datacenter::DcStats,
     /// The shadow restore's recent figures.
     #[serde(default)]
-    pub shadow: ShadowFigures,
-}
-
-/// The core counters of a status snapshot the harness reads.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct CoreFigures {
-    #[serde(default)]
-    pub shadow_samples: u64,
-    #[serde(default)]
-    pub shadow_restorable: u64,
-    #[serde(default)]
-    pub shadow_copies_behind: u64,
-    #[serde(default)]
-    pub shadow_copies_silent: u64,
-}
-
-/// The shadow restore's recent figures in a status snapshot.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct ShadowFigures {
-    #[serde(default)]
-    pub lag_ms_p99: u64,
-    #[serde(default)]
-    pub answer_ms_p50: u64,
-    #[serde(default)]
-    pub answer_ms_p99: u64,
+    pub shadow: lifeboat_server::shadow::ShadowStatus,
 }
 
 /// Datacenter `i`'s last status snapshot, if it runs and has written one.
