@@ -681,6 +681,8 @@ async fn run_datacenter(s: &DcSlot, seed: u64, region_dir: PathBuf) -> anyhow::R
     cfg.clock = sim_clock();
     cfg.keyring_poll = None;
     cfg.inline_flush = true;
+    // A restart after a crash takes a new version slot: drawn from the seed, not at random.
+    cfg.replica_seed = Some(mix(seed, 0xD1_0000 + (s.index as u64) * 1_000 + n));
     cfg.cache_bytes = 4 * 1024 * 1024;
     let server = Server::start(cfg).await?;
     if let Some(aside) = &server.moved_aside {

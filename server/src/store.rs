@@ -1,11 +1,24 @@
 //! The datacenter's own store: sealed digests in sled, keyed by session.
 //!
-//! Every batch of writes is flushed before the replies of that batch leave (one `fsync` per
-//! batch: group commit), so a datacenter that restarts on its own disk never re-issues a
-//! version it already sent. The store is still only a cache of what the devices hold: a
-//! digest lost from here (a lost disk, S1) comes back from a device. Digests are stored
-//! sealed, so a stolen disk reveals nothing. The store also keeps the datacenter's
-//! [`ReplicaId`], made when the store is created.
+//! The store is only a cache of what the devices hold: a digest lost from here (a lost disk,
+//! S1, or writes not yet flushed when the process died) comes back from a device. Writes are
+//! applied in batches and flushed in the background (at most every 100 ms by the server),
+//! never on an op's path: the devices' flushes are what commit (C1). Digests are stored
+//! sealed, so a stolen disk reveals nothing.
+//!
+//! # The version slot, and why no version is ever issued twice
+//!
+//! The store keeps the datacenter's [`ReplicaId`], its slot in every version vector. A
+//! version this datacenter sent but had not flushed when it died would be issued again, with
+//! other content, by a restart on the same slot. So a slot is only kept across a **clean**
+//! stop: [`DcStore::mark_stopped_cleanly`] flushes everything, then writes a marker. Opening
+//! reports the marker ([`Opened::stopped_cleanly`]), and [`DcStore::begin_run`] removes it
+//! (durably, before anything is sealed) and, after a stop that was not clean (a crash, a kill,
+//! a power loss), takes a fresh slot, as after a lost disk. Versions sealed by the new slot
+//! are concurrent with any the old one sent and lost, never equal to them: the chain rules
+//! sort them out (the committed copy wins, nothing committed is dropped). A slot costs one
+//! entry in the versions of the sessions it touches (at most 16 per version), so only a
+//! crash costs one.
 //!
 //! # A damaged store
 //!
@@ -93,7 +106,7 @@ pub enum StoreError {
     /// A digest could not be encoded for storage.
     #[error("store encode: {0}")]
     Codec(#[from] CodecError),
-    /// The blocking-pool task of [`DcStore::flush_async`] failed (panicked or was
+    /// The blocking-pool task of [`DcStore::start_flush`] failed (panicked or was
     /// cancelled); whether the flush happened is not known.
     #[error("store flush task: {0}")]
     Flush(String),
@@ -136,6 +149,8 @@ impl std::fmt::Display for UnreadableStore {
 const REPLICA_KEY: &[u8] = b"replica-id";
 /// The restore floor (unix ms, big endian): see `lifeboat_common::datacenter`'s tombstones.
 const FLOOR_KEY: &[u8] = b"restore-floor-ms";
+/// Present only while the store is closed after a clean stop (see the module docs).
+const CLEAN_KEY: &[u8] = b"stopped-cleanly";
 /// Largest stored record we decode (a digest plus its encoding overhead).
 const MAX_RECORD_BYTES: usize = MAX_DIGEST_BYTES + 256;
 
@@ -151,8 +166,12 @@ pub struct DcStore {
 pub struct Opened {
     /// The open store.
     pub store: DcStore,
-    /// This store's version-vector slot: created (and flushed) with the store.
+    /// This store's version-vector slot as stored (created and flushed with a new store).
+    /// A datacenter that serves from the store takes its slot from [`DcStore::begin_run`].
     pub replica: ReplicaId,
+    /// The store was closed by a clean stop ([`DcStore::mark_stopped_cleanly`]), or is new:
+    /// every version its slot sealed is in it.
+    pub stopped_cleanly: bool,
     /// Where an unreadable store was moved to, if it was.
     pub moved_aside: Option<PathBuf>,
     /// Why it was moved aside.
@@ -175,6 +194,7 @@ struct ReadThrough {
     db: sled::Db,
     sessions: sled::Tree,
     replica: Option<ReplicaId>,
+    clean: bool,
     digests: Vec<Result<SealedDigest, String>>,
 }
 
@@ -182,7 +202,8 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     sled::Config::new()
         .path(dir)
         .cache_capacity(cache_bytes)
-        .flush_every_ms(Some(200))
+        // The server flushes in the background itself (see `DcStore::start_flush`).
+        .flush_every_ms(None)
         .open()
 }
 
@@ -213,6 +234,9 @@ fn read_through(dir: &Path, cache_bytes: u64) -> Result<ReadThrough, OpenFailure
             Some(ReplicaId(u32::from_be_bytes(bytes)))
         }
     };
+    let clean = db
+        .contains_key(CLEAN_KEY)
+        .map_err(|e| content("clean-stop marker", e))?;
     let sessions = db
         .open_tree("sessions")
         .map_err(|e| content("sessions tree", e))?;
@@ -225,6 +249,7 @@ fn read_through(dir: &Path, cache_bytes: u64) -> Result<ReadThrough, OpenFailure
         db,
         sessions,
         replica,
+        clean,
         digests,
     })
 }
@@ -335,14 +360,16 @@ impl DcStore {
                 (fresh, Some(aside), Some(reason))
             }
         };
-        let replica = match found.replica {
-            Some(r) => r,
+        let (replica, stopped_cleanly) = match found.replica {
+            Some(r) => (r, found.clean),
             None => {
                 // A new (or lost) disk: a new slot, durable before anything is sealed with it.
+                // Nothing was sealed with it yet, so it counts as stopped cleanly.
                 let id = rand::rng().random_range(1..=u32::MAX);
                 found.db.insert(REPLICA_KEY, &id.to_be_bytes())?;
+                found.db.insert(CLEAN_KEY, &[])?;
                 found.db.flush()?;
-                ReplicaId(id)
+                (ReplicaId(id), true)
             }
         };
         Ok(Opened {
@@ -352,6 +379,7 @@ impl DcStore {
                 inline_flush: false,
             },
             replica,
+            stopped_cleanly,
             moved_aside,
             unreadable_reason,
             digests: found.digests,
@@ -371,7 +399,43 @@ impl DcStore {
             return Err(StoreError::Exists(dir.to_path_buf()));
         }
         db.insert(REPLICA_KEY, &replica.0.to_be_bytes())?;
+        // Nothing was sealed with the slot yet: the first run keeps it.
+        db.insert(CLEAN_KEY, &[])?;
         db.flush()?;
+        Ok(())
+    }
+
+    /// Start serving from this store: the slot to seal with. After a clean stop (or for a new
+    /// store) it is the stored `replica`; otherwise a fresh one from `draw` (never 0, never
+    /// the old one), stored. Either way the clean-stop marker is removed, and both are
+    /// flushed before this returns, so a crash of this run is seen by the next one.
+    pub fn begin_run(
+        &self,
+        replica: ReplicaId,
+        stopped_cleanly: bool,
+        draw: &mut dyn FnMut() -> u32,
+    ) -> Result<ReplicaId, StoreError> {
+        let replica = if stopped_cleanly {
+            replica
+        } else {
+            let fresh = std::iter::repeat_with(draw)
+                .take(64)
+                .find(|&id| id != 0 && id != replica.0)
+                .unwrap_or(replica.0.wrapping_add(1).max(1));
+            self.db.insert(REPLICA_KEY, &fresh.to_be_bytes())?;
+            ReplicaId(fresh)
+        };
+        self.db.remove(CLEAN_KEY)?;
+        self.db.flush()?;
+        Ok(replica)
+    }
+
+    /// The last step of a clean stop: flush every write, then mark the store so that the
+    /// next run keeps the version slot ([`DcStore::begin_run`]).
+    pub fn mark_stopped_cleanly(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db.insert(CLEAN_KEY, &[])?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -386,13 +450,15 @@ impl DcStore {
             .collect()
     }
 
-    /// Write a batch of digests atomically.
+    /// Write digests, each on its own: a digest is a whole session, so no batch needs to be
+    /// atomic. (Not `sled::Tree::apply_batch`: sled 0.34 seals and writes its log buffer for
+    /// every batch, with a `sync_file_range` that waits for the disk, which made a disk
+    /// write per batch of ops. Plain inserts stay in the log buffer until the next flush.)
     pub fn persist(&self, batch: &[(SessionId, SealedDigest)]) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
         for (session, digest) in batch {
-            b.insert(&session.0.to_be_bytes(), encode(digest)?);
+            self.sessions
+                .insert(session.0.to_be_bytes(), encode(digest)?)?;
         }
-        self.sessions.apply_batch(b)?;
         Ok(())
     }
 
@@ -400,14 +466,17 @@ impl DcStore {
     /// between leaves a floor that refuses their old copies and never a deleted tombstone
     /// without its floor. Durable with the next flush.
     pub fn forget(&self, sessions: &[SessionId], floor_ms: u64) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
         if self.restore_floor_ms()? < floor_ms {
+            // Durable before the first tombstone it covers is deleted.
             self.db.insert(FLOOR_KEY, &floor_ms.to_be_bytes())?;
+            self.db.flush()?;
         }
-        let mut b = sled::Batch::default();
         for session in sessions {
-            b.remove(&session.0.to_be_bytes());
+            self.sessions.remove(session.0.to_be_bytes())?;
         }
-        self.sessions.apply_batch(b)?;
         Ok(())
     }
 
@@ -426,7 +495,7 @@ impl DcStore {
         Ok(())
     }
 
-    /// Make [`DcStore::flush_async`] flush on the calling thread instead of tokio's blocking
+    /// Make [`DcStore::start_flush`] flush on the calling thread instead of tokio's blocking
     /// pool. For a deterministic simulation only: there, a flush finishing on another thread
     /// at a real-time moment would reorder what the simulated host does next. (It blocks the
     /// runtime thread for the flush.)
@@ -434,17 +503,21 @@ impl DcStore {
         self.inline_flush = inline;
     }
 
-    /// Flush on tokio's blocking pool. (Not `sled::Db::flush_async`, which parks sled's own
-    /// IO threads and can deadlock them.)
-    pub async fn flush_async(&self) -> Result<(), StoreError> {
-        if self.inline_flush {
-            return self.flush();
-        }
+    /// Start a flush of every write so far on tokio's blocking pool (on the calling thread
+    /// with [`DcStore::set_inline_flush`]); the handle gives its result and how long it took.
+    /// (Not `sled::Db::flush_async`, which parks sled's own IO threads and can deadlock them.)
+    pub fn start_flush(&self) -> tokio::task::JoinHandle<Result<std::time::Duration, StoreError>> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Flush(e.to_string()))??;
-        Ok(())
+        let flush = move || {
+            let started = std::time::Instant::now();
+            db.flush()?;
+            Ok(started.elapsed())
+        };
+        if self.inline_flush {
+            let done = flush();
+            return tokio::spawn(async move { done });
+        }
+        tokio::task::spawn_blocking(flush)
     }
 
     /// Sessions stored (one digest each).
@@ -573,6 +646,58 @@ mod tests {
             b"garbage garbage garbage"
         );
         assert_eq!(std::fs::read(dir.join("db")).expect("db"), before);
+    }
+
+    #[test]
+    fn a_clean_stop_keeps_the_version_slot_and_a_crash_takes_a_new_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dc1.data");
+        let first = filled(&dir, 3);
+        let mut draws = [7_u32, 9].into_iter();
+        let mut draw = move || draws.next().unwrap_or(11);
+
+        // A run that stops cleanly: the next run seals under the same slot.
+        let opened = open_when_unlocked(&dir, UnreadableStore::Refuse).expect("reopen");
+        assert!(opened.stopped_cleanly, "a new store has sealed nothing yet");
+        let run = opened
+            .store
+            .begin_run(opened.replica, opened.stopped_cleanly, &mut draw)
+            .expect("begin");
+        assert_eq!(run, first);
+        opened.store.mark_stopped_cleanly().expect("clean stop");
+        drop(opened);
+        let opened = open_when_unlocked(&dir, UnreadableStore::Refuse).expect("reopen");
+        assert!(opened.stopped_cleanly);
+        let run = opened
+            .store
+            .begin_run(opened.replica, opened.stopped_cleanly, &mut draw)
+            .expect("begin");
+        assert_eq!(run, first, "a clean stop keeps the slot");
+        // This run dies without a clean stop (no marker written).
+        drop(opened);
+
+        let opened = open_when_unlocked(&dir, UnreadableStore::Refuse).expect("reopen");
+        assert!(!opened.stopped_cleanly, "the marker went with begin_run");
+        assert_eq!(
+            opened.replica, first,
+            "the stored slot until the run begins"
+        );
+        let run = opened
+            .store
+            .begin_run(opened.replica, opened.stopped_cleanly, &mut draw)
+            .expect("begin");
+        assert_eq!(run, ReplicaId(7), "after a crash: a fresh slot");
+        assert_eq!(opened.digests.len(), 3, "the digests are kept");
+        drop(opened);
+        // The fresh slot is stored: a second crash moves on from it, not back.
+        let opened = open_when_unlocked(&dir, UnreadableStore::Refuse).expect("reopen");
+        assert_eq!(opened.replica, ReplicaId(7));
+        let run = opened
+            .store
+            .begin_run(opened.replica, false, &mut || 7)
+            .expect("begin");
+        assert_ne!(run, ReplicaId(7), "never the old slot, whatever the draw");
+        assert_ne!(run, ReplicaId(0));
     }
 
     #[test]

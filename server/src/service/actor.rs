@@ -1,6 +1,7 @@
 //! The core actor: it owns the [`DatacenterCore`] and the store, takes inputs in batches and,
-//! for each batch, persists first, then sends (the core's contract). It also keeps the
-//! connections' output queues.
+//! for each batch, writes to the store first, then sends (the core's contract); the store's
+//! flush runs in the background from the tick (see [`crate::store`] for why a crash before it
+//! loses nothing and issues no version twice). It also keeps the connections' output queues.
 //!
 //! Invariants: a device has at most one connection here, and the core is told of a device's
 //! connect and disconnect exactly when that connection is added or removed
@@ -104,6 +105,7 @@ pub(super) async fn serve(
                 }
                 actor.drain_wave(now);
                 actor.flush_effects().await;
+                actor.background_flush().await;
                 if actor.drain_over(now) {
                     break;
                 }
@@ -152,10 +154,15 @@ pub(super) struct Actor {
     pub(super) keys: Arc<KeyringWatch>,
     /// When each op of the batch being handled was read (cleared as it is answered).
     pub(super) ops_in_batch: Vec<std::time::Instant>,
-    /// Op latency: frame read to reply queued, after the batch's persist and flush.
+    /// Op latency: frame read to reply queued, after the batch's write.
     pub(super) op_latency: crate::latency::Histogram,
-    /// Store persist-and-flush time per batch.
+    /// Store background flush time (see [`Actor::background_flush`]).
     pub(super) flush_latency: crate::latency::Histogram,
+    /// Something was written since the last background flush started.
+    pub(super) unflushed: bool,
+    /// The background flush in flight, if any.
+    pub(super) flushing:
+        Option<tokio::task::JoinHandle<Result<std::time::Duration, crate::store::StoreError>>>,
     /// Store faults for tests (`crash-points` builds only) and the batches written so far.
     pub(super) store_fault: Option<crate::crash::StoreFault>,
     pub(super) batches_written: u64,
@@ -219,7 +226,11 @@ impl Actor {
             });
         }
         endpoint.close(0u32.into(), b"shutdown");
-        if let Err(e) = self.store.flush() {
+        if let Some(flushing) = self.flushing.take() {
+            let _ = flushing.await;
+        }
+        // Everything flushed, then the marker: the next run keeps this version slot.
+        if let Err(e) = self.store.mark_stopped_cleanly() {
             tracing::error!(error = %e, "store flush at shutdown failed");
         }
         self.write_status();
@@ -359,27 +370,24 @@ impl Actor {
             None => {}
         }
         if !fx.persist.is_empty() || !fx.forget.is_empty() {
-            // Group commit: one flush for the whole batch, before any of its replies leave.
-            // Expired tombstones go after the restore floor that covers them.
-            let started = std::time::Instant::now();
+            // One write for the whole batch; the flush follows in the background (see
+            // `crate::store`: a crash before it costs the version slot, never a version
+            // issued twice). Expired tombstones go after the restore floor that covers them.
             let floor_ms = self.core.restore_floor_ms();
             self.batches_written += 1;
             let injected = self
                 .store_fault
                 .filter(|f| f.fails(self.batches_written))
                 .map(|_| crate::store::StoreError::Flush("injected (LIFEBOAT_STORE_FAULT)".into()));
-            let r = match injected.map_or_else(
+            let r = injected.map_or_else(
                 || {
                     self.store
                         .persist(&fx.persist)
                         .and_then(|()| self.store.forget(&fx.forget, floor_ms))
                 },
                 Err,
-            ) {
-                Ok(()) => self.store.flush_async().await,
-                Err(e) => Err(e),
-            };
-            self.flush_latency.record(started.elapsed());
+            );
+            self.unflushed = true;
             if let Err(e) = r {
                 // The devices still hold every digest; keep serving, but say it loudly.
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +408,31 @@ impl Actor {
                 DcEvent::ShadowSampled(sample) => self.shadow.record(sample),
                 other => tracing::debug!(event = ?other, "core event"),
             }
+        }
+    }
+
+    /// The store's background flush, from the tick: take the result of the one in flight if
+    /// it is done (its time and any error), and start the next if anything was written since.
+    /// At most one flush runs at a time.
+    pub(super) async fn background_flush(&mut self) {
+        if self.flushing.as_ref().is_some_and(|f| f.is_finished()) {
+            if let Some(done) = self.flushing.take() {
+                let r = done
+                    .await
+                    .map_err(|e| crate::store::StoreError::Flush(e.to_string()))
+                    .and_then(|r| r);
+                match r {
+                    Ok(took) => self.flush_latency.record(took),
+                    Err(e) => {
+                        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "store flush failed");
+                    }
+                }
+            }
+        }
+        if self.flushing.is_none() && self.unflushed {
+            self.unflushed = false;
+            self.flushing = Some(self.store.start_flush());
         }
     }
 

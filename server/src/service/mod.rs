@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// Flush the store on the actor's thread instead of tokio's blocking pool: for a
     /// deterministic simulation only (see `DcStore::set_inline_flush`).
     pub inline_flush: bool,
+    /// Where a new version slot comes from after a stop that was not clean (see
+    /// [`crate::store`]): `None` draws it at random; a seed derives it, for a deterministic
+    /// simulation only.
+    pub replica_seed: Option<u64>,
     /// How a stop drains (a planned failover: SIGTERM, `admin drain`): devices moved per
     /// second, the time between waves, and the bound on the whole drain (0: stop at once,
     /// every device told together).
@@ -186,6 +190,7 @@ impl ServerConfig {
             unreadable_store: UnreadableStore::MoveAside,
             clock: Clock::system(),
             inline_flush: false,
+            replica_seed: None,
             drain: DrainConfig {
                 rate_per_s: 2_000,
                 wave_ms: 100,
@@ -248,9 +253,19 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
         let (region, region_created) = Region::load_or_init(&cfg.region_dir, cfg.create_region)?;
         let opened = DcStore::open_with(&cfg.data_dir, cfg.cache_bytes, cfg.unreadable_store)?;
-        let replica = opened.replica;
         let mut store = opened.store;
         store.set_inline_flush(cfg.inline_flush);
+        let mut draw = slot_draw(cfg.replica_seed, opened.replica);
+        let replica = store.begin_run(opened.replica, opened.stopped_cleanly, &mut draw)?;
+        if replica != opened.replica {
+            tracing::warn!(
+                old_slot = opened.replica.0,
+                new_slot = replica.0,
+                "the last run did not stop cleanly: sealing under a new version slot, so that no \
+                 version it sent before its last flush is ever issued again (the devices' newer \
+                 copies win as they reconnect)"
+            );
+        }
         let floor_ms = store.restore_floor_ms()?;
         let (mut core, loaded) = load_core(&cfg, replica, &region, opened.digests);
         core.set_restore_floor_ms(floor_ms);
@@ -303,6 +318,8 @@ impl Server {
             ops_in_batch: Vec::new(),
             op_latency: Default::default(),
             flush_latency: Default::default(),
+            unflushed: false,
+            flushing: None,
             shadow: Default::default(),
             draining: None,
         };
@@ -520,6 +537,16 @@ fn limits_json(cfg: &ServerConfig) -> serde_json::Value {
         "max_conns_per_addr": cfg.limits.max_conns_per_addr,
         "max_inflight_ops": cfg.limits.max_inflight_ops,
     })
+}
+
+/// The source of a fresh version slot (see [`ServerConfig::replica_seed`]).
+fn slot_draw(seed: Option<u64>, old: lifeboat_common::ids::ReplicaId) -> impl FnMut() -> u32 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = match seed {
+        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(old.0)),
+        None => rand::rngs::StdRng::from_os_rng(),
+    };
+    move || rng.random_range(1..=u32::MAX)
 }
 
 /// A session as read back from a datacenter's store.
