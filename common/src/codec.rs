@@ -53,7 +53,28 @@ pub enum CodecError {
 
 /// Encode a value with the wire configuration.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// What one encode allocates up front: a digest, an op and their frames fit (one allocation
+/// instead of a chain of reallocations on the hot path); larger values grow as needed.
+const ENCODE_CAPACITY: usize = 256;
+
+/// Append the encoding of `value` to `out`.
+fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(drop)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// The size of `value`'s encoding, without encoding it into memory.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(size.bytes_written)
 }
 
 /// Decode a value that must use every byte of `bytes`, refusing inputs over `max` bytes.
@@ -75,16 +96,18 @@ pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, 
 
 /// Encode a message as a length-prefixed frame.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let body = encode(msg)?;
-    if body.len() > MAX_FRAME_BYTES {
+    // One buffer: the length prefix is written once the body's length is known.
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + ENCODE_CAPACITY);
+    frame.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    encode_into(msg, &mut frame)?;
+    let len = frame.len() - FRAME_HEADER_BYTES;
+    if len > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge {
-            len: body.len(),
+            len,
             max: MAX_FRAME_BYTES,
         });
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 

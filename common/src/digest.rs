@@ -195,7 +195,7 @@ impl SealedDigest {
 
     /// Size of this digest as stored and sent, in bytes.
     pub fn encoded_len(&self) -> usize {
-        encode(self).map(|v| v.len()).unwrap_or(usize::MAX)
+        crate::codec::encoded_len(self).unwrap_or(usize::MAX)
     }
 }
 
