@@ -1903,3 +1903,72 @@ fn a_provider_that_missed_its_hand_over_learns_it_holds_the_chain_when_another_s
         r.edges[&b].held(s).unwrap().digest.header.version
     );
 }
+
+/// Chaos seed 218 (dsim), found when the server's output path changed timing: the driver a
+/// backup dispatched (and the rider persisted) was away; meanwhile the old datacenter, which
+/// still thought the rider connected, dispatched the same driver on its own branch, and the
+/// driver drove on there. When the driver reached the backup, its branch was concurrent with
+/// the backup's copy and neither was committed: the backup waited for the chain holder to
+/// persist its copy, and the chain holder (that same driver) refused it as a concurrent
+/// uncommitted copy. Nothing ever committed again: the rider's cancel and the driver's op
+/// were never answered.
+#[test]
+fn a_driver_back_from_a_branch_its_rider_never_persisted_takes_the_chain_it_was_handed() {
+    let mut r = Region::new(2, Durability::Async);
+    let (rider, driver) = (r.add_device(1), r.add_device(1001));
+    let s = SessionId(218);
+    // The rider requests at dc2; no driver is available there yet.
+    r.connect(rider, 1, false);
+    let req = r.submit(
+        rider,
+        s,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    assert!(r.committed(req));
+    // The rider is cut off from dc2 (dc2 does not notice); the driver is available at dc1
+    // and then cut off from it (dc1 does not notice).
+    r.link.remove(&rider);
+    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.connect(driver, 0, true);
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    // The rider fails over to dc1: dc1 dispatches the driver, the rider persists the
+    // hand-over; the driver never hears of it. The rider cancels: that waits for the driver.
+    r.connect(rider, 0, false);
+    let held = r.edges[&rider].held(s).expect("the rider holds its trip");
+    assert!(held.committed, "the rider persisted the hand-over");
+    assert_eq!(held.digest.header.driver, Some(driver));
+    let cancel = r.submit(rider, s, TripOp::Cancel);
+    assert!(!r.committed(cancel), "a rider's op waits for the driver");
+    // The driver reaches dc2, which still thinks the rider connected: it dispatches the
+    // driver on its own branch, and the driver drives on there (nothing commits: the rider
+    // never persists that hand-over).
+    r.connect(driver, 1, true);
+    let branch = r.edges[&driver].held(s).expect("dc2 dispatched the driver");
+    assert!(!branch.committed);
+    let arrived = r.submit(driver, s, TripOp::Arrived);
+    assert!(!r.committed(arrived));
+    // The driver is cut off from dc2 and reaches dc1.
+    r.link.remove(&driver);
+    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.connect(driver, 0, false);
+    for _ in 0..20 {
+        r.tick(1_000);
+    }
+    // The chain goes on: the rider's cancel commits, the driver's op is answered, and both
+    // phones hold the same copy.
+    assert!(r.committed(cancel), "the rider's cancel never committed");
+    assert!(
+        r.commits.iter().any(|(i, _)| *i == arrived),
+        "the driver's op was never answered"
+    );
+    let (hr, hd) = (
+        r.edges[&rider].held(s).unwrap(),
+        r.edges[&driver].held(s).unwrap(),
+    );
+    assert_eq!(hr.digest.header.version, hd.digest.header.version);
+    assert!(hr.committed && hd.committed);
+}

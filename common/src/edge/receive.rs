@@ -3,7 +3,9 @@
 //!
 //! Invariants: a copy is persisted only if it dominates the one held, except that an
 //! unconfirmed branch gives way to a concurrent committed copy that covers every outcome this
-//! device knows committed; a committed copy is never replaced by a concurrent one (it is
+//! device knows committed, and a branch that does not contain the newest version this device
+//! knows committed (so holds nothing committed) gives way to a concurrent copy that does; a
+//! committed copy is never replaced by a concurrent one (it is
 //! offered again instead); a committed tombstone is final; the held sessions are bounded
 //! (the oldest tombstones go first).
 
@@ -248,6 +250,10 @@ impl<A: Application> EdgeCore<A> {
                     theirs.compare(&h.committed_version),
                     VersionOrder::Newer | VersionOrder::Equal
                 );
+                let off_known_chain = !matches!(
+                    ours.compare(&h.committed_version),
+                    VersionOrder::Newer | VersionOrder::Equal
+                );
                 match theirs.compare(&ours) {
                     VersionOrder::Older => return None,
                     // C3: a committed tombstone is final; and never off the known chain.
@@ -273,6 +279,23 @@ impl<A: Application> EdgeCore<A> {
                         marks,
                         certified: false,
                     },
+                    // Our branch does not contain the newest version we know committed, so
+                    // it holds nothing committed (committed copies form one chain), and
+                    // theirs continues that chain: ours gives way. If that committed version
+                    // hands the chain to us, we never persisted a successor of it (a copy of
+                    // ours that had contained it would contain it still), so our persisting
+                    // theirs commits it.
+                    VersionOrder::Concurrent if !h.committed && off_known_chain => {
+                        let known_holder =
+                            h.committed_driver.unwrap_or(h.digest.header.rider) == me;
+                        Decision::Take {
+                            next_seq: h.next_seq,
+                            committed: u.committed || known_holder,
+                            replaced: Some((h.view.clone(), ours)),
+                            marks,
+                            certified: known_holder,
+                        }
+                    }
                     VersionOrder::Concurrent => Decision::Refuse(ours),
                 }
             }
