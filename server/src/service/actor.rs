@@ -35,7 +35,7 @@ pub(super) enum Input {
         device: DeviceId,
         available: bool,
         digests: Vec<OfferedCopy>,
-        tx: mpsc::Sender<Msg>,
+        tx: Arc<super::outbox::Outbox>,
         conn: quinn::Connection,
     },
     Frame {
@@ -142,7 +142,7 @@ pub(super) async fn serve(
 pub(super) struct Actor {
     pub(super) core: Core,
     pub(super) store: DcStore,
-    pub(super) conns: HashMap<DeviceId, (u64, mpsc::Sender<Msg>, quinn::Connection)>,
+    pub(super) conns: HashMap<DeviceId, (u64, Arc<super::outbox::Outbox>, quinn::Connection)>,
     pub(super) crash: Option<CrashPoint>,
     pub(super) applied_seen: u64,
     pub(super) counters: Arc<DriverCounters>,
@@ -251,7 +251,7 @@ impl Actor {
         &mut self,
         now: u64,
         conn_id: u64,
-        tx: mpsc::Sender<Msg>,
+        tx: Arc<super::outbox::Outbox>,
         conn: quinn::Connection,
         c: Connected,
     ) {
@@ -443,14 +443,14 @@ impl Actor {
             };
             match tx.try_send(msg) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(super::outbox::OutboxError::Full) => {
                     self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%device, "slow consumer: output queue full, closing its connection");
                     if let Some(conn) = self.detach(device, None) {
                         conn.close(2u32.into(), b"slow consumer");
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(super::outbox::OutboxError::Closed) => {
                     self.detach(device, None);
                 }
             }

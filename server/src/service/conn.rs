@@ -1,6 +1,6 @@
 //! One connection: the handshake, the connect upload (reassembled by the core's
 //! [`ConnectIntake`](lifeboat_common::datacenter::ConnectIntake)), then frames into the core
-//! queue and answers out of the connection's bounded queue.
+//! queue; answers leave through the connection's [`Outbox`].
 //!
 //! Invariants: the handshake and the whole connect upload finish within the handshake
 //! timeout (slowloris); a refused connect gets its typed error as the last frame; the
@@ -9,6 +9,7 @@
 
 use super::*;
 
+use super::outbox::Outbox;
 use crate::keyring_watch::KeyringWatch;
 use crate::limits::{InflightGate, LimitCounters, Limits};
 use lifeboat_common::codec::{encode_frame, CodecError};
@@ -20,7 +21,6 @@ use lifeboat_frame_io::{read_frame_limited, FrameLimits, FrameReadError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 pub(super) struct ConnCtx {
     pub(super) conn_id: u64,
@@ -89,21 +89,19 @@ pub(super) async fn handle_conn(
         Err(e) => return Err(refuse(&mut send, &conn, e).await),
     };
     let device = connected.device;
-    let (tx, rx) = mpsc::channel::<Msg>(ctx.conn_queue);
-    let reply_tx = tx.clone();
     let inflight = InflightGate::new(ctx.limits.max_inflight_ops);
+    let (reply_tx, mut writer) = Outbox::new(send, conn.clone(), inflight.clone(), ctx.conn_queue);
     ctx.core_tx
         .send(Input::Connect {
             conn_id: ctx.conn_id,
             device,
             available: connected.available,
             digests: connected.digests,
-            tx,
+            tx: reply_tx.clone(),
             conn: conn.clone(),
         })
         .await
         .map_err(|_| ConnError::CoreGone)?;
-    let mut writer = spawn_writer(send, rx, conn.clone(), inflight.clone());
     let result = read_frames(
         &mut recv, &mut buf, device, &reply_tx, &inflight, &conn, ctx,
     )
@@ -177,43 +175,13 @@ async fn read_connect(
     }
 }
 
-/// The connection's writer: frames out of its bounded queue, in order; an `Error` is the
-/// last frame. Every answer that releases an in-flight slot releases it here.
-fn spawn_writer(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Msg>,
-    conn: quinn::Connection,
-    inflight: Arc<InflightGate>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if InflightRule::releases_slot(&msg) {
-                inflight.answered();
-            }
-            let last = matches!(msg, ServerMsg::Error { .. });
-            let Ok(frame) = encode_frame(&msg) else {
-                continue;
-            };
-            if send.write_all(&frame).await.is_err() {
-                break;
-            }
-            if last {
-                let _ = send.finish();
-                let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
-                break;
-            }
-        }
-        conn.close(0u32.into(), b"closed");
-    })
-}
-
 /// Frames after the connect upload, into the core queue, until the stream ends or breaks
 /// a rule (the in-flight bound is answered here and the core never sees those frames).
 async fn read_frames(
     recv: &mut quinn::RecvStream,
     buf: &mut Vec<u8>,
     device: DeviceId,
-    reply_tx: &mpsc::Sender<Msg>,
+    reply_tx: &Outbox,
     inflight: &InflightGate,
     conn: &quinn::Connection,
     ctx: &ConnCtx,

@@ -107,7 +107,7 @@ impl Actor {
     pub(super) fn refuse_while_draining(
         &mut self,
         device: DeviceId,
-        tx: &mpsc::Sender<Msg>,
+        tx: &Arc<super::outbox::Outbox>,
         now_ms: u64,
     ) {
         if let Some(d) = self.draining.as_mut() {

@@ -3,7 +3,8 @@
 //! Tasks:
 //! - one accept loop;
 //! - per connection, a reader (handshake, `Hello` + uploads, then frames into the core
-//!   queue) and a writer (frames out of a bounded per-connection queue);
+//!   queue) and an [`outbox`]: frames go straight into the QUIC stream when nothing of the
+//!   connection waits, else to its writer task through a bounded queue;
 //! - one core actor that owns the [`DatacenterCore`] and the store: it takes inputs in
 //!   batches, and for each batch persists first, then sends (see the core's contract).
 //!
@@ -13,14 +14,15 @@
 //! connection of the same device replaces the first.
 //!
 //! The rooms: this file (configuration, start and stop), `accept` (admission), `conn` (one
-//! connection), `actor` (the core actor and its loop); counters and the status snapshot are
-//! in [`crate::status`].
+//! connection), `outbox` (its way out), `actor` (the core actor and its loop); counters and
+//! the status snapshot are in [`crate::status`].
 
 mod accept;
 mod actor;
 mod conn;
 mod drain;
 mod handshake_queue;
+mod outbox;
 
 use crate::admin::{AdminHandle, AdminToken};
 use crate::status::DriverCounters;
