@@ -10,7 +10,8 @@
 //! 3. closed loop: every driver submits location ops back to back; committed ops/s is the
 //!    maximum rate;
 //! 4. open loop at 25%, 50% and 100% of that maximum: paced sends, latency p50/p99/p999 from
-//!    each op's scheduled time to its commit;
+//!    each op's scheduled time to its commit; then one more at each `--open-loop-rates` rate
+//!    (to compare two builds at the same offered load);
 //! 5. mobile bytes per op: the clients' QUIC connection statistics (UDP bytes, handshakes and
 //!    keep-alives included) over every committed location op;
 //! 6. server memory per session (RSS delta over `--footprint-sessions` trips, created by
@@ -70,6 +71,10 @@ pub struct BenchOpts {
     /// datacenter's per-device create limits are raised to the creates per loader device.
     #[arg(long, default_value_t = footprint::LOADER_DEVICES)]
     footprint_devices: usize,
+    /// Extra open-loop phases at these offered rates (ops/s, comma-separated), after the
+    /// 25/50/100% ones: to compare two builds at the same load.
+    #[arg(long, value_delimiter = ',')]
+    open_loop_rates: Vec<f64>,
     /// Write the machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -289,9 +294,15 @@ fn run(opts: &BenchOpts) -> anyhow::Result<BenchReport> {
     );
     let mut open = Vec::new();
     if closed.ops_per_s > 0.0 {
-        for fraction in [0.25, 0.5, 1.0] {
-            let rate = closed.ops_per_s * fraction;
-            eprintln!("   open loop at {:.0}% ({rate:.0} ops/s)", fraction * 100.0);
+        let fractions =
+            [0.25, 0.5, 1.0].map(|f| (closed.ops_per_s * f, format!("{:.0}%", f * 100.0)));
+        let fixed = opts
+            .open_loop_rates
+            .iter()
+            .filter(|r| r.is_finite() && **r > 0.0)
+            .map(|r| (*r, "fixed rate".to_string()));
+        for (rate, what) in fractions.into_iter().chain(fixed) {
+            eprintln!("   open loop at {what} ({rate:.0} ops/s)");
             let r = rt.block_on(fleet.open_loop(rate, duration, pid, seed ^ 0x0BE7))?;
             eprintln!(
                 "     p50 {} us, p99 {} us",
@@ -449,7 +460,10 @@ pub fn table(r: &BenchReport) -> String {
         ),
         "",
     );
-    for (p, f) in r.open_loop.iter().zip(["25%", "50%", "100%"]) {
+    let labels = ["25%", "50%", "100%"]
+        .into_iter()
+        .chain(std::iter::repeat("fixed"));
+    for (p, f) in r.open_loop.iter().zip(labels) {
         let target = if f == "50%" {
             format!("target p99 < 5 ms: {}", verdict(p.latency_us_p99 < 5_000))
         } else {

@@ -29,6 +29,8 @@ fn tiny_bench_runs_every_phase_and_reports_its_figures() {
             "3",
             "--seed",
             "5",
+            "--open-loop-rates",
+            "40",
             "--json",
         ])
         .arg(&json)
@@ -72,10 +74,15 @@ fn tiny_bench_runs_every_phase_and_reports_its_figures() {
     assert!(num(&["ratio_lifeboat_to_echo"]) > 0.0);
     assert!(num(&["server_cpu_ratio_lifeboat_to_echo"]) > 0.0);
     let open = v["open_loop"].as_array().expect("open_loop is a list");
-    assert_eq!(open.len(), 3, "25%, 50% and 100% of the maximum");
+    assert_eq!(
+        open.len(),
+        4,
+        "25%, 50% and 100% of the maximum, then the fixed rate asked for"
+    );
     for phase in open {
         assert!(phase["ops_committed"].as_u64().unwrap_or(0) > 0, "{phase}");
     }
+    assert_eq!(open[3]["target_ops_per_s"].as_f64(), Some(40.0));
     assert!(num(&["mobile_bytes_per_op"]) > 0.0);
     assert!(num(&["location_ops_committed"]) > 0.0);
     // Footprint loader: every session created, with the create limits raised (and said).
