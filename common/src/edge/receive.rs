@@ -280,20 +280,21 @@ impl<A: Application> EdgeCore<A> {
                         certified: false,
                     },
                     // Our branch does not contain the newest version we know committed, so
-                    // it holds nothing committed (committed copies form one chain), and
-                    // theirs continues that chain: ours gives way. If that committed version
-                    // hands the chain to us, we never persisted a successor of it (a copy of
-                    // ours that had contained it would contain it still), so our persisting
-                    // theirs commits it.
-                    VersionOrder::Concurrent if !h.committed && off_known_chain => {
-                        let known_holder =
-                            h.committed_driver.unwrap_or(h.digest.header.rider) == me;
+                    // it holds nothing committed (committed copies form one chain), and that
+                    // version hands the chain to us: we never persisted a successor of it (a
+                    // copy of ours that had contained it would contain it still), so our
+                    // persisting theirs, which continues it, commits it. Without this the
+                    // datacenter waits for us to persist its copy and we refuse it. (Any
+                    // other device's branch waits for the datacenter to re-version above it.)
+                    VersionOrder::Concurrent
+                        if !h.committed && off_known_chain && known_holder_is(h, me) =>
+                    {
                         Decision::Take {
                             next_seq: h.next_seq,
-                            committed: u.committed || known_holder,
+                            committed: true,
                             replaced: Some((h.view.clone(), ours)),
                             marks,
-                            certified: known_holder,
+                            certified: true,
                         }
                     }
                     VersionOrder::Concurrent => Decision::Refuse(ours),
@@ -488,4 +489,10 @@ impl<A: Application> EdgeCore<A> {
             self.effects.flush = true;
         }
     }
+}
+
+/// Whether the newest version `h` knows committed hands the chain to `me`: it names `me` as
+/// the provider, or names none and `me` is the requester.
+fn known_holder_is<A: Application>(h: &HeldSession<A>, me: DeviceId) -> bool {
+    h.committed_driver.unwrap_or(h.digest.header.rider) == me
 }
