@@ -683,6 +683,26 @@ impl Region {
         id
     }
 
+    /// The device's link drops; the datacenter does not notice (no disconnect reaches it).
+    fn cut_silently(&mut self, d: DeviceId) {
+        self.link.remove(&d);
+        if let Some(e) = self.edges.get_mut(&d) {
+            e.on_disconnect();
+        }
+    }
+
+    /// The rider requests trip `s` (P to Q) where it is connected.
+    fn request(&mut self, rider: DeviceId, s: SessionId) -> OpId {
+        self.submit(
+            rider,
+            s,
+            TripOp::Request {
+                pickup: P,
+                dropoff: Q,
+            },
+        )
+    }
+
     fn kill_link(&mut self, d: DeviceId) {
         if let Some(l) = self.link.remove(&d) {
             if let Some(dc) = self.dcs[l].as_mut() {
@@ -706,19 +726,11 @@ fn a_driver_assigned_at_a_dead_primary_the_rider_never_persisted_is_removed_when
     let (rider, d1, d2) = (r.add_device(1), r.add_device(2), r.add_device(3));
     r.connect(rider, 0, false);
     let s = SessionId(6);
-    let req = r.submit(
-        rider,
-        s,
-        TripOp::Request {
-            pickup: P,
-            dropoff: Q,
-        },
-    );
+    let req = r.request(rider, s);
     assert!(r.committed(req));
     // The rider's link drops (the primary does not notice yet); d1 is dispatched there, but
     // the rider never gets, let alone persists, the assignment.
-    r.link.remove(&rider);
-    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.cut_silently(rider);
     r.connect(d1, 0, true);
     assert_eq!(r.phase(0, s), Some(TripPhase::Assigned));
     let arrived = r.submit(d1, s, TripOp::Arrived);
@@ -1919,22 +1931,13 @@ fn a_driver_back_from_a_branch_its_rider_never_persisted_takes_the_chain_it_was_
     let s = SessionId(218);
     // The rider requests at dc2; no driver is available there yet.
     r.connect(rider, 1, false);
-    let req = r.submit(
-        rider,
-        s,
-        TripOp::Request {
-            pickup: P,
-            dropoff: Q,
-        },
-    );
+    let req = r.request(rider, s);
     assert!(r.committed(req));
     // The rider is cut off from dc2 (dc2 does not notice); the driver is available at dc1
     // and then cut off from it (dc1 does not notice).
-    r.link.remove(&rider);
-    r.edges.get_mut(&rider).unwrap().on_disconnect();
+    r.cut_silently(rider);
     r.connect(driver, 0, true);
-    r.link.remove(&driver);
-    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.cut_silently(driver);
     // The rider fails over to dc1: dc1 dispatches the driver, the rider persists the
     // hand-over; the driver never hears of it. The rider cancels: that waits for the driver.
     r.connect(rider, 0, false);
@@ -1952,8 +1955,7 @@ fn a_driver_back_from_a_branch_its_rider_never_persisted_takes_the_chain_it_was_
     let arrived = r.submit(driver, s, TripOp::Arrived);
     assert!(!r.committed(arrived));
     // The driver is cut off from dc2 and reaches dc1.
-    r.link.remove(&driver);
-    r.edges.get_mut(&driver).unwrap().on_disconnect();
+    r.cut_silently(driver);
     r.connect(driver, 0, false);
     for _ in 0..20 {
         r.tick(1_000);

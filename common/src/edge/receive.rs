@@ -3,9 +3,9 @@
 //!
 //! Invariants: a copy is persisted only if it dominates the one held, except that an
 //! unconfirmed branch gives way to a concurrent committed copy that covers every outcome this
-//! device knows committed, and a branch that does not contain the newest version this device
-//! knows committed (so holds nothing committed) gives way to a concurrent copy that does; a
-//! committed copy is never replaced by a concurrent one (it is
+//! device knows committed, and the chain holder's branch that does not contain the newest
+//! version it knows committed (so holds nothing committed) gives way to a concurrent copy that
+//! does (its persisting commits that copy); a committed copy is never replaced by a concurrent one (it is
 //! offered again instead); a committed tombstone is final; the held sessions are bounded
 //! (the oldest tombstones go first).
 
