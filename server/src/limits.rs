@@ -37,7 +37,9 @@ pub struct Limits {
     /// load tests connect from 127.0.0.1 by the thousand).
     pub limit_loopback: bool,
     /// Most ops submitted and not yet answered on one connection; further ops are answered
-    /// with a retryable `InFlightOps` rejection.
+    /// with a retryable `InFlightOps` rejection. A guard: with the core on the connection's
+    /// reader (`service::gate`) an op is answered before the next frame is read, so today
+    /// it is never reached.
     pub max_inflight_ops: usize,
     /// QUIC receive window of the device's stream (bytes): what a device can make the
     /// datacenter buffer before it reads.

@@ -14,7 +14,6 @@ use crate::limits::{AddressLimiter, LimitCounters};
 use lifeboat_common::limits::LimitKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// The per-address limit at accept time: a slot, or the connection refused (or asked to
 /// prove its address with a QUIC retry when the address is busy).
@@ -71,7 +70,7 @@ impl Turn {
 pub(super) fn spawn_accept(
     endpoint: quinn::Endpoint,
     cfg: ServerConfig,
-    core_tx: mpsc::Sender<Input>,
+    core: Arc<super::gate::CoreGate>,
     keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
     limit_hits: Arc<LimitCounters>,
@@ -117,7 +116,7 @@ pub(super) fn spawn_accept(
                 let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
                 let ctx = ConnCtx {
                     conn_id,
-                    core_tx: core_tx.clone(),
+                    core: core.clone(),
                     keyring: keyring.clone(),
                     counters: counters.clone(),
                     handshake: cfg.handshake_timeout,

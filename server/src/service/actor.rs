@@ -1,14 +1,18 @@
-//! The core actor: it owns the [`DatacenterCore`] and the store, takes inputs in batches and,
-//! for each batch, writes to the store first, then sends (the core's contract); the store's
-//! flush runs in the background from the tick (see [`crate::store`] for why a crash before it
-//! loses nothing and issues no version twice). It also keeps the connections' output queues.
+//! The core's state and the datacenter's own loop: [`Actor`] owns the [`DatacenterCore`],
+//! the store and the connections' outboxes, and sits behind the core's lock
+//! ([`CoreGate`]); each input is handled by the reader that read it, which writes to the
+//! store first, then sends (the core's contract). [`serve`] runs the timers (core tick,
+//! background store flush, drain waves, key changes), the status, the admin API and the
+//! stop; the store's flush runs in the background from the tick (see [`crate::store`] for
+//! why a crash before it loses nothing and issues no version twice).
 //!
 //! Invariants: a device has at most one connection here, and the core is told of a device's
 //! connect and disconnect exactly when that connection is added or removed
 //! ([`Actor::attach`], [`Actor::detach`]); a full output queue closes its connection (a slow
-//! consumer), never grows; the timers run before queued inputs, so a steady stream of
-//! inputs cannot starve them.
+//! consumer), never grows; the timers take the same lock as the readers, in short turns,
+//! and nothing in a turn waits (a finished flush is awaited outside the lock).
 
+use super::gate::CoreGate;
 use super::*;
 
 use crate::crash::CrashPoint;
@@ -50,25 +54,78 @@ pub(super) enum Input {
     },
 }
 
+/// A crash point that fired: the replies already written leave for `after`, then the
+/// process aborts (see [`super::gate`]).
+pub(super) struct PendingCrash {
+    pub(super) name: &'static str,
+    pub(super) after: Duration,
+}
+
+/// Where the status goes: the HTTP endpoints (if any listen) and the status file (if asked
+/// for). Written outside the core's lock.
+pub(super) struct StatusOut {
+    pub(super) stats_file: Option<PathBuf>,
+    /// The latest status for the HTTP endpoints (nobody may be listening).
+    pub(super) status_tx: tokio::sync::watch::Sender<crate::http::Published>,
+}
+
+impl StatusOut {
+    /// Whether anybody wants a status now.
+    fn wanted(&self) -> bool {
+        self.status_tx.receiver_count() > 0 || self.stats_file.is_some()
+    }
+
+    /// Publish one snapshot to both.
+    fn publish(&self, status: Status) {
+        if let Some(path) = &self.stats_file {
+            let tmp = path.with_extension("tmp");
+            let ok = serde_json::to_vec(&status)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = ok {
+                tracing::warn!(error = %e, path = %path.display(), "could not write the status file");
+            }
+        }
+        self.status_tx
+            .send_replace(Some((std::time::Instant::now(), status)));
+    }
+
+    /// Take a snapshot under the lock (if anybody wants one) and publish it after.
+    async fn refresh(&self, gate: &CoreGate) {
+        if !self.wanted() {
+            return;
+        }
+        let status = match gate.lock().await {
+            Ok(actor) => actor.status(),
+            Err(_) => return,
+        };
+        self.publish(status);
+    }
+}
+
+/// The datacenter's own loop beside the readers: the timers (core tick, store flush, drain
+/// waves, key changes), the status, the admin API and the stop. Each step is a short turn
+/// under the core's lock ([`CoreGate`]); the readers hand their inputs in directly.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     cfg: ServerConfig,
     endpoint: quinn::Endpoint,
-    mut actor: Actor,
-    core_tx: mpsc::Sender<Input>,
-    mut core_rx: mpsc::Receiver<Input>,
+    gate: Arc<CoreGate>,
+    out: StatusOut,
     mut shutdown_rx: oneshot::Receiver<Stop>,
     mut admin_rx: mpsc::Receiver<crate::admin::AdminRequest>,
     keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
+    limit_hits: Arc<LimitCounters>,
 ) {
     let accept = spawn_accept(
         endpoint.clone(),
         cfg.clone(),
-        core_tx,
+        gate.clone(),
         keyring.clone(),
         counters,
-        actor.limit_hits.clone(),
+        limit_hits,
     );
     let keyring_poll = cfg.keyring_poll.map(|every| keyring.spawn_poll(every));
     let mut keyring_seen = keyring.generation();
@@ -80,51 +137,62 @@ pub(super) async fn serve(
     let mut stopping = false;
     loop {
         tokio::select! {
-            // Timers first: under a steady stream of inputs a core-first order never ran
-            // the tick (barrier expiry, dispatch retries, key changes) or the status file.
             biased;
             how = &mut shutdown_rx, if !stopping => {
                 stopping = true;
-                let now = cfg.clock.now_ms();
+                let now = gate.now_ms();
                 let to = match how {
                     Ok(Stop::Drain { to }) => to.or(cfg.drain_to),
                     Ok(Stop::Now) | Err(_) => break,
                 };
+                let Ok(mut actor) = gate.lock().await else { break };
                 if !actor.start_drain(&cfg.drain, to, now) {
                     break;
                 }
             }
             _ = tick.tick() => {
-                if let Some(k) = keyring.changed_since(&mut keyring_seen) {
-                    actor.new_keyring(&k);
+                let now = gate.now_ms();
+                let (finished, crash) = {
+                    let Ok(mut actor) = gate.lock().await else { break };
+                    if let Some(k) = keyring.changed_since(&mut keyring_seen) {
+                        actor.new_keyring(&k);
+                    }
+                    // The core's own timer: only when it has timed work due.
+                    if actor.core.poll_timeout().is_some_and(|due| now >= due) {
+                        actor.core.handle_tick(now);
+                    }
+                    actor.drain_wave(now);
+                    let crash = actor.flush_effects();
+                    (actor.take_finished_flush(), crash)
+                };
+                if let Some(crash) = crash {
+                    crash.fire().await;
                 }
-                // The core's own timer: only when it has timed work due.
-                let now = cfg.clock.now_ms();
-                if actor.core.poll_timeout().is_some_and(|due| now >= due) {
-                    actor.core.handle_tick(now);
+                let took = match finished {
+                    Some(done) => Some(
+                        done.await
+                            .map_err(|e| crate::store::StoreError::Flush(e.to_string()))
+                            .and_then(|r| r),
+                    ),
+                    None => None,
+                };
+                let Ok(mut actor) = gate.lock().await else { break };
+                if let Some(took) = took {
+                    actor.flush_finished(took);
                 }
-                actor.drain_wave(now);
-                actor.flush_effects().await;
-                actor.background_flush().await;
+                actor.start_flush_if_due();
                 if actor.drain_over(now) {
                     break;
                 }
             }
-            _ = status_every.tick() => actor.write_status(),
-            Some(req) = admin_rx.recv() => actor.admin(req),
-            input = core_rx.recv() => {
-                let Some(input) = input else { break };
-                let now = cfg.clock.now_ms();
-                actor.handle(now, input);
-                // Batch whatever else is queued: one persist, then the sends.
-                for _ in 0..512 {
-                    match core_rx.try_recv() {
-                        Ok(input) => actor.handle(now, input),
-                        Err(_) => break,
-                    }
-                }
-                actor.flush_effects().await;
-                actor.ops_answered();
+            _ = status_every.tick() => out.refresh(&gate).await,
+            Some(req) = admin_rx.recv() => {
+                let Ok(mut actor) = gate.lock().await else { break };
+                actor.admin(req);
+            }
+            _ = gate.drain_over.notified() => {
+                let now = gate.now_ms();
+                let Ok(actor) = gate.lock().await else { break };
                 if actor.drain_over(now) {
                     break;
                 }
@@ -136,7 +204,49 @@ pub(super) async fn serve(
     if let Some(p) = keyring_poll {
         p.abort();
     }
-    actor.shut_down(&endpoint).await;
+    shut_down(&gate, &endpoint, &out).await;
+}
+
+/// Stop: every device is told (`ShuttingDown`), the endpoint closes, the store is flushed
+/// and the last status written; the readers' inputs are refused from here on.
+async fn shut_down(gate: &CoreGate, endpoint: &quinn::Endpoint, out: &StatusOut) {
+    let flushing = match gate.lock().await {
+        Ok(mut actor) => {
+            actor.stopped = true;
+            for (_, (_, tx, _)) in actor.conns.drain() {
+                let _ = tx.try_send(ServerMsg::Error {
+                    error: ProtocolError::ShuttingDown,
+                });
+            }
+            actor.flushing.take()
+        }
+        Err(_) => {
+            tracing::error!("the core panicked: stopping without a final store flush");
+            None
+        }
+    };
+    endpoint.close(0u32.into(), b"shutdown");
+    if let Some(flushing) = flushing {
+        let _ = flushing.await;
+    }
+    if let Ok(actor) = gate.lock().await {
+        // Everything flushed, then the marker: the next run keeps this version slot.
+        if let Err(e) = actor.store.mark_stopped_cleanly() {
+            tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+        let status = actor.status();
+        drop(actor);
+        out.publish(status);
+    }
+    // The close frames went out with `close`; this only waits for their retransmits.
+    // A connection to a device that vanished would otherwise be held for the whole
+    // idle timeout (60 s): a stop is bounded instead.
+    if tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::info!("stopping with connections still draining");
+    }
 }
 
 pub(super) struct Actor {
@@ -146,9 +256,6 @@ pub(super) struct Actor {
     pub(super) crash: Option<CrashPoint>,
     pub(super) applied_seen: u64,
     pub(super) counters: Arc<DriverCounters>,
-    pub(super) stats_file: Option<PathBuf>,
-    /// The latest status for the HTTP endpoints (nobody may be listening).
-    pub(super) status_tx: tokio::sync::watch::Sender<crate::http::Published>,
     pub(super) listen: SocketAddr,
     pub(super) limit_hits: Arc<LimitCounters>,
     pub(super) keys: Arc<KeyringWatch>,
@@ -170,12 +277,16 @@ pub(super) struct Actor {
     pub(super) shadow: crate::shadow::ShadowWatch,
     /// A drain in progress (a planned failover), see [`super::drain`].
     pub(super) draining: Option<super::drain::Draining>,
+    /// The stop began: inputs are refused (see [`super::gate`]).
+    pub(super) stopped: bool,
+    /// A crash point fired: nothing more is handled before the abort.
+    pub(super) crashing: bool,
 }
 
 impl Actor {
     /// The ops of the batch just flushed are answered (their replies are queued): record
     /// each one's latency, from the frame read to now.
-    fn ops_answered(&mut self) {
+    pub(super) fn ops_answered(&mut self) {
         let now = std::time::Instant::now();
         for received in self.ops_in_batch.drain(..) {
             self.op_latency
@@ -215,34 +326,6 @@ impl Actor {
             }
         }
         self.core.set_keyring(k.clone());
-    }
-
-    /// Stop: every device is told (`ShuttingDown`), the endpoint closes, the store is
-    /// flushed and the last status written.
-    async fn shut_down(&mut self, endpoint: &quinn::Endpoint) {
-        for (_, (_, tx, _)) in self.conns.drain() {
-            let _ = tx.try_send(ServerMsg::Error {
-                error: ProtocolError::ShuttingDown,
-            });
-        }
-        endpoint.close(0u32.into(), b"shutdown");
-        if let Some(flushing) = self.flushing.take() {
-            let _ = flushing.await;
-        }
-        // Everything flushed, then the marker: the next run keeps this version slot.
-        if let Err(e) = self.store.mark_stopped_cleanly() {
-            tracing::error!(error = %e, "store flush at shutdown failed");
-        }
-        self.write_status();
-        // The close frames went out with `close`; this only waits for their retransmits.
-        // A connection to a device that vanished would otherwise be held for the whole
-        // idle timeout (60 s): a stop is bounded instead.
-        if tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::info!("stopping with connections still draining");
-        }
     }
 
     /// A device's connect upload arrived on connection `conn_id`: it replaces any earlier
@@ -330,10 +413,12 @@ impl Actor {
         }
     }
 
-    pub(super) async fn flush_effects(&mut self) {
+    /// The effects of what the core just took: the store write first, then the sends. A
+    /// crash point that fires here is returned for the caller to carry out outside the lock.
+    pub(super) fn flush_effects(&mut self) -> Option<PendingCrash> {
         let fx = self.core.poll_effects();
         if fx.is_empty() {
-            return;
+            return None;
         }
         let applied_in_batch = fx
             .send
@@ -363,9 +448,11 @@ impl Actor {
             }
             Some(CrashPoint::AfterReplyBeforePersist(_)) => {
                 self.send_all(fx.send);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                eprintln!("CRASH POINT after-reply-before-persist reached: aborting");
-                std::process::abort();
+                self.crashing = true;
+                return Some(PendingCrash {
+                    name: "after-reply-before-persist",
+                    after: Duration::from_millis(300),
+                });
             }
             None => {}
         }
@@ -409,27 +496,39 @@ impl Actor {
                 other => tracing::debug!(event = ?other, "core event"),
             }
         }
+        None
     }
 
-    /// The store's background flush, from the tick: take the result of the one in flight if
-    /// it is done (its time and any error), and start the next if anything was written since.
-    /// At most one flush runs at a time.
-    pub(super) async fn background_flush(&mut self) {
+    /// The store's background flush, from the tick (at most one runs at a time): the one in
+    /// flight, if it is done, for the caller to await outside the lock (it returns at once)
+    /// and hand to [`Actor::flush_finished`].
+    pub(super) fn take_finished_flush(
+        &mut self,
+    ) -> Option<tokio::task::JoinHandle<Result<std::time::Duration, crate::store::StoreError>>>
+    {
         if self.flushing.as_ref().is_some_and(|f| f.is_finished()) {
-            if let Some(done) = self.flushing.take() {
-                let r = done
-                    .await
-                    .map_err(|e| crate::store::StoreError::Flush(e.to_string()))
-                    .and_then(|r| r);
-                match r {
-                    Ok(took) => self.flush_latency.record(took),
-                    Err(e) => {
-                        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "store flush failed");
-                    }
-                }
+            return self.flushing.take();
+        }
+        None
+    }
+
+    /// A background flush ended: its time, or its error (counted and logged).
+    pub(super) fn flush_finished(
+        &mut self,
+        r: Result<std::time::Duration, crate::store::StoreError>,
+    ) {
+        match r {
+            Ok(took) => self.flush_latency.record(took),
+            Err(e) => {
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "store flush failed");
             }
         }
+    }
+
+    /// Start the next background flush if anything was written since the last one started
+    /// and none is in flight.
+    pub(super) fn start_flush_if_due(&mut self) {
         if self.flushing.is_none() && self.unflushed {
             self.unflushed = false;
             self.flushing = Some(self.store.start_flush());
@@ -484,29 +583,5 @@ impl Actor {
             store_flush_latency: self.flush_latency.clone(),
             shadow: self.shadow.status(self.core.config().shadow_interval_ms),
         }
-    }
-
-    /// Publish the status: to the HTTP endpoints (if any listen) and the status file (if
-    /// asked for). One snapshot feeds both.
-    pub(super) fn write_status(&self) {
-        if self.status_tx.receiver_count() == 0 && self.stats_file.is_none() {
-            return;
-        }
-        let status = self.status();
-        let Some(path) = &self.stats_file else {
-            self.status_tx
-                .send_replace(Some((std::time::Instant::now(), status)));
-            return;
-        };
-        let tmp = path.with_extension("tmp");
-        let ok = serde_json::to_vec(&status)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = ok {
-            tracing::warn!(error = %e, path = %path.display(), "could not write the status file");
-        }
-        self.status_tx
-            .send_replace(Some((std::time::Instant::now(), status)));
     }
 }

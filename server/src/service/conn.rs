@@ -1,6 +1,6 @@
 //! One connection: the handshake, the connect upload (reassembled by the core's
 //! [`ConnectIntake`](lifeboat_common::datacenter::ConnectIntake)), then frames into the core
-//! queue; answers leave through the connection's [`Outbox`].
+//! (handed in on this task, see [`super::gate`]); answers leave through the connection's [`Outbox`].
 //!
 //! Invariants: the handshake and the whole connect upload finish within the handshake
 //! timeout (slowloris); a refused connect gets its typed error as the last frame; the
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub(super) struct ConnCtx {
     pub(super) conn_id: u64,
-    pub(super) core_tx: mpsc::Sender<Input>,
+    pub(super) core: Arc<super::gate::CoreGate>,
     pub(super) keyring: Arc<KeyringWatch>,
     pub(super) counters: Arc<DriverCounters>,
     pub(super) handshake: Duration,
@@ -45,8 +45,8 @@ pub(super) enum ConnError {
     Frame(#[from] FrameReadError),
     #[error("protocol: {0}")]
     Protocol(ProtocolError),
-    #[error("datacenter core stopped")]
-    CoreGone,
+    #[error(transparent)]
+    CoreGone(#[from] super::gate::CoreGone),
 }
 
 pub(super) async fn refuse(
@@ -91,8 +91,8 @@ pub(super) async fn handle_conn(
     let device = connected.device;
     let inflight = InflightGate::new(ctx.limits.max_inflight_ops);
     let (reply_tx, mut writer) = Outbox::new(send, conn.clone(), inflight.clone(), ctx.conn_queue);
-    ctx.core_tx
-        .send(Input::Connect {
+    ctx.core
+        .input(Input::Connect {
             conn_id: ctx.conn_id,
             device,
             available: connected.available,
@@ -100,8 +100,7 @@ pub(super) async fn handle_conn(
             tx: reply_tx.clone(),
             conn: conn.clone(),
         })
-        .await
-        .map_err(|_| ConnError::CoreGone)?;
+        .await?;
     let result = read_frames(
         &mut recv, &mut buf, device, &reply_tx, &inflight, &conn, ctx,
     )
@@ -118,8 +117,8 @@ pub(super) async fn handle_conn(
         conn.close(1u32.into(), e.to_string().as_bytes());
     }
     let _ = ctx
-        .core_tx
-        .send(Input::Disconnect {
+        .core
+        .input(Input::Disconnect {
             conn_id: ctx.conn_id,
             device,
         })
@@ -210,9 +209,7 @@ async fn read_frames(
                     msg,
                     received: std::time::Instant::now(),
                 };
-                if ctx.core_tx.send(input).await.is_err() {
-                    return Err(ConnError::CoreGone);
-                }
+                ctx.core.input(input).await?;
             }
             Ok(None) => return Ok(()),
             // `Closed` here is a stream that ended mid-frame (a truncated frame).

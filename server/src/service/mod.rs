@@ -2,25 +2,29 @@
 //!
 //! Tasks:
 //! - one accept loop;
-//! - per connection, a reader (handshake, `Hello` + uploads, then frames into the core
-//!   queue) and an [`outbox`]: frames go straight into the QUIC stream when nothing of the
-//!   connection waits, else to its writer task through a bounded queue;
-//! - one core actor that owns the [`DatacenterCore`] and the store: it takes inputs in
-//!   batches, and for each batch persists first, then sends (see the core's contract).
+//! - per connection, a reader (handshake, `Hello` + uploads, then frames): it hands each
+//!   input to the core itself, under the core's lock ([`gate`]), and the effects leave
+//!   before the lock is let go: persist first, then send (see the core's contract);
+//! - per connection, an [`outbox`]: frames go straight into the QUIC stream when nothing of
+//!   the connection waits, else to its writer task through a bounded queue;
+//! - the datacenter's own loop (`actor`): timers, store flush, status, admin, stop.
 //!
-//! Invariants: every queue is bounded (core input queue, per-connection output queue); a
+//! Invariants: every queue is bounded (per-connection output queue; in front of the core a
+//! reader waits for the lock, nothing queues); a
 //! connection whose output queue is full is a slow consumer and is closed, never buffered
 //! without bound; the device id comes only from the verified `Hello` credential; a second
 //! connection of the same device replaces the first.
 //!
 //! The rooms: this file (configuration, start and stop), `accept` (admission), `conn` (one
-//! connection), `outbox` (its way out), `actor` (the core actor and its loop); counters and
+//! connection), `gate` (the way into the core), `outbox` (its way out), `actor` (the core's
+//! state and the datacenter's loop); counters and
 //! the status snapshot are in [`crate::status`].
 
 mod accept;
 mod actor;
 mod conn;
 mod drain;
+mod gate;
 mod handshake_queue;
 mod outbox;
 
@@ -83,9 +87,6 @@ pub struct ServerConfig {
     pub max_upload_frames: usize,
     /// Messages queued for one connection before it counts as a slow consumer and is closed.
     pub conn_queue: usize,
-    /// Inputs (frames, connects, disconnects) queued for the core actor; a full queue makes
-    /// the connection tasks wait (backpressure), it never grows.
-    pub core_queue: usize,
     /// Most sessions (active and tombstoned) the core holds at once.
     pub max_sessions: usize,
     /// Write a JSON status snapshot here every 500 ms.
@@ -172,7 +173,6 @@ impl ServerConfig {
             max_connections: 50_000,
             max_upload_frames: 16,
             conn_queue: 1024,
-            core_queue: 65_536,
             max_sessions: 1_000_000,
             stats_file: None,
             metrics_listen: None,
@@ -301,7 +301,6 @@ impl Server {
         };
         let metrics_addr = start_http(cfg.metrics_listen, status_rx, admin).await;
 
-        let (core_tx, core_rx) = mpsc::channel(cfg.core_queue);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let actor = Actor {
             core,
@@ -312,8 +311,6 @@ impl Server {
             batches_written: 0,
             applied_seen: 0,
             counters: counters.clone(),
-            stats_file: cfg.stats_file.clone(),
-            status_tx,
             listen: local_addr,
             limit_hits: Arc::new(LimitCounters::default()),
             keys,
@@ -324,19 +321,27 @@ impl Server {
             flushing: None,
             shadow: Default::default(),
             draining: None,
+            stopped: false,
+            crashing: false,
         };
         let keyring = actor.keys.clone();
         let keyring_for_handle = keyring.clone();
+        let limit_hits = actor.limit_hits.clone();
+        let out = actor::StatusOut {
+            stats_file: cfg.stats_file.clone(),
+            status_tx,
+        };
+        let gate = Arc::new(gate::CoreGate::new(actor, cfg.clock.clone()));
         let done = tokio::spawn(serve(
             cfg,
             endpoint,
-            actor,
-            core_tx,
-            core_rx,
+            gate,
+            out,
             shutdown_rx,
             admin_rx,
             keyring,
             counters,
+            limit_hits,
         ));
         Ok(Server {
             local_addr,
