@@ -9,6 +9,7 @@
 mod bench;
 mod city;
 mod cluster;
+mod handshake_baseline;
 mod ledger;
 mod network;
 mod report;

@@ -179,6 +179,24 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "backup CPU per device reconnected".into(),
+            match (r.backup_cpu_us_per_device, r.bare_setup_cpu_us_full, r.bare_setup_cpu_us_resumed) {
+                (Some(b), Some(f), Some(res)) => format!(
+                    "{b:.0} us over {:.1} s incl. {} ops served (bare quinn set-up here: full {f:.0} us, resumed {res:.0} us; {:.2}x resumed)",
+                    r.backup_cpu_window_s,
+                    r.backup_cpu_window_ops,
+                    b / res.max(f64::MIN_POSITIVE)
+                ),
+                (Some(b), _, _) => format!("{b:.0} us (no bare baseline)"),
+                _ => "not measured".into(),
+            },
+            match r.backup_cpu_ratio_to_resumed {
+                Some(x) if x <= 2.0 => "target 2x: met",
+                Some(_) => "target 2x: missed",
+                None => "",
+            },
+        ),
+        (
             "shadow restore before the fault: restorable".into(),
             match r.shadow_restorable_before_fault {
                 Some(f) => format!(

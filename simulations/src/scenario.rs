@@ -251,6 +251,10 @@ async fn run_one(
     // Sample the run until the end of traffic.
     let mut samples = Vec::new();
     let mut primary_before_fault: Option<crate::cluster::DcStatus> = None;
+    // The backup's CPU time at the first fault (pid, µs) and when every device was
+    // connected again (µs, devices on the backup).
+    let mut backup_cpu_at_fault: Option<(u32, u64, u64, u64)> = None;
+    let mut backup_cpu_reconnected: Option<(u64, usize, u64, u64)> = None;
     let mut last_ops = 0u64;
     let mut last_t = shared.now_ms();
     // After the traffic window, keep sampling until every device is connected again to a
@@ -287,6 +291,23 @@ async fn run_one(
             if shared.kill_ms.load(Ordering::Relaxed) == u64::MAX {
                 if let Some(s) = &status[0] {
                     primary_before_fault = Some(s.clone());
+                }
+            } else if backup_cpu_at_fault.is_none() {
+                backup_cpu_at_fault = c.dcs[1].as_ref().and_then(|p| {
+                    let pid = p.pid().as_raw() as u32;
+                    crate::bench::procfs::cpu_us(pid)
+                        .ok()
+                        .map(|cpu| (pid, cpu, ops, now))
+                });
+            } else if backup_cpu_reconnected.is_none() && connected_live() >= devices_total {
+                if let Some((pid, _, _, _)) = backup_cpu_at_fault {
+                    let same = c.dcs[1]
+                        .as_ref()
+                        .is_some_and(|p| p.pid().as_raw() as u32 == pid);
+                    backup_cpu_reconnected = same
+                        .then(|| crate::bench::procfs::cpu_us(pid).ok())
+                        .flatten()
+                        .map(|cpu| (cpu, devices[1], ops, now));
                 }
             }
             status
@@ -346,6 +367,44 @@ async fn run_one(
         backup_handshakes_resumed: backup.as_ref().map_or(0, |s| s.handshakes_resumed),
         ..Default::default()
     };
+    if let (
+        Some((_, at_fault, ops_at_fault, t_fault)),
+        Some((at_end, on_backup, ops_at_end, t_end)),
+    ) = (backup_cpu_at_fault, backup_cpu_reconnected)
+    {
+        report.backup_cpu_window_ops = ops_at_end.saturating_sub(ops_at_fault);
+        report.backup_cpu_window_s = t_end.saturating_sub(t_fault) as f64 / 1000.0;
+        if on_backup > 0 {
+            report.backup_cpu_us_per_device =
+                Some(at_end.saturating_sub(at_fault) as f64 / on_backup as f64);
+        }
+    }
+    if report.backup_cpu_us_per_device.is_some() {
+        eprintln!("   measuring a bare quinn set-up (full and resumed) for comparison");
+        let exe = std::env::current_exe().context("locating the sim executable")?;
+        match crate::handshake_baseline::measure(
+            &exe,
+            &dir,
+            &cluster.region_dir,
+            &cluster.ca_pem,
+            BASELINE_SETUPS,
+        )
+        .await
+        {
+            Ok(b) if b.resumed_offered as usize == b.count => {
+                report.bare_setup_cpu_us_full = Some(b.full_cpu_us);
+                report.bare_setup_cpu_us_resumed = Some(b.resumed_cpu_us);
+                report.backup_cpu_ratio_to_resumed = report
+                    .backup_cpu_us_per_device
+                    .map(|x| x / b.resumed_cpu_us.max(f64::MIN_POSITIVE));
+            }
+            Ok(b) => eprintln!(
+                "bare baseline: only {} of {} resumed set-ups offered a ticket: not reported",
+                b.resumed_offered, b.count
+            ),
+            Err(e) => eprintln!("bare baseline failed: {e:#}"),
+        }
+    }
     if let Some(p) = &primary_before_fault {
         report.shadow_samples_before_fault = p.core.shadow_samples;
         report.shadow_restorable_before_fault = (p.core.shadow_samples > 0)
@@ -404,6 +463,9 @@ async fn pace_start(i: usize, per_s: usize, city: &City, started: usize) {
         }
     }
 }
+
+/// Bare quinn set-ups of each kind (full, resumed) for the CPU baseline.
+const BASELINE_SETUPS: usize = 400;
 
 /// Most devices started and not yet connected while the city starts (see [`pace_start`]).
 const MAX_CONNECTING: usize = 500;

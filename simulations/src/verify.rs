@@ -93,6 +93,22 @@ pub struct Report {
     /// status: full ones and ones that resumed a TLS session with a region ticket.
     pub backup_handshakes_full: u64,
     pub backup_handshakes_resumed: u64,
+    /// The backup's CPU time (user + system, from `/proc`) from the first fault until every
+    /// device was connected again, per device then connected to it; it includes the ops it
+    /// served meanwhile (`None`: not every device came back within the run, or no fault).
+    pub backup_cpu_us_per_device: Option<f64>,
+    /// That window: its length (s) and the ops committed in it (all at the backup), so the
+    /// share of the figure that is serving rather than restoring can be judged.
+    pub backup_cpu_window_s: f64,
+    pub backup_cpu_window_ops: u64,
+    /// A bare quinn connection set-up (handshake and one round trip) measured after the run
+    /// on this machine, full and resumed: the server's CPU time each, µs (see
+    /// `handshake_baseline`; `None`: not measured).
+    pub bare_setup_cpu_us_full: Option<f64>,
+    pub bare_setup_cpu_us_resumed: Option<f64>,
+    /// `backup_cpu_us_per_device` over `bare_setup_cpu_us_resumed` (issue 13's target: at
+    /// most 2).
+    pub backup_cpu_ratio_to_resumed: Option<f64>,
     pub digest_bytes_p50: u64,
     pub digest_bytes_max: u64,
     /// The primary's shadow restore up to its last status before the first fault: samples

@@ -91,6 +91,20 @@ fn small_failover_run_passes_and_reports_every_field() {
     );
     assert_eq!(v["shadow_restorable_before_fault"], 1.0);
     assert_eq!(v["shadow_copies_behind_before_fault"], 0);
+    // The backup's CPU per reconnected device and the bare quinn baseline beside it
+    // (issue 13): measured from /proc, so present and positive.
+    for field in [
+        "backup_cpu_us_per_device",
+        "bare_setup_cpu_us_full",
+        "bare_setup_cpu_us_resumed",
+        "backup_cpu_ratio_to_resumed",
+    ] {
+        assert!(
+            v[field].as_f64().is_some_and(|x| x > 0.0),
+            "{field}: {}",
+            v[field]
+        );
+    }
     assert!(report_dir.join("report.md").exists());
     assert!(report_dir.join("failover-stall.svg").exists());
 }
