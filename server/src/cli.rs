@@ -179,6 +179,12 @@ struct ServeArgs {
     /// request at net.core.rmem_max / wmem_max (a warning says so).
     #[arg(long)]
     udp_buffer_bytes: Option<usize>,
+    /// QUIC endpoints serving the listen port (default 1; at most 64). More than one shares
+    /// the port between as many UDP sockets (SO_REUSEPORT), so that handshakes and packets
+    /// spread over several cores; a device whose address changes mid-connection may then
+    /// have to reconnect (see BENCHMARKS.md).
+    #[arg(long)]
+    endpoints: Option<usize>,
     /// Most simultaneous device connections.
     #[arg(long)]
     max_connections: Option<usize>,

@@ -83,6 +83,8 @@ pub struct ServeSettings {
     pub handshake_queue_wait_ms: u64,
     /// UDP receive and send buffer to ask the kernel for (bytes; 0: system default).
     pub udp_buffer_bytes: usize,
+    /// QUIC endpoints sharing the listen port (`SO_REUSEPORT`; 1 to 64).
+    pub endpoints: usize,
     /// Most simultaneous device connections.
     pub max_connections: usize,
     /// Most sessions (active and tombstoned) held.
@@ -164,6 +166,7 @@ impl Default for ServeSettings {
             handshake_queue: c.handshake_queue,
             handshake_queue_wait_ms: c.handshake_queue_wait.as_millis() as u64,
             udp_buffer_bytes: c.udp_buffer_bytes,
+            endpoints: c.endpoints,
             max_connections: c.max_connections,
             max_sessions: c.max_sessions,
             conn_queue: c.conn_queue,
@@ -260,6 +263,11 @@ impl ServeSettings {
         );
         anyhow::ensure!(self.dc > 0, "dc must be 1 or more");
         anyhow::ensure!(
+            (1..=crate::service::MAX_ENDPOINTS).contains(&self.endpoints),
+            "endpoints must be between 1 and {}",
+            crate::service::MAX_ENDPOINTS
+        );
+        anyhow::ensure!(
             self.drain_rate > 0,
             "drain_rate must be 1 or more devices a second"
         );
@@ -303,6 +311,7 @@ impl ServeSettings {
         cfg.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
         cfg.cache_bytes = self.cache_bytes;
         cfg.udp_buffer_bytes = self.udp_buffer_bytes;
+        cfg.endpoints = self.endpoints;
         cfg.max_handshakes = self.max_handshakes;
         cfg.handshake_queue = self.handshake_queue;
         cfg.handshake_queue_wait = Duration::from_millis(self.handshake_queue_wait_ms);

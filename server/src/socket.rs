@@ -28,7 +28,22 @@ pub struct BoundSocket {
 /// Bind a UDP socket on `addr` asking for `buffer_bytes` of receive and send buffer
 /// (0: leave the system defaults). An unspecified IPv6 address is made dual-stack.
 pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<BoundSocket> {
+    bind_udp_shared(addr, buffer_bytes, false)
+}
+
+/// [`bind_udp`], with `SO_REUSEPORT` if `reuse_port`: several sockets of this process then
+/// share one port, and the kernel spreads the incoming datagrams over them by a hash of the
+/// source and destination (one device's datagrams keep reaching the same socket while its
+/// address stays the same).
+pub fn bind_udp_shared(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+    reuse_port: bool,
+) -> std::io::Result<BoundSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // Best effort: some systems do not allow dual-stack sockets.
         let _ = socket.set_only_v6(false);
@@ -57,5 +72,17 @@ mod tests {
         assert!(big.recv_buffer_bytes >= default.recv_buffer_bytes);
         assert!(big.send_buffer_bytes >= default.send_buffer_bytes);
         assert!(big.socket.local_addr().unwrap().port() != 0);
+    }
+
+    #[test]
+    fn shared_sockets_bind_one_port_and_a_plain_socket_cannot_join_them() {
+        let first = bind_udp_shared("127.0.0.1:0".parse().unwrap(), 0, true).unwrap();
+        let addr = first.socket.local_addr().unwrap();
+        let second = bind_udp_shared(addr, 0, true).unwrap();
+        assert_eq!(second.socket.local_addr().unwrap(), addr);
+        assert!(
+            bind_udp(addr, 0).is_err(),
+            "a socket without SO_REUSEPORT took the port"
+        );
     }
 }

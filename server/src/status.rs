@@ -3,7 +3,7 @@
 //!
 //! Invariants: the driver's counters (`refused_connections` to `store_errors`) and the limit
 //! hits only grow, from zero at process start (they are not stored); the snapshot is built
-//! by the core actor alone (every 500 ms), so its readers never touch the core.
+//! under the core's lock (every 500 ms), so its readers never touch the core.
 
 use crate::keyring_watch::KeyringStatus;
 use lifeboat_common::datacenter::DcStats;
@@ -21,6 +21,8 @@ pub(crate) struct DriverCounters {
     pub(crate) store_errors: AtomicU64,
     /// QUIC handshakes completed (full or resumed).
     pub(crate) handshakes: AtomicU64,
+    /// The same per QUIC endpoint (set once, when the endpoints are bound).
+    pub(crate) handshakes_per_endpoint: std::sync::OnceLock<Vec<AtomicU64>>,
     /// Devices told to move by a drain (a planned failover).
     pub(crate) drained: AtomicU64,
     /// The region-wide session tickets (issued, resumed, refused).
@@ -60,6 +62,8 @@ pub struct Status {
     pub handshakes: u64,
     /// ... of which resumed a TLS session with a region ticket (no certificate signature).
     pub handshakes_resumed: u64,
+    /// Handshakes completed per QUIC endpoint (one entry unless `endpoints` is above 1).
+    pub handshakes_per_endpoint: Vec<u64>,
     /// Session tickets issued to devices.
     pub tickets_issued: u64,
     /// Tickets offered that did not open (another region, a retired key): full handshakes.

@@ -66,15 +66,17 @@ impl Turn {
     }
 }
 
-/// Accept connections until the endpoint closes, each admitted one in a task of its own.
+/// Accept connections on every endpoint until it closes, each admitted one in a task of its
+/// own; the endpoints share the admission bounds (connections, per address, handshakes in
+/// progress and the queue), so several endpoints admit no more than one would.
 pub(super) fn spawn_accept(
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     cfg: ServerConfig,
     core: Arc<super::gate::CoreGate>,
     keyring: Arc<KeyringWatch>,
     counters: Arc<DriverCounters>,
     limit_hits: Arc<LimitCounters>,
-) -> tokio::task::JoinHandle<()> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let next_conn = Arc::new(AtomicU64::new(1));
     let per_addr = AddressLimiter::new(&cfg.limits);
     let queue = HandshakeQueue::new(QueueBounds {
@@ -86,8 +88,25 @@ pub(super) fn spawn_accept(
     } else {
         cfg.max_handshakes
     }));
-    {
-        tokio::spawn(async move {
+    let _ = counters
+        .handshakes_per_endpoint
+        .set((0..endpoints.len()).map(|_| AtomicU64::new(0)).collect());
+    let mut loops = Vec::with_capacity(endpoints.len());
+    for (index, endpoint) in endpoints.into_iter().enumerate() {
+        let (next_conn, per_addr, queue, handshakes) = (
+            next_conn.clone(),
+            per_addr.clone(),
+            queue.clone(),
+            handshakes.clone(),
+        );
+        let (cfg, core, keyring, counters, limit_hits) = (
+            cfg.clone(),
+            core.clone(),
+            keyring.clone(),
+            counters.clone(),
+            limit_hits.clone(),
+        );
+        loops.push(tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 if counters.connections.load(Ordering::Relaxed) >= cfg.max_connections {
                     counters.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +135,7 @@ pub(super) fn spawn_accept(
                 let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
                 let ctx = ConnCtx {
                     conn_id,
+                    endpoint: index,
                     core: core.clone(),
                     keyring: keyring.clone(),
                     counters: counters.clone(),
@@ -143,6 +163,7 @@ pub(super) fn spawn_accept(
                     ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }
-        })
+        }));
     }
+    loops
 }

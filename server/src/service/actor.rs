@@ -110,7 +110,7 @@ impl StatusOut {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     cfg: ServerConfig,
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     gate: Arc<CoreGate>,
     out: StatusOut,
     mut shutdown_rx: oneshot::Receiver<Stop>,
@@ -120,7 +120,7 @@ pub(super) async fn serve(
     limit_hits: Arc<LimitCounters>,
 ) {
     let accept = spawn_accept(
-        endpoint.clone(),
+        endpoints.clone(),
         cfg.clone(),
         gate.clone(),
         keyring.clone(),
@@ -200,16 +200,18 @@ pub(super) async fn serve(
         }
     }
     tracing::info!(dc = %cfg.dc, "shutting down");
-    accept.abort();
+    for a in &accept {
+        a.abort();
+    }
     if let Some(p) = keyring_poll {
         p.abort();
     }
-    shut_down(&gate, &endpoint, &out).await;
+    shut_down(&gate, &endpoints, &out).await;
 }
 
 /// Stop: every device is told (`ShuttingDown`), the endpoint closes, the store is flushed
 /// and the last status written; the readers' inputs are refused from here on.
-async fn shut_down(gate: &CoreGate, endpoint: &quinn::Endpoint, out: &StatusOut) {
+async fn shut_down(gate: &CoreGate, endpoints: &[quinn::Endpoint], out: &StatusOut) {
     let flushing = match gate.lock().await {
         Ok(mut actor) => {
             actor.stopped = true;
@@ -225,7 +227,9 @@ async fn shut_down(gate: &CoreGate, endpoint: &quinn::Endpoint, out: &StatusOut)
             None
         }
     };
-    endpoint.close(0u32.into(), b"shutdown");
+    for endpoint in endpoints {
+        endpoint.close(0u32.into(), b"shutdown");
+    }
     if let Some(flushing) = flushing {
         let _ = flushing.await;
     }
@@ -241,10 +245,12 @@ async fn shut_down(gate: &CoreGate, endpoint: &quinn::Endpoint, out: &StatusOut)
     // The close frames went out with `close`; this only waits for their retransmits.
     // A connection to a device that vanished would otherwise be held for the whole
     // idle timeout (60 s): a stop is bounded instead.
-    if tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle())
-        .await
-        .is_err()
-    {
+    let idle = async {
+        for endpoint in endpoints {
+            endpoint.wait_idle().await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_DRAIN, idle).await.is_err() {
         tracing::info!("stopping with connections still draining");
     }
 }
@@ -573,6 +579,11 @@ impl Actor {
             store_errors: c.store_errors.load(Ordering::Relaxed),
             handshakes: c.handshakes.load(Ordering::Relaxed),
             handshakes_resumed: c.tickets.resumed.load(Ordering::Relaxed),
+            handshakes_per_endpoint: c
+                .handshakes_per_endpoint
+                .get()
+                .map(|v| v.iter().map(|n| n.load(Ordering::Relaxed)).collect())
+                .unwrap_or_default(),
             tickets_issued: c.tickets.issued.load(Ordering::Relaxed),
             tickets_refused: c.tickets.refused.load(Ordering::Relaxed),
             drained_devices: c.drained.load(Ordering::Relaxed),

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 pub(super) struct ConnCtx {
     pub(super) conn_id: u64,
+    /// Which of the datacenter's QUIC endpoints accepted it.
+    pub(super) endpoint: usize,
     pub(super) core: Arc<super::gate::CoreGate>,
     pub(super) keyring: Arc<KeyringWatch>,
     pub(super) counters: Arc<DriverCounters>,
@@ -80,6 +82,14 @@ pub(super) async fn handle_conn(
     // The crypto is done: the next device may start its handshake.
     drop(handshake);
     ctx.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+    if let Some(n) = ctx
+        .counters
+        .handshakes_per_endpoint
+        .get()
+        .and_then(|v| v.get(ctx.endpoint))
+    {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
     let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
         .await
         .map_err(timed_out)??;

@@ -57,6 +57,9 @@ type Core = DatacenterCore<Trip>;
 
 type Msg = ServerMsg<Trip>;
 
+/// Most QUIC endpoints one datacenter process serves (see [`ServerConfig::endpoints`]).
+pub const MAX_ENDPOINTS: usize = 64;
+
 /// Everything a datacenter needs to run.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -128,6 +131,14 @@ pub struct ServerConfig {
     /// UDP receive and send buffer to ask the kernel for (0: system default); see
     /// [`crate::socket`] for why a datacenter needs a large one.
     pub udp_buffer_bytes: usize,
+    /// QUIC endpoints serving `listen` (1 to [`MAX_ENDPOINTS`]; 0 counts as 1). More than
+    /// one: as many UDP sockets share the port with `SO_REUSEPORT` and the kernel spreads the
+    /// devices over them, so that handshakes and packets are processed on several cores
+    /// (one quinn endpoint does a handshake's first flight under its own lock). A device
+    /// whose address changes mid-connection (NAT rebinding) may land on another endpoint,
+    /// which does not know its connection: it reconnects (a stall, never data). Ignored when
+    /// `endpoint` is given.
+    pub endpoints: usize,
     /// What to do with a store that cannot be opened or read (see [`crate::store`]).
     pub unreadable_store: UnreadableStore,
     /// Wall-clock time for grace periods, rate limits and expiries: the system clock, unless
@@ -186,6 +197,7 @@ impl ServerConfig {
             keyring_poll: Some(Duration::from_secs(1)),
             endpoint: None,
             udp_buffer_bytes: 4 << 20,
+            endpoints: 1,
             max_handshakes: 256,
             handshake_queue: 8_192,
             handshake_queue_wait: Duration::from_millis(1_500),
@@ -278,11 +290,13 @@ impl Server {
             region.keyring.clone(),
         );
         let ticketer = RegionTicketer::new(keys.clone(), counters.tickets.clone());
-        let endpoint = bind_endpoint(&cfg, &region, ticketer)?;
-        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let endpoints = bind_endpoints(&cfg, &region, ticketer)?;
+        let local_addr = endpoints[0]
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
 
         let (status_tx, status_rx) = tokio::sync::watch::channel(None);
         let (admin_tx, admin_rx) = mpsc::channel(crate::admin::ADMIN_QUEUE);
@@ -334,7 +348,7 @@ impl Server {
         let gate = Arc::new(gate::CoreGate::new(actor, cfg.clock.clone()));
         let done = tokio::spawn(serve(
             cfg,
-            endpoint,
+            endpoints,
             gate,
             out,
             shutdown_rx,
@@ -439,13 +453,15 @@ fn tls_config(
 /// bookkeeping, about 40 bytes; a one-byte probe fits several times).
 const PROBE_RECEIVE_BUFFER: usize = 128;
 
-/// The QUIC endpoint: the one given (simulation, fault injection) or a UDP socket bound to
-/// `cfg.listen` with the asked-for buffers, serving the region's certificate.
-fn bind_endpoint(
+/// The QUIC endpoints: the one given (simulation, fault injection), or `cfg.endpoints` UDP
+/// sockets bound to `cfg.listen` (one port, shared with `SO_REUSEPORT` when more than one)
+/// with the asked-for buffers, each serving the region's certificate with the same
+/// configuration (one ticket key, so a ticket from one resumes at any other).
+fn bind_endpoints(
     cfg: &ServerConfig,
     region: &Region,
     ticketer: RegionTicketer,
-) -> Result<quinn::Endpoint, ServerError> {
+) -> Result<Vec<quinn::Endpoint>, ServerError> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
@@ -474,18 +490,23 @@ fn bind_endpoint(
         .incoming_buffer_size_total(
             handshake_queue::INCOMING_BUFFER_BYTES.saturating_mul(max_incoming as u64),
         );
-    let endpoint = match &cfg.endpoint {
-        Some(endpoint) => {
-            endpoint.set_server_config(Some(server_cfg));
-            endpoint.clone()
-        }
-        None => {
+    if let Some(endpoint) = &cfg.endpoint {
+        endpoint.set_server_config(Some(server_cfg));
+        return Ok(vec![endpoint.clone()]);
+    }
+    let n = cfg.endpoints.clamp(1, MAX_ENDPOINTS);
+    let mut addr = cfg.listen;
+    let mut endpoints = Vec::with_capacity(n);
+    for _ in 0..n {
+        let endpoint = {
             let bind_err = |source| ServerError::Bind {
                 addr: cfg.listen,
                 source,
             };
-            let bound =
-                crate::socket::bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(bind_err)?;
+            let bound = crate::socket::bind_udp_shared(addr, cfg.udp_buffer_bytes, n > 1)
+                .map_err(bind_err)?;
+            // Port 0 asked for a free port: the others share the one the first was given.
+            addr = bound.socket.local_addr().map_err(bind_err)?;
             if bound.recv_buffer_bytes < cfg.udp_buffer_bytes {
                 tracing::warn!(
                     asked = cfg.udp_buffer_bytes,
@@ -496,14 +517,18 @@ fn bind_endpoint(
             }
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
-                Some(server_cfg),
+                Some(server_cfg.clone()),
                 bound.socket,
                 Arc::new(quinn::TokioRuntime),
             )
             .map_err(bind_err)?
-        }
-    };
-    Ok(endpoint)
+        };
+        endpoints.push(endpoint);
+    }
+    if n > 1 {
+        tracing::info!(endpoints = n, %addr, "serving on several QUIC endpoints sharing one port (SO_REUSEPORT)");
+    }
+    Ok(endpoints)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` at `metrics_listen` if asked; a bind failure
@@ -530,6 +555,7 @@ fn limits_json(cfg: &ServerConfig) -> serde_json::Value {
     serde_json::json!({
         "max_connections": cfg.max_connections,
         "max_handshakes": cfg.max_handshakes,
+        "endpoints": cfg.endpoints.clamp(1, MAX_ENDPOINTS),
         "handshake_queue": cfg.handshake_queue,
         "handshake_queue_wait_ms": cfg.handshake_queue_wait.as_millis() as u64,
         "max_sessions": cfg.max_sessions,
