@@ -13,7 +13,7 @@
 //!   the keyring in use: the datacenter keeps serving with the keys it has, counts the
 //!   failure and says why in the log and the status JSON;
 //! - connection tasks verify credentials with the newest keyring ([`KeyringWatch::current`]);
-//!   the core actor swaps its copy on its next tick (within 100 ms), so new seals use the
+//!   the datacenter loop swaps the core's copy on its next tick (within 100 ms), so new seals use the
 //!   new active key from then on while older keys still open digests.
 
 use lifeboat_common::keyring::{KeyId, Keyring, KeyringError};

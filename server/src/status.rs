@@ -76,10 +76,10 @@ pub struct Status {
     pub limits: std::collections::BTreeMap<&'static str, u64>,
     /// The keyring in use, its reloads and the active sessions per sealing key.
     pub keyring: KeyringStatus,
-    /// Op latency at this datacenter: from the frame read to the reply queued, after the
-    /// batch's persist and flush.
+    /// Op latency at this datacenter: from the frame read (any wait for the core's lock
+    /// included) to the reply queued, after the store write.
     pub op_latency: crate::latency::Histogram,
-    /// Store persist-and-flush time per batch of changes.
+    /// Time of each background store flush (every 100 ms while something was written).
     pub store_flush_latency: crate::latency::Histogram,
     /// The shadow restore: whether the devices' copies would restore the sampled sessions.
     pub shadow: crate::shadow::ShadowStatus,

@@ -140,20 +140,20 @@ pub(super) async fn serve(
             biased;
             how = &mut shutdown_rx, if !stopping => {
                 stopping = true;
-                let now = gate.now_ms();
                 let to = match how {
                     Ok(Stop::Drain { to }) => to.or(cfg.drain_to),
                     Ok(Stop::Now) | Err(_) => break,
                 };
                 let Ok(mut actor) = gate.lock().await else { break };
+                let now = gate.now_ms();
                 if !actor.start_drain(&cfg.drain, to, now) {
                     break;
                 }
             }
             _ = tick.tick() => {
-                let now = gate.now_ms();
-                let (finished, crash) = {
+                let (now, finished, crash) = {
                     let Ok(mut actor) = gate.lock().await else { break };
+                    let now = gate.now_ms();
                     if let Some(k) = keyring.changed_since(&mut keyring_seen) {
                         actor.new_keyring(&k);
                     }
@@ -163,7 +163,7 @@ pub(super) async fn serve(
                     }
                     actor.drain_wave(now);
                     let crash = actor.flush_effects();
-                    (actor.take_finished_flush(), crash)
+                    (now, actor.take_finished_flush(), crash)
                 };
                 if let Some(crash) = crash {
                     crash.fire().await;
@@ -191,9 +191,8 @@ pub(super) async fn serve(
                 actor.admin(req);
             }
             _ = gate.drain_over.notified() => {
-                let now = gate.now_ms();
                 let Ok(actor) = gate.lock().await else { break };
-                if actor.drain_over(now) {
+                if actor.drain_over(gate.now_ms()) {
                     break;
                 }
             }
@@ -265,11 +264,12 @@ pub(super) struct Actor {
     pub(super) listen: SocketAddr,
     pub(super) limit_hits: Arc<LimitCounters>,
     pub(super) keys: Arc<KeyringWatch>,
-    /// When each op of the batch being handled was read (cleared as it is answered).
+    /// When each op of the input being handled was read (cleared as it is answered).
     pub(super) ops_in_batch: Vec<std::time::Instant>,
-    /// Op latency: frame read to reply queued, after the batch's write.
+    /// Op latency: frame read (any wait for the core's lock included) to reply queued, after
+    /// the store write.
     pub(super) op_latency: crate::latency::Histogram,
-    /// Store background flush time (see [`Actor::background_flush`]).
+    /// Store background flush time (see [`Actor::take_finished_flush`]).
     pub(super) flush_latency: crate::latency::Histogram,
     /// Something was written since the last background flush started.
     pub(super) unflushed: bool,
@@ -290,7 +290,7 @@ pub(super) struct Actor {
 }
 
 impl Actor {
-    /// The ops of the batch just flushed are answered (their replies are queued): record
+    /// The ops of the input just handled are answered (their replies are queued): record
     /// each one's latency, from the frame read to now.
     pub(super) fn ops_answered(&mut self) {
         let now = std::time::Instant::now();

@@ -13,6 +13,8 @@
 //! - nothing waits while holding the lock (no `.await` inside a turn: every turn in this
 //!   crate is a plain block that ends before the next `.await`), so a waiter waits at most
 //!   one input's handling per reader ahead of it;
+//! - the time an input is handled at is read under the lock, so the core's `now` never goes
+//!   back from one input to the next (a reader may wait for the lock);
 //! - inputs of one connection reach the core in the order its reader read them (the reader
 //!   is their only caller and waits for each), and each is answered before the next frame
 //!   is read: the per-connection in-flight bound is never reached by ops the core answers
@@ -77,8 +79,9 @@ impl CoreGate {
     /// leave. Refused once the stop began.
     pub(super) async fn input(&self, input: Input) -> Result<(), CoreGone> {
         let crash = {
-            let now = self.now_ms();
             let mut actor = self.lock().await?;
+            // Read under the lock, so the core sees time in the order it takes inputs.
+            let now = self.now_ms();
             if actor.stopped {
                 return Err(CoreGone);
             }

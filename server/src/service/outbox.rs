@@ -1,5 +1,5 @@
 //! One connection's way out: frames are written straight into the QUIC stream by whoever
-//! sends them (the core actor, or the connection's reader for its own refusals) when nothing
+//! sends them (the core's turn of any reader, or a reader for its own refusals) when nothing
 //! of this connection waits, and handed to the connection's writer task otherwise.
 //!
 //! A direct write saves a task hop per frame (the actor's answer no longer wakes a writer
