@@ -59,7 +59,9 @@ const FAR: GeoPoint = GeoPoint {
 const RIDER: DeviceId = DeviceId(1);
 const DRIVER: DeviceId = DeviceId(2);
 const DRIVER2: DeviceId = DeviceId(3);
+const RIDER2: DeviceId = DeviceId(4);
 const TRIP: SessionId = SessionId(1_002);
+const TRIP2: SessionId = SessionId(1_004);
 
 /// Two datacenters, the phones, and a network that can lose replies, cut one direction of a
 /// link, and freeze a datacenter.
@@ -93,7 +95,7 @@ impl Region {
                 DatacenterCore::new(cfg, keyring.clone())
             })
             .collect();
-        let edges = [RIDER, DRIVER, DRIVER2]
+        let edges = [RIDER, DRIVER, DRIVER2, RIDER2]
             .into_iter()
             .map(|d| (d, EdgeCore::new(d, EdgeLimits::default())))
             .collect();
@@ -717,6 +719,55 @@ fn seq8_a_driver_whose_hand_over_the_rider_never_persisted_is_told_it_was_remove
     }
     r.heal(DC2, &[RIDER, DRIVER, DRIVER2]);
     r.check_contract(DC2, s, &[RIDER, DRIVER, DRIVER2]);
+}
+
+/// Sequence 9 (the pattern the datacenter logs of a `failover --trips 10000 --seed 7` run
+/// suggested: a driver the primary dispatched just before the kill, dispatched again by the
+/// backup; the core handles it, and those unanswered ops were the harness stopping phones
+/// while their partners' ops were pending). D waits for work at dc1. R requests
+/// there and dc1 dispatches D; R persists the hand-over (committed), but what dc1 sends D is
+/// lost. dc1 dies. D reaches dc2 first, holding nothing of R's trip, and offers itself; R2
+/// requests there and dc2 dispatches D to R2's trip (committed by R2). Then R reaches dc2 with
+/// its trip, which names D too. R2 cancels; the driver is on two trips, and every op of both
+/// must still be answered.
+#[test]
+fn seq9_driver_dispatched_at_the_backup_while_its_earlier_trip_was_away_leaves_no_op_unanswered() {
+    let mut r = Region::new();
+    r.connect(DRIVER, DC1, true);
+    r.connect(RIDER, DC1, false);
+    r.deaf.insert((DRIVER, DC1));
+    r.submit(
+        RIDER,
+        TRIP,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    r.freeze(DC1);
+    r.deaf.clear();
+    r.connect(DRIVER, DC2, true);
+    r.connect(RIDER2, DC2, false);
+    r.submit(
+        RIDER2,
+        TRIP2,
+        TripOp::Request {
+            pickup: Q,
+            dropoff: P,
+        },
+    );
+    r.connect(RIDER, DC2, false);
+    let cancel = r.submit(RIDER2, TRIP2, TripOp::Cancel);
+    r.tick(1_000);
+    let Some(cancel) = cancel else {
+        r.fail("R2 could not queue its cancel".into());
+    };
+    if !r.told.iter().any(|(id, _)| *id == cancel) {
+        r.fail(format!("R2's cancel {cancel} was never answered"));
+    }
+    r.heal(DC2, &[RIDER, DRIVER, RIDER2]);
+    r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
+    r.check_contract(DC2, TRIP2, &[RIDER2, DRIVER]);
 }
 
 /// Control (not one of the seven): the same wiring and checks on a plain failover with no

@@ -7,6 +7,11 @@
 //! pickup, arrives, starts, reports its position every ~1 s for 10-30 updates, and
 //! completes; some riders cancel while they wait.
 //!
+//! The run stops in two steps: at the stop no device starts another op, and every device
+//! stays connected until no device has an op pending (bounded by the op timeout), so an op
+//! that waits for its partner's persisting is judged on the protocol, not on the order in
+//! which the harness shut the phones down.
+//!
 //! Devices are sharded over a few QUIC endpoints and sled databases (group-committed
 //! flushes), so that thousands of devices fit one process; each device still has its own
 //! trees, its own connection and its own flushes before anything is reported committed.
@@ -143,6 +148,8 @@ pub struct Shared {
     pub dc_up: [AtomicBool; 2],
     /// A fault action (kill, restart, split) is under way: `dc_up` is about to change.
     pub in_fault_action: AtomicBool,
+    /// Ops submitted and not yet resolved (committed, refused or timed out), all devices.
+    pub ops_pending: AtomicU64,
 }
 
 impl Shared {
@@ -155,6 +162,7 @@ impl Shared {
             trips_active: AtomicI64::new(0),
             dc_up: [AtomicBool::new(true), AtomicBool::new(true)],
             in_fault_action: AtomicBool::new(false),
+            ops_pending: AtomicU64::new(0),
         })
     }
 
@@ -164,6 +172,33 @@ impl Shared {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// After the stop, wait (at most `bound`) until no device has an op pending. A device
+    /// leaves only then: an op that waits for its partner's persisting (a rider's cancel
+    /// waits for the driver holding the chain) is never left unanswered because the partner
+    /// was shut down first. No op starts after the stop, so the count only falls.
+    async fn settled(&self, bound: Duration) {
+        let until = Instant::now() + bound;
+        while self.ops_pending.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Counts one op as pending in [`Shared::ops_pending`] while it lives.
+struct PendingOp<'a>(&'a Shared);
+
+impl<'a> PendingOp<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.ops_pending.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for PendingOp<'_> {
+    fn drop(&mut self) {
+        self.0.ops_pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -450,6 +485,7 @@ async fn submit(
     kind: OpKind,
     op: TripOp,
 ) -> Outcome {
+    let _pending = PendingOp::new(shared);
     let submitted_ms = shared.now_ms();
     let deadline = tokio::time::Instant::now() + timeout;
     let (id, outcome, refusal) =
@@ -684,7 +720,7 @@ pub async fn driver_task(
             }
         }
     }
-    finish(&dev, live, &log).await
+    finish(&dev, live, &log, &shared, cfg.op_timeout).await
 }
 
 /// A rider: request one trip at its time; maybe cancel while waiting.
@@ -747,10 +783,19 @@ pub async fn rider_task(
         live = l;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    finish(&dev, live, &log).await
+    finish(&dev, live, &log, &shared, cfg.op_timeout).await
 }
 
-async fn finish(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>) -> DeviceLog {
+/// Leave the run: once no device has an op pending (see [`Shared::settled`]; at most an op
+/// timeout and a margin), record what the store holds and stop the client.
+async fn finish(
+    dev: &Arc<Device>,
+    live: Live,
+    log: &Arc<Mutex<DeviceLog>>,
+    shared: &Shared,
+    op_timeout: Duration,
+) -> DeviceLog {
+    shared.settled(op_timeout + Duration::from_secs(5)).await;
     if let Ok(sessions) = live.client.sessions().await {
         if let Ok(mut l) = log.lock() {
             l.held_at_end = sessions

@@ -234,7 +234,6 @@ impl<A: Application> DatacenterCore<A> {
             }
         };
         self.effects.persist.push((session, sealed.clone()));
-        // The creator is the anchor: its persisting the reply commits the create.
         // The creator is the anchor: its persisting the reply commits the create. Nothing is
         // known committed until it says so (the reply may be lost, and the creator may
         // start over elsewhere).
