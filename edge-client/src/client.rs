@@ -292,6 +292,11 @@ pub(crate) struct ClientStats {
     pub(crate) liveness_probes: AtomicU64,
     /// Connections a drained datacenter moved away (planned failovers).
     pub(crate) drained: AtomicU64,
+    /// Of `bytes_up` + `bytes_down`: what each connection had sent and received when its
+    /// handshake completed (the handshakes' share of the mobile bytes).
+    pub(crate) handshake_bytes: AtomicU64,
+    /// QUIC path MTU probes sent (padded packets; quinn's PLPMTUD).
+    pub(crate) mtu_probes: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -310,6 +315,11 @@ pub struct ClientStatsSnapshot {
     pub liveness_probes: u64,
     /// Connections a drained datacenter moved away (planned failovers).
     pub drained: u64,
+    /// Of `bytes_up` + `bytes_down`: what connections had sent and received by the end of
+    /// their handshakes.
+    pub handshake_bytes: u64,
+    /// QUIC path MTU probes sent (padded packets).
+    pub mtu_probes: u64,
 }
 
 type Done = oneshot::Sender<Result<Commit, SubmitError>>;
@@ -413,6 +423,10 @@ fn build_client_config(
         .max_concurrent_uni_streams(0u32.into());
     let idle = quinn::IdleTimeout::try_from(idle_timeout).map_err(TlsSetupError::from)?;
     transport.max_idle_timeout(Some(idle));
+    // No path MTU discovery: every message fits QUIC's 1,200-byte minimum packet or splits
+    // into such packets at no loss (a digest is ~150 bytes), while the discovery's padded
+    // probes (up to 1,452 bytes, several per connection) were most of a phone's bytes.
+    transport.mtu_discovery_config(None);
     // Datagrams carry only the liveness probe, device to datacenter: a few queued at most.
     // quinn sends datagrams only with a receive buffer set; the datacenter sends none, so a
     // tiny one (anything larger would close the connection).
@@ -630,6 +644,8 @@ impl EdgeClient {
             ops_committed: self.stats.ops_committed.load(Ordering::Relaxed),
             liveness_probes: self.stats.liveness_probes.load(Ordering::Relaxed),
             drained: self.stats.drained.load(Ordering::Relaxed),
+            handshake_bytes: self.stats.handshake_bytes.load(Ordering::Relaxed),
+            mtu_probes: self.stats.mtu_probes.load(Ordering::Relaxed),
         }
     }
 
@@ -822,6 +838,11 @@ impl Actor {
             };
             let addr = self.cfg.datacenters[idx];
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
+            let at_handshake = conn.stats();
+            self.stats.handshake_bytes.fetch_add(
+                at_handshake.udp_tx.bytes + at_handshake.udp_rx.bytes,
+                Ordering::Relaxed,
+            );
             let Ended {
                 reason,
                 welcomed,
@@ -842,6 +863,9 @@ impl Actor {
             self.stats
                 .bytes_down
                 .fetch_add(s.udp_rx.bytes, Ordering::Relaxed);
+            self.stats
+                .mtu_probes
+                .fetch_add(s.path.sent_plpmtud_probes, Ordering::Relaxed);
             let timed_out = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
             let close_reason = conn.close_reason().map(|e| e.to_string());
             conn.close(0u32.into(), b"bye");

@@ -113,6 +113,10 @@ pub struct DeviceLog {
     pub assigned_seen: Vec<(SessionId, u64)>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Of `bytes_up` + `bytes_down`: sent and received by the end of each handshake.
+    pub handshake_bytes: u64,
+    /// QUIC path MTU probes the device sent.
+    pub mtu_probes: u64,
     pub reinstalled: bool,
     pub offline: bool,
     /// Sessions held at the end, with their sealed digest size.
@@ -472,6 +476,8 @@ async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>)
     if let Ok(mut l) = log.lock() {
         l.bytes_up += s.bytes_up;
         l.bytes_down += s.bytes_down;
+        l.handshake_bytes += s.handshake_bytes;
+        l.mtu_probes += s.mtu_probes;
         l.drained += s.drained;
     }
 }

@@ -167,7 +167,10 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "mobile bytes per op (QUIC incl.)".into(),
-            format!("{:.0}", r.edge_bytes_per_op),
+            format!(
+                "{:.0} ({:.0} in handshakes; {:.1} MTU probes per device)",
+                r.edge_bytes_per_op, r.edge_handshake_bytes_per_op, r.edge_mtu_probes_per_device
+            ),
             "",
         ),
         (

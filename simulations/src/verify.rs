@@ -89,6 +89,11 @@ pub struct Report {
     pub felt_stall_ms_p99: u64,
     pub restore_sessions_per_s: f64,
     pub edge_bytes_per_op: f64,
+    /// Of `edge_bytes_per_op`: the handshakes (bytes each connection had sent and received
+    /// when its handshake completed; refused attempts are not in either figure).
+    pub edge_handshake_bytes_per_op: f64,
+    /// QUIC path MTU probes the devices sent, per device.
+    pub edge_mtu_probes_per_device: f64,
     /// Handshakes at the datacenter that survived the run (the backup), from its last
     /// status: full ones and ones that resumed a TLS session with a region ticket.
     pub backup_handshakes_full: u64,
@@ -394,11 +399,18 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     }
 
     let bytes: u64 = input.logs.iter().map(|l| l.bytes_up + l.bytes_down).sum();
-    report.edge_bytes_per_op = if report.ops_committed > 0 {
-        bytes as f64 / report.ops_committed as f64
-    } else {
-        0.0
+    let handshake_bytes: u64 = input.logs.iter().map(|l| l.handshake_bytes).sum();
+    let per_op = |b: u64| {
+        if report.ops_committed > 0 {
+            b as f64 / report.ops_committed as f64
+        } else {
+            0.0
+        }
     };
+    report.edge_bytes_per_op = per_op(bytes);
+    report.edge_handshake_bytes_per_op = per_op(handshake_bytes);
+    let probes: u64 = input.logs.iter().map(|l| l.mtu_probes).sum();
+    report.edge_mtu_probes_per_device = probes as f64 / input.logs.len().max(1) as f64;
     let mut sizes = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
         for (_, b) in &log.held_at_end {

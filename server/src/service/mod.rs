@@ -475,7 +475,10 @@ fn bind_endpoints(
         // read. A tiny buffer bounds what a device can park here (older ones are dropped;
         // a larger datagram closes the connection), and none is ever sent.
         .datagram_receive_buffer_size(Some(PROBE_RECEIVE_BUFFER))
-        .datagram_send_buffer_size(0);
+        .datagram_send_buffer_size(0)
+        // No path MTU discovery toward the devices (a phone pays for every probe; the
+        // edge client's transport says why): packets stay at QUIC's 1,200-byte minimum.
+        .mtu_discovery_config(None);
     cfg.limits.apply_transport(&mut transport);
     let mut server_cfg = quinn::ServerConfig::with_crypto(tls_config(region, ticketer)?);
     server_cfg.transport_config(Arc::new(transport));
