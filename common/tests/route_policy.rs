@@ -357,3 +357,40 @@ impl Device {
         }
     }
 }
+
+/// The standby path (issue 13 item 1): the datacenter a standby connection should reach is
+/// the one the device would connect to first if it lost its datacenter now, and after the
+/// loss the planner's next connect is exactly that one, so the standby is the ready path.
+#[test]
+fn the_standby_target_is_where_the_device_goes_first_after_losing_its_datacenter() {
+    for seed in 0..20u64 {
+        let mut p = planner(RouteMemory::default(), seed);
+        let mut board = ProbeBoard::default();
+        let now = 1_000_000;
+        // On the primary, the standby goes to the next in preference order.
+        assert_eq!(p.failover_target(0, &board, now), Some(1), "seed {seed}");
+        // On the second, it goes home (the first), not to the third.
+        assert_eq!(p.failover_target(1, &board, now), Some(0), "seed {seed}");
+        // A datacenter that just failed a probe goes to the back, so the standby skips it.
+        board.record('b', false, now);
+        assert_eq!(p.failover_target(0, &board, now), Some(2), "seed {seed}");
+        // After a loss, the next connect is the standby's datacenter, and peek says so
+        // without taking it.
+        let target = p.failover_target(0, &board, now);
+        p.lost(0, &mut board, now);
+        assert_eq!(p.peek_next(), target, "seed {seed}");
+        assert_eq!(p.peek_next(), target, "seed {seed}: peek took the entry");
+        match p.next(&board, now) {
+            Next::Connect(i) => assert_eq!(Some(i), target, "seed {seed}"),
+            Next::Wait(w) => panic!("seed {seed}: a wait of {w} ms instead of the standby"),
+        }
+    }
+    // A list of one has no standby target.
+    let mut only = Planner::new(CFG, vec!['a'], RouteMemory::default(), 1, 1_000_000);
+    let board = ProbeBoard::default();
+    assert_eq!(only.failover_target(0, &board, 1_000_000), None);
+    // After a full failed round the planner waits: nothing to peek.
+    let mut board = ProbeBoard::default();
+    fail_round(&mut only, &mut board, 1_000_000);
+    assert_eq!(only.peek_next(), None);
+}

@@ -297,6 +297,10 @@ pub(crate) struct ClientStats {
     pub(crate) handshake_bytes: AtomicU64,
     /// QUIC path MTU probes sent (padded packets; quinn's PLPMTUD).
     pub(crate) mtu_probes: AtomicU64,
+    /// Standby connections opened (`EdgeConfig::standby`).
+    pub(crate) standby_opened: AtomicU64,
+    /// Failovers that went over a standby connection (no handshake at the failover).
+    pub(crate) standby_used: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -320,6 +324,10 @@ pub struct ClientStatsSnapshot {
     pub handshake_bytes: u64,
     /// QUIC path MTU probes sent (padded packets).
     pub mtu_probes: u64,
+    /// Standby connections opened (`EdgeConfig::standby`).
+    pub standby_opened: u64,
+    /// Failovers that went over a standby connection (no handshake at the failover).
+    pub standby_used: u64,
 }
 
 type Done = oneshot::Sender<Result<Commit, SubmitError>>;
@@ -513,6 +521,7 @@ impl EdgeClient {
             route,
             stall: StallClock::default(),
             drain_order: None,
+            standby: None,
         };
         let device = actor.cfg.device;
         tokio::spawn(actor.run());
@@ -646,6 +655,8 @@ impl EdgeClient {
             drained: self.stats.drained.load(Ordering::Relaxed),
             handshake_bytes: self.stats.handshake_bytes.load(Ordering::Relaxed),
             mtu_probes: self.stats.mtu_probes.load(Ordering::Relaxed),
+            standby_opened: self.stats.standby_opened.load(Ordering::Relaxed),
+            standby_used: self.stats.standby_used.load(Ordering::Relaxed),
         }
     }
 
@@ -703,7 +714,13 @@ struct Actor {
     /// The datacenter of the connection being served is drained (a planned failover): go
     /// to this address (if it is in our list), keep away from it for this long (ms).
     drain_order: Option<(Option<SocketAddr>, u64)>,
+    /// The standby connection (`EdgeConfig::standby`): which datacenter, and the connection
+    /// (handshake done, no stream opened).
+    standby: Option<(usize, quinn::Connection)>,
 }
+
+/// How often a connected client checks its standby connection (opens, replaces or drops it).
+const STANDBY_CHECK: Duration = Duration::from_secs(2);
 
 enum Step {
     Continue,
@@ -895,6 +912,16 @@ impl Actor {
                 None => self.probe_board.with(|b| self.route.lost(idx, b, now)),
             }
             self.save_route();
+            // A standby connection to where the route goes next is the ready path.
+            if let Some((j, standby)) = self.standby.take() {
+                if standby.close_reason().is_none() && self.route.peek_next() == Some(j) {
+                    let _ = self.probe_board.with(|b| self.route.next(b, now));
+                    self.stats.standby_used.fetch_add(1, Ordering::Relaxed);
+                    ready = Some((j, standby));
+                } else {
+                    standby.close(0u32.into(), b"standby not needed");
+                }
+            }
             // The transport's own reason, when it has one, says more than the stream's.
             let reason = match &close_reason {
                 Some(why) if !reason.contains(why.as_str()) => format!("{reason} ({why})"),
@@ -912,7 +939,69 @@ impl Actor {
             };
             self.stall.lost(now, idle_ms);
         }
+        self.drop_standby();
         self.stopped = true;
+    }
+
+    fn drop_standby(&mut self) {
+        if let Some((_, c)) = self.standby.take() {
+            c.close(0u32.into(), b"standby not needed");
+        }
+    }
+
+    /// Whether the device should hold a standby path: it takes part in a live session or
+    /// has an op queued (a create included), so a failover would stall someone.
+    fn wants_standby(&self) -> bool {
+        self.cfg.standby
+            && (self.core.outbox_len() > 0
+                || self
+                    .core
+                    .sessions()
+                    .any(|(_, h)| !h.digest.header.tombstone))
+    }
+
+    /// Check the standby connection while connected to `idx`: drop it if it is not wanted,
+    /// dead, or to the wrong datacenter; otherwise start opening one if there is none (the
+    /// returned task gives it).
+    fn tend_standby(
+        &mut self,
+        idx: usize,
+    ) -> Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> {
+        let now = self.now_ms();
+        let target = self
+            .probe_board
+            .with(|b| self.route.failover_target(idx, b, now));
+        let keep = match (&self.standby, target) {
+            (Some((j, c)), Some(t)) => *j == t && c.close_reason().is_none(),
+            _ => false,
+        };
+        if !keep || !self.wants_standby() {
+            self.drop_standby();
+        }
+        if self.standby.is_some() || !self.wants_standby() {
+            return None;
+        }
+        let t = target?;
+        let addr = self.cfg.datacenters[t];
+        let window = self.route.probe_window_ms();
+        if self
+            .probe_board
+            .with(|b| b.recently_failed(addr, now, window))
+        {
+            return None;
+        }
+        let endpoint = self.endpoint.clone();
+        let client_cfg = (*self.client_cfg).clone();
+        let name = self.cfg.server_name.clone();
+        let timeout = self.cfg.connect_timeout;
+        self.stats.standby_opened.fetch_add(1, Ordering::Relaxed);
+        Some(tokio::spawn(async move {
+            let connecting = endpoint.connect_with(client_cfg, addr, &name).ok()?;
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => Some((t, conn)),
+                _ => None,
+            }
+        }))
     }
 
     /// One step of the route policy before a connection: connect where it says, or wait.
@@ -1156,6 +1245,9 @@ impl Actor {
         let probe_timer = tokio::time::sleep(first_wait);
         tokio::pin!(probe_timer);
         let mut probe: Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> = None;
+        let standby_timer = tokio::time::sleep(STANDBY_CHECK);
+        tokio::pin!(standby_timer);
+        let mut standby: Option<tokio::task::JoinHandle<Option<(usize, quinn::Connection)>>> = None;
         let mut moved = None;
         let welcome_deadline = tokio::time::sleep(self.cfg.connect_timeout * 2);
         tokio::pin!(welcome_deadline);
@@ -1193,6 +1285,22 @@ impl Actor {
                     probe = Some(self.spawn_probe(idx));
                     Step::Continue
                 }
+                _ = &mut standby_timer, if welcomed && self.cfg.standby && standby.is_none() => {
+                    standby_timer.as_mut().reset(Instant::now() + STANDBY_CHECK);
+                    standby = self.tend_standby(idx);
+                    Step::Continue
+                }
+                r = join_probe(&mut standby), if standby.is_some() => {
+                    standby = None;
+                    if let Some((j, c)) = r {
+                        if self.wants_standby() {
+                            self.standby = Some((j, c));
+                        } else {
+                            c.close(0u32.into(), b"standby not needed");
+                        }
+                    }
+                    Step::Continue
+                }
                 r = join_probe(&mut probe), if probe.is_some() => {
                     probe = None;
                     match r {
@@ -1217,6 +1325,9 @@ impl Actor {
         reader.abort();
         if let Some(p) = probe {
             p.abort();
+        }
+        if let Some(t) = standby {
+            t.abort();
         }
         Ended {
             reason,

@@ -71,6 +71,13 @@ pub struct EdgeConfig {
     /// S13; docs/PROTOCOL.md). Failed probes back off
     /// exponentially up to [`EdgeConfig::HOME_PROBE_MAX`].
     pub home_probe: Option<Duration>,
+    /// While the device takes part in a live session (or has an op queued), hold a standby
+    /// connection to the datacenter it would fail over to: a QUIC connection, handshake done,
+    /// that says nothing until it is needed (kept up by the keep-alive). A failover then skips
+    /// the handshake and the reconnect storm's queue: one `Hello` on a ready path. Dropped
+    /// when the device has no live session. Costs a connection at that datacenter and its
+    /// keep-alives (see BENCHMARKS.md).
+    pub standby: bool,
     /// Share what probes learned between many clients in one process (a simulation); each
     /// client has its own when `None`.
     pub probe_board: Option<Arc<crate::probe_board::ProbeBoard>>,
@@ -137,6 +144,7 @@ impl EdgeConfig {
             client_config: None,
             event_queue: 64,
             home_probe: Some(Duration::from_millis(2_000)),
+            standby: true,
             probe_board: None,
             tombstone_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             clock: Clock::system(),

@@ -158,6 +158,10 @@ struct ServeArgs {
     /// Time allowed for the QUIC handshake and the connect upload (ms).
     #[arg(long)]
     handshake_timeout_ms: Option<u64>,
+    /// How long a connection may wait after its handshake before it says `Hello`: a
+    /// device's standby connection, its ready path for a failover (ms; default 600000).
+    #[arg(long)]
+    standby_timeout_ms: Option<u64>,
     /// sled page cache (bytes).
     #[arg(long)]
     cache_bytes: Option<u64>,

@@ -78,7 +78,7 @@ impl Out {
 type Figure = (&'static str, &'static str, &'static str, fn(&Status) -> u64);
 
 /// The driver's own figures: name, kind, help, value.
-const DRIVER_FIGURES: [Figure; 14] = [
+const DRIVER_FIGURES: [Figure; 15] = [
     (
         "lifeboat_sessions",
         "gauge",
@@ -102,6 +102,12 @@ const DRIVER_FIGURES: [Figure; 14] = [
         "gauge",
         "Devices connected now.",
         |s| s.connections as u64,
+    ),
+    (
+        "lifeboat_standby_connections",
+        "gauge",
+        "Connections handshaken that have not said Hello yet (devices' standby paths).",
+        |s| s.standby_connections as u64,
     ),
     (
         "lifeboat_refused_connections_total",

@@ -73,6 +73,9 @@ pub struct ServeSettings {
     pub idle_timeout_ms: u64,
     /// Time allowed for the QUIC handshake and the connect upload (ms).
     pub handshake_timeout_ms: u64,
+    /// A connection may wait this long after its handshake before it says `Hello` (a
+    /// device's standby connection, ms).
+    pub standby_timeout_ms: u64,
     /// The sled page cache (bytes).
     pub cache_bytes: u64,
     /// Most QUIC handshakes in progress at once (0: no bound); more wait in the queue.
@@ -161,6 +164,7 @@ impl Default for ServeSettings {
             durability: c.durability,
             idle_timeout_ms: c.idle_timeout.as_millis() as u64,
             handshake_timeout_ms: c.handshake_timeout.as_millis() as u64,
+            standby_timeout_ms: c.standby_timeout.as_millis() as u64,
             cache_bytes: c.cache_bytes,
             max_handshakes: c.max_handshakes,
             handshake_queue: c.handshake_queue,
@@ -309,6 +313,7 @@ impl ServeSettings {
         cfg.durability = self.durability;
         cfg.idle_timeout = Duration::from_millis(self.idle_timeout_ms);
         cfg.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
+        cfg.standby_timeout = Duration::from_millis(self.standby_timeout_ms);
         cfg.cache_bytes = self.cache_bytes;
         cfg.udp_buffer_bytes = self.udp_buffer_bytes;
         cfg.endpoints = self.endpoints;

@@ -25,6 +25,9 @@ pub(crate) struct DriverCounters {
     pub(crate) handshakes_per_endpoint: std::sync::OnceLock<Vec<AtomicU64>>,
     /// Devices told to move by a drain (a planned failover).
     pub(crate) drained: AtomicU64,
+    /// Connections whose handshake is done and that have not said `Hello` yet (devices'
+    /// standby connections, mostly).
+    pub(crate) standby: AtomicUsize,
     /// The region-wide session tickets (issued, resumed, refused).
     pub(crate) tickets: std::sync::Arc<crate::tickets::TicketCounters>,
 }
@@ -47,6 +50,9 @@ pub struct Status {
     pub restore_floor_ms: u64,
     /// Devices connected now.
     pub connections: usize,
+    /// Connections handshaken and not yet past `Hello` (standby connections: devices' ready
+    /// paths to this datacenter for a failover).
+    pub standby_connections: usize,
     /// Connections refused at accept: over `max_connections`, over the handshakes in
     /// progress, or over the per-address limit.
     pub refused_connections: u64,

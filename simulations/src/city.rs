@@ -117,6 +117,9 @@ pub struct DeviceLog {
     pub handshake_bytes: u64,
     /// QUIC path MTU probes the device sent.
     pub mtu_probes: u64,
+    /// Standby connections the device opened, and failovers that went over one.
+    pub standby_opened: u64,
+    pub standby_used: u64,
     pub reinstalled: bool,
     pub offline: bool,
     /// Sessions held at the end, with their sealed digest size.
@@ -478,6 +481,8 @@ async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>)
         l.bytes_down += s.bytes_down;
         l.handshake_bytes += s.handshake_bytes;
         l.mtu_probes += s.mtu_probes;
+        l.standby_opened += s.standby_opened;
+        l.standby_used += s.standby_used;
         l.drained += s.drained;
     }
 }

@@ -61,6 +61,9 @@ pub struct DcStatus {
     pub handshakes: u64,
     #[serde(default)]
     pub handshakes_resumed: u64,
+    /// Connections handshaken that have not said `Hello` (devices' standby paths).
+    #[serde(default)]
+    pub standby_connections: usize,
     /// The core's counters (the harness reads the shadow restore's).
     #[serde(default)]
     pub core: lifeboat_common::datacenter::DcStats,

@@ -174,6 +174,18 @@ pub fn table(r: &Report) -> String {
             "",
         ),
         (
+            "failovers over a standby path (standbys opened)".into(),
+            format!(
+                "{} ({} opened; {} at the backup before the fault, {})",
+                r.failovers_over_standby,
+                r.standby_opened,
+                r.standby_at_backup_before_fault,
+                r.backup_rss_per_standby_bytes
+                    .map_or("memory not measured".into(), |b| format!("{b:.0} bytes RSS each"))
+            ),
+            "",
+        ),
+        (
             "handshakes at the backup full / resumed".into(),
             format!(
                 "{} / {}",

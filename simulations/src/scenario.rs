@@ -255,6 +255,10 @@ async fn run_one(
     // connected again (µs, devices on the backup).
     let mut backup_cpu_at_fault: Option<(u32, u64, u64, u64)> = None;
     let mut backup_cpu_reconnected: Option<(u64, usize, u64, u64)> = None;
+    // The backup's RSS at the first sample (before any device), and its standby connections
+    // and RSS at the last sample before the first fault: what the standbys cost it.
+    let mut backup_rss_start: Option<u64> = None;
+    let mut backup_standby_before_fault: Option<(usize, u64)> = None;
     let mut last_ops = 0u64;
     let mut last_t = shared.now_ms();
     // After the traffic window, keep sampling until every device is connected again to a
@@ -291,6 +295,15 @@ async fn run_one(
             if shared.kill_ms.load(Ordering::Relaxed) == u64::MAX {
                 if let Some(s) = &status[0] {
                     primary_before_fault = Some(s.clone());
+                }
+                let rss = c.dcs[1]
+                    .as_ref()
+                    .and_then(|p| crate::bench::procfs::rss_bytes(p.pid().as_raw() as u32).ok());
+                if let Some(rss) = rss {
+                    backup_rss_start.get_or_insert(rss);
+                    if let Some(s) = &status[1] {
+                        backup_standby_before_fault = Some((s.standby_connections, rss));
+                    }
                 }
             } else if backup_cpu_at_fault.is_none() {
                 backup_cpu_at_fault = c.dcs[1].as_ref().and_then(|p| {
@@ -367,6 +380,11 @@ async fn run_one(
         backup_handshakes_resumed: backup.as_ref().map_or(0, |s| s.handshakes_resumed),
         ..Default::default()
     };
+    if let (Some(start), Some((n, rss))) = (backup_rss_start, backup_standby_before_fault) {
+        report.standby_at_backup_before_fault = n;
+        report.backup_rss_per_standby_bytes =
+            (n > 0).then(|| rss.saturating_sub(start) as f64 / n as f64);
+    }
     if let (
         Some((_, at_fault, ops_at_fault, t_fault)),
         Some((at_end, on_backup, ops_at_end, t_end)),

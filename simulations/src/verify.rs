@@ -94,6 +94,15 @@ pub struct Report {
     pub edge_handshake_bytes_per_op: f64,
     /// QUIC path MTU probes the devices sent, per device.
     pub edge_mtu_probes_per_device: f64,
+    /// Standby connections the devices opened, and failovers that went over one (no
+    /// handshake at the failover).
+    pub standby_opened: u64,
+    pub failovers_over_standby: u64,
+    /// Standby connections at the backup at the last sample before the first fault, and
+    /// the backup's RSS growth from its first sample to then, per standby (it serves
+    /// nothing else before the fault).
+    pub standby_at_backup_before_fault: usize,
+    pub backup_rss_per_standby_bytes: Option<f64>,
     /// Handshakes at the datacenter that survived the run (the backup), from its last
     /// status: full ones and ones that resumed a TLS session with a region ticket.
     pub backup_handshakes_full: u64,
@@ -411,6 +420,8 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     report.edge_handshake_bytes_per_op = per_op(handshake_bytes);
     let probes: u64 = input.logs.iter().map(|l| l.mtu_probes).sum();
     report.edge_mtu_probes_per_device = probes as f64 / input.logs.len().max(1) as f64;
+    report.standby_opened = input.logs.iter().map(|l| l.standby_opened).sum();
+    report.failovers_over_standby = input.logs.iter().map(|l| l.standby_used).sum();
     let mut sizes = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
         for (_, b) in &log.held_at_end {

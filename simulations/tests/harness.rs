@@ -109,7 +109,10 @@ fn small_failover_run_passes_and_reports_every_field() {
     // connected at least once, and the handshakes are part of the bytes counted.
     let handshake = v["edge_handshake_bytes_per_op"].as_f64().unwrap_or(-1.0);
     let total = v["edge_bytes_per_op"].as_f64().unwrap_or(0.0);
-    assert!(handshake > 0.0 && handshake < total, "{handshake} of {total}");
+    assert!(
+        handshake > 0.0 && handshake < total,
+        "{handshake} of {total}"
+    );
     // Path MTU discovery is off on both ends (its padded probes were most of a phone's
     // bytes), so no device sent a probe.
     assert_eq!(v["edge_mtu_probes_per_device"], 0.0);

@@ -348,6 +348,56 @@ async fn failover_finished_reports_the_stall_the_user_felt_detection_included() 
     Ok(())
 }
 
+/// Issue 13 item 1: a device in a live session holds a standby connection to the backup
+/// (handshake done, no `Hello`), so its failover is one `Hello` on a ready path: after the
+/// kill the backup completes no handshake at all, and the client says it used the standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_in_a_live_session_fails_over_on_its_standby_path_without_a_new_handshake(
+) -> anyhow::Result<()> {
+    let mut c = Cluster::new(2, &[])?;
+    let status = c.path().join("dc2.status.json");
+    c.start(0)?;
+    c.start_with_args(1, &["--stats-file", &status.display().to_string()])?;
+    let read = |field: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(&status).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?[field].as_u64()
+    };
+    let driver = c.device(1000, true).await?;
+    let rider = c.device(1, false).await?;
+    let (session, _) = rider.request_trip(PICKUP, route_point(30)).await?;
+    wait_for_assignment(&driver, WAIT).await?;
+    // Both phones are in a live session now: each opens its standby to dc2 (checked every
+    // 2 s), which the backup counts until they say Hello.
+    let start = std::time::Instant::now();
+    while read("standby_connections").unwrap_or(0) < 2 {
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the backup never saw both standbys: {:?} (driver opened {}, rider {})",
+            read("standby_connections"),
+            driver.stats().standby_opened,
+            rider.stats().standby_opened
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let handshakes_before = read("handshakes").context("no handshake count")?;
+    c.kill(0, true)?;
+    lifeboat_tests::trips::submit(&driver, session, TripOp::Arrived).await?;
+    ensure!(
+        driver.stats().standby_used == 1,
+        "the driver's failover did not go over its standby: {:?}",
+        driver.stats()
+    );
+    // The status file is rewritten every 500 ms.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let handshakes_after = read("handshakes").context("no handshake count")?;
+    ensure!(
+        handshakes_after == handshakes_before,
+        "the backup completed {} handshakes after the kill",
+        handshakes_after - handshakes_before
+    );
+    Ok(())
+}
+
 /// Issue 17: a restarted app tried the dead primary first (a connect timeout lost at every
 /// start). The client remembers which datacenter it last reached and which failed: started
 /// again on its store after the primary died, it goes straight to the backup, and no connect

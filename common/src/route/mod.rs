@@ -243,6 +243,22 @@ impl<T: Copy + Eq + Hash> Planner<T> {
         }
     }
 
+    /// Where a device connected to `idx` would go first if it lost it now (the datacenter
+    /// a standby connection should reach), or `None` if the list has no other.
+    pub fn failover_target(&self, idx: usize, board: &ProbeBoard<T>, now_ms: u64) -> Option<usize> {
+        self.order(Some(idx), board, now_ms)
+            .into_iter()
+            .find(|j| *j != idx)
+    }
+
+    /// The datacenter the next [`Planner::next`] connects to without waiting, if any.
+    pub fn peek_next(&self) -> Option<usize> {
+        match self.after_wait {
+            None => self.queue.front().copied(),
+            Some(_) => None,
+        }
+    }
+
     /// Whether a device connected to `idx` probes the more preferred datacenters.
     pub fn probes_from(&self, idx: usize) -> bool {
         idx > 0 && self.cfg.home_probe_ms.is_some()

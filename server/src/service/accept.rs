@@ -140,6 +140,7 @@ pub(super) fn spawn_accept(
                     keyring: keyring.clone(),
                     counters: counters.clone(),
                     handshake: cfg.handshake_timeout,
+                    standby: cfg.standby_timeout,
                     max_upload_frames: cfg.max_upload_frames,
                     conn_queue: cfg.conn_queue,
                     frames: cfg.limits.frame_limits(),

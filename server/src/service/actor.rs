@@ -572,6 +572,7 @@ impl Actor {
             tombstones: self.core.tombstone_count(),
             restore_floor_ms: self.core.restore_floor_ms(),
             connections: self.conns.len(),
+            standby_connections: c.standby.load(Ordering::Relaxed),
             refused_connections: c.refused_connections.load(Ordering::Relaxed),
             bad_credentials: c.bad_credentials.load(Ordering::Relaxed),
             bad_frames: c.bad_frames.load(Ordering::Relaxed),

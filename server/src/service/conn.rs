@@ -2,8 +2,10 @@
 //! [`ConnectIntake`](lifeboat_common::datacenter::ConnectIntake)), then frames into the core
 //! (handed in on this task, see [`super::gate`]); answers leave through the connection's [`Outbox`].
 //!
-//! Invariants: the handshake and the whole connect upload finish within the handshake
-//! timeout (slowloris); a refused connect gets its typed error as the last frame; the
+//! Invariants: the handshake finishes within the handshake timeout, the stream opens within
+//! the standby timeout (a device's standby connection waits there, handshake done), and the
+//! whole connect upload finishes within the handshake timeout from the stream's first byte
+//! (slowloris); a refused connect gets its typed error as the last frame; the
 //! in-flight bound ([`InflightRule`](lifeboat_common::datacenter::InflightRule)) is applied
 //! before the core sees a frame; the device id comes only from the verified credential.
 
@@ -30,6 +32,8 @@ pub(super) struct ConnCtx {
     pub(super) keyring: Arc<KeyringWatch>,
     pub(super) counters: Arc<DriverCounters>,
     pub(super) handshake: Duration,
+    /// How long a handshaken connection may wait before it opens its stream (a standby).
+    pub(super) standby: Duration,
     pub(super) max_upload_frames: usize,
     pub(super) conn_queue: usize,
     pub(super) frames: FrameLimits,
@@ -41,6 +45,8 @@ pub(super) struct ConnCtx {
 pub(super) enum ConnError {
     #[error("handshake timed out")]
     Timeout,
+    #[error("no Hello within the standby timeout")]
+    StandbyExpired,
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("frame: {0}")]
@@ -90,9 +96,20 @@ pub(super) async fn handle_conn(
     {
         n.fetch_add(1, Ordering::Relaxed);
     }
-    let (mut send, mut recv) = tokio::time::timeout(ctx.handshake, conn.accept_bi())
-        .await
-        .map_err(timed_out)??;
+    // A device's standby connection waits here, handshake done, until its failover (or the
+    // standby timeout; it then opens another). Bounded by `max_connections` and the
+    // per-address limit like any connection; the upload below still has the handshake
+    // timeout.
+    ctx.counters.standby.fetch_add(1, Ordering::Relaxed);
+    let opened = tokio::time::timeout(ctx.standby.max(ctx.handshake), conn.accept_bi()).await;
+    ctx.counters.standby.fetch_sub(1, Ordering::Relaxed);
+    let (mut send, mut recv) = match opened {
+        Ok(streams) => streams?,
+        Err(_) => {
+            conn.close(0u32.into(), b"standby timeout");
+            return Err(ConnError::StandbyExpired);
+        }
+    };
     let mut buf = Vec::new();
     let connected = match read_connect(&mut recv, &mut buf, ctx).await {
         Ok(c) => c,

@@ -82,6 +82,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// The QUIC handshake and the whole connect upload must finish within this.
     pub handshake_timeout: Duration,
+    /// A connection whose handshake is done may wait this long before it opens its stream
+    /// (`Hello`): a device's standby connection (the edge's ready path for a failover).
+    /// The connect upload, once started, still has `handshake_timeout`.
+    pub standby_timeout: Duration,
     /// The sled page cache, in bytes.
     pub cache_bytes: u64,
     /// Most simultaneous device connections; more are refused at accept.
@@ -180,6 +184,7 @@ impl ServerConfig {
             durability: Durability::Async,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),
+            standby_timeout: Duration::from_secs(600),
             cache_bytes: 64 * 1024 * 1024,
             max_connections: 50_000,
             max_upload_frames: 16,
