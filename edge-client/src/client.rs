@@ -497,11 +497,12 @@ impl EdgeClient {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(cfg.event_queue.max(1));
         let stats = Arc::new(ClientStats::default());
+        let seed = cfg.rng_seed.unwrap_or_else(|| rand::rng().random());
         let route = Planner::new(
             route_config(&cfg),
             cfg.datacenters.clone(),
             memory,
-            cfg.rng_seed.unwrap_or_else(|| rand::rng().random()),
+            seed,
             cfg.clock.now_ms(),
         );
         let actor = Actor {
@@ -522,6 +523,7 @@ impl EdgeClient {
             stall: StallClock::default(),
             drain_order: None,
             standby: None,
+            rng: rand::SeedableRng::seed_from_u64(seed ^ 0x5EED_1D1E),
         };
         let device = actor.cfg.device;
         tokio::spawn(actor.run());
@@ -717,6 +719,8 @@ struct Actor {
     /// The standby connection (`EdgeConfig::standby`): which datacenter, and the connection
     /// (handshake done, no stream opened).
     standby: Option<(usize, quinn::Connection)>,
+    /// Jitter of the idle reconnect spread (seeded like the route policy).
+    rng: rand::rngs::SmallRng,
 }
 
 /// How often a connected client checks its standby connection (opens, replaces or drops it).
@@ -901,6 +905,7 @@ impl Actor {
                 self.probe_board.with(|b| self.route.moved(idx, b, now));
                 continue;
             }
+            let drained = self.drain_order.is_some();
             match self.drain_order.take() {
                 // A planned failover: where the datacenter said, at once, and not back
                 // while it drains.
@@ -938,9 +943,44 @@ impl Actor {
                 (None, false) => 0,
             };
             self.stall.lost(now, idle_ms);
+            // A drain paces its own waves: no spread on top.
+            if ready.is_none() && !drained && !self.spread_idle_reconnect().await {
+                break;
+            }
         }
         self.drop_standby();
         self.stopped = true;
+    }
+
+    /// After a loss, a device nobody waits for (see `EdgeConfig::idle_reconnect_spread`)
+    /// waits a random part of the spread, serving commands, and stops waiting as soon as it
+    /// has work. False if the client was shut down meanwhile.
+    async fn spread_idle_reconnect(&mut self) -> bool {
+        let spread = self.cfg.idle_reconnect_spread.as_millis() as u64;
+        if spread == 0 || self.has_work() {
+            return true;
+        }
+        let until = Instant::now() + Duration::from_millis(self.rng.random_range(0..=spread));
+        while Instant::now() < until {
+            if self.has_work() {
+                return true;
+            }
+            let slice = (until - Instant::now()).min(Duration::from_millis(100));
+            if !self.idle_for(slice).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether a stall of this device would be felt: it takes part in a live session or has
+    /// an op queued (a create included).
+    fn has_work(&self) -> bool {
+        self.core.outbox_len() > 0
+            || self
+                .core
+                .sessions()
+                .any(|(_, h)| !h.digest.header.tombstone)
     }
 
     fn drop_standby(&mut self) {
@@ -952,12 +992,7 @@ impl Actor {
     /// Whether the device should hold a standby path: it takes part in a live session or
     /// has an op queued (a create included), so a failover would stall someone.
     fn wants_standby(&self) -> bool {
-        self.cfg.standby
-            && (self.core.outbox_len() > 0
-                || self
-                    .core
-                    .sessions()
-                    .any(|(_, h)| !h.digest.header.tombstone))
+        self.cfg.standby && self.has_work()
     }
 
     /// Check the standby connection while connected to `idx`: drop it if it is not wanted,

@@ -78,6 +78,12 @@ pub struct EdgeConfig {
     /// when the device has no live session. Costs a connection at that datacenter and its
     /// keep-alives (see BENCHMARKS.md).
     pub standby: bool,
+    /// A device with no live session and nothing queued (nobody waits for it) that lost its
+    /// datacenter waits a random time up to this before it reconnects, so that in a
+    /// whole-datacenter failover the idle devices' handshakes do not queue in front of the
+    /// devices that have work in flight. An op submitted meanwhile ends the wait at once.
+    /// Zero: reconnect at once.
+    pub idle_reconnect_spread: Duration,
     /// Share what probes learned between many clients in one process (a simulation); each
     /// client has its own when `None`.
     pub probe_board: Option<Arc<crate::probe_board::ProbeBoard>>,
@@ -145,6 +151,7 @@ impl EdgeConfig {
             event_queue: 64,
             home_probe: Some(Duration::from_millis(2_000)),
             standby: true,
+            idle_reconnect_spread: Duration::from_secs(10),
             probe_board: None,
             tombstone_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             clock: Clock::system(),
