@@ -104,7 +104,10 @@ pub enum ClientEvent {
     /// the first op sent after the lost datacenter's last frame (or, with none, from its last
     /// sign of life) to then; `detection_ms` is the part of it before the client gave the
     /// connection up (at most the idle timeout for a datacenter that went silent; 0 for one
-    /// that closed the connection).
+    /// that closed the connection). A device nobody waited on when its connection was lost
+    /// (no live session, nothing queued) reports none unless an op is queued before the
+    /// reconnect, and then the stall runs from that op (`ClientStatsSnapshot::idle_reconnects`
+    /// counts the others).
     FailoverFinished {
         /// The datacenter that took over.
         dc: DatacenterId,
@@ -301,6 +304,9 @@ pub(crate) struct ClientStats {
     pub(crate) standby_opened: AtomicU64,
     /// Failovers that went over a standby connection (no handshake at the failover).
     pub(crate) standby_used: AtomicU64,
+    /// Failovers nobody waited on (no live session, nothing queued until the reconnect):
+    /// not stalls, so no `FailoverFinished`.
+    pub(crate) idle_reconnects: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -328,6 +334,9 @@ pub struct ClientStatsSnapshot {
     pub standby_opened: u64,
     /// Failovers that went over a standby connection (no handshake at the failover).
     pub standby_used: u64,
+    /// Failovers nobody waited on (no live session, nothing queued until the reconnect):
+    /// not stalls, so no [`ClientEvent::FailoverFinished`].
+    pub idle_reconnects: u64,
 }
 
 type Done = oneshot::Sender<Result<Commit, SubmitError>>;
@@ -659,6 +668,7 @@ impl EdgeClient {
             mtu_probes: self.stats.mtu_probes.load(Ordering::Relaxed),
             standby_opened: self.stats.standby_opened.load(Ordering::Relaxed),
             standby_used: self.stats.standby_used.load(Ordering::Relaxed),
+            idle_reconnects: self.stats.idle_reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -942,7 +952,8 @@ impl Actor {
                 (None, true) => self.cfg.idle_timeout.as_millis() as u64,
                 (None, false) => 0,
             };
-            self.stall.lost(now, idle_ms);
+            let waits = self.has_work();
+            self.stall.lost(now, idle_ms, waits);
             // A drain paces its own waves: no spread on top.
             if ready.is_none() && !drained && !self.spread_idle_reconnect().await {
                 break;
@@ -1193,6 +1204,9 @@ impl Actor {
         self.save_route();
         self.emit(ClientEvent::Connected { dc, addr });
         let waiting = self.core.outbox_len() > 0;
+        if self.stall.unfelt() {
+            self.stats.idle_reconnects.fetch_add(1, Ordering::Relaxed);
+        }
         let stall = self.stall.welcomed(dc, addr, waiting, self.now_ms());
         self.failover_finished(stall);
         Ok(true)
@@ -1428,6 +1442,7 @@ impl Actor {
                 done,
             } => match self.core.submit(session, op) {
                 Ok(id) => {
+                    self.stall.work_queued(self.cfg.clock.now_ms());
                     if let Some(done) = done {
                         self.waiters.insert(id, done);
                     }

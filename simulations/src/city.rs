@@ -120,6 +120,8 @@ pub struct DeviceLog {
     /// Standby connections the device opened, and failovers that went over one.
     pub standby_opened: u64,
     pub standby_used: u64,
+    /// Failovers of these devices nobody waited on (no stall reported).
+    pub idle_reconnects: u64,
     pub reinstalled: bool,
     pub offline: bool,
     /// Sessions held at the end, with their sealed digest size.
@@ -483,6 +485,7 @@ async fn stop_device(dev: &Arc<Device>, live: Live, log: &Arc<Mutex<DeviceLog>>)
         l.mtu_probes += s.mtu_probes;
         l.standby_opened += s.standby_opened;
         l.standby_used += s.standby_used;
+        l.idle_reconnects += s.idle_reconnects;
         l.drained += s.drained;
     }
 }

@@ -133,7 +133,10 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "stall felt by the devices p50 / p99".into(),
-            format!("{} / {} ms", r.felt_stall_ms_p50, r.felt_stall_ms_p99),
+            format!(
+                "{} / {} ms ({} devices; {} idle reconnects, nobody waiting)",
+                r.felt_stall_ms_p50, r.felt_stall_ms_p99, r.felt_devices, r.idle_reconnects
+            ),
             "",
         ),
         (

@@ -87,6 +87,8 @@ pub struct Report {
     /// before a device's next op, and in a drain it starts when the device was told.
     pub felt_stall_ms_p50: u64,
     pub felt_stall_ms_p99: u64,
+    /// Devices whose first failover after the kill was felt (in the two figures above).
+    pub felt_devices: usize,
     pub restore_sessions_per_s: f64,
     pub edge_bytes_per_op: f64,
     /// Of `edge_bytes_per_op`: the handshakes (bytes each connection had sent and received
@@ -98,6 +100,9 @@ pub struct Report {
     /// handshake at the failover).
     pub standby_opened: u64,
     pub failovers_over_standby: u64,
+    /// Reconnects of devices nobody waited on (no live session, nothing queued): not in the
+    /// felt stall.
+    pub idle_reconnects: u64,
     /// Standby connections at the backup at the last sample before the first fault, and
     /// the backup's RSS growth from its first sample to then, per standby (it serves
     /// nothing else before the fault).
@@ -382,6 +387,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     report.split_ms_p99 = std::array::from_fn(|i| percentile(&splits[i], 0.99));
     report.felt_stall_ms_p50 = percentile(&felt, 0.5);
     report.felt_stall_ms_p99 = percentile(&felt, 0.99);
+    report.felt_devices = felt.len() as usize;
     report.waits = waits.len() as usize;
     report.wait_ms_p50 = percentile(&waits, 0.5);
     report.wait_ms_p99 = percentile(&waits, 0.99);
@@ -422,6 +428,7 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     report.edge_mtu_probes_per_device = probes as f64 / input.logs.len().max(1) as f64;
     report.standby_opened = input.logs.iter().map(|l| l.standby_opened).sum();
     report.failovers_over_standby = input.logs.iter().map(|l| l.standby_used).sum();
+    report.idle_reconnects = input.logs.iter().map(|l| l.idle_reconnects).sum();
     let mut sizes = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
         for (_, b) in &log.held_at_end {

@@ -62,6 +62,8 @@ fn small_failover_run_passes_and_reports_every_field() {
         "stall_ms_max",
         "felt_stall_ms_p50",
         "felt_stall_ms_p99",
+        "felt_devices",
+        "idle_reconnects",
         "detect_ms_p50",
         "restore_sessions_per_s",
         "edge_bytes_per_op",
@@ -82,6 +84,13 @@ fn small_failover_run_passes_and_reports_every_field() {
         "the kill must hit live trips"
     );
     assert_eq!(v["trips_restored"], v["trips_active_at_failure"]);
+    // The devices of the live trips felt the failover (an idle device's reconnect is not a
+    // stall, but a trip's is).
+    assert!(
+        v["felt_devices"].as_u64().unwrap_or(0) > 0,
+        "felt_devices: {}",
+        v["felt_devices"]
+    );
     // The shadow restore ran on the primary before the kill and found every sampled trip
     // restorable from the phones (issue 14).
     assert!(
