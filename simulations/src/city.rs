@@ -105,6 +105,8 @@ pub enum DeviceFault {
 #[derive(Clone, Debug, Default)]
 pub struct DeviceLog {
     pub device: u64,
+    /// A driver's log (else a rider's).
+    pub driver: bool,
     pub ops: Vec<OpRecord>,
     pub disconnects_ms: Vec<u64>,
     /// (time, datacenter) of each connection (the first ones before the kill included).
@@ -179,7 +181,7 @@ impl Shared {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
@@ -637,9 +639,15 @@ fn fault_due(fault: &DeviceFault, now: u64) -> bool {
 
 /// A device's ledger and its own random stream (from the run seed, the device id and a
 /// per-role constant), so the same seed gives every device the same choices.
-fn begin(dev: &Device, cfg: &CityConfig, role_salt: u64) -> (Arc<Mutex<DeviceLog>>, SmallRng) {
+fn begin(
+    dev: &Device,
+    cfg: &CityConfig,
+    role_salt: u64,
+    driver: bool,
+) -> (Arc<Mutex<DeviceLog>>, SmallRng) {
     let log = Arc::new(Mutex::new(DeviceLog {
         device: dev.id.0,
+        driver,
         ..Default::default()
     }));
     let rng = SmallRng::seed_from_u64(cfg.seed ^ dev.id.0.wrapping_mul(role_salt));
@@ -653,7 +661,7 @@ pub async fn driver_task(
     shared: Arc<Shared>,
     mut fault: DeviceFault,
 ) -> DeviceLog {
-    let (log, mut rng) = begin(&dev, &cfg, 0x9E37_79B9_7F4A_7C15);
+    let (log, mut rng) = begin(&dev, &cfg, 0x9E37_79B9_7F4A_7C15, true);
     let mut live = match start_device(&dev, &shared, &log).await {
         Ok(l) => l,
         Err(e) => {
@@ -745,7 +753,7 @@ pub async fn rider_task(
     shared: Arc<Shared>,
     mut fault: DeviceFault,
 ) -> DeviceLog {
-    let (log, mut rng) = begin(&dev, &cfg, 0xD1B5_4A32_D192_ED03);
+    let (log, mut rng) = begin(&dev, &cfg, 0xD1B5_4A32_D192_ED03, false);
     // Requests spread evenly over the window, with jitter, in rider order.
     let window = cfg.request_window.as_millis() as u64;
     let slot = window / cfg.trips.max(1) as u64;

@@ -34,7 +34,14 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "devices / trips".into(),
-            format!("{} / {}", r.devices, r.trips_total),
+            if r.devices_not_started > 0 {
+                format!(
+                    "{} / {} ({} riders never started: the run ended first)",
+                    r.devices, r.trips_total, r.devices_not_started
+                )
+            } else {
+                format!("{} / {}", r.devices, r.trips_total)
+            },
             "",
         ),
         (
@@ -152,6 +159,19 @@ pub fn table(r: &Report) -> String {
             format!(
                 "{} / {} / {} ms",
                 r.split_ms_p99[0], r.split_ms_p99[1], r.split_ms_p99[2]
+            ),
+            "",
+        ),
+        (
+            "  p99 drivers / riders".into(),
+            format!(
+                "{} / {} / {} ms; {} / {} / {} ms",
+                r.split_ms_p99_drivers[0],
+                r.split_ms_p99_drivers[1],
+                r.split_ms_p99_drivers[2],
+                r.split_ms_p99_riders[0],
+                r.split_ms_p99_riders[1],
+                r.split_ms_p99_riders[2]
             ),
             "",
         ),

@@ -27,6 +27,9 @@ pub struct Report {
     pub seed: u64,
     pub durability: String,
     pub devices: usize,
+    /// Riders that never started because the run ended first (a city bigger than the
+    /// machine starts within the run): they hold nothing, so nothing of theirs is judged.
+    pub devices_not_started: usize,
     pub duration_s: f64,
     pub kill_at_s: f64,
     pub trips_total: usize,
@@ -81,6 +84,9 @@ pub struct Report {
     /// (to the backup's `Welcome`), first answer (restore wait and commit), p50 and p99.
     pub split_ms_p50: [u64; 3],
     pub split_ms_p99: [u64; 3],
+    /// The same p99 split, drivers' failovers only and riders' only.
+    pub split_ms_p99_drivers: [u64; 3],
+    pub split_ms_p99_riders: [u64; 3],
     /// The whole stall as the devices felt it (`FailoverFinished`: from the first op left
     /// unanswered, or the lost datacenter's last sign of life, to the first answer after the
     /// reconnect), p50 and p99. Unlike the app stall it leaves out the workload's own gap
@@ -356,9 +362,13 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         }
     }
     let mut waits = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
-    let mut splits: [Histogram<u64>; 3] = std::array::from_fn(|_| {
-        Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"))
-    });
+    let split_histograms = || -> [Histogram<u64>; 3] {
+        std::array::from_fn(|_| {
+            Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"))
+        })
+    };
+    let mut splits = split_histograms();
+    let mut splits_by_role = [split_histograms(), split_histograms()];
     let mut felt = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
         if let Some((_, ms)) = input
@@ -375,6 +385,10 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             for (h, v) in splits.iter_mut().zip(parts) {
                 let _ = h.record(*v);
             }
+            let by_role = &mut splits_by_role[usize::from(!log.driver)];
+            for (h, v) in by_role.iter_mut().zip(parts) {
+                let _ = h.record(*v);
+            }
         }
         report.conflicts += log.conflicts.len();
         report.false_failovers += log.false_failovers as usize;
@@ -385,6 +399,8 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
     }
     report.split_ms_p50 = std::array::from_fn(|i| percentile(&splits[i], 0.5));
     report.split_ms_p99 = std::array::from_fn(|i| percentile(&splits[i], 0.99));
+    report.split_ms_p99_drivers = std::array::from_fn(|i| percentile(&splits_by_role[0][i], 0.99));
+    report.split_ms_p99_riders = std::array::from_fn(|i| percentile(&splits_by_role[1][i], 0.99));
     report.felt_stall_ms_p50 = percentile(&felt, 0.5);
     report.felt_stall_ms_p99 = percentile(&felt, 0.99);
     report.felt_devices = felt.len() as usize;
