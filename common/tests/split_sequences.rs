@@ -787,3 +787,33 @@ fn control_failover_without_a_split_passes_every_check() {
     r.heal(DC2, &[RIDER, DRIVER]);
     r.check_contract(DC2, s, &[RIDER, DRIVER]);
 }
+
+/// Sequence 10 (the 10,000-trip harness, 2026-12-04): a rider's create reaches the backup,
+/// which creates the trip and answers; the rider's cancel is on its way when the backup
+/// dispatches a driver who just connected, so the backup hears the cancel between the
+/// dispatch and the rider's persist of it. The cancel must be answered.
+#[test]
+fn seq10_a_riders_cancel_that_crosses_its_dispatch_at_the_backup_is_answered() {
+    let mut r = Region::new();
+    r.connect(RIDER, DC2, false);
+    r.submit(
+        RIDER,
+        TRIP,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    // Queued at the phone, not yet delivered: the dispatch below comes first.
+    let cancel = r.queue(RIDER, TRIP, TripOp::Cancel);
+    r.connect(DRIVER, DC2, true);
+    r.tick(1_000);
+    let Some(cancel) = cancel else {
+        r.fail("R could not queue its cancel".into());
+    };
+    if !r.told.iter().any(|(id, _)| *id == cancel) {
+        r.fail(format!("R's cancel {cancel} was never answered"));
+    }
+    r.heal(DC2, &[RIDER, DRIVER]);
+    r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
+}
