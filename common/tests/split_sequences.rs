@@ -817,3 +817,36 @@ fn seq10_a_riders_cancel_that_crosses_its_dispatch_at_the_backup_is_answered() {
     r.heal(DC2, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
 }
+
+/// Sequence 11 (the same harness runs): the primary took a rider's create but its reply was
+/// lost, and it died; the rider resubmits the create at the backup, which creates the trip
+/// and answers; the rider's cancel is on its way when the backup dispatches a driver who
+/// just connected. The cancel must be answered.
+#[test]
+fn seq11_a_resubmitted_create_at_the_backup_then_a_cancel_crossing_its_dispatch_is_answered() {
+    let mut r = Region::new();
+    r.connect(RIDER, DC1, false);
+    r.deaf.insert((RIDER, DC1));
+    r.submit(
+        RIDER,
+        TRIP,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    r.freeze(DC1);
+    r.deaf.clear();
+    r.connect(RIDER, DC2, false);
+    let cancel = r.queue(RIDER, TRIP, TripOp::Cancel);
+    r.connect(DRIVER, DC2, true);
+    r.tick(1_000);
+    let Some(cancel) = cancel else {
+        r.fail("R could not queue its cancel".into());
+    };
+    if !r.told.iter().any(|(id, _)| *id == cancel) {
+        r.fail(format!("R's cancel {cancel} was never answered"));
+    }
+    r.heal(DC2, &[RIDER, DRIVER]);
+    r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
+}
