@@ -850,3 +850,48 @@ fn seq11_a_resubmitted_create_at_the_backup_then_a_cancel_crossing_its_dispatch_
     r.heal(DC2, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
 }
+
+/// Sequence 12 (the same harness runs): sequence 9's driver, dispatched at the primary to R's
+/// trip without hearing of it, reaches the backup free; R2 requests there and its cancel is on
+/// its way when the backup dispatches that driver to it; then R arrives with the trip naming
+/// the same driver. R2's cancel must be answered.
+#[test]
+fn seq12_a_cancel_crossing_the_dispatch_of_a_driver_whose_earlier_trip_arrives_later_is_answered() {
+    let mut r = Region::new();
+    r.connect(DRIVER, DC1, true);
+    r.connect(RIDER, DC1, false);
+    r.deaf.insert((DRIVER, DC1));
+    r.submit(
+        RIDER,
+        TRIP,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    r.freeze(DC1);
+    r.deaf.clear();
+    r.connect(RIDER2, DC2, false);
+    r.submit(
+        RIDER2,
+        TRIP2,
+        TripOp::Request {
+            pickup: Q,
+            dropoff: P,
+        },
+    );
+    // Queued at R2's phone, not yet delivered: the driver's dispatch comes first.
+    let cancel = r.queue(RIDER2, TRIP2, TripOp::Cancel);
+    r.connect(DRIVER, DC2, true);
+    r.connect(RIDER, DC2, false);
+    r.tick(1_000);
+    let Some(cancel) = cancel else {
+        r.fail("R2 could not queue its cancel".into());
+    };
+    if !r.told.iter().any(|(id, _)| *id == cancel) {
+        r.fail(format!("R2's cancel {cancel} was never answered"));
+    }
+    r.heal(DC2, &[RIDER, DRIVER, RIDER2]);
+    r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
+    r.check_contract(DC2, TRIP2, &[RIDER2, DRIVER]);
+}
