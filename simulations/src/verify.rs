@@ -191,7 +191,13 @@ fn history(logs: &[DeviceLog], session: SessionId) -> String {
                             format!("ok{} {version}", if *duplicate { " dup" } else { "" })
                         }
                         Outcome::Rejected(r) => format!("rejected: {r}"),
-                        Outcome::Unresolved => "unresolved".to_string(),
+                        // Whether the client queued it tells a lost answer from a client
+                        // that never took the op.
+                        Outcome::Unresolved => match o.op {
+                            Some(id) => format!("unresolved (queued as seq {})", id.seq),
+                            None => "unresolved (never queued: the client did not take it)"
+                                .to_string(),
+                        },
                     };
                     format!("{:?}@{}..{} {out}", o.kind, o.submitted_ms, o.resolved_ms)
                 })
