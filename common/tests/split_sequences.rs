@@ -492,6 +492,16 @@ impl Region {
     // --- trips ----------------------------------------------------------------------------
 
     /// At dc1: R requests, D (waiting for work there) is dispatched.
+    /// The op `id` (queued by `who`, or `None`: refused locally) was answered.
+    fn expect_answered(&self, id: Option<OpId>, who: &str) {
+        let Some(id) = id else {
+            self.fail(format!("{who} could not queue its cancel"));
+        };
+        if !self.told.iter().any(|(t, _)| *t == id) {
+            self.fail(format!("{who}'s cancel {id} was never answered"));
+        }
+    }
+
     fn dispatched_trip(&mut self) -> SessionId {
         self.connect(DRIVER, DC1, true);
         self.connect(RIDER, DC1, false);
@@ -759,12 +769,7 @@ fn seq9_driver_dispatched_at_the_backup_while_its_earlier_trip_was_away_leaves_n
     r.connect(RIDER, DC2, false);
     let cancel = r.submit(RIDER2, TRIP2, TripOp::Cancel);
     r.tick(1_000);
-    let Some(cancel) = cancel else {
-        r.fail("R2 could not queue its cancel".into());
-    };
-    if !r.told.iter().any(|(id, _)| *id == cancel) {
-        r.fail(format!("R2's cancel {cancel} was never answered"));
-    }
+    r.expect_answered(cancel, "R2");
     r.heal(DC2, &[RIDER, DRIVER, RIDER2]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP2, &[RIDER2, DRIVER]);
@@ -808,12 +813,7 @@ fn seq10_a_riders_cancel_that_crosses_its_dispatch_at_the_backup_is_answered() {
     let cancel = r.queue(RIDER, TRIP, TripOp::Cancel);
     r.connect(DRIVER, DC2, true);
     r.tick(1_000);
-    let Some(cancel) = cancel else {
-        r.fail("R could not queue its cancel".into());
-    };
-    if !r.told.iter().any(|(id, _)| *id == cancel) {
-        r.fail(format!("R's cancel {cancel} was never answered"));
-    }
+    r.expect_answered(cancel, "R");
     r.heal(DC2, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
 }
@@ -841,12 +841,7 @@ fn seq11_a_resubmitted_create_at_the_backup_then_a_cancel_crossing_its_dispatch_
     let cancel = r.queue(RIDER, TRIP, TripOp::Cancel);
     r.connect(DRIVER, DC2, true);
     r.tick(1_000);
-    let Some(cancel) = cancel else {
-        r.fail("R could not queue its cancel".into());
-    };
-    if !r.told.iter().any(|(id, _)| *id == cancel) {
-        r.fail(format!("R's cancel {cancel} was never answered"));
-    }
+    r.expect_answered(cancel, "R");
     r.heal(DC2, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
 }
@@ -885,12 +880,7 @@ fn seq12_a_cancel_crossing_the_dispatch_of_a_driver_whose_earlier_trip_arrives_l
     r.connect(DRIVER, DC2, true);
     r.connect(RIDER, DC2, false);
     r.tick(1_000);
-    let Some(cancel) = cancel else {
-        r.fail("R2 could not queue its cancel".into());
-    };
-    if !r.told.iter().any(|(id, _)| *id == cancel) {
-        r.fail(format!("R2's cancel {cancel} was never answered"));
-    }
+    r.expect_answered(cancel, "R2");
     r.heal(DC2, &[RIDER, DRIVER, RIDER2]);
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP2, &[RIDER2, DRIVER]);

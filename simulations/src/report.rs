@@ -24,6 +24,11 @@ pub struct Mark {
     pub label: String,
 }
 
+/// A stall split (detect / connect / answer), ms.
+fn split(parts: &[u64; 3]) -> String {
+    format!("{} / {} / {} ms", parts[0], parts[1], parts[2])
+}
+
 pub fn table(r: &Report) -> String {
     let ok = |b: bool| if b { "ok" } else { "FAIL" };
     let rows: Vec<(String, String, &str)> = vec![
@@ -151,30 +156,20 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "stall split p50: detect / connect / answer".into(),
-            format!(
-                "{} / {} / {} ms",
-                r.split_ms_p50[0], r.split_ms_p50[1], r.split_ms_p50[2]
-            ),
+            split(&r.split_ms_p50),
             "",
         ),
         (
             "stall split p99: detect / connect / answer".into(),
-            format!(
-                "{} / {} / {} ms",
-                r.split_ms_p99[0], r.split_ms_p99[1], r.split_ms_p99[2]
-            ),
+            split(&r.split_ms_p99),
             "",
         ),
         (
             "  p99 drivers / riders".into(),
             format!(
-                "{} / {} / {} ms; {} / {} / {} ms",
-                r.split_ms_p99_drivers[0],
-                r.split_ms_p99_drivers[1],
-                r.split_ms_p99_drivers[2],
-                r.split_ms_p99_riders[0],
-                r.split_ms_p99_riders[1],
-                r.split_ms_p99_riders[2]
+                "{}; {}",
+                split(&r.split_ms_p99_drivers),
+                split(&r.split_ms_p99_riders)
             ),
             "",
         ),

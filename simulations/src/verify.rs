@@ -376,7 +376,6 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"))
         })
     };
-    let mut splits = split_histograms();
     let mut splits_by_role = [split_histograms(), split_histograms()];
     let mut felt = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 sigfig is valid"));
     for log in input.logs {
@@ -391,9 +390,6 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
             .kill_ms
             .and_then(|kill| log.failover_splits.iter().find(|(t, _)| *t >= kill))
         {
-            for (h, v) in splits.iter_mut().zip(parts) {
-                let _ = h.record(*v);
-            }
             let by_role = &mut splits_by_role[usize::from(!log.driver)];
             for (h, v) in by_role.iter_mut().zip(parts) {
                 let _ = h.record(*v);
@@ -412,6 +408,15 @@ pub fn verify(report: &mut Report, input: VerifyInput<'_>) {
         for w in &log.waits_ms {
             let _ = waits.record(*w);
         }
+    }
+    // Both roles together.
+    let mut splits = split_histograms();
+    for (all, (d, r)) in splits
+        .iter_mut()
+        .zip(splits_by_role[0].iter().zip(&splits_by_role[1]))
+    {
+        let _ = all.add(d);
+        let _ = all.add(r);
     }
     report.split_ms_p50 = std::array::from_fn(|i| percentile(&splits[i], 0.5));
     report.split_ms_p99 = std::array::from_fn(|i| percentile(&splits[i], 0.99));
