@@ -252,3 +252,76 @@ async fn partition_a_driver_cut_off_for_seconds_mid_trip_reconnects_and_loses_no
     run.await
         .with_context(|| format!("partition test failed with seed {seed}"))
 }
+
+/// A planned failover over lossy links: the devices connect and a trip is assigned on clean
+/// links, then every device's link starts dropping 30% of the datagrams and dc1 gets
+/// SIGTERM. Each device must be *told* where to go (its drain order may need a
+/// retransmission, so dc1 may not close before the order got through or the device left),
+/// and the trip goes on at dc2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_over_lossy_links_tells_every_device_before_the_datacenter_stops(
+) -> anyhow::Result<()> {
+    let seed = seed();
+    let run = async {
+        let clean = Impairment::none();
+        let lossy = Impairment::none().with_loss(0.3);
+        let patient = |cfg: &mut EdgeConfig| {
+            cfg.keep_alive = Duration::from_secs(1);
+            cfg.idle_timeout = Duration::from_secs(10);
+            cfg.connect_timeout = Duration::from_secs(10);
+        };
+        let mut c = Cluster::new(2, &[])?;
+        c.start(0)?;
+        c.start(1)?;
+        let driver = impaired_device(&c, 1000, true, clean, seed, patient).await?;
+        let rider = impaired_device(&c, 1, false, clean, seed, patient).await?;
+        // Two idle riders: no trip, told all the same (no second driver: the trip is
+        // this driver's).
+        let idle = [
+            impaired_device(&c, 2, false, clean, seed, patient).await?,
+            impaired_device(&c, 3, false, clean, seed, patient).await?,
+        ];
+        let all: Vec<&Device> = [&driver, &rider].into_iter().chain(idle.iter()).collect();
+        for d in &all {
+            let at = d.client.wait_connected(WAIT).await;
+            ensure!(
+                at == Some(lifeboat_common::DatacenterId(1)),
+                "{} did not connect to dc1 (connected to {at:?})",
+                d.client.device()
+            );
+        }
+        let (session, _) =
+            tokio::time::timeout(WAIT, rider.client.request_trip(PICKUP, route_point(20)))
+                .await
+                .context("trip request timed out")??;
+        ensure!(lifeboat_tests::wait_for_assignment(&driver.client, WAIT).await? == session);
+        for d in &all {
+            d.handle.set_impairment(lossy)?;
+        }
+        tokio::task::block_in_place(|| c.terminate(0))?;
+        let log = c.log(0);
+        ensure!(log.contains("draining: moving every device"), "{log}");
+        let clients: Vec<EdgeClient> = all.iter().map(|d| d.client.clone()).collect();
+        lifeboat_tests::wait_all_on(&clients, 2, WAIT).await?;
+        for d in &all {
+            ensure!(
+                d.client.stats().drained == 1,
+                "{} was not told to move (it found out by itself): {:?}",
+                d.client.device(),
+                d.client.stats()
+            );
+        }
+        lifeboat_tests::trips::submit(&driver.client, session, lifeboat_common::TripOp::Arrived)
+            .await?;
+        let s = ImpairStats::sum(&all.iter().map(|d| d.handle.stats()).collect::<Vec<_>>()).total();
+        ensure!(s.dropped > 0, "the impairment did not act: {s:?}");
+        eprintln!(
+            "lossy drain seed {seed}: every device told; {} of {} datagrams dropped",
+            s.dropped, s.offered
+        );
+        anyhow::Ok(())
+    };
+    run.await.with_context(|| {
+        format!("lossy drain failed with seed {seed} (replay: LIFEBOAT_SEED={seed} cargo test -p lifeboat-chaos --test network_faults)")
+    })
+}

@@ -191,7 +191,7 @@ pub(super) async fn serve(
                 actor.admin(req);
             }
             _ = gate.drain_over.notified() => {
-                let Ok(actor) = gate.lock().await else { break };
+                let Ok(mut actor) = gate.lock().await else { break };
                 if actor.drain_over(gate.now_ms()) {
                     break;
                 }
@@ -381,7 +381,7 @@ impl Actor {
                 conn,
             } => {
                 if self.draining.is_some() {
-                    self.refuse_while_draining(device, &tx, now);
+                    self.refuse_while_draining(device, &tx, conn, now);
                     return;
                 }
                 self.attach(

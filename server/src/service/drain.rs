@@ -5,7 +5,11 @@
 //!
 //! Invariants: a told device is detached from the core at once (its ops go to the next
 //! datacenter, never half here); nothing a device uploads while the datacenter drains is
-//! restored here; the drain ends by its deadline whatever the devices do.
+//! restored here; the drain is over only once every told device's connection has closed
+//! (the device left, or its writer gave up after the order), never while an order may still
+//! be in flight (the stop closes the endpoint, which would drop an order not yet
+//! acknowledged, and the device would have to find out by itself); and it ends by its
+//! deadline whatever the devices do.
 
 use super::*;
 
@@ -34,6 +38,8 @@ pub(super) struct Draining {
     plan: DrainPlan,
     to: Option<SocketAddr>,
     told: HashSet<DeviceId>,
+    /// The connections of the told devices, until each has closed.
+    leaving: Vec<quinn::Connection>,
 }
 
 impl Draining {
@@ -78,6 +84,7 @@ impl Actor {
             plan,
             to,
             told: HashSet::new(),
+            leaving: Vec::new(),
         });
         self.drain_wave(now_ms);
         true
@@ -96,8 +103,13 @@ impl Actor {
                 let _ = tx.try_send(order.clone());
                 self.counters.drained.fetch_add(1, Ordering::Relaxed);
                 // The core forgets the connection; nothing more the device sends is
-                // processed here (see `Actor::handle`).
-                self.detach(device, None);
+                // processed here (see `Actor::handle`). The connection is watched until
+                // it closes, so the stop cannot drop the order.
+                if let Some(conn) = self.detach(device, None) {
+                    if let Some(d) = self.draining.as_mut() {
+                        d.leaving.push(conn);
+                    }
+                }
             }
         }
     }
@@ -108,21 +120,25 @@ impl Actor {
         &mut self,
         device: DeviceId,
         tx: &Arc<super::outbox::Outbox>,
+        conn: quinn::Connection,
         now_ms: u64,
     ) {
         if let Some(d) = self.draining.as_mut() {
             d.told.insert(device);
             let _ = tx.try_send(d.order(now_ms));
+            d.leaving.push(conn);
             self.counters.drained.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Whether the drain is over at `now_ms`: every wave told and every device gone, or the
-    /// bound reached.
-    pub(super) fn drain_over(&self, now_ms: u64) -> bool {
-        self.draining.as_ref().is_some_and(|d| {
+    /// Whether the drain is over at `now_ms`: every wave told and every device gone (no
+    /// connection attached, every told one closed), or the bound reached.
+    pub(super) fn drain_over(&mut self, now_ms: u64) -> bool {
+        let conns_empty = self.conns.is_empty();
+        self.draining.as_mut().is_some_and(|d| {
+            d.leaving.retain(|c| c.close_reason().is_none());
             now_ms >= d.plan.deadline_ms()
-                || (d.plan.poll_timeout().is_none() && self.conns.is_empty())
+                || (d.plan.poll_timeout().is_none() && conns_empty && d.leaving.is_empty())
         })
     }
 }

@@ -147,6 +147,12 @@ fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
     }
 }
 
+/// How long the writer waits, after the last frame, for the peer to acknowledge it (or to
+/// close) before it closes the connection, which drops whatever was not yet acknowledged. A
+/// device closes as soon as it reads the last frame; this only bounds one that does not, and
+/// leaves room for a few retransmissions on a lossy link (a drain order must get through).
+const LAST_FRAME_ACK_WAIT: Duration = Duration::from_secs(2);
+
 /// The writer task: queued frames, in order; after the last one the stream is finished.
 async fn write_queued(
     stream: Arc<Mutex<quinn::SendStream>>,
@@ -159,7 +165,7 @@ async fn write_queued(
         let wrote = send.write_all(&frame).await;
         if wrote.is_ok() && last {
             let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+            let _ = tokio::time::timeout(LAST_FRAME_ACK_WAIT, send.stopped()).await;
         }
         // The stream is let go before the count drops, so a sender that sees 0 finds it free.
         drop(send);
