@@ -208,16 +208,22 @@ pub(super) async fn serve(
     shut_down(&gate, &endpoints, &out).await;
 }
 
+/// How long a stop waits for its `ShuttingDown` notices to reach the devices before it
+/// closes the endpoint.
+const SHUTDOWN_NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// Stop: every device is told (`ShuttingDown`), the endpoint closes, the store is flushed
 /// and the last status written; the readers' inputs are refused from here on.
 async fn shut_down(gate: &CoreGate, endpoints: &[quinn::Endpoint], out: &StatusOut) {
+    let mut told = Vec::new();
     let flushing = match gate.lock().await {
         Ok(mut actor) => {
             actor.stopped = true;
-            for (_, (_, tx, _)) in actor.conns.drain() {
+            for (_, (_, tx, conn)) in actor.conns.drain() {
                 let _ = tx.try_send(ServerMsg::Error {
                     error: ProtocolError::ShuttingDown,
                 });
+                told.push(conn);
             }
             actor.flushing.take()
         }
@@ -226,6 +232,13 @@ async fn shut_down(gate: &CoreGate, endpoints: &[quinn::Endpoint], out: &StatusO
             None
         }
     };
+    // The endpoint's close drops what a connection has not yet had acknowledged: give the
+    // `ShuttingDown` a bounded moment to get through (each device closes on reading it).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_NOTICE_WAIT;
+    while told.iter().any(|c| c.close_reason().is_none()) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for endpoint in endpoints {
         endpoint.close(0u32.into(), b"shutdown");
     }
