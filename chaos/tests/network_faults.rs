@@ -306,9 +306,10 @@ async fn a_drain_over_lossy_links_tells_every_device_before_the_datacenter_stops
         for d in &all {
             ensure!(
                 d.client.stats().drained == 1,
-                "{} was not told to move (it found out by itself): {:?}",
+                "{} was not told to move (it found out by itself): {:?}\ndc1's log:\n{}",
                 d.client.device(),
-                d.client.stats()
+                d.client.stats(),
+                c.log(0)
             );
         }
         lifeboat_tests::trips::submit(&driver.client, session, lifeboat_common::TripOp::Arrived)

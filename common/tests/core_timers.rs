@@ -76,6 +76,49 @@ fn an_op_the_datacenter_could_not_take_is_sent_again_at_the_resend_deadline_and_
     assert_eq!(edge.poll_timeout(), None, "disconnected: no timer");
 }
 
+/// What a person asking "why is my op not done?" reads: in flight, then refused (and how),
+/// then waiting to go out again as a resubmit once the connection is gone.
+#[test]
+fn a_refused_op_shows_its_retries_and_the_datacenters_answer_in_its_progress() {
+    let mut edge = EdgeCore::<Trip>::new(DeviceId(1), EdgeLimits::default());
+    let session = SessionId(7);
+    let id = edge.submit(session, request()).expect("queued");
+    let p = edge.op_progress(id).expect("queued");
+    assert!(p.connected.is_none() && !p.in_flight && p.retries == 0 && p.last_answer.is_none());
+    let welcome = ServerMsg::Welcome {
+        dc: DatacenterId(1),
+        results: Vec::new(),
+    };
+    edge.handle_message(10_000, welcome).expect("welcome");
+    let p = edge.op_progress(id).expect("queued");
+    assert_eq!(p.connected, Some(DatacenterId(1)));
+    assert!(p.in_flight, "sent on Welcome: {p:?}");
+    let busy = ServerMsg::OpResult {
+        session,
+        seq: 1,
+        outcome: OpOutcome::Rejected(OpRejection::Overloaded),
+        update: None,
+    };
+    edge.handle_message(10_050, busy).expect("answer");
+    let p = edge.op_progress(id).expect("still queued");
+    assert!(
+        !p.in_flight && p.retries == 1 && !p.awaiting_commit,
+        "{p:?}"
+    );
+    assert_eq!(
+        p.last_answer,
+        Some(OpOutcome::Rejected(OpRejection::Overloaded))
+    );
+    edge.handle_timeout(20_000);
+    edge.on_disconnect();
+    let p = edge.op_progress(id).expect("still queued");
+    assert!(
+        p.connected.is_none() && p.maybe_applied && !p.in_flight,
+        "{p:?}"
+    );
+    assert!(p.held.is_none(), "no copy of the session yet: {p:?}");
+}
+
 #[test]
 fn the_datacenter_wants_ticks_only_while_it_has_timed_work() {
     let keyring = Keyring::generate();

@@ -28,7 +28,9 @@ use crate::config::EdgeConfig;
 pub use crate::probe_board::ProbeBoard;
 use crate::store::{EdgeStore, StoreError};
 use lifeboat_common::codec::encode_frame;
-use lifeboat_common::edge::{Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, SubmitError};
+use lifeboat_common::edge::{
+    Commit, EdgeCore, EdgeEffects, EdgeEvent, HeldSession, OpProgress, SubmitError,
+};
 use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
 use lifeboat_common::route::{
     Liveness, Next, Planner, RouteConfig, Stall, StallClock, Verdict, Waiting,
@@ -351,6 +353,7 @@ enum Command {
     SetAvailable(bool),
     Sessions(oneshot::Sender<Vec<SessionSnapshot>>),
     OpStatus(OpId, oneshot::Sender<OpStatus<Trip>>),
+    OpProgress(OpId, oneshot::Sender<Option<OpProgress>>),
     QueuedOps(oneshot::Sender<Vec<(OpId, TripOp)>>),
     Outcomes(oneshot::Sender<Vec<OpOutcomeRecord<Trip>>>),
     Acknowledge(Vec<OpId>, oneshot::Sender<usize>),
@@ -605,6 +608,13 @@ impl EdgeClient {
     /// Where op `id` stands: queued, decided (and not acknowledged yet), or unknown.
     pub async fn op_status(&self, id: OpId) -> Result<OpStatus<Trip>, EdgeError> {
         self.ask(|tx| Command::OpStatus(id, tx)).await
+    }
+
+    /// Why a queued op is not decided yet, as the device sees it (connection, in flight,
+    /// retries, the datacenter's last answer, the held copy); `None` if it is not queued.
+    /// For diagnostics: an app shows it, or logs it, for an op that takes too long.
+    pub async fn op_progress(&self, id: OpId) -> Result<Option<OpProgress>, EdgeError> {
+        self.ask(|tx| Command::OpProgress(id, tx)).await
     }
 
     /// The ops queued on this device and not decided yet (also those queued before an app
@@ -1462,6 +1472,9 @@ impl Actor {
             },
             Command::OpStatus(id, reply) => {
                 let _ = reply.send(self.core.op_status(id));
+            }
+            Command::OpProgress(id, reply) => {
+                let _ = reply.send(self.core.op_progress(id));
             }
             Command::QueuedOps(reply) => {
                 let _ = reply.send(self.core.queued_ops());

@@ -58,6 +58,6 @@ pub use client::{
     ProbeBoard, SessionSnapshot, TimedEvent, TlsSetupError,
 };
 pub use config::EdgeConfig;
-pub use lifeboat_common::edge::{Commit, SubmitError};
+pub use lifeboat_common::edge::{Commit, OpProgress, SubmitError};
 pub use lifeboat_common::op_outcome::{OpOutcomeRecord, OpStatus};
 pub use store::{RouteMemory, SharedDb, StoreLocation};

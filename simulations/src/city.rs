@@ -84,6 +84,9 @@ pub struct OpRecord {
     pub outcome: Outcome,
     /// Why a queued op was refused, as the client said it (with `Outcome::Rejected`).
     pub refusal: Option<SubmitError>,
+    /// Where an unresolved op stood in the client when the harness gave up on it
+    /// ([`lifeboat_edge::OpProgress`], for the violation message).
+    pub stuck: Option<String>,
 }
 
 /// Device-level fault planned by the scenario.
@@ -536,6 +539,17 @@ async fn submit(
                 ),
             },
         };
+    let stuck = match (&outcome, id) {
+        (Outcome::Unresolved, Some(id)) => {
+            match tokio::time::timeout(Duration::from_secs(1), client.op_progress(id)).await {
+                Ok(Ok(Some(p))) => Some(format!("{p:?}")),
+                Ok(Ok(None)) => Some("no longer queued".to_string()),
+                Ok(Err(e)) => Some(format!("client: {e}")),
+                Err(_) => Some("the client did not answer within 1 s".to_string()),
+            }
+        }
+        _ => None,
+    };
     if matches!(outcome, Outcome::Committed { .. }) {
         shared.ops_committed.fetch_add(1, Ordering::Relaxed);
         match kind {
@@ -557,6 +571,7 @@ async fn submit(
             resolved_ms: shared.now_ms(),
             outcome: outcome.clone(),
             refusal,
+            stuck,
         });
     }
     outcome

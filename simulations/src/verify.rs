@@ -197,7 +197,11 @@ fn history(logs: &[DeviceLog], session: SessionId) -> String {
                         // Whether the client queued it tells a lost answer from a client
                         // that never took the op.
                         Outcome::Unresolved => match o.op {
-                            Some(id) => format!("unresolved (queued as seq {})", id.seq),
+                            Some(id) => format!(
+                                "unresolved (queued as seq {}; in the client: {})",
+                                id.seq,
+                                o.stuck.as_deref().unwrap_or("?")
+                            ),
                             None => "unresolved (never queued: the client did not take it)"
                                 .to_string(),
                         },

@@ -50,9 +50,10 @@ async fn a_sigterm_moves_both_phones_of_a_trip_to_the_next_datacenter_by_telling
     for d in [&driver, &rider] {
         ensure!(
             d.stats().drained == 1,
-            "{} was not told to move (it found out by itself): {:?}",
+            "{} was not told to move (it found out by itself): {:?}\ndc1's log:\n{}",
             d.device(),
-            d.stats()
+            d.stats(),
+            c.log(0)
         );
     }
     // The trip goes on at dc2, from the devices' copies.
@@ -107,9 +108,21 @@ async fn an_operators_drain_to_a_named_datacenter_sends_the_devices_there_not_to
         Some(token.secret()),
     )?;
     ensure!(code == 202, "{code} {body}");
-    wait_all_on(&[driver.clone(), rider.clone()], 3, WAIT).await?;
+    if let Err(e) = wait_all_on(&[driver.clone(), rider.clone()], 3, WAIT).await {
+        anyhow::bail!(
+            "{e}: {:?} {:?}\ndc1's log:\n{}",
+            driver.stats(),
+            rider.stats(),
+            c.log(0)
+        );
+    }
     for d in [&driver, &rider] {
-        ensure!(d.stats().drained == 1, "{:?}", d.stats());
+        ensure!(
+            d.stats().drained == 1,
+            "{:?}\ndc1's log:\n{}",
+            d.stats(),
+            c.log(0)
+        );
     }
     submit(&driver, session, TripOp::StartTrip).await?;
     // dc1 stops by itself once its devices are gone.

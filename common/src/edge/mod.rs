@@ -49,7 +49,8 @@ pub use crate::op_outcome::{Commit, SubmitError};
 use marks::{mark_covers, outcome_in};
 use outbox::Queued;
 pub use types::{
-    EdgeEffects, EdgeEvent, EdgeLimits, HeldSession, StoreWrite, WaitReason, MAX_SAMPLES_PER_BATCH,
+    EdgeEffects, EdgeEvent, EdgeLimits, HeldSession, OpProgress, StoreWrite, WaitReason,
+    MAX_SAMPLES_PER_BATCH,
 };
 
 use crate::app::Application;

@@ -25,6 +25,8 @@ pub(super) struct Queued<A: Application> {
     /// The datacenter's last answer on this connection; the outcome waits for a committed
     /// copy that covers the op. Not sent again on this connection.
     pub(super) answered: Option<OpOutcome>,
+    /// The last answer a datacenter gave it, on any connection (diagnostics only).
+    pub(super) last_answer: Option<OpOutcome>,
 }
 
 impl<A: Application> Queued<A> {
@@ -56,6 +58,7 @@ impl<A: Application> EdgeCore<A> {
                 in_flight: false,
                 maybe_applied: true,
                 answered: None,
+                last_answer: None,
             },
         );
     }
@@ -83,6 +86,27 @@ impl<A: Application> EdgeCore<A> {
             Some(rec) => OpStatus::Decided(rec.clone()),
             None => OpStatus::Unknown,
         }
+    }
+
+    /// Where op `id`, queued on this device, stands (see [`OpProgress`]); `None` if it is
+    /// not queued (decided, or unknown).
+    pub fn op_progress(&self, id: OpId) -> Option<OpProgress> {
+        if id.device != self.device {
+            return None;
+        }
+        let q = self.outbox.get(&(id.session, id.seq))?;
+        Some(OpProgress {
+            connected: self.connected,
+            in_flight: q.in_flight,
+            maybe_applied: q.maybe_applied,
+            retries: q.retries,
+            last_answer: q.last_answer.clone(),
+            awaiting_commit: q.answered.is_some(),
+            held: self
+                .held
+                .get(&id.session)
+                .map(|h| (h.digest.header.version.clone(), h.committed, h.last_seq)),
+        })
     }
 
     /// The ops queued on this device and not decided yet, in (session, seq) order.
@@ -184,6 +208,7 @@ impl<A: Application> EdgeCore<A> {
                 in_flight,
                 maybe_applied: false,
                 answered: None,
+                last_answer: None,
             },
         );
         Ok(id)
@@ -198,6 +223,9 @@ impl<A: Application> EdgeCore<A> {
         update: Option<SessionUpdate<A>>,
     ) {
         let with_update = update.is_some();
+        if let Some(q) = self.outbox.get_mut(&(session, seq)) {
+            q.last_answer = Some(outcome.clone());
+        }
         if let Some(u) = update {
             self.receive(u);
         }

@@ -5,10 +5,10 @@
 
 use crate::app::Application;
 use crate::digest::SealedDigest;
-use crate::ids::{DeviceId, OpId, SessionId};
+use crate::ids::{DatacenterId, DeviceId, OpId, SessionId};
 use crate::op_outcome::{Commit, OpOutcomeRecord, SubmitError};
 use crate::version::VersionVector;
-use crate::wire::{ClientMsg, UploadRefusal};
+use crate::wire::{ClientMsg, OpOutcome, UploadRefusal};
 use serde::{Deserialize, Serialize};
 
 /// Bounds of the edge core.
@@ -69,6 +69,27 @@ pub struct HeldSession<A: Application> {
     pub committed_version: VersionVector,
     /// The provider `committed_version` names.
     pub committed_driver: Option<DeviceId>,
+}
+
+/// Where an op queued on this device stands, as the device sees it: for a person asking why
+/// it is not decided yet ([`EdgeCore::op_progress`](super::EdgeCore::op_progress)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpProgress {
+    /// The datacenter the device is connected to (`None`: between connections).
+    pub connected: Option<DatacenterId>,
+    /// Sent on the current connection and not answered yet.
+    pub in_flight: bool,
+    /// It was in flight on a connection that was lost: it goes out as a `Resubmit`.
+    pub maybe_applied: bool,
+    /// Retryable refusals so far.
+    pub retries: u32,
+    /// The last answer a datacenter gave it (on any connection).
+    pub last_answer: Option<OpOutcome>,
+    /// Answered on this connection: the outcome waits for a committed copy covering it.
+    pub awaiting_commit: bool,
+    /// The session's copy held here: its version, whether it is committed, and this
+    /// device's watermark in it (`None`: no copy held).
+    pub held: Option<(VersionVector, bool, u64)>,
 }
 
 /// A write to the device store.

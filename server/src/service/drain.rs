@@ -40,6 +40,8 @@ pub(super) struct Draining {
     told: HashSet<DeviceId>,
     /// The connections of the told devices, until each has closed.
     leaving: Vec<quinn::Connection>,
+    /// The end was logged.
+    ended: bool,
 }
 
 impl Draining {
@@ -85,6 +87,7 @@ impl Actor {
             to,
             told: HashSet::new(),
             leaving: Vec::new(),
+            ended: false,
         });
         self.drain_wave(now_ms);
         true
@@ -96,11 +99,21 @@ impl Actor {
             return;
         };
         let due = d.plan.due(now_ms);
+        if due.is_empty() {
+            return;
+        }
         let order = d.order(now_ms);
         d.told.extend(due.iter().copied());
-        for device in due {
+        let (mut sent, mut gone) = (0usize, 0usize);
+        for device in &due {
+            let device = *device;
             if let Some((_, tx, _)) = self.conns.get(&device) {
-                let _ = tx.try_send(order.clone());
+                match tx.try_send(order.clone()) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        tracing::warn!(%device, error = %e, "drain: the order could not be queued");
+                    }
+                }
                 self.counters.drained.fetch_add(1, Ordering::Relaxed);
                 // The core forgets the connection; nothing more the device sends is
                 // processed here (see `Actor::handle`). The connection is watched until
@@ -110,8 +123,16 @@ impl Actor {
                         d.leaving.push(conn);
                     }
                 }
+            } else {
+                gone += 1;
             }
         }
+        tracing::info!(
+            told = sent,
+            already_gone = gone,
+            "drain wave: devices told where to go"
+        );
+        tracing::debug!(devices = ?due, "drain wave");
     }
 
     /// A device connected while the datacenter drains: told where to go before any
@@ -134,11 +155,28 @@ impl Actor {
     /// Whether the drain is over at `now_ms`: every wave told and every device gone (no
     /// connection attached, every told one closed), or the bound reached.
     pub(super) fn drain_over(&mut self, now_ms: u64) -> bool {
-        let conns_empty = self.conns.is_empty();
+        let attached = self.conns.len();
         self.draining.as_mut().is_some_and(|d| {
             d.leaving.retain(|c| c.close_reason().is_none());
-            now_ms >= d.plan.deadline_ms()
-                || (d.plan.poll_timeout().is_none() && conns_empty && d.leaving.is_empty())
+            let all_gone = d.plan.poll_timeout().is_none() && attached == 0 && d.leaving.is_empty();
+            let over = all_gone || now_ms >= d.plan.deadline_ms();
+            if over && !d.ended {
+                d.ended = true;
+                if all_gone {
+                    tracing::info!(
+                        told = d.told.len(),
+                        "drain over: every device told and gone"
+                    );
+                } else {
+                    tracing::warn!(
+                        told = d.told.len(),
+                        still_attached = attached,
+                        told_not_gone = d.leaving.len(),
+                        "drain bound reached: stopping with devices still connected"
+                    );
+                }
+            }
+            over
         })
     }
 }
