@@ -295,6 +295,8 @@ async fn a_drain_over_lossy_links_tells_every_device_before_the_datacenter_stops
                 .await
                 .context("trip request timed out")??;
         ensure!(lifeboat_tests::wait_for_assignment(&driver.client, WAIT).await? == session);
+        // Each device's own account of how its connection to dc1 ended (for a failure).
+        let mut events: Vec<_> = all.iter().map(|d| d.client.subscribe()).collect();
         for d in &all {
             d.handle.set_impairment(lossy)?;
         }
@@ -303,10 +305,16 @@ async fn a_drain_over_lossy_links_tells_every_device_before_the_datacenter_stops
         ensure!(log.contains("draining: moving every device"), "{log}");
         let clients: Vec<EdgeClient> = all.iter().map(|d| d.client.clone()).collect();
         lifeboat_tests::wait_all_on(&clients, 2, WAIT).await?;
-        for d in &all {
+        for (d, ev) in all.iter().zip(events.iter_mut()) {
+            let mut ended = Vec::new();
+            while let Ok(t) = ev.try_recv() {
+                if let ClientEvent::Disconnected { reason, .. } = t.event {
+                    ended.push(reason);
+                }
+            }
             ensure!(
                 d.client.stats().drained == 1,
-                "{} was not told to move (it found out by itself): {:?}\ndc1's log:\n{}",
+                "{} was not told to move (it found out by itself: {ended:?}): {:?}\ndc1's log:\n{}",
                 d.client.device(),
                 d.client.stats(),
                 c.log(0)

@@ -67,7 +67,9 @@ pub(super) async fn refuse(
     }) {
         let _ = tokio::time::timeout(Duration::from_millis(500), send.write_all(&frame)).await;
         let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+        // The device closes once it has read the refusal; a close of ours right after the
+        // acknowledgement could lose it before the device's app read it (see the outbox).
+        let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
     }
     conn.close(1u32.into(), error.to_string().as_bytes());
     ConnError::Protocol(error)

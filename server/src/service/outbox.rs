@@ -15,7 +15,8 @@
 //!   consumer (the caller closes the connection), never growth; a direct write never waits
 //!   (it is polled once: what QUIC's flow control does not take at once goes to the writer);
 //! - an `Error` frame is the last: it always goes through the writer, which finishes the
-//!   stream after it;
+//!   stream after it and leaves the close to the peer (bounded, [`LAST_FRAME_WAIT`]): a
+//!   close of ours could overtake the frame on its way to the peer's app;
 //! - a broken stream closes the connection (whoever sees it first), so its reader stops too;
 //! - an answer that releases an in-flight slot ([`InflightRule::releases_slot`]) releases it
 //!   when it is accepted here (written or queued).
@@ -147,11 +148,11 @@ fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
     }
 }
 
-/// How long the writer waits, after the last frame, for the peer to acknowledge it (or to
-/// close) before it closes the connection, which drops whatever was not yet acknowledged. A
+/// How long the writer waits, after the last frame, for the peer to close the connection
+/// before it closes it itself, which loses whatever the peer's app has not read yet. A
 /// device closes as soon as it reads the last frame; this only bounds one that does not, and
 /// leaves room for a few retransmissions on a lossy link (a drain order must get through).
-const LAST_FRAME_ACK_WAIT: Duration = Duration::from_secs(2);
+const LAST_FRAME_WAIT: Duration = Duration::from_secs(2);
 
 /// The writer task: queued frames, in order; after the last one the stream is finished.
 async fn write_queued(
@@ -165,7 +166,10 @@ async fn write_queued(
         let wrote = send.write_all(&frame).await;
         if wrote.is_ok() && last {
             let _ = send.finish();
-            let _ = tokio::time::timeout(LAST_FRAME_ACK_WAIT, send.stopped()).await;
+            // Not the acknowledgement: the peer's transport acknowledges data its app has
+            // not read yet, and a close then would lose it (a drain order acknowledged but
+            // never read). The device closes once it has read the last frame.
+            let _ = tokio::time::timeout(LAST_FRAME_WAIT, conn.closed()).await;
         }
         // The stream is let go before the count drops, so a sender that sees 0 finds it free.
         drop(send);
