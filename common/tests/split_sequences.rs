@@ -885,3 +885,33 @@ fn seq12_a_cancel_crossing_the_dispatch_of_a_driver_whose_earlier_trip_arrives_l
     r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
     r.check_contract(DC2, TRIP2, &[RIDER2, DRIVER]);
 }
+
+/// Sequence 13 (the 10,000-trip runs' stuck Cancels, 2026-12-04): as sequence 10, but the
+/// driver hears nothing the backup sends it (its dispatch, the rider's cancel, the news that
+/// the hand-over is committed), gives the backup up and reconnects to it holding nothing of
+/// the trip. The rider's cancel is applied after the hand-over, so only the driver's
+/// persisting commits it: the backup must bring the driver the trip again.
+#[test]
+fn seq13_a_cancel_after_a_hand_over_the_driver_never_heard_of_is_answered_once_it_reconnects() {
+    let mut r = Region::new();
+    r.connect(RIDER, DC2, false);
+    r.submit(
+        RIDER,
+        TRIP,
+        TripOp::Request {
+            pickup: P,
+            dropoff: Q,
+        },
+    );
+    let cancel = r.queue(RIDER, TRIP, TripOp::Cancel);
+    r.deaf.insert((DRIVER, DC2));
+    r.connect(DRIVER, DC2, true);
+    r.tick(1_000);
+    r.timeout(DRIVER);
+    r.deaf.clear();
+    r.connect(DRIVER, DC2, true);
+    r.tick(1_000);
+    r.expect_answered(cancel, "R");
+    r.heal(DC2, &[RIDER, DRIVER]);
+    r.check_contract(DC2, TRIP, &[RIDER, DRIVER]);
+}

@@ -54,6 +54,16 @@ impl<A: Application> DatacenterCore<A> {
                 self.tell_committed(session, device, &VersionVector::new());
             }
         }
+        // Finished sessions whose final copy only this device's persisting can commit (it
+        // anchors them) and that it did not present: it missed that copy (or the news of the
+        // hand-over that made it the anchor), and the participant whose op finished the
+        // session waits for it.
+        for session in self.unsettled_ends_of(device) {
+            if !presented.contains(&session) {
+                self.push_to(session, device);
+                self.tell_committed(session, device, &VersionVector::new());
+            }
+        }
         if available {
             self.offer_driver(device);
         }

@@ -92,6 +92,10 @@ pub const MAX_UNCONFIRMED_COPIES: usize = 16;
 /// Most providers a session remembers it removed (never dispatched to it again).
 pub const MAX_REMOVED_PER_SESSION: usize = 4;
 
+/// Finished sessions per anchor whose final copy waits for that anchor's persisting (see
+/// `unsettled_ends`); beyond it the oldest is no longer brought to the anchor on connect.
+pub const MAX_UNSETTLED_ENDS: usize = 16;
+
 /// The datacenter's replication state machine (see the module docs).
 pub struct DatacenterCore<A: Application> {
     cfg: DcConfig,
@@ -99,6 +103,10 @@ pub struct DatacenterCore<A: Application> {
     sessions: HashMap<SessionId, Entry<A>>,
     /// Active (non-tombstoned) sessions per participant.
     by_device: HashMap<DeviceId, Vec<SessionId>>,
+    /// Finished sessions whose final copy waits for its anchor's persisting, by anchor (at
+    /// most [`MAX_UNSETTLED_ENDS`] each): an anchor that missed that copy is brought it
+    /// again when it connects (the active ones are in `by_device`).
+    unsettled_ends: HashMap<DeviceId, VecDeque<SessionId>>,
     connected: HashMap<DeviceId, Conn>,
     /// Drivers offered for dispatch (validated lazily when popped).
     pool: VecDeque<DeviceId>,
@@ -137,6 +145,7 @@ impl<A: Application> DatacenterCore<A> {
             keyring,
             sessions: HashMap::new(),
             by_device: HashMap::new(),
+            unsettled_ends: HashMap::new(),
             connected: HashMap::new(),
             pool: VecDeque::new(),
             in_pool: HashSet::new(),

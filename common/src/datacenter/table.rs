@@ -2,7 +2,9 @@
 //! its participants.
 //!
 //! Invariants: `by_device` lists exactly the active (non-tombstoned) sessions of each
-//! participant, and only `insert`, `index` and `unindex` change it; `tombstones` lists
+//! participant, and only `insert`, `index` and `unindex` change it; `unsettled_ends` holds,
+//! per anchor, the sessions that finished with a copy not yet known committed (bounded,
+//! pruned when read); `tombstones` lists
 //! exactly the tombstoned sessions, by the seal time of their copy, and only `insert`,
 //! `change` and the expiry (`tombstones`) change it; every change of a copy
 //! bumps this datacenter's slot of the version vector, reseals it, persists it (an effect
@@ -113,6 +115,25 @@ impl<A: Application> DatacenterCore<A> {
         }
     }
 
+    /// The finished sessions `device` anchors whose final copy is still not known committed
+    /// (the others are forgotten here).
+    pub(super) fn unsettled_ends_of(&mut self, device: DeviceId) -> Vec<SessionId> {
+        let Some(ends) = self.unsettled_ends.get_mut(&device) else {
+            return Vec::new();
+        };
+        let sessions = &self.sessions;
+        ends.retain(|s| {
+            sessions.get(s).is_some_and(|e| {
+                e.header.tombstone && !e.committed() && e.header.anchor() == device
+            })
+        });
+        let out: Vec<SessionId> = ends.iter().copied().collect();
+        if ends.is_empty() {
+            self.unsettled_ends.remove(&device);
+        }
+        out
+    }
+
     pub(super) fn unindex(&mut self, device: DeviceId, session: SessionId) {
         if let Some(list) = self.by_device.get_mut(&device) {
             list.retain(|s| *s != session);
@@ -202,9 +223,18 @@ impl<A: Application> DatacenterCore<A> {
         self.effects.persist.push((session, sealed));
         if finished {
             let participants: Vec<DeviceId> = entry.header.participants().collect();
+            let anchor = entry.header.anchor();
+            let settled = entry.committed();
             entry.pending = None;
             for d in participants {
                 self.unindex(d, session);
+            }
+            if !settled {
+                let ends = self.unsettled_ends.entry(anchor).or_default();
+                if ends.len() >= MAX_UNSETTLED_ENDS {
+                    ends.pop_front();
+                }
+                ends.push_back(session);
             }
             self.effects.events.push(DcEvent::Finished(session));
         }

@@ -127,7 +127,15 @@ impl<A: Application> DatacenterCore<A> {
                 self.restore_floor_ms = self.restore_floor_ms.max(floor);
             }
             self.tombstones.pop_first();
-            self.sessions.remove(&session);
+            if let Some(e) = self.sessions.remove(&session) {
+                let anchor = e.header.anchor();
+                if let Some(ends) = self.unsettled_ends.get_mut(&anchor) {
+                    ends.retain(|s| *s != session);
+                    if ends.is_empty() {
+                        self.unsettled_ends.remove(&anchor);
+                    }
+                }
+            }
             self.effects.forget.push(session);
             self.stats.tombstones_expired += 1;
             forgot += 1;
