@@ -53,6 +53,13 @@ async fn impaired_device(
     })
 }
 
+/// Failure detection and connection set-up sized for a very bad link.
+fn patient(cfg: &mut EdgeConfig) {
+    cfg.keep_alive = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(10);
+    cfg.connect_timeout = Duration::from_secs(10);
+}
+
 /// S8: packet loss 30% (each direction), duplication, reordering and up to 500 ms one-way
 /// delay on every device's link. Trips are slower; nothing is lost or applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,12 +83,6 @@ async fn s8_lossy_duplicating_reordering_slow_link_is_slower_but_never_wrong() -
         }
         .with_loss(0.3)
         .with_duplicate(0.1);
-        // Failure detection and connection set-up sized for a link this bad.
-        let patient = |cfg: &mut EdgeConfig| {
-            cfg.keep_alive = Duration::from_secs(1);
-            cfg.idle_timeout = Duration::from_secs(10);
-            cfg.connect_timeout = Duration::from_secs(10);
-        };
         let mut c = Cluster::new(1, &[])?;
         c.start(0)?;
         let t0 = Instant::now();
@@ -265,11 +266,6 @@ async fn a_drain_over_lossy_links_tells_every_device_before_the_datacenter_stops
     let run = async {
         let clean = Impairment::none();
         let lossy = Impairment::none().with_loss(0.3);
-        let patient = |cfg: &mut EdgeConfig| {
-            cfg.keep_alive = Duration::from_secs(1);
-            cfg.idle_timeout = Duration::from_secs(10);
-            cfg.connect_timeout = Duration::from_secs(10);
-        };
         let mut c = Cluster::new(2, &[])?;
         c.start(0)?;
         c.start(1)?;

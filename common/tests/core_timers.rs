@@ -34,6 +34,16 @@ fn submits(edge: &mut EdgeCore<Trip>) -> usize {
         .count()
 }
 
+/// The datacenter's retryable "not now" to op `seq`.
+fn overloaded(session: SessionId, seq: u64) -> ServerMsg<Trip> {
+    ServerMsg::OpResult {
+        session,
+        seq,
+        outcome: OpOutcome::Rejected(OpRejection::Overloaded),
+        update: None,
+    }
+}
+
 #[test]
 fn an_op_the_datacenter_could_not_take_is_sent_again_at_the_resend_deadline_and_not_before() {
     let mut edge = EdgeCore::<Trip>::new(DeviceId(1), EdgeLimits::default());
@@ -53,12 +63,7 @@ fn an_op_the_datacenter_could_not_take_is_sent_again_at_the_resend_deadline_and_
         "in flight: nothing waits to be sent again"
     );
 
-    let busy = ServerMsg::OpResult {
-        session,
-        seq: 1,
-        outcome: OpOutcome::Rejected(OpRejection::Overloaded),
-        update: None,
-    };
+    let busy = overloaded(session, 1);
     edge.handle_message(10_050, busy).expect("answer");
     let _ = edge.poll_effects();
     assert_eq!(
@@ -93,12 +98,7 @@ fn a_refused_op_shows_its_retries_and_the_datacenters_answer_in_its_progress() {
     let p = edge.op_progress(id).expect("queued");
     assert_eq!(p.connected, Some(DatacenterId(1)));
     assert!(p.in_flight, "sent on Welcome: {p:?}");
-    let busy = ServerMsg::OpResult {
-        session,
-        seq: 1,
-        outcome: OpOutcome::Rejected(OpRejection::Overloaded),
-        update: None,
-    };
+    let busy = overloaded(session, 1);
     edge.handle_message(10_050, busy).expect("answer");
     let p = edge.op_progress(id).expect("still queued");
     assert!(

@@ -93,11 +93,13 @@ impl Actor {
         true
     }
 
-    /// Tell the devices of every wave due at `now_ms`.
+    /// Tell the devices of every wave due at `now_ms`, and forget the told connections that
+    /// have closed (once per tick, not on every input: each look takes the connection's lock).
     pub(super) fn drain_wave(&mut self, now_ms: u64) {
         let Some(d) = self.draining.as_mut() else {
             return;
         };
+        d.leaving.retain(|c| c.close_reason().is_none());
         let due = d.plan.due(now_ms);
         if due.is_empty() {
             return;
@@ -153,11 +155,11 @@ impl Actor {
     }
 
     /// Whether the drain is over at `now_ms`: every wave told and every device gone (no
-    /// connection attached, every told one closed), or the bound reached.
+    /// connection attached, every told one closed as of the last tick), or the bound
+    /// reached.
     pub(super) fn drain_over(&mut self, now_ms: u64) -> bool {
         let attached = self.conns.len();
         self.draining.as_mut().is_some_and(|d| {
-            d.leaving.retain(|c| c.close_reason().is_none());
             let all_gone = d.plan.poll_timeout().is_none() && attached == 0 && d.leaving.is_empty();
             let over = all_gone || now_ms >= d.plan.deadline_ms();
             if over && !d.ended {
